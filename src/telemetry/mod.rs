@@ -1,0 +1,2 @@
+//! Logs (tracing) and metrics (Prometheus).
+pub mod metrics;

@@ -1,0 +1,1 @@
+//! Tenant simulator tests.

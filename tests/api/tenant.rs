@@ -1,0 +1,1 @@
+//! Graph client tests against the simulator.
