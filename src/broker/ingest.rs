@@ -1,0 +1,292 @@
+//! Job ingest: each delivery is decoded, stored and committed, and only then acknowledged.
+//!
+//! * A valid job is stored with its inbox entry in one transaction; a `message_id` seen before
+//!   is acknowledged without a second job.
+//! * A message that can never be processed is published to the dead-letter exchange with
+//!   `x-reconciler-error`/`x-reconciler-detail` headers (confirmed by the broker), its rejection
+//!   is recorded with a `job.completed` (`rejected`) when its `message_id` is known, and only
+//!   then is it acknowledged. Publishing before recording means a crash in between can only
+//!   duplicate a dead letter, never lose one.
+//! * A transient failure (database down) is retried with backoff while the message stays
+//!   unacknowledged; on shutdown the message is left to the broker, which redelivers it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Consumer};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::topology::long_string;
+use super::{BrokerError, wait_for_recovery};
+use crate::configuration::Topology;
+use crate::domain::{JobMessage, Rejection, decode_job};
+use crate::store::StoreError;
+use crate::store::jobs::{self, Recorded};
+use crate::telemetry::metrics as m;
+
+/// Longest `x-reconciler-detail` header; details are diagnostics, not payloads.
+const MAX_DETAIL_LEN: usize = 1_000;
+
+/// What ingesting one delivery did (the `outcome` label of
+/// [`m::MESSAGES_RECEIVED_TOTAL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Stored,
+    Duplicate,
+    DeadLettered,
+}
+
+impl IngestOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Duplicate => "duplicate",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Everything a delivery handler needs; shared by the concurrent handlers of one session.
+pub struct Ingest {
+    pub pool: PgPool,
+    /// A channel in confirm mode, for dead letters.
+    pub publisher: Channel,
+    pub topology: Topology,
+    /// Cancelled on shutdown: transient retries stop and the message goes back to the broker.
+    pub shutdown: CancellationToken,
+}
+
+/// Consume until `stop` is cancelled (then cancel the consumer and let in-flight deliveries
+/// finish) or the channel fails beyond lapin's recovery (then return the error).
+pub async fn consume(
+    ingest: Arc<Ingest>,
+    channel: Channel,
+    mut consumer: Consumer,
+    recovery_timeout: Duration,
+    stop: CancellationToken,
+) -> Result<(), BrokerError> {
+    let mut in_flight = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let ingest = ingest.clone();
+                    in_flight.spawn(async move { ingest.handle(delivery).await });
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consumer error; waiting for recovery");
+                    if let Err(error) = wait_for_recovery(&channel, error, recovery_timeout).await {
+                        break Err(error);
+                    }
+                }
+                None => break Err(BrokerError::Lost("the consumer was cancelled")),
+            },
+        }
+    };
+    // Stop deliveries; bounded, as a channel mid-recovery may never answer.
+    if channel.status().connected() {
+        let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        if tokio::time::timeout(Duration::from_secs(2), cancel)
+            .await
+            .is_err()
+        {
+            tracing::warn!("consumer cancel not confirmed; deliveries stop with the connection");
+        }
+    }
+    tracing::debug!(
+        in_flight = in_flight.len(),
+        "consumer stopped; draining in-flight messages"
+    );
+    while in_flight.join_next().await.is_some() {}
+    tracing::debug!("ingest drained");
+    result
+}
+
+impl Ingest {
+    /// Handle one delivery to the end: acknowledged, or left to the broker.
+    pub async fn handle(&self, delivery: Delivery) {
+        let started = Instant::now();
+        let amqp_message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned());
+        let decoded = decode_job(&delivery.data, amqp_message_id.as_deref());
+        let span = match &decoded {
+            Ok(job) => tracing::info_span!(
+                "ingest",
+                message_id = %job.message_id,
+                job_type = %job.job_type,
+                ticket = job.ticket.as_ref().map(|t| t.reference.as_str()),
+                job_id = tracing::field::Empty,
+            ),
+            Err(rejection) => tracing::info_span!(
+                "ingest",
+                message_id = rejection.message_id.as_ref().map(|m| m.as_str()),
+                ticket = rejection.ticket.as_ref().map(|t| t.reference.as_str()),
+                job_id = tracing::field::Empty,
+            ),
+        };
+        let result = async {
+            match &decoded {
+                Ok(job) => self.store(job).await,
+                Err(rejection) => self.dead_letter(&delivery, rejection).await,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let _entered = span.enter();
+        match result {
+            Ok(outcome) => {
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    // The channel broke after the commit: the broker redelivers the message
+                    // and the inbox recognises it as a duplicate.
+                    tracing::warn!(%error, "ack failed after commit; the redelivery will be a duplicate");
+                }
+                metrics::counter!(m::MESSAGES_RECEIVED_TOTAL, "outcome" => outcome.as_str())
+                    .increment(1);
+                metrics::histogram!(m::INGEST_DURATION_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                tracing::debug!(outcome = outcome.as_str(), "message ingested");
+            }
+            Err(error) if self.shutdown.is_cancelled() => {
+                tracing::info!(%error, "shutting down; message left to the broker");
+            }
+            Err(error) => {
+                // Permanent and unexpected (a bug or a schema mismatch): requeue, so that the
+                // queue's delivery limit dead-letters it if it keeps failing.
+                tracing::error!(%error, "cannot ingest message; requeued");
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
+        }
+    }
+
+    async fn store(&self, job: &JobMessage) -> Result<IngestOutcome, BrokerError> {
+        let recorded = self
+            .retry_transient(|| jobs::record_job(&self.pool, job))
+            .await?;
+        Ok(match recorded {
+            Recorded::New(id) => {
+                tracing::Span::current().record("job_id", tracing::field::display(id));
+                tracing::info!("job stored");
+                IngestOutcome::Stored
+            }
+            Recorded::Duplicate(id) => {
+                tracing::Span::current().record("job_id", tracing::field::display(id));
+                tracing::info!("duplicate message_id; acknowledged without a second job");
+                IngestOutcome::Duplicate
+            }
+        })
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        rejection: &Rejection,
+    ) -> Result<IngestOutcome, BrokerError> {
+        if let Some(message_id) = &rejection.message_id {
+            let seen = self
+                .retry_transient(|| jobs::seen(&self.pool, message_id.as_str()))
+                .await?;
+            if seen {
+                tracing::info!("rejected message with a message_id seen before; acknowledged");
+                return Ok(IngestOutcome::Duplicate);
+            }
+        }
+        tracing::warn!(code = %rejection.code, detail = %rejection.detail, "dead-lettering message");
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let mut detail = rejection.detail.clone();
+        if detail.len() > MAX_DETAIL_LEN {
+            let mut cut = MAX_DETAIL_LEN;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
+        headers.insert(
+            "x-reconciler-error".into(),
+            long_string(rejection.code.as_str()),
+        );
+        headers.insert("x-reconciler-detail".into(), long_string(&detail));
+        headers.insert(
+            "x-original-exchange".into(),
+            long_string(delivery.exchange.as_str()),
+        );
+        headers.insert(
+            "x-original-routing-key".into(),
+            long_string(delivery.routing_key.as_str()),
+        );
+        headers.insert(
+            "x-reconciler-rejected-at".into(),
+            AMQPValue::LongLongInt(chrono::Utc::now().timestamp()),
+        );
+        let properties: BasicProperties = delivery
+            .properties
+            .clone()
+            .with_headers(FieldTable::from(headers.inner().clone()))
+            .with_delivery_mode(2);
+        let confirmation = self
+            .publisher
+            .basic_publish(
+                self.topology.dead_letter_exchange.as_str().into(),
+                delivery.routing_key.clone(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await
+            .map_err(BrokerError::Connection)?
+            .await
+            .map_err(BrokerError::Connection)?;
+        if !confirmation.is_ack() {
+            return Err(BrokerError::Nacked);
+        }
+        metrics::counter!(m::DEAD_LETTERS_TOTAL, "code" => rejection.code.as_str()).increment(1);
+        if rejection.message_id.is_some() {
+            let recorded = self
+                .retry_transient(|| jobs::record_rejection(&self.pool, rejection))
+                .await?;
+            let (Recorded::New(id) | Recorded::Duplicate(id)) = recorded;
+            tracing::Span::current().record("job_id", tracing::field::display(id));
+        }
+        Ok(IngestOutcome::DeadLettered)
+    }
+
+    /// Retry `op` while it fails transiently, until it succeeds, fails permanently, or the
+    /// worker shuts down.
+    async fn retry_transient<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times();
+        // An attempt in progress is never abandoned (it may be mid-transaction); shutdown only
+        // stops further retries, and the message then goes back to the broker.
+        Ok(op
+            .retry(backoff)
+            .when(|e: &StoreError| e.is_transient() && !self.shutdown.is_cancelled())
+            .notify(|error, delay| {
+                tracing::warn!(%error, ?delay, "database unavailable; retrying, message kept");
+            })
+            .await?)
+    }
+}

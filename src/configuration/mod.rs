@@ -1,0 +1,304 @@
+//! Layered, typed, validated configuration.
+//!
+//! Sources, later ones winning: `config/default.toml` (every key, documented), the optional
+//! `config/local.toml`, an optional file named with `--config`, then `RECONCILER__SECTION__KEY`
+//! environment variables. Everything is parsed into [`Settings`] with `deny_unknown_fields`, and
+//! [`Settings::validate`] rejects bad values at load time with a message that names the key.
+//! Secrets are [`secrecy::SecretString`], so `Debug` (and therefore logs and `check-config`)
+//! never shows them.
+
+mod broker;
+mod database;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use broker::{BrokerSettings, Topology};
+pub use database::DatabaseSettings;
+
+use crate::simulator::SimulatorSettings;
+use crate::tenant::TenantSettings;
+
+/// The whole configuration of a worker process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub broker: BrokerSettings,
+    pub outbox: OutboxSettings,
+    pub tenant: TenantSettings,
+    pub simulator: SimulatorSettings,
+}
+
+/// Process-wide behaviour of a worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Name of this replica in logs and broker connection names; empty means the host name.
+    pub instance_name: String,
+    /// How long a SIGTERM may take: in-flight messages finish or go back to the broker, the
+    /// outbox is flushed, then the process exits 0. Kubernetes' termination grace must be longer.
+    pub shutdown_grace_seconds: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter directive such as `info` or `policy_reconciler=debug,info`;
+    /// `RUST_LOG`, when set, wins.
+    pub level: String,
+    /// `json` (one object a line, for log shippers), `pretty` (for a terminal), or `auto`
+    /// (pretty when standard output is a terminal, JSON otherwise).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+    Auto,
+}
+
+/// The operational HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `host:port`; port 0 picks a free port (tests).
+    pub listen_address: String,
+}
+
+/// The relay that publishes stored events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Upper bound on the delay between an event's commit and its publication when no
+    /// notification arrives (a notification wakes the relay at once).
+    pub poll_interval_ms: u64,
+    /// Events published per transaction; each batch waits for the broker's confirms.
+    pub batch_size: u32,
+}
+
+impl OutboxSettings {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+impl WorkerSettings {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// The configured instance name, or the host name, or `worker`.
+    pub fn instance_name(&self) -> String {
+        if !self.instance_name.is_empty() {
+            return self.instance_name.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".to_owned())
+    }
+}
+
+/// Why the configuration could not be loaded. Always permanent: fix the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where to find the configuration files.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// Directory holding `default.toml` and the optional `local.toml`; `config` in the
+    /// working directory, else the one beside the crate's manifest (so tests and `cargo run`
+    /// work from anywhere).
+    pub dir: Option<PathBuf>,
+    /// An extra file (`--config`), applied after `local.toml`.
+    pub file: Option<PathBuf>,
+}
+
+impl ConfigSources {
+    fn dir(&self) -> PathBuf {
+        if let Some(dir) = &self.dir {
+            return dir.clone();
+        }
+        let local = PathBuf::from("config");
+        if local.join("default.toml").exists() {
+            return local;
+        }
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+}
+
+impl Settings {
+    /// Load every layer, parse and validate.
+    pub fn load(sources: &ConfigSources) -> Result<Self, ConfigError> {
+        Self::load_with(sources, config::Environment::default())
+    }
+
+    /// As [`Settings::load`], with the environment layer supplied (tests pass a fixed map).
+    pub fn load_with(
+        sources: &ConfigSources,
+        environment: config::Environment,
+    ) -> Result<Self, ConfigError> {
+        let dir = sources.dir();
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(true))
+            .add_source(config::File::from(dir.join("local.toml")).required(false));
+        if let Some(file) = &sources.file {
+            builder = builder.add_source(config::File::from(file.as_path()).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                environment
+                    .prefix("RECONCILER")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Reject values that parse but cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.worker.shutdown_grace_seconds == 0 {
+            return Err(ConfigError::invalid(
+                "worker.shutdown_grace_seconds",
+                "must be at least 1",
+            ));
+        }
+        if self.outbox.batch_size == 0 {
+            return Err(ConfigError::invalid(
+                "outbox.batch_size",
+                "must be at least 1",
+            ));
+        }
+        if self.outbox.poll_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "outbox.poll_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self
+            .http
+            .listen_address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(ConfigError::invalid(
+                "http.listen_address",
+                format!("is not host:port ({:?})", self.http.listen_address),
+            ));
+        }
+        self.database.validate()?;
+        self.broker.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> config::Environment {
+        config::Environment::default().source(Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ))
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let settings = Settings::load_with(&ConfigSources::default(), env(&[])).unwrap();
+        assert_eq!(settings.broker.topology.jobs_queue, "reconciler.jobs");
+        assert_eq!(
+            settings.broker.topology.events_exchange,
+            "reconciler.events"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let settings = Settings::load_with(
+            &ConfigSources::default(),
+            env(&[
+                ("RECONCILER__BROKER__PREFETCH_COUNT", "7"),
+                ("RECONCILER__BROKER__TOPOLOGY__JOBS_QUEUE", "other.jobs"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.broker.prefetch_count, 7);
+        assert_eq!(settings.broker.topology.jobs_queue, "other.jobs");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let error = Settings::load_with(
+            &ConfigSources::default(),
+            env(&[("RECONCILER__BROKER__PREFETCH_COUNT", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("broker.prefetch_count"),
+            "{error}"
+        );
+
+        let error = Settings::load_with(
+            &ConfigSources::default(),
+            env(&[("RECONCILER__HTTP__LISTEN_ADDRESS", "nowhere")]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("http.listen_address"), "{error}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = Settings::load_with(
+            &ConfigSources::default(),
+            env(&[("RECONCILER__BROKER__PREFETCH", "7")]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("prefetch"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let settings = Settings::load_with(
+            &ConfigSources::default(),
+            env(&[
+                ("RECONCILER__DATABASE__PASSWORD", "db-hunter2"),
+                ("RECONCILER__BROKER__PASSWORD", "amqp-hunter2"),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("REDACTED"), "{shown}");
+    }
+}

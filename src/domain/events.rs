@@ -1,0 +1,194 @@
+//! Events the reconciler publishes (`messages.md`, "Events").
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{FailureCode, JobType, Ticket};
+
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// `failures` lists at most this many entries; `failures_truncated` says when there were more.
+pub const MAX_FAILURES_LISTED: usize = 1_000;
+
+/// Fields every event about a job carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventHeader {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    pub schema_version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub job_id: Uuid,
+    pub source_message_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<Ticket>,
+}
+
+impl EventHeader {
+    pub fn new(
+        event_type: &'static str,
+        job_id: Uuid,
+        source_message_id: String,
+        ticket: Option<Ticket>,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_type,
+            schema_version: EVENT_SCHEMA_VERSION,
+            occurred_at: Utc::now(),
+            job_id,
+            source_message_id,
+            ticket,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Immediate,
+    OffPeak,
+}
+
+/// Published once the job is planned.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobAccepted {
+    #[serde(flatten)]
+    pub header: EventHeader,
+    pub job_type: JobType,
+    pub total: u64,
+    pub schedule: Schedule,
+    pub earliest_start: DateTime<Utc>,
+}
+
+impl JobAccepted {
+    pub const TYPE: &'static str = "job.accepted";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    PartiallySucceeded,
+    Failed,
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::PartiallySucceeded => "partially_succeeded",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: u64,
+    pub changed: u64,
+    pub already_compliant: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    pub item: String,
+    pub code: FailureCode,
+    pub detail: String,
+}
+
+/// Exactly one per accepted job; resolves the ticket.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobCompleted {
+    #[serde(flatten)]
+    pub header: EventHeader,
+    /// Absent only when the message's type could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_type: Option<JobType>,
+    /// What the job was about (a policy and version, a user and role, a batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Value>,
+    pub outcome: Outcome,
+    pub dry_run: bool,
+    pub counts: Counts,
+    pub failures: Vec<Failure>,
+    pub failures_truncated: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+impl JobCompleted {
+    pub const TYPE: &'static str = "job.completed";
+
+    /// Cap `failures` at [`MAX_FAILURES_LISTED`], setting `failures_truncated`.
+    pub fn with_failures(mut self, mut failures: Vec<Failure>) -> Self {
+        self.failures_truncated = failures.len() > MAX_FAILURES_LISTED;
+        failures.truncate(MAX_FAILURES_LISTED);
+        self.failures = failures;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completed_has_the_contract_shape() {
+        let header = EventHeader::new(
+            JobCompleted::TYPE,
+            Uuid::nil(),
+            "m-1".into(),
+            Some(Ticket {
+                reference: "INC1".into(),
+                originator: "a@nhs.net".into(),
+            }),
+        );
+        let now = Utc::now();
+        let event = JobCompleted {
+            header,
+            job_type: Some(JobType::PolicyChanged),
+            subject: None,
+            outcome: Outcome::PartiallySucceeded,
+            dry_run: false,
+            counts: Counts::default(),
+            failures: vec![],
+            failures_truncated: false,
+            started_at: now,
+            finished_at: now,
+        }
+        .with_failures(
+            (0..1_001)
+                .map(|i| Failure {
+                    item: format!("u{i}@nhs.net"),
+                    code: FailureCode::UserNotFound,
+                    detail: String::new(),
+                })
+                .collect(),
+        );
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], "job.completed");
+        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["job_type"], "policy.changed");
+        assert_eq!(json["outcome"], "partially_succeeded");
+        assert_eq!(json["ticket"]["reference"], "INC1");
+        assert_eq!(json["failures"].as_array().unwrap().len(), 1_000);
+        assert_eq!(json["failures_truncated"], true);
+        assert_eq!(json["failures"][0]["code"], "user_not_found");
+        for key in [
+            "event_id",
+            "occurred_at",
+            "job_id",
+            "source_message_id",
+            "counts",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Building and running a worker: the parts wired together, started in order, and stopped
+//! gracefully within the configured grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Supervisor;
+use crate::configuration::Settings;
+use crate::http::{self, Health};
+use crate::store::{self, StoreError};
+use crate::telemetry;
+
+/// Why a worker could not start. Permanent: the process exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// A built worker, listening but not yet running.
+pub struct Application {
+    settings: Settings,
+    pool: PgPool,
+    health: Arc<Health>,
+    listener: TcpListener,
+    address: SocketAddr,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let pool = store::pool(&settings.database);
+        let health = Health::new(pool.clone());
+        let listener = TcpListener::bind(&settings.http.listen_address)
+            .await
+            .map_err(|source| StartupError::Listen {
+                address: settings.http.listen_address.clone(),
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                address: settings.http.listen_address.clone(),
+                source,
+            })?;
+        Ok(Self {
+            settings,
+            pool,
+            health,
+            listener,
+            address,
+        })
+    }
+
+    /// The address of `/metrics`, `/healthz` and `/readyz` (the real port when 0 was asked).
+    pub fn http_address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn pool(&self) -> PgPool {
+        self.pool.clone()
+    }
+
+    /// Run until `shutdown` resolves, then stop consuming, let in-flight work finish, flush
+    /// the outbox and return, all within `worker.shutdown_grace_seconds`.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let token = CancellationToken::new();
+        let trigger = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested");
+            trigger.cancel();
+        });
+
+        let metrics = telemetry::metrics::install();
+        let upkeep = {
+            let metrics = metrics.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => metrics.run_upkeep(),
+                    }
+                }
+            })
+        };
+        let http_stop = CancellationToken::new();
+        let server = tokio::spawn(http::serve(
+            self.listener,
+            http::router(self.health.clone(), metrics),
+            http_stop.clone().cancelled_owned(),
+        ));
+        tracing::info!(address = %self.address, "serving /metrics, /healthz and /readyz");
+
+        let instance = self.settings.worker.instance_name();
+        let grace = self.settings.worker.shutdown_grace();
+        let work = {
+            let token = token.clone();
+            let settings = self.settings.clone();
+            let pool = self.pool.clone();
+            let health = self.health.clone();
+            async move {
+                if !prepare_database(&settings, &pool, &token).await {
+                    return;
+                }
+                Supervisor {
+                    settings: settings.broker.clone(),
+                    outbox: settings.outbox.clone(),
+                    instance,
+                    pool,
+                    health,
+                }
+                .run(token)
+                .await;
+            }
+        };
+        tokio::pin!(work);
+        let deadline = async {
+            token.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            _ = &mut work => tracing::info!("stopped cleanly"),
+            _ = deadline => tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "grace period over; unfinished messages return to the broker"
+            ),
+        }
+        // Each step is bounded: an idle keep-alive client or a dead database must not keep a
+        // terminating replica alive.
+        http_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        upkeep.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.pool.close()).await;
+    }
+}
+
+/// Create the database if allowed and apply migrations, retrying while the database is
+/// unreachable. Returns false if shutdown came first.
+async fn prepare_database(settings: &Settings, pool: &PgPool, token: &CancellationToken) -> bool {
+    let attempt = || async {
+        store::ensure_database(&settings.database).await?;
+        if settings.database.migrate_on_start {
+            store::migrate(pool).await?;
+        }
+        Ok::<(), StoreError>(())
+    };
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times();
+    let prepared = attempt.retry(backoff).notify(|error, delay| {
+        tracing::warn!(%error, ?delay, "database not ready; retrying");
+    });
+    tokio::select! {
+        result = prepared => match result {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "database preparation failed");
+                false
+            }
+        },
+        _ = token.cancelled() => false,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,75 @@
+//! PostgreSQL, the source of truth: connection pool, embedded migrations, and the tables each
+//! part owns (the inbox and jobs, the outbox).
+
+mod error;
+pub mod jobs;
+pub mod outbox;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+pub use error::StoreError;
+
+use crate::configuration::DatabaseSettings;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Create the configured database when it does not exist (when allowed by the settings).
+pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), StoreError> {
+    if !settings.create_if_missing {
+        return Ok(());
+    }
+    let mut conn = PgConnection::connect_with(&settings.without_db()).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&settings.database_name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let statement = format!(
+            "CREATE DATABASE \"{}\"",
+            settings.database_name.replace('"', "\"\"")
+        );
+        // Another replica may create it at the same moment: 42P04 (duplicate_database) is fine.
+        if let Err(error) = conn.execute(sqlx::AssertSqlSafe(statement)).await {
+            let duplicate = matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P04"));
+            if !duplicate {
+                return Err(error.into());
+            }
+        }
+        tracing::info!(database = %settings.database_name, "created database");
+    }
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// A pool that connects lazily, so that a replica starts (and says "not ready") while the
+/// database is down, instead of crashing.
+pub fn pool(settings: &DatabaseSettings) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout())
+        .connect_lazy_with(settings.with_db())
+}
+
+/// Apply every pending migration. Safe with many replicas (sqlx takes an advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Whether every embedded migration is applied (readiness).
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, StoreError> {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .or_else(|e| match &e {
+                // 42P01: the table does not exist yet, nothing is applied.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
+                _ => Err(e),
+            })?;
+    Ok(applied.unwrap_or(0) >= latest)
+}
