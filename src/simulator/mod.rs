@@ -11,6 +11,7 @@
 //! | `POST /_sim/reset-stats` | clears the counters |
 //! | `GET /_sim/config`, `POST /_sim/config` | reads / patches the [`SimulatorBehaviour`] |
 //! | `GET /_sim/users/{id or upn}` | a user with every property |
+//! | `POST /_sim/revoke-tokens` | invalidates every issued token |
 //! | `POST /_sim/fail-next` | `{"count":N,"status":503}`: the next N Graph calls fail (status 0: drop N connections) |
 //!
 //! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).
@@ -120,6 +121,11 @@ impl Shared {
     /// Makes the next `count` Graph calls fail with `status` (0: drop the next `count` connections).
     pub fn fail_next(&self, count: u32, status: u16) {
         *self.fail_next.lock() = (count, status);
+    }
+
+    /// Invalidates every issued token (the next Graph call of a client gets 401).
+    pub fn revoke_tokens(&self) {
+        self.tokens.lock().clear();
     }
 
     /// Every property of a user, by id or UPN.

@@ -36,6 +36,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/_sim/config", get(get_config).post(set_config))
         .route("/_sim/users/{key}", get(sim_user))
         .route("/_sim/fail-next", post(fail_next))
+        .route("/_sim/revoke-tokens", post(revoke_tokens))
         .fallback(graph)
         .with_state(shared)
 }
@@ -679,6 +680,10 @@ async fn token(
             .into_response()
     };
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let fail = |status: StatusCode, error: &str, description: &str| {
+        shared.stats.lock().request("token", status.as_u16());
+        fail(status, error, description)
+    };
     if field("grant_type") != "client_credentials" {
         return fail(
             StatusCode::BAD_REQUEST,
@@ -724,6 +729,7 @@ async fn token(
         }
         tokens.insert(token.clone(), now + Duration::from_secs(lifetime));
     }
+    shared.stats.lock().request("token", 200);
     Json(json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}))
         .into_response()
 }
@@ -765,5 +771,11 @@ async fn fail_next(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -
     let count = body.get("count").and_then(Value::as_u64).unwrap_or(1) as u32;
     let status = body.get("status").and_then(Value::as_u64).unwrap_or(503) as u16;
     *shared.fail_next.lock() = (count, status);
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /_sim/revoke-tokens`: every issued token becomes invalid (clients must fetch new ones).
+async fn revoke_tokens(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.revoke_tokens();
     StatusCode::NO_CONTENT
 }

@@ -3,6 +3,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::metrics as m;
+
 /// Entries kept in the recent-writes log.
 pub const WRITE_LOG_CAPACITY: usize = 10_000;
 /// Unix seconds kept in the per-second histograms.
@@ -122,6 +124,7 @@ impl Stats {
     pub fn write_finished(&mut self, mut entry: WriteLogEntry) {
         if entry.applied {
             self.writes_applied += 1;
+            metrics::counter!(m::SIMULATOR_WRITES_APPLIED_TOTAL).increment(1);
             bump(&mut self.applied_per_second, entry.unix_ms / 1000);
             if entry.status == 429 {
                 self.throttled_writes_applied += 1;
