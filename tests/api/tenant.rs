@@ -11,7 +11,11 @@ use uuid::Uuid;
 use crate::sim_helpers::{client, client_with, licences, seed, seed_users, start, start_with};
 
 fn e3_change(catalogue: &policy_reconciler::tenant::SkuCatalogue, user: UserRef) -> LicenceChange {
-    let toggles = [("EXCHANGE_S_ENTERPRISE", true), ("TEAMS1", true), ("SWAY", false)];
+    let toggles = [
+        ("EXCHANGE_S_ENTERPRISE", true),
+        ("TEAMS1", true),
+        ("SWAY", false),
+    ];
     LicenceChange {
         user,
         add: vec![catalogue.assignment("ENTERPRISEPACK", toggles).unwrap()],
@@ -40,7 +44,10 @@ async fn licence_gets_complete_disabled_plans_and_a_second_run_writes_nothing() 
         .collect();
     expected.sort();
     assert_eq!(expected.len(), e3.service_plans.len() - 2);
-    assert_eq!(licences(&sim, &ids[0].to_string()), vec![(sku_ids::ENTERPRISEPACK, expected)]);
+    assert_eq!(
+        licences(&sim, &ids[0].to_string()),
+        vec![(sku_ids::ENTERPRISEPACK, expected)]
+    );
     assert_eq!(sim.state().stats().count("assign_license", 200), 1);
 
     sim.state().reset_stats();
@@ -48,7 +55,11 @@ async fn licence_gets_complete_disabled_plans_and_a_second_run_writes_nothing() 
     let second = second[0].as_ref().unwrap();
     assert!(!second.changed, "already compliant");
     let stats = sim.state().stats();
-    assert_eq!(stats.total("assign_license"), 0, "no write reached the tenant");
+    assert_eq!(
+        stats.total("assign_license"),
+        0,
+        "no write reached the tenant"
+    );
     assert_eq!(stats.writes_attempted, 0);
     assert_eq!(stats.count("get_user", 200), 1);
 }
@@ -76,10 +87,16 @@ async fn sku_swap_is_one_call() {
     let stats = sim.state().stats();
     assert_eq!(stats.total("assign_license"), 1);
     assert_eq!(stats.writes_applied, 1);
-    assert_eq!(licences(&sim, "bob@example.org"), vec![(sku_ids::ENTERPRISEPACK, vec![])]);
+    assert_eq!(
+        licences(&sim, "bob@example.org"),
+        vec![(sku_ids::ENTERPRISEPACK, vec![])]
+    );
     let skus = tenant.refresh_skus().await.unwrap();
     assert_eq!(skus.by_id(sku_ids::STANDARDPACK).unwrap().consumed_units, 0);
-    assert_eq!(skus.by_id(sku_ids::ENTERPRISEPACK).unwrap().consumed_units, 1);
+    assert_eq!(
+        skus.by_id(sku_ids::ENTERPRISEPACK).unwrap().consumed_units,
+        1
+    );
 }
 
 /// A small catalogue: one seat of TESTPACK, which excludes TESTPACK2.
@@ -125,21 +142,47 @@ async fn licence_errors_are_mapped() {
         ])
         .await;
     assert_eq!(out[0], Ok(LicenceOutcome::Applied));
-    let codes: Vec<&str> = out[1..].iter().map(|r| r.as_ref().unwrap_err().code()).collect();
-    assert_eq!(codes, ["user_not_found", "usage_location_missing", "unknown_service_plan"]);
+    let codes: Vec<&str> = out[1..]
+        .iter()
+        .map(|r| r.as_ref().unwrap_err().code())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "user_not_found",
+            "usage_location_missing",
+            "unknown_service_plan"
+        ]
+    );
 
     // The only seat is taken; TESTPACK2 excludes TESTPACK.
     let out = tenant
-        .assign_licences(&[change("u2@example.org", test), change("u1@example.org", test2)])
+        .assign_licences(&[
+            change("u2@example.org", test),
+            change("u1@example.org", test2),
+        ])
         .await;
-    assert!(matches!(out[0], Err(TenantError::NoSeatsAvailable(_))), "{:?}", out[0]);
-    assert!(matches!(out[1], Err(TenantError::MutuallyExclusiveLicence(_))), "{:?}", out[1]);
-    assert_eq!(out[1].as_ref().unwrap_err().code(), "mutually_exclusive_licence");
+    assert!(
+        matches!(out[0], Err(TenantError::NoSeatsAvailable(_))),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(out[1], Err(TenantError::MutuallyExclusiveLicence(_))),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(
+        out[1].as_ref().unwrap_err().code(),
+        "mutually_exclusive_licence"
+    );
 
     // Naming a plan the licence lacks fails before any call.
     let e = cat.assignment("TESTPACK", [("TEAMS1", true)]).unwrap_err();
     assert_eq!(e.code(), "unknown_service_plan");
-    let read = tenant.get_users(&[UserRef::Upn("ghost@example.org".into())]).await;
+    let read = tenant
+        .get_users(&[UserRef::Upn("ghost@example.org".into())])
+        .await;
     assert_eq!(read[0].as_ref().unwrap_err().code(), "user_not_found");
     // Nothing failed was applied.
     assert_eq!(sim.state().stats().writes_applied, 1);
@@ -169,10 +212,16 @@ async fn throttling_without_retries_left_reports_retry_after() {
     let applied = out.iter().filter(|r| r.is_ok()).count();
     assert_eq!(applied, 1);
     let err = out.iter().find_map(|r| r.as_ref().err()).unwrap();
-    let TenantError::Throttled { retry_after: Some(d) } = err else {
+    let TenantError::Throttled {
+        retry_after: Some(d),
+    } = err
+    else {
         panic!("expected throttling, got {err:?}");
     };
-    assert!(*d >= Duration::from_secs(1) && *d <= Duration::from_secs(60), "{d:?}");
+    assert!(
+        *d >= Duration::from_secs(1) && *d <= Duration::from_secs(60),
+        "{d:?}"
+    );
     assert!(err.is_transient());
     assert_eq!(err.code(), "throttled");
     assert_eq!(sim.state().stats().throttled, 1);
@@ -193,7 +242,11 @@ async fn transient_failures_are_retried_then_reported() {
     sim.state().fail_next(1, 0);
     let out = tenant.get_users(&refs).await;
     assert!(out.iter().all(Result::is_ok), "{out:?}");
-    assert_eq!(sim.state().stats().count("batch", 0), 1, "one connection dropped");
+    assert_eq!(
+        sim.state().stats().count("batch", 0),
+        1,
+        "one connection dropped"
+    );
 
     // Failing beyond the attempts: reported as tenant_unavailable.
     let impatient = client_with(&sim, |t| t.max_attempts = 2);
@@ -230,7 +283,13 @@ async fn forty_five_operations_take_three_batches_in_input_order() {
     let refs: Vec<UserRef> = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| if i % 2 == 0 { UserRef::Id(*id) } else { UserRef::Upn(format!("B{i}@EXAMPLE.ORG")) })
+        .map(|(i, id)| {
+            if i % 2 == 0 {
+                UserRef::Id(*id)
+            } else {
+                UserRef::Upn(format!("B{i}@EXAMPLE.ORG"))
+            }
+        })
         .collect();
     let out = tenant.get_users(&refs).await;
     let got: Vec<Uuid> = out.into_iter().map(|r| r.unwrap().id).collect();
@@ -242,7 +301,10 @@ async fn forty_five_operations_take_three_batches_in_input_order() {
 
     sim.state().reset_stats();
     let cat = tenant.skus().await.unwrap();
-    let changes: Vec<LicenceChange> = ids.iter().map(|id| e3_change(&cat, UserRef::Id(*id))).collect();
+    let changes: Vec<LicenceChange> = ids
+        .iter()
+        .map(|id| e3_change(&cat, UserRef::Id(*id)))
+        .collect();
     let out = tenant.assign_licences(&changes).await;
     assert!(out.iter().all(|r| *r == Ok(LicenceOutcome::Applied)));
     let stats = sim.state().stats();
@@ -271,14 +333,25 @@ async fn throttled_writes_wait_for_retry_after_and_stay_under_the_tenant_limit()
         })
         .collect();
     let out = tenant.assign_licences(&changes).await;
-    assert!(out.iter().all(|r| *r == Ok(LicenceOutcome::Applied)), "{out:?}");
+    assert!(
+        out.iter().all(|r| *r == Ok(LicenceOutcome::Applied)),
+        "{out:?}"
+    );
     let stats = sim.state().stats();
     assert!(stats.throttled > 0, "the tenant throttled");
     assert_eq!(stats.writes_applied, 12, "every write applied exactly once");
-    let max = stats.writes_applied_per_second.values().max().copied().unwrap();
+    let max = stats
+        .writes_applied_per_second
+        .values()
+        .max()
+        .copied()
+        .unwrap();
     assert!(max <= 5, "{:?}", stats.writes_applied_per_second);
     for id in &ids {
-        assert_eq!(licences(&sim, &id.to_string()), vec![(sku_ids::MCOEV, vec![])]);
+        assert_eq!(
+            licences(&sim, &id.to_string()),
+            vec![(sku_ids::MCOEV, vec![])]
+        );
     }
 }
 
@@ -304,10 +377,19 @@ async fn a_throttled_write_that_was_applied_is_read_back_not_rewritten() {
         })
         .collect();
     let out = tenant.assign_licences(&changes).await;
-    let held = out.iter().filter(|r| **r == Ok(LicenceOutcome::AlreadyHeld)).count();
-    let applied = out.iter().filter(|r| **r == Ok(LicenceOutcome::Applied)).count();
+    let held = out
+        .iter()
+        .filter(|r| **r == Ok(LicenceOutcome::AlreadyHeld))
+        .count();
+    let applied = out
+        .iter()
+        .filter(|r| **r == Ok(LicenceOutcome::Applied))
+        .count();
     assert_eq!(held + applied, 8, "{out:?}");
-    assert!(held >= 5, "throttled writes were applied anyway and detected by reading: {out:?}");
+    assert!(
+        held >= 5,
+        "throttled writes were applied anyway and detected by reading: {out:?}"
+    );
     let stats = sim.state().stats();
     // One write per user: none was sent again after the re-read.
     assert_eq!(stats.writes_attempted, 8);
@@ -339,8 +421,16 @@ async fn client_write_budget_limits_the_write_rate() {
     // 15 writes at 5/s with a burst of 5 need at least 2 s.
     assert!(started.elapsed() >= Duration::from_millis(1900));
     let stats = sim.state().stats();
-    assert_eq!(stats.batch_calls, 3, "write batches hold at most write_burst requests");
-    let max = stats.writes_attempted_per_second.values().max().copied().unwrap();
+    assert_eq!(
+        stats.batch_calls, 3,
+        "write batches hold at most write_burst requests"
+    );
+    let max = stats
+        .writes_attempted_per_second
+        .values()
+        .max()
+        .copied()
+        .unwrap();
     // A token bucket lets at most rate + burst through in any second.
     assert!(max <= 10, "{:?}", stats.writes_attempted_per_second);
 }
@@ -354,7 +444,11 @@ async fn expired_and_revoked_tokens_are_replaced() {
     assert!(tenant.get_users(&refs).await[0].is_ok());
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(tenant.get_users(&refs).await[0].is_ok());
-    assert_eq!(sim.state().stats().count("token", 200), 2, "renewed after expiry");
+    assert_eq!(
+        sim.state().stats().count("token", 200),
+        2,
+        "renewed after expiry"
+    );
 
     // A token Graph refuses (401) is replaced once and the call repeated.
     let sim = start().await;
@@ -389,7 +483,10 @@ async fn groups_and_members_round_trip() {
     let added = tenant.add_members(created.id, &ids).await;
     assert!(added.iter().all(Result::is_ok), "{added:?}");
     let again = tenant.add_members(created.id, &ids[..1]).await;
-    assert!(matches!(again[0], Err(TenantError::AlreadyMember(_))), "{again:?}");
+    assert!(
+        matches!(again[0], Err(TenantError::AlreadyMember(_))),
+        "{again:?}"
+    );
 
     let members = tenant.list_members(created.id).await.unwrap();
     let mut got: Vec<Uuid> = members.iter().map(|m| m.id).collect();
@@ -397,12 +494,19 @@ async fn groups_and_members_round_trip() {
     let mut want = ids.clone();
     want.sort();
     assert_eq!(got, want);
-    assert_eq!(sim.state().stats().count("list_members", 200), 3, "5 members in pages of 2");
+    assert_eq!(
+        sim.state().stats().count("list_members", 200),
+        3,
+        "5 members in pages of 2"
+    );
 
     let removed = tenant.remove_members(created.id, &ids[..2]).await;
     assert!(removed.iter().all(Result::is_ok));
     let again = tenant.remove_members(created.id, &ids[..1]).await;
-    assert!(matches!(again[0], Err(TenantError::NotMember(_))), "{again:?}");
+    assert!(
+        matches!(again[0], Err(TenantError::NotMember(_))),
+        "{again:?}"
+    );
     assert_eq!(tenant.list_members(created.id).await.unwrap().len(), 3);
 
     let user = tenant
@@ -415,5 +519,8 @@ async fn groups_and_members_round_trip() {
         .await
         .unwrap();
     let read = tenant.get_users(&[UserRef::Id(user.id)]).await;
-    assert_eq!(read[0].as_ref().unwrap().usage_location.as_deref(), Some("GB"));
+    assert_eq!(
+        read[0].as_ref().unwrap().usage_location.as_deref(),
+        Some("GB")
+    );
 }
