@@ -160,3 +160,35 @@ impl SimulatorBehaviour {
         serde_json::from_value(current)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_matches_the_defaults() {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(
+                include_str!("../../config/default.toml"),
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap();
+        let s: SimulatorSettings = cfg.get("simulator").unwrap();
+        let d = SimulatorSettings::default();
+        assert_eq!(s.listen_address, d.listen_address);
+        assert_eq!(s.behaviour(), d.behaviour());
+        assert_eq!(s.client_id, d.client_id);
+        assert!(s.seed_file.is_none() && s.public_base_url.is_none());
+        assert!(!format!("{s:?}").contains("simulator-secret"));
+    }
+
+    #[test]
+    fn behaviour_patch_rejects_unknown_fields() {
+        let b = SimulatorBehaviour::default();
+        let p = b.patched(&serde_json::json!({"latency_ms": 7})).unwrap();
+        assert_eq!(p.latency_ms, 7);
+        assert_eq!(p.writes_per_window, b.writes_per_window);
+        assert!(b.patched(&serde_json::json!({"nope": 1})).is_err());
+    }
+}

@@ -87,3 +87,44 @@ impl TenantSettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn default_toml_matches_the_defaults() {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(
+                include_str!("../../config/default.toml"),
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap();
+        let s: TenantSettings = cfg.get("tenant").unwrap();
+        let d = TenantSettings::default();
+        assert_eq!(s.graph_base_url, d.graph_base_url);
+        assert_eq!(s.login_base_url, d.login_base_url);
+        assert_eq!(s.client_id, d.client_id);
+        assert_eq!(
+            s.client_secret.expose_secret(),
+            d.client_secret.expose_secret()
+        );
+        assert_eq!(
+            s.token_refresh_margin_seconds,
+            d.token_refresh_margin_seconds
+        );
+        assert_eq!(s.batch_size, d.batch_size);
+        assert_eq!(s.batch_concurrency, d.batch_concurrency);
+        assert_eq!(s.max_attempts, d.max_attempts);
+        assert_eq!(s.writes_per_second, d.writes_per_second);
+        assert_eq!(s.write_burst, d.write_burst);
+        assert_eq!(s.sku_cache_ttl_seconds, d.sku_cache_ttl_seconds);
+        assert!(
+            !format!("{s:?}").contains("simulator-secret"),
+            "Debug redacts the secret"
+        );
+    }
+}
