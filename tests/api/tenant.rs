@@ -386,8 +386,10 @@ async fn a_throttled_write_that_was_applied_is_read_back_not_rewritten() {
         .filter(|r| **r == Ok(LicenceOutcome::Applied))
         .count();
     assert_eq!(held + applied, 8, "{out:?}");
+    // 3 writes per window pass; the others were throttled yet applied, which the re-read detects
+    // (at least 2 even if the batch happened to straddle a window boundary).
     assert!(
-        held >= 5,
+        held >= 2,
         "throttled writes were applied anyway and detected by reading: {out:?}"
     );
     let stats = sim.state().stats();
