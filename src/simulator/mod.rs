@@ -1,6 +1,6 @@
 //! The Graph-compatible tenant simulator (`policy-reconciler tenant-simulator`).
 //!
-//! It serves the Microsoft Graph v1.0 subset of `docs/contract/tenant.md` (token endpoint,
+//! It serves the Microsoft Graph v1.0 subset of the tenant contract (`tenant.md`: token endpoint,
 //! `subscribedSkus`, users, `assignLicense`, groups and members, `$batch`) with Graph's JSON and
 //! error shapes, throttling (429 + `Retry-After`), latency and faults, and exposes what reached it
 //! at `/_sim/*`:
