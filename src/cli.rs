@@ -22,11 +22,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a worker: consume jobs, reconcile, publish events, until SIGTERM.
-    Run,
+    Run {
+        /// Also serve the built-in tenant simulator in this process, at
+        /// `simulator.listen_address`, and point the tenant client at it (demos, local runs).
+        #[arg(long)]
+        with_simulator: bool,
+    },
     /// Create the database if allowed and apply the embedded migrations, then exit.
     Migrate,
     /// Load and validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// Serve the Graph-compatible tenant simulator until SIGTERM.
+    TenantSimulator {
+        /// `host:port` to listen on (default: `simulator.listen_address`).
+        #[arg(long)]
+        listen: Option<String>,
+    },
 }
 
 impl Cli {

@@ -1,3 +1,237 @@
 //! The Graph-compatible tenant simulator (`policy-reconciler tenant-simulator`).
+//!
+//! It serves the Microsoft Graph v1.0 subset of the tenant contract (`tenant.md`: token endpoint,
+//! `subscribedSkus`, users, `assignLicense`, groups and members, `$batch`) with Graph's JSON and
+//! error shapes, throttling (429 + `Retry-After`), latency and faults, and exposes what reached it
+//! at `/_sim/*`:
+//!
+//! | route | purpose |
+//! |---|---|
+//! | `GET /_sim/stats` | [`StatsSnapshot`] as JSON |
+//! | `POST /_sim/reset-stats` | clears the counters |
+//! | `GET /_sim/config`, `POST /_sim/config` | reads / patches the [`SimulatorBehaviour`] |
+//! | `GET /_sim/users/{id or upn}` | a user with every property |
+//! | `POST /_sim/revoke-tokens` | invalidates every issued token |
+//! | `POST /_sim/fail-next` | `{"count":N,"status":503}`: the next N Graph calls fail (status 0: drop N connections) |
+//!
+//! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).
+pub mod catalogue;
+mod routes;
 pub mod settings;
-pub use settings::SimulatorSettings;
+pub mod state;
+pub mod stats;
+pub mod throttle;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use catalogue::{Seed, default_catalogue, sku_ids};
+pub use routes::MAX_BATCH_REQUESTS;
+pub use settings::{SimulatorBehaviour, SimulatorSettings};
+pub use state::{GraphError, USAGE_LOCATION_MESSAGE};
+pub use stats::{StatsSnapshot, WriteLogEntry};
+
+/// State shared by every request of one simulator. Each part has its own lock so that critical
+/// sections stay tiny and unrelated work (stats vs directory) never contends.
+pub struct Shared {
+    directory: RwLock<state::Directory>,
+    stats: Mutex<stats::Stats>,
+    throttle: Mutex<throttle::Throttle>,
+    behaviour: RwLock<SimulatorBehaviour>,
+    /// Issued access tokens and their expiry.
+    tokens: Mutex<HashMap<String, Instant>>,
+    /// Scripted faults: (remaining count, status; 0 = drop the connection).
+    fail_next: Mutex<(u32, u16)>,
+    client_id: String,
+    client_secret: SecretString,
+    public_base_url: Option<String>,
+}
+
+impl Shared {
+    /// Builds the state from settings, loading the seed file if one is configured.
+    pub fn from_settings(settings: &SimulatorSettings) -> io::Result<Self> {
+        let mut directory = state::Directory::with_catalogue(&default_catalogue());
+        if let Some(path) = &settings.seed_file {
+            let text = std::fs::read_to_string(path)?;
+            let seed: Seed = serde_json::from_str(&text).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("seed file {}: {e}", path.display()),
+                )
+            })?;
+            directory.seed(&seed).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("seed file {}: {}", path.display(), e.message),
+                )
+            })?;
+        }
+        Ok(Self {
+            directory: RwLock::new(directory),
+            stats: Mutex::default(),
+            throttle: Mutex::default(),
+            behaviour: RwLock::new(settings.behaviour()),
+            tokens: Mutex::default(),
+            fail_next: Mutex::new((0, 0)),
+            client_id: settings.client_id.clone(),
+            client_secret: settings.client_secret.clone(),
+            public_base_url: settings.public_base_url.clone().filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// Adds a seed (SKUs replace the catalogue; users and groups are added).
+    pub fn seed(&self, seed: &Seed) -> Result<(), GraphError> {
+        self.directory.write().seed(seed)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.lock().snapshot()
+    }
+
+    /// Clears the counters.
+    pub fn reset_stats(&self) {
+        self.stats.lock().reset();
+    }
+
+    /// Current behaviour.
+    pub fn behaviour(&self) -> SimulatorBehaviour {
+        self.behaviour.read().clone()
+    }
+
+    /// Patches the behaviour with a partial JSON object of [`SimulatorBehaviour`] fields.
+    pub fn set_behaviour(&self, patch: &Value) -> Result<SimulatorBehaviour, serde_json::Error> {
+        let mut b = self.behaviour.write();
+        let new = b.patched(patch)?;
+        *b = new.clone();
+        Ok(new)
+    }
+
+    /// Makes the next `count` Graph calls fail with `status` (0: drop the next `count` connections).
+    pub fn fail_next(&self, count: u32, status: u16) {
+        *self.fail_next.lock() = (count, status);
+    }
+
+    /// Invalidates every issued token (the next Graph call of a client gets 401).
+    pub fn revoke_tokens(&self) {
+        self.tokens.lock().clear();
+    }
+
+    /// Every property of a user, by id or UPN.
+    pub fn user(&self, key: &str) -> Option<Value> {
+        self.directory.read().user_json(key)
+    }
+
+    /// The subscribed SKUs as Graph returns them.
+    pub fn subscribed_skus(&self) -> Value {
+        self.directory.read().subscribed_skus()
+    }
+}
+
+/// Serves the simulator on `listener` until `shutdown` completes.
+///
+/// This is what `policy-reconciler tenant-simulator --listen ADDR` runs.
+pub async fn serve(
+    listener: TcpListener,
+    settings: SimulatorSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared::from_settings(&settings)?);
+    serve_shared(listener, shared, shutdown).await
+}
+
+/// Serves an already built [`Shared`] state (so a caller can keep a handle on it).
+pub async fn serve_shared(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "tenant simulator listening");
+    }
+    axum::serve(listener, routes::router(shared))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A simulator running in-process (see [`spawn`]). Dropping it stops the server.
+pub struct SimulatorHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl SimulatorHandle {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`: the Graph base URL and the login base URL of a client talking to it.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The shared state, to seed and inspect it directly.
+    pub fn state(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops the server and waits (briefly) for it to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            // Graceful shutdown waits for open connections; pooled client connections may linger.
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for SimulatorHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts a simulator on `settings.listen_address` (use port 0 for any free port) in the
+/// background of the current tokio runtime.
+pub async fn spawn(settings: SimulatorSettings) -> io::Result<SimulatorHandle> {
+    let listener = TcpListener::bind(&settings.listen_address).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared::from_settings(&settings)?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve_shared(listener, shared.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Ok(SimulatorHandle {
+        addr,
+        shared,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}

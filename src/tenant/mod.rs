@@ -1,3 +1,134 @@
-//! The tenant boundary: the `Tenant` trait the engine uses and its Microsoft Graph client.
+//! The tenant boundary: the [`Tenant`] trait the engine uses and its Microsoft Graph client.
+//!
+//! - [`GraphClient`] implements [`Tenant`] over Graph v1.0 (or the simulator, same code).
+//! - Reads and writes of many users go through `$batch` (≤ 20 per call, several in flight),
+//!   each inner answer handled on its own; results come back in input order.
+//! - Failures are a bounded [`TenantError`] with stable [`TenantError::code`]s.
+//! - Writes spend a [`WriteBudget`] (one token per write, also inside a `$batch`).
+pub mod auth;
+pub mod batch;
+pub mod error;
+pub mod graph;
+pub mod model;
+pub mod rate;
 pub mod settings;
+pub mod skus;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub use error::{Operation, TENANT_ERROR_CODES, TenantError};
+pub use graph::GraphClient;
+pub use model::{
+    AssignedLicence, EnsuredLicence, Group, GroupMember, LicenceChange, LicenceOutcome, NewGroup,
+    NewUser, UserLicenceState, UserRef,
+};
+pub use rate::{LocalTokenBucket, Unlimited, WriteBudget};
 pub use settings::TenantSettings;
+pub use skus::{ServicePlan, Sku, SkuCatalogue};
+
+/// What the engine needs of a Microsoft 365 tenant. Object-safe: use it as `Arc<dyn Tenant>`.
+#[async_trait]
+pub trait Tenant: Send + Sync {
+    /// The SKU catalogue, cached (for `sku_cache_ttl_seconds`).
+    async fn skus(&self) -> Result<Arc<SkuCatalogue>, TenantError>;
+
+    /// Reads the SKU catalogue again and caches it.
+    async fn refresh_skus(&self) -> Result<Arc<SkuCatalogue>, TenantError>;
+
+    /// Reads users (id, UPN, usage location, licences); one result per input, in input order.
+    async fn get_users(&self, users: &[UserRef]) -> Vec<Result<UserLicenceState, TenantError>>;
+
+    /// Sends one `assignLicense` per change (a swap is one change); one result per input.
+    ///
+    /// A write that is throttled or fails transiently may have been applied by Graph anyway, so
+    /// it is not simply repeated: after waiting (`Retry-After` or back-off) the user is re-read;
+    /// if the state already matches, the result is [`LicenceOutcome::AlreadyHeld`], otherwise the
+    /// write is sent again (up to `max_attempts` writes). [`LicenceOutcome::Applied`] means Graph
+    /// accepted a write. Nothing is read before the first write: use [`Tenant::ensure_licences`]
+    /// to skip users that are already compliant.
+    async fn assign_licences(
+        &self,
+        changes: &[LicenceChange],
+    ) -> Vec<Result<LicenceOutcome, TenantError>>;
+
+    /// Reads every user first, writes only the changes not yet satisfied, and reads those back to
+    /// verify them. `changed: false` means the user was already compliant (no write was sent). A
+    /// write whose read-back differs fails with [`TenantError::NotConverged`].
+    async fn ensure_licences(
+        &self,
+        changes: &[LicenceChange],
+    ) -> Vec<Result<EnsuredLicence, TenantError>> {
+        let refs: Vec<UserRef> = changes.iter().map(|c| c.user.clone()).collect();
+        let before = self.get_users(&refs).await;
+        let mut results: Vec<Option<Result<EnsuredLicence, TenantError>>> =
+            vec![None; changes.len()];
+        let mut to_write = Vec::new();
+        for (i, state) in before.into_iter().enumerate() {
+            match state {
+                Ok(s) if changes[i].is_satisfied_by(&s) => {
+                    results[i] = Some(Ok(EnsuredLicence {
+                        state: s,
+                        changed: false,
+                    }));
+                }
+                Ok(_) => to_write.push(i),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let writes: Vec<LicenceChange> = to_write.iter().map(|&i| changes[i].clone()).collect();
+        let written = self.assign_licences(&writes).await;
+        let mut to_verify = Vec::new();
+        for (&i, w) in to_write.iter().zip(written) {
+            match w {
+                Ok(_) => to_verify.push(i),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let verify_refs: Vec<UserRef> =
+            to_verify.iter().map(|&i| changes[i].user.clone()).collect();
+        for (&i, state) in to_verify.iter().zip(self.get_users(&verify_refs).await) {
+            results[i] = Some(match state {
+                Ok(s) if changes[i].is_satisfied_by(&s) => Ok(EnsuredLicence {
+                    state: s,
+                    changed: true,
+                }),
+                Ok(s) => Err(TenantError::NotConverged(format!(
+                    "{} does not hold the licences just assigned",
+                    s.user_principal_name
+                ))),
+                Err(e) => Err(e),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(TenantError::Transient("no answer".to_owned()))))
+            .collect()
+    }
+
+    /// The security group with this display name, if any (the first when several share it).
+    async fn find_group(&self, display_name: &str) -> Result<Option<Group>, TenantError>;
+
+    /// Creates a security group (seeding).
+    async fn create_group(&self, group: &NewGroup) -> Result<Group, TenantError>;
+
+    /// Every member of a group (all pages).
+    async fn list_members(&self, group_id: Uuid) -> Result<Vec<GroupMember>, TenantError>;
+
+    /// Adds users to a group; [`TenantError::AlreadyMember`] for those already in it (also when
+    /// an earlier, throttled attempt was applied), which an idempotent caller treats as done.
+    async fn add_members(&self, group_id: Uuid, user_ids: &[Uuid]) -> Vec<Result<(), TenantError>>;
+
+    /// Removes users from a group; [`TenantError::NotMember`] for those not in it.
+    async fn remove_members(
+        &self,
+        group_id: Uuid,
+        user_ids: &[Uuid],
+    ) -> Vec<Result<(), TenantError>>;
+
+    /// Creates a user (seeding). Not idempotent: a retried create that was applied fails with a
+    /// conflict (`tenant_error`).
+    async fn create_user(&self, user: &NewUser) -> Result<UserLicenceState, TenantError>;
+}

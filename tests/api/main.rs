@@ -1,10 +1,12 @@
-//! The one integration-test binary: every test talks to real PostgreSQL, RabbitMQ and the
-//! simulator, each in its own database and with its own queue names.
+//! The one integration-test binary. Worker tests talk to the real PostgreSQL and RabbitMQ, each
+//! in its own database and with its own queue names; tenant and simulator tests run the
+//! simulator in-process on port 0.
 mod health;
 mod helpers;
 mod ingest;
 mod outbox;
 mod reconnect;
 mod shutdown;
+mod sim_helpers;
 mod simulator;
 mod tenant;

@@ -1,1 +1,528 @@
 //! Graph client tests against the simulator.
+use std::time::Duration;
+
+use policy_reconciler::simulator::sku_ids;
+use policy_reconciler::tenant::{
+    AssignedLicence, LicenceChange, LicenceOutcome, NewGroup, NewUser, Tenant, TenantError, UserRef,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::sim_helpers::{client, client_with, licences, seed, seed_users, start, start_with};
+
+fn e3_change(catalogue: &policy_reconciler::tenant::SkuCatalogue, user: UserRef) -> LicenceChange {
+    let toggles = [
+        ("EXCHANGE_S_ENTERPRISE", true),
+        ("TEAMS1", true),
+        ("SWAY", false),
+    ];
+    LicenceChange {
+        user,
+        add: vec![catalogue.assignment("ENTERPRISEPACK", toggles).unwrap()],
+        remove: vec![],
+    }
+}
+
+#[tokio::test]
+async fn licence_gets_complete_disabled_plans_and_a_second_run_writes_nothing() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "alice", 1);
+    let tenant = client(&sim);
+    let catalogue = tenant.skus().await.unwrap();
+    let e3 = catalogue.by_part_number("ENTERPRISEPACK").unwrap();
+    let change = e3_change(&catalogue, UserRef::Upn("ALICE0@example.org".into()));
+
+    let first = tenant.ensure_licences(std::slice::from_ref(&change)).await;
+    let first = first[0].as_ref().unwrap();
+    assert!(first.changed);
+    // Every plan except the two allowed ones is disabled, in the simulator's own state.
+    let mut expected: Vec<Uuid> = e3
+        .service_plans
+        .iter()
+        .filter(|p| !["EXCHANGE_S_ENTERPRISE", "TEAMS1"].contains(&p.service_plan_name.as_str()))
+        .map(|p| p.service_plan_id)
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), e3.service_plans.len() - 2);
+    assert_eq!(
+        licences(&sim, &ids[0].to_string()),
+        vec![(sku_ids::ENTERPRISEPACK, expected)]
+    );
+    assert_eq!(sim.state().stats().count("assign_license", 200), 1);
+
+    sim.state().reset_stats();
+    let second = tenant.ensure_licences(&[change]).await;
+    let second = second[0].as_ref().unwrap();
+    assert!(!second.changed, "already compliant");
+    let stats = sim.state().stats();
+    assert_eq!(
+        stats.total("assign_license"),
+        0,
+        "no write reached the tenant"
+    );
+    assert_eq!(stats.writes_attempted, 0);
+    assert_eq!(stats.count("get_user", 200), 1);
+}
+
+#[tokio::test]
+async fn sku_swap_is_one_call() {
+    let sim = start().await;
+    let uid = Uuid::new_v4();
+    seed(
+        &sim,
+        json!({"users": [{"id": uid, "userPrincipalName": "bob@example.org", "usageLocation": "GB",
+            "assignedLicenses": [{"skuId": sku_ids::STANDARDPACK, "disabledPlans": []}]}]}),
+    );
+    let tenant = client(&sim);
+    let change = LicenceChange {
+        user: UserRef::Id(uid),
+        add: vec![AssignedLicence {
+            sku_id: sku_ids::ENTERPRISEPACK,
+            disabled_plans: vec![],
+        }],
+        remove: vec![sku_ids::STANDARDPACK],
+    };
+    let out = tenant.assign_licences(&[change]).await;
+    assert_eq!(out[0], Ok(LicenceOutcome::Applied));
+    let stats = sim.state().stats();
+    assert_eq!(stats.total("assign_license"), 1);
+    assert_eq!(stats.writes_applied, 1);
+    assert_eq!(
+        licences(&sim, "bob@example.org"),
+        vec![(sku_ids::ENTERPRISEPACK, vec![])]
+    );
+    let skus = tenant.refresh_skus().await.unwrap();
+    assert_eq!(skus.by_id(sku_ids::STANDARDPACK).unwrap().consumed_units, 0);
+    assert_eq!(
+        skus.by_id(sku_ids::ENTERPRISEPACK).unwrap().consumed_units,
+        1
+    );
+}
+
+/// A small catalogue: one seat of TESTPACK, which excludes TESTPACK2.
+fn small_catalogue() -> serde_json::Value {
+    json!({"skus": [
+        {"skuId": "00000000-0000-0000-0000-0000000000a1", "skuPartNumber": "TESTPACK",
+         "prepaidUnits": {"enabled": 1}, "mutuallyExclusiveGroup": "suite",
+         "servicePlans": [
+            {"servicePlanId": "00000000-0000-0000-0000-0000000000b1", "servicePlanName": "PLAN_ONE"},
+            {"servicePlanId": "00000000-0000-0000-0000-0000000000b2", "servicePlanName": "PLAN_TWO"}]},
+        {"skuId": "00000000-0000-0000-0000-0000000000a2", "skuPartNumber": "TESTPACK2",
+         "prepaidUnits": {"enabled": 10}, "mutuallyExclusiveGroup": "suite",
+         "servicePlans": [
+            {"servicePlanId": "00000000-0000-0000-0000-0000000000b3", "servicePlanName": "PLAN_THREE"}]}],
+     "users": [
+        {"userPrincipalName": "u1@example.org", "usageLocation": "GB"},
+        {"userPrincipalName": "u2@example.org", "usageLocation": "GB"},
+        {"userPrincipalName": "nolocation@example.org"}]})
+}
+
+#[tokio::test]
+async fn licence_errors_are_mapped() {
+    let sim = start().await;
+    seed(&sim, small_catalogue());
+    let tenant = client(&sim);
+    let cat = tenant.skus().await.unwrap();
+    let test = cat.assignment("TESTPACK", [("PLAN_ONE", true)]).unwrap();
+    let test2 = cat.assignment("TESTPACK2", [("PLAN_THREE", true)]).unwrap();
+    let change = |upn: &str, add: AssignedLicence| LicenceChange {
+        user: UserRef::Upn(upn.into()),
+        add: vec![add],
+        remove: vec![],
+    };
+    let mut bad_plan = test.clone();
+    bad_plan.disabled_plans.push(Uuid::new_v4());
+
+    let out = tenant
+        .assign_licences(&[
+            change("u1@example.org", test.clone()),
+            change("nobody@example.org", test.clone()),
+            change("nolocation@example.org", test2.clone()),
+            change("u2@example.org", bad_plan),
+        ])
+        .await;
+    assert_eq!(out[0], Ok(LicenceOutcome::Applied));
+    let codes: Vec<&str> = out[1..]
+        .iter()
+        .map(|r| r.as_ref().unwrap_err().code())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "user_not_found",
+            "usage_location_missing",
+            "unknown_service_plan"
+        ]
+    );
+
+    // The only seat is taken; TESTPACK2 excludes TESTPACK.
+    let out = tenant
+        .assign_licences(&[
+            change("u2@example.org", test),
+            change("u1@example.org", test2),
+        ])
+        .await;
+    assert!(
+        matches!(out[0], Err(TenantError::NoSeatsAvailable(_))),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(out[1], Err(TenantError::MutuallyExclusiveLicence(_))),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(
+        out[1].as_ref().unwrap_err().code(),
+        "mutually_exclusive_licence"
+    );
+
+    // Naming a plan the licence lacks fails before any call.
+    let e = cat.assignment("TESTPACK", [("TEAMS1", true)]).unwrap_err();
+    assert_eq!(e.code(), "unknown_service_plan");
+    let read = tenant
+        .get_users(&[UserRef::Upn("ghost@example.org".into())])
+        .await;
+    assert_eq!(read[0].as_ref().unwrap_err().code(), "user_not_found");
+    // Nothing failed was applied.
+    assert_eq!(sim.state().stats().writes_applied, 1);
+}
+
+#[tokio::test]
+async fn throttling_without_retries_left_reports_retry_after() {
+    let sim = start_with(|s| {
+        s.writes_per_window = 1;
+        s.write_window_seconds = 60;
+    })
+    .await;
+    let ids = seed_users(&sim, "t", 2);
+    let tenant = client_with(&sim, |t| t.max_attempts = 1);
+    let changes: Vec<LicenceChange> = ids
+        .iter()
+        .map(|id| LicenceChange {
+            user: UserRef::Id(*id),
+            add: vec![AssignedLicence {
+                sku_id: sku_ids::MCOEV,
+                disabled_plans: vec![],
+            }],
+            remove: vec![],
+        })
+        .collect();
+    let out = tenant.assign_licences(&changes).await;
+    let applied = out.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(applied, 1);
+    let err = out.iter().find_map(|r| r.as_ref().err()).unwrap();
+    let TenantError::Throttled {
+        retry_after: Some(d),
+    } = err
+    else {
+        panic!("expected throttling, got {err:?}");
+    };
+    assert!(
+        *d >= Duration::from_secs(1) && *d <= Duration::from_secs(60),
+        "{d:?}"
+    );
+    assert!(err.is_transient());
+    assert_eq!(err.code(), "throttled");
+    assert_eq!(sim.state().stats().throttled, 1);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_then_reported() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "f", 3);
+    let refs: Vec<UserRef> = ids.iter().map(|id| UserRef::Id(*id)).collect();
+    let tenant = client(&sim);
+
+    // Two inner 503s, then a dropped connection: all retried to success.
+    sim.state().fail_next(2, 503);
+    let out = tenant.get_users(&refs).await;
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(sim.state().stats().count("get_user", 503), 2);
+    sim.state().fail_next(1, 0);
+    let out = tenant.get_users(&refs).await;
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(
+        sim.state().stats().count("batch", 0),
+        1,
+        "one connection dropped"
+    );
+
+    // Failing beyond the attempts: reported as tenant_unavailable.
+    let impatient = client_with(&sim, |t| t.max_attempts = 2);
+    sim.state().fail_next(100, 500);
+    let out = impatient.get_users(&refs[..1]).await;
+    let e = out[0].as_ref().unwrap_err();
+    assert!(matches!(e, TenantError::Transient(_)), "{e:?}");
+    assert_eq!(e.code(), "tenant_unavailable");
+    assert!(e.is_transient());
+    sim.state().fail_next(0, 500);
+}
+
+#[tokio::test]
+async fn bad_credentials_are_an_auth_failure() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "a", 1);
+    let tenant = client_with(&sim, |t| t.client_secret = "wrong".to_owned().into());
+    let out = tenant.get_users(&[UserRef::Id(ids[0])]).await;
+    let e = out[0].as_ref().unwrap_err();
+    assert!(matches!(e, TenantError::Auth(_)), "{e:?}");
+    assert_eq!(e.code(), "tenant_auth_failed");
+    assert!(!e.is_transient());
+    let stats = sim.state().stats();
+    assert_eq!(stats.count("token", 401), 1);
+    assert_eq!(stats.batch_calls, 0);
+}
+
+#[tokio::test]
+async fn forty_five_operations_take_three_batches_in_input_order() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "b", 45);
+    let tenant = client(&sim);
+    // Mix ids and UPNs; results must come back in input order although the simulator shuffles.
+    let refs: Vec<UserRef> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            if i % 2 == 0 {
+                UserRef::Id(*id)
+            } else {
+                UserRef::Upn(format!("B{i}@EXAMPLE.ORG"))
+            }
+        })
+        .collect();
+    let out = tenant.get_users(&refs).await;
+    let got: Vec<Uuid> = out.into_iter().map(|r| r.unwrap().id).collect();
+    assert_eq!(got, ids);
+    let stats = sim.state().stats();
+    assert_eq!(stats.batch_calls, 3);
+    assert_eq!(stats.count("batch", 200), 3);
+    assert_eq!(stats.batch_inner_requests, 45);
+
+    sim.state().reset_stats();
+    let cat = tenant.skus().await.unwrap();
+    let changes: Vec<LicenceChange> = ids
+        .iter()
+        .map(|id| e3_change(&cat, UserRef::Id(*id)))
+        .collect();
+    let out = tenant.assign_licences(&changes).await;
+    assert!(out.iter().all(|r| *r == Ok(LicenceOutcome::Applied)));
+    let stats = sim.state().stats();
+    assert_eq!(stats.batch_calls, 3);
+    assert_eq!(stats.writes_applied, 45);
+}
+
+#[tokio::test]
+async fn throttled_writes_wait_for_retry_after_and_stay_under_the_tenant_limit() {
+    let sim = start_with(|s| {
+        s.writes_per_window = 5;
+        s.write_window_seconds = 1;
+    })
+    .await;
+    let ids = seed_users(&sim, "r", 12);
+    let tenant = client(&sim);
+    let changes: Vec<LicenceChange> = ids
+        .iter()
+        .map(|id| LicenceChange {
+            user: UserRef::Id(*id),
+            add: vec![AssignedLicence {
+                sku_id: sku_ids::MCOEV,
+                disabled_plans: vec![],
+            }],
+            remove: vec![],
+        })
+        .collect();
+    let out = tenant.assign_licences(&changes).await;
+    assert!(
+        out.iter().all(|r| *r == Ok(LicenceOutcome::Applied)),
+        "{out:?}"
+    );
+    let stats = sim.state().stats();
+    assert!(stats.throttled > 0, "the tenant throttled");
+    assert_eq!(stats.writes_applied, 12, "every write applied exactly once");
+    let max = stats
+        .writes_applied_per_second
+        .values()
+        .max()
+        .copied()
+        .unwrap();
+    assert!(max <= 5, "{:?}", stats.writes_applied_per_second);
+    for id in &ids {
+        assert_eq!(
+            licences(&sim, &id.to_string()),
+            vec![(sku_ids::MCOEV, vec![])]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_write_that_was_applied_is_read_back_not_rewritten() {
+    let sim = start_with(|s| {
+        s.writes_per_window = 3;
+        s.write_window_seconds = 1;
+        s.throttled_write_applied_probability = 1.0;
+    })
+    .await;
+    let ids = seed_users(&sim, "p", 8);
+    let tenant = client(&sim);
+    let changes: Vec<LicenceChange> = ids
+        .iter()
+        .map(|id| LicenceChange {
+            user: UserRef::Id(*id),
+            add: vec![AssignedLicence {
+                sku_id: sku_ids::MCOEV,
+                disabled_plans: vec![],
+            }],
+            remove: vec![],
+        })
+        .collect();
+    let out = tenant.assign_licences(&changes).await;
+    let held = out
+        .iter()
+        .filter(|r| **r == Ok(LicenceOutcome::AlreadyHeld))
+        .count();
+    let applied = out
+        .iter()
+        .filter(|r| **r == Ok(LicenceOutcome::Applied))
+        .count();
+    assert_eq!(held + applied, 8, "{out:?}");
+    // 3 writes per window pass; the others were throttled yet applied, which the re-read detects
+    // (at least 2 even if the batch happened to straddle a window boundary).
+    assert!(
+        held >= 2,
+        "throttled writes were applied anyway and detected by reading: {out:?}"
+    );
+    let stats = sim.state().stats();
+    // One write per user: none was sent again after the re-read.
+    assert_eq!(stats.writes_attempted, 8);
+    assert_eq!(stats.writes_applied, 8);
+}
+
+#[tokio::test]
+async fn client_write_budget_limits_the_write_rate() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "w", 15);
+    let tenant = client_with(&sim, |t| {
+        t.writes_per_second = 5.0;
+        t.write_burst = 5;
+    });
+    let changes: Vec<LicenceChange> = ids
+        .iter()
+        .map(|id| LicenceChange {
+            user: UserRef::Id(*id),
+            add: vec![AssignedLicence {
+                sku_id: sku_ids::MCOEV,
+                disabled_plans: vec![],
+            }],
+            remove: vec![],
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let out = tenant.assign_licences(&changes).await;
+    assert!(out.iter().all(Result::is_ok));
+    // 15 writes at 5/s with a burst of 5 need at least 2 s.
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    let stats = sim.state().stats();
+    assert_eq!(
+        stats.batch_calls, 3,
+        "write batches hold at most write_burst requests"
+    );
+    let max = stats
+        .writes_attempted_per_second
+        .values()
+        .max()
+        .copied()
+        .unwrap();
+    // A token bucket lets at most rate + burst through in any second.
+    assert!(max <= 10, "{:?}", stats.writes_attempted_per_second);
+}
+
+#[tokio::test]
+async fn expired_and_revoked_tokens_are_replaced() {
+    let sim = start_with(|s| s.token_lifetime_seconds = 1).await;
+    let ids = seed_users(&sim, "k", 1);
+    let tenant = client_with(&sim, |t| t.token_refresh_margin_seconds = 0);
+    let refs = [UserRef::Id(ids[0])];
+    assert!(tenant.get_users(&refs).await[0].is_ok());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(tenant.get_users(&refs).await[0].is_ok());
+    assert_eq!(
+        sim.state().stats().count("token", 200),
+        2,
+        "renewed after expiry"
+    );
+
+    // A token Graph refuses (401) is replaced once and the call repeated.
+    let sim = start().await;
+    let ids = seed_users(&sim, "k", 1);
+    let tenant = client(&sim);
+    let refs = [UserRef::Id(ids[0])];
+    assert!(tenant.get_users(&refs).await[0].is_ok());
+    sim.state().revoke_tokens();
+    assert!(tenant.get_users(&refs).await[0].is_ok());
+    let stats = sim.state().stats();
+    assert_eq!(stats.count("batch", 401), 1);
+    assert_eq!(stats.count("token", 200), 2);
+    assert_eq!(stats.count("batch", 200), 2);
+}
+
+#[tokio::test]
+async fn groups_and_members_round_trip() {
+    let sim = start_with(|s| s.members_page_size = 2).await;
+    let ids = seed_users(&sim, "m", 5);
+    let tenant = client(&sim);
+    let created = tenant
+        .create_group(&NewGroup {
+            display_name: "O'Brien's Team".into(),
+            mail_nickname: "obriens-team".into(),
+        })
+        .await
+        .unwrap();
+    let found = tenant.find_group("O'Brien's Team").await.unwrap();
+    assert_eq!(found.as_ref().map(|g| g.id), Some(created.id));
+    assert_eq!(tenant.find_group("Nobody's Team").await.unwrap(), None);
+
+    let added = tenant.add_members(created.id, &ids).await;
+    assert!(added.iter().all(Result::is_ok), "{added:?}");
+    let again = tenant.add_members(created.id, &ids[..1]).await;
+    assert!(
+        matches!(again[0], Err(TenantError::AlreadyMember(_))),
+        "{again:?}"
+    );
+
+    let members = tenant.list_members(created.id).await.unwrap();
+    let mut got: Vec<Uuid> = members.iter().map(|m| m.id).collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(
+        sim.state().stats().count("list_members", 200),
+        3,
+        "5 members in pages of 2"
+    );
+
+    let removed = tenant.remove_members(created.id, &ids[..2]).await;
+    assert!(removed.iter().all(Result::is_ok));
+    let again = tenant.remove_members(created.id, &ids[..1]).await;
+    assert!(
+        matches!(again[0], Err(TenantError::NotMember(_))),
+        "{again:?}"
+    );
+    assert_eq!(tenant.list_members(created.id).await.unwrap().len(), 3);
+
+    let user = tenant
+        .create_user(&NewUser {
+            user_principal_name: "new.user@example.org".into(),
+            display_name: "New User".into(),
+            mail_nickname: "new.user".into(),
+            usage_location: Some("GB".into()),
+        })
+        .await
+        .unwrap();
+    let read = tenant.get_users(&[UserRef::Id(user.id)]).await;
+    assert_eq!(
+        read[0].as_ref().unwrap().usage_location.as_deref(),
+        Some("GB")
+    );
+}

@@ -1,0 +1,781 @@
+//! HTTP surface of the simulator: the token endpoint, the Graph v1.0 subset, `$batch`, and the
+//! simulator-only `/_sim/*` admin routes.
+//!
+//! Graph calls are routed by hand (one fallback handler) rather than by axum's router, because the
+//! same dispatch must serve the inner requests of a `$batch`, whose URLs are plain strings.
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::Shared;
+use super::state::{AssignLicense, GraphError};
+use super::stats::WriteLogEntry;
+use super::throttle::{LIST_COST_UNITS, READ_COST_UNITS, WRITE_COST_UNITS};
+
+/// Graph's limit of requests in one `$batch`.
+pub const MAX_BATCH_REQUESTS: usize = 20;
+
+/// The simulator's router.
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/_sim/stats", get(stats))
+        .route("/_sim/reset-stats", post(reset_stats))
+        .route("/_sim/config", get(get_config).post(set_config))
+        .route("/_sim/users/{key}", get(sim_user))
+        .route("/_sim/fail-next", post(fail_next))
+        .route("/_sim/revoke-tokens", post(revoke_tokens))
+        .fallback(graph)
+        .with_state(shared)
+}
+
+/// A Graph answer before it becomes an HTTP response or an inner `$batch` response.
+#[derive(Debug)]
+struct SimResponse {
+    status: u16,
+    retry_after: Option<u64>,
+    body: Option<Value>,
+}
+
+impl SimResponse {
+    fn ok(status: u16, body: Option<Value>) -> Self {
+        Self {
+            status,
+            retry_after: None,
+            body,
+        }
+    }
+
+    fn error(e: &GraphError) -> Self {
+        Self::ok(e.status, Some(e.body()))
+    }
+
+    fn throttled(retry_after: u64) -> Self {
+        Self {
+            status: 429,
+            retry_after: Some(retry_after),
+            body: Some(
+                GraphError::new(
+                    429,
+                    "TooManyRequests",
+                    "Too many requests. Please retry after the time given in Retry-After.",
+                )
+                .body(),
+            ),
+        }
+    }
+
+    fn into_http(self) -> Response {
+        let mut resp = match self.body {
+            Some(body) => Json(body).into_response(),
+            None => Response::new(Body::empty()),
+        };
+        *resp.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Percent-decodes a URL component; `+` is a space only in queries.
+fn pct_decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes a query value.
+fn pct_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~,".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A Graph call, classified before it is throttled or executed.
+#[derive(Debug)]
+enum Route {
+    Skus,
+    GetUser(String),
+    AssignLicense(String),
+    CreateUser,
+    CreateGroup,
+    ListGroups,
+    ListMembers(String),
+    AddMember(String),
+    RemoveMember(String, String),
+    Batch,
+    Invalid(String),
+}
+
+impl Route {
+    fn parse(method: &Method, path: &str) -> Self {
+        let segs: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| pct_decode(s, false))
+            .collect();
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let m = method.clone();
+        match (m, segs.as_slice()) {
+            (Method::GET, ["subscribedSkus"]) => Self::Skus,
+            (Method::POST, ["users"]) => Self::CreateUser,
+            (Method::GET, ["users", u]) => Self::GetUser((*u).to_owned()),
+            (Method::POST, ["users", u, "assignLicense"]) => Self::AssignLicense((*u).to_owned()),
+            (Method::POST, ["groups"]) => Self::CreateGroup,
+            (Method::GET, ["groups"]) => Self::ListGroups,
+            (Method::GET, ["groups", g, "members"]) => Self::ListMembers((*g).to_owned()),
+            (Method::POST, ["groups", g, "members", "$ref"]) => Self::AddMember((*g).to_owned()),
+            (Method::DELETE, ["groups", g, "members", u, "$ref"]) => {
+                Self::RemoveMember((*g).to_owned(), (*u).to_owned())
+            }
+            (Method::POST, ["$batch"]) => Self::Batch,
+            (_, [first, ..]) => {
+                Self::Invalid(format!("Resource not found for the segment '{first}'."))
+            }
+            (_, []) => Self::Invalid("Invalid request.".to_owned()),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Skus => "subscribed_skus",
+            Self::GetUser(_) => "get_user",
+            Self::AssignLicense(_) => "assign_license",
+            Self::CreateUser => "create_user",
+            Self::CreateGroup => "create_group",
+            Self::ListGroups => "list_groups",
+            Self::ListMembers(_) => "list_members",
+            Self::AddMember(_) => "add_member",
+            Self::RemoveMember(..) => "remove_member",
+            Self::Batch => "batch",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+
+    fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Self::AssignLicense(_)
+                | Self::CreateUser
+                | Self::CreateGroup
+                | Self::AddMember(_)
+                | Self::RemoveMember(..)
+        )
+    }
+
+    fn cost(&self) -> u32 {
+        match self {
+            Self::Skus | Self::ListGroups | Self::ListMembers(_) => LIST_COST_UNITS,
+            _ if self.is_write() => WRITE_COST_UNITS,
+            _ => READ_COST_UNITS,
+        }
+    }
+
+    fn targets(&self) -> Vec<String> {
+        match self {
+            Self::AssignLicense(u) => vec![u.clone()],
+            Self::AddMember(g) => vec![g.clone()],
+            Self::RemoveMember(g, u) => vec![g.clone(), u.clone()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Parses a query string into decoded pairs (keys compared case-insensitively by callers).
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (pct_decode(k, true), pct_decode(v, true))
+        })
+        .collect()
+}
+
+fn query_param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+impl Shared {
+    /// Takes a scripted or random fault: `outer` asks for dropped connections (status 0), otherwise
+    /// for 5xx answers of single Graph calls.
+    fn take_fault(&self, outer: bool) -> Option<u16> {
+        {
+            let mut scripted = self.fail_next.lock();
+            if scripted.0 > 0 && (scripted.1 == 0) == outer {
+                scripted.0 -= 1;
+                return Some(scripted.1);
+            }
+        }
+        let b = self.behaviour.read();
+        let mut rng = rand::rng();
+        if outer {
+            let p = b.dropped_connection_rate.clamp(0.0, 1.0);
+            (p > 0.0 && rng.random_bool(p)).then_some(0)
+        } else {
+            let p = b.fault_rate.clamp(0.0, 1.0);
+            (p > 0.0 && rng.random_bool(p)).then(|| if rng.random_bool(0.5) { 500 } else { 503 })
+        }
+    }
+
+    /// One Graph call (single or inside a `$batch`): faults, throttling, execution, statistics.
+    fn call(
+        &self,
+        method: &Method,
+        rel_url: &str,
+        body: Option<&Value>,
+        base: &str,
+    ) -> SimResponse {
+        let (path, query) = match rel_url.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rel_url, None),
+        };
+        let route = Route::parse(method, path);
+        let now = now_ms();
+        let is_write = route.is_write();
+        if is_write {
+            self.stats.lock().write_attempted(now);
+        }
+        let mut applied = false;
+        let resp = if let Route::Invalid(msg) = &route {
+            SimResponse::error(&GraphError::new(400, "BadRequest", msg.clone()))
+        } else if matches!(route, Route::Batch) {
+            SimResponse::error(&GraphError::new(
+                400,
+                "BadRequest",
+                "Nested batch requests are not supported.",
+            ))
+        } else if let Some(status) = self.take_fault(false) {
+            let (code, msg) = if status == 503 {
+                (
+                    "serviceNotAvailable",
+                    "The service is temporarily unavailable. Please retry.",
+                )
+            } else {
+                ("generalException", "An internal server error occurred.")
+            };
+            SimResponse::error(&GraphError::new(status, code, msg))
+        } else {
+            let limited = {
+                let b = self.behaviour.read();
+                let mut t = self.throttle.lock();
+                let units = t.units.try_take(
+                    route.cost(),
+                    b.resource_units_per_window,
+                    b.resource_unit_window_seconds,
+                    now,
+                );
+                match units {
+                    Err(wait) => Err(wait),
+                    Ok(()) if is_write => {
+                        t.writes
+                            .try_take(1, b.writes_per_window, b.write_window_seconds, now)
+                    }
+                    Ok(()) => Ok(()),
+                }
+            };
+            match limited {
+                Err(wait) => {
+                    let p = self
+                        .behaviour
+                        .read()
+                        .throttled_write_applied_probability
+                        .clamp(0.0, 1.0);
+                    if is_write && p > 0.0 && rand::rng().random_bool(p) {
+                        let r = self.execute(&route, query, body, base);
+                        applied = (200..300).contains(&r.status);
+                    }
+                    SimResponse::throttled(wait)
+                }
+                Ok(()) => {
+                    let r = self.execute(&route, query, body, base);
+                    applied = is_write && (200..300).contains(&r.status);
+                    r
+                }
+            }
+        };
+        let mut stats = self.stats.lock();
+        stats.request(route.kind(), resp.status);
+        if is_write {
+            stats.write_finished(WriteLogEntry {
+                seq: 0,
+                unix_ms: now,
+                method: method.to_string(),
+                route: route.kind().to_owned(),
+                targets: route.targets(),
+                status: resp.status,
+                applied,
+            });
+        }
+        resp
+    }
+
+    fn execute(
+        &self,
+        route: &Route,
+        query: Option<&str>,
+        body: Option<&Value>,
+        base: &str,
+    ) -> SimResponse {
+        let q = parse_query(query);
+        let null = Value::Null;
+        let body = body.unwrap_or(&null);
+        let result = match route {
+            Route::Skus => Ok((200, Some(self.directory.read().subscribed_skus()))),
+            Route::GetUser(u) => self
+                .directory
+                .read()
+                .get_user(u, query_param(&q, "$select"))
+                .map(|v| (200, Some(v))),
+            Route::AssignLicense(u) => AssignLicense::parse(body)
+                .and_then(|req| self.directory.write().assign_license(u, &req))
+                .map(|v| (200, Some(v))),
+            Route::CreateUser => self
+                .directory
+                .write()
+                .create_user(body)
+                .map(|v| (201, Some(v))),
+            Route::CreateGroup => self
+                .directory
+                .write()
+                .create_group(body)
+                .map(|v| (201, Some(v))),
+            Route::ListGroups => self
+                .directory
+                .read()
+                .find_groups(query_param(&q, "$filter"))
+                .map(|v| (200, Some(v))),
+            Route::ListMembers(g) => self.list_members(g, &q, base).map(|v| (200, Some(v))),
+            Route::AddMember(g) => self
+                .directory
+                .write()
+                .add_member(g, body)
+                .map(|_| (204, None)),
+            Route::RemoveMember(g, u) => self
+                .directory
+                .write()
+                .remove_member(g, u)
+                .map(|()| (204, None)),
+            Route::Batch | Route::Invalid(_) => {
+                Err(GraphError::new(400, "BadRequest", "Invalid request."))
+            }
+        };
+        match result {
+            Ok((status, body)) => SimResponse::ok(status, body),
+            Err(e) => SimResponse::error(&e),
+        }
+    }
+
+    fn list_members(
+        &self,
+        group: &str,
+        q: &[(String, String)],
+        base: &str,
+    ) -> Result<Value, GraphError> {
+        let selection = query_param(q, "$select");
+        let page_size = match query_param(q, "$top") {
+            Some(t) => t
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=999).contains(n))
+                .ok_or_else(|| {
+                    GraphError::new(
+                        400,
+                        "BadRequest",
+                        format!("Invalid page size specified: '{t}'."),
+                    )
+                })?,
+            None => self.behaviour.read().members_page_size,
+        };
+        let after =
+            match query_param(q, "$skiptoken") {
+                Some(t) => Some(Uuid::parse_str(t).map_err(|_| {
+                    GraphError::new(400, "Request_BadRequest", "Invalid skip token.")
+                })?),
+                None => None,
+            };
+        let (page, next) = self
+            .directory
+            .read()
+            .members_page(group, selection, after, page_size)?;
+        let mut out = json!({
+            "@odata.context": format!("{base}/v1.0/$metadata#directoryObjects"),
+            "value": page,
+        });
+        if let Some(next) = next {
+            let mut link = format!("{base}/v1.0/groups/{group}/members?");
+            if let Some(s) = selection {
+                link.push_str(&format!("$select={}&", pct_encode(s)));
+            }
+            if query_param(q, "$top").is_some() {
+                link.push_str(&format!("$top={page_size}&"));
+            }
+            link.push_str(&format!("$skiptoken={next}"));
+            out["@odata.nextLink"] = json!(link);
+        }
+        Ok(out)
+    }
+
+    /// Checks the bearer token of a Graph request.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(), GraphError> {
+        let unauthorized =
+            |m: &str| GraphError::new(401, "InvalidAuthenticationToken", m.to_owned());
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        if token.is_empty() {
+            return Err(unauthorized("Access token is empty."));
+        }
+        match self.tokens.lock().get(token) {
+            None => Err(unauthorized(
+                "Access token validation failure. Invalid audience.",
+            )),
+            Some(exp) if *exp <= Instant::now() => Err(unauthorized(
+                "Lifetime validation failed, the token is expired.",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(b) = &self.public_base_url {
+            return b.trim_end_matches('/').to_owned();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    }
+
+    fn batch(&self, body: &Bytes, base: &str) -> SimResponse {
+        let bad = |m: &str| SimResponse::error(&GraphError::new(400, "BadRequest", m.to_owned()));
+        let Ok(payload) = serde_json::from_slice::<Value>(body) else {
+            return bad("Invalid batch payload format.");
+        };
+        let Some(requests) = payload.get("requests").and_then(Value::as_array) else {
+            return bad("Invalid batch payload format.");
+        };
+        if requests.len() > MAX_BATCH_REQUESTS {
+            return bad(&format!(
+                "Invalid batch payload format: the number of requests ({}) exceeds the limit of {MAX_BATCH_REQUESTS}.",
+                requests.len()
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut parsed = Vec::with_capacity(requests.len());
+        for r in requests {
+            let id = r.get("id").and_then(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| v.as_u64().map(|n| n.to_string()))
+            });
+            let method = r
+                .get("method")
+                .and_then(Value::as_str)
+                .and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok());
+            let url = r.get("url").and_then(Value::as_str);
+            let (Some(id), Some(method), Some(url)) = (id, method, url) else {
+                return bad(
+                    "Invalid batch payload format: every request needs id, method and url.",
+                );
+            };
+            if !seen.insert(id.clone()) {
+                return bad(&format!("Batch request ids must be unique: '{id}'."));
+            }
+            let inner_body = r.get("body").filter(|b| !b.is_null());
+            let has_content_type = r
+                .get("headers")
+                .and_then(Value::as_object)
+                .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")));
+            if inner_body.is_some() && !has_content_type {
+                return bad(&format!(
+                    "Write request id : {id} does not contain Content-Type header or body."
+                ));
+            }
+            parsed.push((id, method, url.to_owned(), inner_body.cloned()));
+        }
+        self.stats.lock().batch(parsed.len());
+        let mut responses: Vec<Value> = parsed
+            .into_iter()
+            .map(|(id, method, url, body)| {
+                // Inner URLs are relative to the version ("/users/…"); tolerate a "/v1.0" prefix.
+                let rel = url.strip_prefix("/v1.0").unwrap_or(&url);
+                let rel = if rel.starts_with('/') {
+                    rel.to_owned()
+                } else {
+                    format!("/{rel}")
+                };
+                let r = self.call(&method, &rel, body.as_ref(), base);
+                let mut headers = serde_json::Map::new();
+                if r.body.is_some() {
+                    headers.insert("Content-Type".into(), json!("application/json"));
+                }
+                if let Some(s) = r.retry_after {
+                    headers.insert("Retry-After".into(), json!(s.to_string()));
+                }
+                let mut out = json!({"id": id, "status": r.status, "headers": headers});
+                if let Some(b) = r.body {
+                    out["body"] = b;
+                }
+                out
+            })
+            .collect();
+        // Graph answers in any order; so does the simulator, to keep clients honest.
+        responses.shuffle(&mut rand::rng());
+        SimResponse::ok(200, Some(json!({ "responses": responses })))
+    }
+}
+
+async fn simulated_latency(shared: &Shared) {
+    let (fixed, jitter) = {
+        let b = shared.behaviour.read();
+        (b.latency_ms, b.latency_jitter_ms)
+    };
+    let extra = if jitter > 0 {
+        rand::rng().random_range(0..=jitter)
+    } else {
+        0
+    };
+    if fixed + extra > 0 {
+        tokio::time::sleep(Duration::from_millis(fixed + extra)).await;
+    }
+}
+
+/// A response whose body fails at once: hyper aborts the connection, which a client sees as a
+/// connection or body error, like a connection dropped by a load balancer.
+fn dropped_connection() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("simulated dropped connection"))
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+/// Every `/v1.0/…` request.
+async fn graph(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    simulated_latency(&shared).await;
+    let path = uri.path();
+    let Some(rel_path) = path.strip_prefix("/v1.0") else {
+        return SimResponse::error(&GraphError::new(
+            404,
+            "NotFound",
+            "Unknown API version or path.",
+        ))
+        .into_http();
+    };
+    let rel = match uri.query() {
+        Some(q) => format!("{rel_path}?{q}"),
+        None => rel_path.to_owned(),
+    };
+    let kind = Route::parse(&method, rel_path).kind();
+    if shared.take_fault(true).is_some() {
+        shared.stats.lock().request(kind, 0);
+        return dropped_connection();
+    }
+    if let Err(e) = shared.authenticate(&headers) {
+        shared.stats.lock().request(kind, 401);
+        return SimResponse::error(&e).into_http();
+    }
+    let base = shared.base_url(&headers);
+    if method == Method::POST && rel_path == "/$batch" {
+        let r = shared.batch(&body, &base);
+        shared.stats.lock().request("batch", r.status);
+        return r.into_http();
+    }
+    let json_body = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                shared.stats.lock().request(kind, 400);
+                return SimResponse::error(&GraphError::new(
+                    400,
+                    "BadRequest",
+                    format!("Unable to read JSON request payload: {e}"),
+                ))
+                .into_http();
+            }
+        }
+    };
+    shared
+        .call(&method, &rel, json_body.as_ref(), &base)
+        .into_http()
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token` (client credentials only), with Entra ID's error shape.
+async fn token(
+    State(shared): State<Arc<Shared>>,
+    Path(_tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let fail = |status: StatusCode, error: &str, description: &str| {
+        (
+            status,
+            Json(json!({"error": error, "error_description": description,
+            "error_codes": [], "timestamp": chrono::Utc::now().to_rfc3339(),
+            "trace_id": Uuid::new_v4(), "correlation_id": Uuid::new_v4()})),
+        )
+            .into_response()
+    };
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let fail = |status: StatusCode, error: &str, description: &str| {
+        shared.stats.lock().request("token", status.as_u16());
+        fail(status, error, description)
+    };
+    if field("grant_type") != "client_credentials" {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "AADSTS70003: The app requested an unsupported grant type.",
+        );
+    }
+    if !field("scope").ends_with("/.default") {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+        );
+    }
+    if field("client_id") != shared.client_id {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "AADSTS700016: Application was not found in the directory.",
+        );
+    }
+    if field("client_secret") != shared.client_secret.expose_secret() {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+        );
+    }
+    let lifetime = shared.behaviour.read().token_lifetime_seconds;
+    let token = {
+        let mut rng = rand::rng();
+        let bytes: [u8; 24] = rng.random();
+        format!(
+            "sim.{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    };
+    {
+        let mut tokens = shared.tokens.lock();
+        let now = Instant::now();
+        if tokens.len() > 10_000 {
+            tokens.retain(|_, exp| *exp > now);
+        }
+        tokens.insert(token.clone(), now + Duration::from_secs(lifetime));
+    }
+    shared.stats.lock().request("token", 200);
+    Json(json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}))
+        .into_response()
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.stats.lock().snapshot()).into_response()
+}
+
+async fn reset_stats(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.stats.lock().reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn get_config(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.behaviour.read().clone()).into_response()
+}
+
+async fn set_config(State(shared): State<Arc<Shared>>, Json(patch): Json<Value>) -> Response {
+    match shared.set_behaviour(&patch) {
+        Ok(b) => Json(b).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn sim_user(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    match shared.directory.read().user_json(&key) {
+        Some(u) => Json(u).into_response(),
+        None => SimResponse::error(&GraphError::not_found(&key)).into_http(),
+    }
+}
+
+/// `POST /_sim/fail-next {"count": N, "status": 503}`: the next N Graph calls fail with that
+/// status; status 0 drops the next N connections instead.
+async fn fail_next(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> StatusCode {
+    let count = body.get("count").and_then(Value::as_u64).unwrap_or(1) as u32;
+    let status = body.get("status").and_then(Value::as_u64).unwrap_or(503) as u16;
+    *shared.fail_next.lock() = (count, status);
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /_sim/revoke-tokens`: every issued token becomes invalid (clients must fetch new ones).
+async fn revoke_tokens(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.revoke_tokens();
+    StatusCode::NO_CONTENT
+}

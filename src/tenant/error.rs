@@ -1,0 +1,277 @@
+//! The bounded set of tenant failures and their stable codes.
+use std::time::Duration;
+
+/// What a Graph call can fail with, reduced to what the engine acts on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TenantError {
+    /// The user does not exist (Graph 404 on a user).
+    #[error("user not found: {0}")]
+    UserNotFound(String),
+    /// The user has no usage location, so no licence can be assigned.
+    #[error("usage location missing: {0}")]
+    UsageLocationMissing(String),
+    /// The SKU has no free seat.
+    #[error("no seats available: {0}")]
+    NoSeatsAvailable(String),
+    /// A service plan that the SKU does not have (by name in a policy, or by id at Graph).
+    #[error("unknown service plan: {0}")]
+    UnknownServicePlan(String),
+    /// A licence (`skuPartNumber` or `skuId`) the tenant does not subscribe to.
+    #[error("unknown licence: {0}")]
+    UnknownLicence(String),
+    /// The licence conflicts with one the user holds.
+    #[error("mutually exclusive licence: {0}")]
+    MutuallyExclusiveLicence(String),
+    /// Adding a group member that is already one (an idempotent caller treats it as done).
+    #[error("already a member: {0}")]
+    AlreadyMember(String),
+    /// Removing a group member that is not one (an idempotent caller treats it as done).
+    #[error("not a member: {0}")]
+    NotMember(String),
+    /// Graph answered 429 and retries ran out.
+    #[error("throttled by the tenant (retry after {retry_after:?})")]
+    Throttled {
+        /// The last `Retry-After`, when Graph sent one.
+        retry_after: Option<Duration>,
+    },
+    /// 5xx, timeouts, dropped connections: worth retrying later.
+    #[error("tenant unavailable: {0}")]
+    Transient(String),
+    /// The token could not be obtained or was refused.
+    #[error("authentication with the tenant failed: {0}")]
+    Auth(String),
+    /// The application lacks a permission (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A write succeeded but reading the user back did not show the desired state.
+    #[error("tenant state did not converge: {0}")]
+    NotConverged(String),
+    /// Anything else Graph answered.
+    #[error("graph error {status} {code}: {message}")]
+    Other {
+        /// HTTP status.
+        status: u16,
+        /// Graph's error code.
+        code: String,
+        /// Graph's message.
+        message: String,
+    },
+}
+
+/// Every value [`TenantError::code`] returns.
+pub const TENANT_ERROR_CODES: &[&str] = &[
+    "user_not_found",
+    "usage_location_missing",
+    "no_seats_available",
+    "unknown_service_plan",
+    "unknown_licence",
+    "mutually_exclusive_licence",
+    "already_member",
+    "not_member",
+    "throttled",
+    "tenant_unavailable",
+    "tenant_auth_failed",
+    "forbidden",
+    "tenant_state_mismatch",
+    "tenant_error",
+];
+
+/// The Graph call a response belongs to; decides how statuses map to errors, and labels metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Token endpoint.
+    Token,
+    /// `GET /subscribedSkus`.
+    ListSkus,
+    /// `GET /users/{id}`.
+    GetUser,
+    /// `POST /users/{id}/assignLicense`.
+    AssignLicence,
+    /// `GET /groups?$filter=…`.
+    FindGroup,
+    /// `POST /groups`.
+    CreateGroup,
+    /// `GET /groups/{id}/members`.
+    ListMembers,
+    /// `POST /groups/{id}/members/$ref`.
+    AddMember,
+    /// `DELETE /groups/{id}/members/{id}/$ref`.
+    RemoveMember,
+    /// `POST /users`.
+    CreateUser,
+    /// `POST /$batch` (the envelope).
+    Batch,
+}
+
+impl Operation {
+    /// The metric label (one of `telemetry::metrics::TENANT_OPERATIONS`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::ListSkus => "list_skus",
+            Self::GetUser => "get_user",
+            Self::AssignLicence => "assign_licence",
+            Self::FindGroup => "find_group",
+            Self::CreateGroup => "create_group",
+            Self::ListMembers => "list_members",
+            Self::AddMember => "add_member",
+            Self::RemoveMember => "remove_member",
+            Self::CreateUser => "create_user",
+            Self::Batch => "batch",
+        }
+    }
+
+    /// Whether the call changes the tenant (and so spends write budget).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Self::AssignLicence
+                | Self::CreateGroup
+                | Self::AddMember
+                | Self::RemoveMember
+                | Self::CreateUser
+        )
+    }
+}
+
+impl TenantError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Transient(_))
+    }
+
+    /// The stable snake_case failure code used in events (one of [`TENANT_ERROR_CODES`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UserNotFound(_) => "user_not_found",
+            Self::UsageLocationMissing(_) => "usage_location_missing",
+            Self::NoSeatsAvailable(_) => "no_seats_available",
+            Self::UnknownServicePlan(_) => "unknown_service_plan",
+            Self::UnknownLicence(_) => "unknown_licence",
+            Self::MutuallyExclusiveLicence(_) => "mutually_exclusive_licence",
+            Self::AlreadyMember(_) => "already_member",
+            Self::NotMember(_) => "not_member",
+            Self::Throttled { .. } => "throttled",
+            Self::Transient(_) => "tenant_unavailable",
+            Self::Auth(_) => "tenant_auth_failed",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotConverged(_) => "tenant_state_mismatch",
+            Self::Other { .. } => "tenant_error",
+        }
+    }
+
+    /// Maps a Graph error answer (`{"error":{"code","message"}}` with its status) for an operation.
+    ///
+    /// Graph distinguishes several licence failures only by message, so those are matched on the
+    /// documented message texts.
+    pub fn from_graph(
+        op: Operation,
+        status: u16,
+        code: &str,
+        message: &str,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let lower = message.to_ascii_lowercase();
+        let detail = || {
+            if message.is_empty() {
+                code.to_owned()
+            } else {
+                message.to_owned()
+            }
+        };
+        match status {
+            429 => Self::Throttled { retry_after },
+            401 => Self::Auth(detail()),
+            403 => Self::Forbidden(detail()),
+            408 | 500..=599 => Self::Transient(format!("{status} {}", detail())),
+            404 => match op {
+                Operation::RemoveMember => Self::NotMember(detail()),
+                Operation::GetUser | Operation::AssignLicence | Operation::AddMember => {
+                    Self::UserNotFound(detail())
+                }
+                _ => Self::other(status, code, message),
+            },
+            400 if lower.contains("usage location") => Self::UsageLocationMissing(detail()),
+            400 if lower.contains("does not have any available licenses") => {
+                Self::NoSeatsAvailable(detail())
+            }
+            400 if lower.contains("mutually exclusive") => Self::MutuallyExclusiveLicence(detail()),
+            400 if lower.contains("service plan") || lower.contains("disabled plan") => {
+                Self::UnknownServicePlan(detail())
+            }
+            400 if lower.contains("does not correspond to a valid company license") => {
+                Self::UnknownLicence(detail())
+            }
+            400 if op == Operation::AddMember && lower.contains("already exist") => {
+                Self::AlreadyMember(detail())
+            }
+            _ => Self::other(status, code, message),
+        }
+    }
+
+    fn other(status: u16, code: &str, message: &str) -> Self {
+        Self::Other {
+            status,
+            code: code.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_graph_messages() {
+        let op = Operation::AssignLicence;
+        let e = TenantError::from_graph(
+            op,
+            400,
+            "Request_BadRequest",
+            "License assignment cannot be done for user with invalid usage location.",
+            None,
+        );
+        assert_eq!(e.code(), "usage_location_missing");
+        let e = TenantError::from_graph(
+            op,
+            400,
+            "Request_BadRequest",
+            "Subscription ENTERPRISEPACK does not have any available licenses.",
+            None,
+        );
+        assert_eq!(e.code(), "no_seats_available");
+        assert_eq!(
+            TenantError::from_graph(op, 404, "Request_ResourceNotFound", "x", None).code(),
+            "user_not_found"
+        );
+        assert_eq!(
+            TenantError::from_graph(
+                Operation::RemoveMember,
+                404,
+                "Request_ResourceNotFound",
+                "x",
+                None
+            )
+            .code(),
+            "not_member"
+        );
+        assert_eq!(
+            TenantError::from_graph(op, 503, "x", "y", None).code(),
+            "tenant_unavailable"
+        );
+        let t =
+            TenantError::from_graph(op, 429, "TooManyRequests", "", Some(Duration::from_secs(3)));
+        assert!(t.is_transient());
+        assert_eq!(
+            t,
+            TenantError::Throttled {
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+        assert_eq!(
+            TenantError::from_graph(op, 403, "Authorization_RequestDenied", "no", None).code(),
+            "forbidden"
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The values exchanged with the tenant, in Graph's JSON field names.
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A user named by object id or by user principal name (Graph accepts either in URLs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UserRef {
+    /// Object id.
+    Id(Uuid),
+    /// User principal name (compared case-insensitively by Graph).
+    Upn(String),
+}
+
+impl UserRef {
+    /// The URL path segment naming the user, percent-encoded.
+    pub fn path_segment(&self) -> String {
+        match self {
+            Self::Id(id) => id.to_string(),
+            Self::Upn(upn) => crate::tenant::graph::encode_path_segment(upn),
+        }
+    }
+
+    /// Whether `state` is this user.
+    pub fn matches(&self, state: &UserLicenceState) -> bool {
+        match self {
+            Self::Id(id) => *id == state.id,
+            Self::Upn(upn) => upn.eq_ignore_ascii_case(&state.user_principal_name),
+        }
+    }
+}
+
+impl fmt::Display for UserRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "{id}"),
+            Self::Upn(upn) => f.write_str(upn),
+        }
+    }
+}
+
+impl From<Uuid> for UserRef {
+    fn from(id: Uuid) -> Self {
+        Self::Id(id)
+    }
+}
+
+impl From<&str> for UserRef {
+    /// A GUID becomes an id, anything else a UPN.
+    fn from(s: &str) -> Self {
+        Uuid::parse_str(s).map_or_else(|_| Self::Upn(s.to_owned()), Self::Id)
+    }
+}
+
+/// A licence as Graph lists it on a user, and as `addLicenses` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedLicence {
+    /// The SKU.
+    pub sku_id: Uuid,
+    /// Every disabled service plan of that SKU (the complete list: Graph replaces it).
+    #[serde(default)]
+    pub disabled_plans: Vec<Uuid>,
+}
+
+/// What the reconciler reads of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserLicenceState {
+    /// Object id.
+    pub id: Uuid,
+    /// User principal name.
+    pub user_principal_name: String,
+    /// ISO 3166 usage location; licences need one.
+    #[serde(default)]
+    pub usage_location: Option<String>,
+    /// Licences held.
+    #[serde(default)]
+    pub assigned_licenses: Vec<AssignedLicence>,
+}
+
+impl UserLicenceState {
+    /// The licence of a SKU the user holds, if any.
+    pub fn licence(&self, sku_id: Uuid) -> Option<&AssignedLicence> {
+        self.assigned_licenses.iter().find(|l| l.sku_id == sku_id)
+    }
+}
+
+/// One `assignLicense` call: licences to add (or update) and SKUs to remove. Adding and removing
+/// in one change is a swap, done by Graph atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenceChange {
+    /// The user.
+    pub user: UserRef,
+    /// Licences to hold afterwards, each with its complete `disabledPlans`.
+    pub add: Vec<AssignedLicence>,
+    /// SKUs not to hold afterwards.
+    pub remove: Vec<Uuid>,
+}
+
+impl LicenceChange {
+    /// Whether `state` already is what this change produces: every added SKU held with exactly
+    /// these disabled plans (order ignored), every removed SKU absent.
+    pub fn is_satisfied_by(&self, state: &UserLicenceState) -> bool {
+        let same_set = |a: &[Uuid], b: &[Uuid]| {
+            let mut a = a.to_vec();
+            let mut b = b.to_vec();
+            a.sort_unstable();
+            a.dedup();
+            b.sort_unstable();
+            b.dedup();
+            a == b
+        };
+        self.add.iter().all(|want| {
+            state
+                .licence(want.sku_id)
+                .is_some_and(|have| same_set(&have.disabled_plans, &want.disabled_plans))
+        }) && self.remove.iter().all(|sku| state.licence(*sku).is_none())
+    }
+
+    /// Graph's `assignLicense` body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "addLicenses": self.add, "removeLicenses": self.remove })
+    }
+}
+
+/// How a licence write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LicenceOutcome {
+    /// Graph accepted our `assignLicense`.
+    Applied,
+    /// A read showed the desired state without a (further) write: either it already held, or an
+    /// earlier attempt that was throttled or failed had in fact been applied.
+    AlreadyHeld,
+}
+
+/// The result of [`crate::tenant::Tenant::ensure_licences`]: the state read back, and whether a
+/// write was needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnsuredLicence {
+    /// The user's state as read after the change (or before, when nothing was needed).
+    pub state: UserLicenceState,
+    /// Whether the tenant was changed (false: it was already compliant).
+    pub changed: bool,
+}
+
+/// A security group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    /// Object id.
+    pub id: Uuid,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// A group member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMember {
+    /// Object id.
+    pub id: Uuid,
+    /// User principal name (absent for non-user members such as devices).
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+}
+
+/// A security group to create (seeding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGroup {
+    /// Display name.
+    pub display_name: String,
+    /// Mail nickname (required by Graph even for security groups).
+    pub mail_nickname: String,
+}
+
+/// A user to create (seeding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    /// User principal name.
+    pub user_principal_name: String,
+    /// Display name.
+    pub display_name: String,
+    /// Mail nickname.
+    pub mail_nickname: String,
+    /// Usage location, e.g. `GB`.
+    pub usage_location: Option<String>,
+}
