@@ -40,6 +40,36 @@ pub const OUTBOX_OLDEST_PENDING_AGE_SECONDS: &str = "reconciler_outbox_oldest_pe
 /// Event type label values.
 pub const EVENT_TYPES: &[&str] = &["job.accepted", "job.completed", "notification.email"];
 
+// ---- engine (planning, chunks, completion) ----
+
+/// Jobs planned, by `job_type` and `schedule` ([`SCHEDULES`]).
+pub const JOBS_ACCEPTED_TOTAL: &str = "reconciler_jobs_accepted_total";
+/// Jobs completed, by `job_type` and `outcome` ([`JOB_OUTCOMES`]).
+pub const JOBS_COMPLETED_TOTAL: &str = "reconciler_jobs_completed_total";
+/// Items finished, by `job_type` and `outcome` ([`ITEM_OUTCOMES`]).
+pub const ITEMS_TOTAL: &str = "reconciler_items_total";
+/// Time to process one chunk, by `job_type`.
+pub const CHUNK_DURATION_SECONDS: &str = "reconciler_chunk_duration_seconds";
+/// Chunks taken over from a worker whose lease expired (it died or stalled).
+pub const CHUNKS_RECLAIMED_TOTAL: &str = "reconciler_chunks_reclaimed_total";
+/// Unfinished jobs, by `state` ([`UNFINISHED_STATES`]). The same value on every replica.
+pub const JOBS_UNFINISHED: &str = "reconciler_jobs_unfinished";
+/// Items of unfinished jobs not yet done. The same value on every replica.
+pub const ITEMS_REMAINING: &str = "reconciler_items_remaining";
+/// Age of the oldest unfinished job (the 24-hour resolution target).
+pub const OLDEST_UNFINISHED_JOB_AGE_SECONDS: &str =
+    "reconciler_oldest_unfinished_job_age_seconds";
+/// Unfinished jobs expected to miss the 24-hour target at the current pace.
+pub const JOBS_AT_RISK: &str = "reconciler_jobs_at_risk";
+/// Messages ready in the broker's queues, by `queue` ([`QUEUES`]).
+pub const QUEUE_MESSAGES: &str = "reconciler_queue_messages";
+
+pub const SCHEDULES: &[&str] = &["immediate", "off_peak"];
+pub const JOB_OUTCOMES: &[&str] = &["succeeded", "partially_succeeded", "failed", "rejected"];
+pub const ITEM_OUTCOMES: &[&str] = &["changed", "already_compliant", "failed", "skipped"];
+pub const UNFINISHED_STATES: &[&str] = &["received", "accepted", "running"];
+pub const QUEUES: &[&str] = &["jobs", "dead"];
+
 // ---- process ----
 
 /// Always 1, labelled with the crate `version`.
@@ -174,6 +204,24 @@ fn describe() {
         "Age of the oldest unpublished event."
     );
     describe_gauge!(BUILD_INFO, "Build information.");
+    describe_counter!(JOBS_ACCEPTED_TOTAL, "Jobs planned, by type and schedule.");
+    describe_counter!(JOBS_COMPLETED_TOTAL, "Jobs completed, by type and outcome.");
+    describe_counter!(ITEMS_TOTAL, "Items finished, by job type and outcome.");
+    describe_histogram!(
+        CHUNK_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to process one chunk, by job type."
+    );
+    describe_counter!(CHUNKS_RECLAIMED_TOTAL, "Chunks taken over after a lease expired.");
+    describe_gauge!(JOBS_UNFINISHED, "Unfinished jobs, by state.");
+    describe_gauge!(ITEMS_REMAINING, "Items of unfinished jobs not yet done.");
+    describe_gauge!(
+        OLDEST_UNFINISHED_JOB_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest unfinished job."
+    );
+    describe_gauge!(JOBS_AT_RISK, "Unfinished jobs expected to miss the 24-hour target.");
+    describe_gauge!(QUEUE_MESSAGES, "Messages ready in the broker's queues, by queue.");
     describe_counter!(
         TENANT_REQUESTS_TOTAL,
         "Graph requests by operation and status class."
