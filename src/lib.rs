@@ -29,6 +29,7 @@ pub mod broker;
 pub mod cli;
 pub mod configuration;
 pub mod domain;
+pub mod engine;
 pub mod http;
 pub mod simulator;
 pub mod startup;

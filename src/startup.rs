@@ -12,9 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Supervisor;
 use crate::configuration::Settings;
+use crate::engine::Engine;
 use crate::http::{self, Health};
 use crate::store::{self, StoreError};
 use crate::telemetry;
+use crate::tenant::{GraphClient, Tenant};
 
 /// Why a worker could not start. Permanent: the process exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -24,11 +26,14 @@ pub enum StartupError {
         address: String,
         source: std::io::Error,
     },
+    #[error("cannot build the Graph client: {0}")]
+    Tenant(#[from] crate::tenant::TenantError),
 }
 
 /// A built worker, listening but not yet running.
 pub struct Application {
     settings: Settings,
+    tenant: Arc<dyn Tenant>,
     pool: PgPool,
     health: Arc<Health>,
     listener: TcpListener,
@@ -39,6 +44,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let pool = store::pool(&settings.database);
         let health = Health::new(pool.clone());
+        let tenant: Arc<dyn Tenant> = Arc::new(GraphClient::new(settings.tenant.clone())?);
         let listener = TcpListener::bind(&settings.http.listen_address)
             .await
             .map_err(|source| StartupError::Listen {
@@ -53,6 +59,7 @@ impl Application {
             })?;
         Ok(Self {
             settings,
+            tenant,
             pool,
             health,
             listener,
@@ -108,19 +115,25 @@ impl Application {
             let settings = self.settings.clone();
             let pool = self.pool.clone();
             let health = self.health.clone();
+            let tenant = self.tenant.clone();
             async move {
                 if !prepare_database(&settings, &pool, &token).await {
                     return;
                 }
-                Supervisor {
+                let engine = Arc::new(Engine::new(
+                    pool.clone(),
+                    tenant,
+                    settings.engine.clone(),
+                    &instance,
+                ));
+                let supervisor = Supervisor {
                     settings: settings.broker.clone(),
                     outbox: settings.outbox.clone(),
                     instance,
                     pool,
                     health,
-                }
-                .run(token)
-                .await;
+                };
+                tokio::join!(supervisor.run(token.clone()), engine.run(token));
             }
         };
         tokio::pin!(work);

@@ -9,6 +9,7 @@
 
 mod broker;
 mod database;
+mod engine;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
+pub use engine::EngineSettings;
 
 use crate::simulator::SimulatorSettings;
 use crate::tenant::TenantSettings;
@@ -31,6 +33,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub outbox: OutboxSettings,
+    pub engine: EngineSettings,
     pub tenant: TenantSettings,
     pub simulator: SimulatorSettings,
 }
@@ -216,6 +219,7 @@ impl Settings {
         }
         self.database.validate()?;
         self.broker.validate()?;
+        self.engine.validate()?;
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 mod error;
 pub mod jobs;
 pub mod outbox;
+pub mod policies;
+pub mod work;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection, PgPool};

@@ -57,8 +57,7 @@ pub const JOBS_UNFINISHED: &str = "reconciler_jobs_unfinished";
 /// Items of unfinished jobs not yet done. The same value on every replica.
 pub const ITEMS_REMAINING: &str = "reconciler_items_remaining";
 /// Age of the oldest unfinished job (the 24-hour resolution target).
-pub const OLDEST_UNFINISHED_JOB_AGE_SECONDS: &str =
-    "reconciler_oldest_unfinished_job_age_seconds";
+pub const OLDEST_UNFINISHED_JOB_AGE_SECONDS: &str = "reconciler_oldest_unfinished_job_age_seconds";
 /// Unfinished jobs expected to miss the 24-hour target at the current pace.
 pub const JOBS_AT_RISK: &str = "reconciler_jobs_at_risk";
 /// Messages ready in the broker's queues, by `queue` ([`QUEUES`]).
@@ -212,7 +211,10 @@ fn describe() {
         Unit::Seconds,
         "Time to process one chunk, by job type."
     );
-    describe_counter!(CHUNKS_RECLAIMED_TOTAL, "Chunks taken over after a lease expired.");
+    describe_counter!(
+        CHUNKS_RECLAIMED_TOTAL,
+        "Chunks taken over after a lease expired."
+    );
     describe_gauge!(JOBS_UNFINISHED, "Unfinished jobs, by state.");
     describe_gauge!(ITEMS_REMAINING, "Items of unfinished jobs not yet done.");
     describe_gauge!(
@@ -220,8 +222,14 @@ fn describe() {
         Unit::Seconds,
         "Age of the oldest unfinished job."
     );
-    describe_gauge!(JOBS_AT_RISK, "Unfinished jobs expected to miss the 24-hour target.");
-    describe_gauge!(QUEUE_MESSAGES, "Messages ready in the broker's queues, by queue.");
+    describe_gauge!(
+        JOBS_AT_RISK,
+        "Unfinished jobs expected to miss the 24-hour target."
+    );
+    describe_gauge!(
+        QUEUE_MESSAGES,
+        "Messages ready in the broker's queues, by queue."
+    );
     describe_counter!(
         TENANT_REQUESTS_TOTAL,
         "Graph requests by operation and status class."

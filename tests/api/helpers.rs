@@ -15,6 +15,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use policy_reconciler::configuration::{ConfigSources, Settings};
+use policy_reconciler::simulator::{Seed, Shared, SimulatorSettings};
 use policy_reconciler::startup::Application;
 use serde_json::{Value, json};
 use sqlx::{Connection as _, Executor, PgConnection, PgPool};
@@ -28,6 +29,8 @@ pub const AMQP_URI_HOST_PORT: &str = "127.0.0.1:5672";
 /// How a test wants its worker.
 #[derive(Default, Clone)]
 pub struct AppOptions {
+    /// Simulator behaviour (latency, throttling, faults); test defaults otherwise.
+    pub simulator: Option<SimulatorSettings>,
     /// Reach the broker through this port (a [`TcpProxy`]) instead of 5672.
     pub broker_port: Option<u16>,
     /// Extra `RECONCILER__…` settings.
@@ -42,6 +45,8 @@ pub struct TestApp {
     pub pool: PgPool,
     pub amqp: Connection,
     pub channel: Channel,
+    /// The tenant this worker reconciles.
+    pub sim: SimThread,
     /// Worker replicas, the first one serving `http`.
     workers: Vec<WorkerThread>,
     event_queues: Vec<String>,
@@ -105,9 +110,27 @@ pub fn test_settings(id: &str, options: &AppOptions) -> Settings {
     .expect("test settings are valid")
 }
 
-pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
     init_test_logs();
     let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let sim = SimThread::start(
+        options
+            .simulator
+            .clone()
+            .unwrap_or_else(SimulatorSettings::for_tests),
+    );
+    for (key, value) in [
+        ("TENANT__GRAPH_BASE_URL", sim.base_url.clone()),
+        ("TENANT__LOGIN_BASE_URL", sim.base_url.clone()),
+        ("TENANT__WRITES_PER_SECOND", "0".into()),
+        ("TENANT__RETRY_MIN_DELAY_MS", "10".into()),
+        ("TENANT__RETRY_MAX_DELAY_MS", "200".into()),
+        ("ENGINE__POLL_INTERVAL_MS", "50".into()),
+    ] {
+        if !options.env.iter().any(|(k, _)| k == key) {
+            options.env.push((key.to_owned(), value));
+        }
+    }
     let settings = test_settings(&id, &options);
     let worker = start_worker(settings.clone());
     let (http, worker) = worker.await;
@@ -125,6 +148,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         channel,
         workers: vec![worker],
         event_queues: Vec::new(),
+        sim,
     };
     app.wait_ready().await;
     app
@@ -519,5 +543,121 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.acceptor.abort();
         self.cut();
+    }
+}
+
+/// The tenant simulator on a runtime and thread of its own, so that it keeps answering while
+/// a test blocks its own thread (joining a worker, say).
+pub struct SimThread {
+    pub base_url: String,
+    pub state: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SimThread {
+    pub fn start(settings: SimulatorSettings) -> Self {
+        let state = Arc::new(Shared::from_settings(&settings).expect("simulator state"));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    address_tx.send(listener.local_addr().unwrap()).unwrap();
+                    let _ =
+                        policy_reconciler::simulator::serve_shared(listener, state, async move {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })
+        };
+        let address = address_rx.recv().expect("simulator started");
+        Self {
+            base_url: format!("http://{address}"),
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Seed from a JSON value in the seed-file format.
+    pub fn seed(&self, seed: Value) {
+        let seed: Seed = serde_json::from_value(seed).expect("valid seed");
+        self.state.seed(&seed).expect("seed applies");
+    }
+
+    /// Seed `n` users `{prefix}{i}@nhs.net` with usage location GB; returns their UPNs.
+    pub fn seed_users(&self, prefix: &str, n: usize) -> Vec<String> {
+        let upns: Vec<String> = (0..n).map(|i| format!("{prefix}{i}@nhs.net")).collect();
+        let users: Vec<Value> = upns
+            .iter()
+            .map(|upn| json!({ "id": Uuid::new_v4(), "userPrincipalName": upn, "usageLocation": "GB" }))
+            .collect();
+        self.seed(json!({ "users": users }));
+        upns
+    }
+
+    /// The licences `user` holds, as (skuId, sorted disabledPlans), sorted.
+    pub fn licences(&self, user: &str) -> Vec<(Uuid, Vec<Uuid>)> {
+        let u = self.state.user(user).expect("user exists");
+        let mut licences: Vec<(Uuid, Vec<Uuid>)> = u["assignedLicenses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let mut d: Vec<Uuid> = serde_json::from_value(l["disabledPlans"].clone()).unwrap();
+                d.sort();
+                (serde_json::from_value(l["skuId"].clone()).unwrap(), d)
+            })
+            .collect();
+        licences.sort();
+        licences
+    }
+
+    /// The licence a policy with `toggles` gives: (skuId, sorted disabled plan ids).
+    pub fn expected_licence(&self, part_number: &str, enabled: &[&str]) -> (Uuid, Vec<Uuid>) {
+        let skus = self.state.subscribed_skus();
+        let sku = skus["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["skuPartNumber"] == part_number)
+            .unwrap_or_else(|| panic!("no SKU {part_number}"));
+        let mut disabled: Vec<Uuid> = sku["servicePlans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| !enabled.contains(&p["servicePlanName"].as_str().unwrap()))
+            .map(|p| serde_json::from_value(p["servicePlanId"].clone()).unwrap())
+            .collect();
+        disabled.sort();
+        (
+            serde_json::from_value(sku["skuId"].clone()).unwrap(),
+            disabled,
+        )
+    }
+
+    /// Licence writes (`assignLicense`) that reached the simulator, any status.
+    pub fn licence_writes(&self) -> u64 {
+        self.state.stats().total("assign_license")
+    }
+}
+
+impl Drop for SimThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

@@ -5,6 +5,7 @@ mod health;
 mod helpers;
 mod ingest;
 mod outbox;
+mod policy;
 mod reconnect;
 mod shutdown;
 mod sim_helpers;

@@ -1,0 +1,554 @@
+//! The reconciliation engine: one pipeline for every job kind.
+//!
+//! 1. **Plan.** A planner claims a `received` job (`SKIP LOCKED`), asks its [`JobKind`] to
+//!    validate it, update desired state and list its items, and stores the items in chunks
+//!    with the job `accepted` and its `job.accepted` event, in one transaction. An invalid
+//!    job completes `rejected` in that same transaction, having written nothing.
+//! 2. **Apply.** Executors claim chunks with a lease, renew it while working, and have the
+//!    kind bring each item to its desired state and verify it by reading back. Outcomes are
+//!    recorded per round, under the lease. A chunk whose worker died is claimed again once
+//!    its lease expires, and resumes with the items that have no outcome yet.
+//! 3. **Complete.** Whoever finishes the last chunk completes the job: counts, failures and
+//!    exactly one `job.completed`, under the job's row lock.
+//!
+//! Job kinds: [`policy`] (`policy.changed`, `policy.members_added`).
+
+pub mod kind;
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use kind::{
+    ApplyContext, ItemOutcome, ItemResult, JobHeader, JobKind, Plan, PlanContext, PlannedItem,
+    StoredJob, WorkItem,
+};
+
+use crate::configuration::EngineSettings;
+use crate::domain::{Counts, Failure, FailureCode, JobType, Outcome, Schedule, decode_payload};
+use crate::store::StoreError;
+use crate::store::work::{self, ClaimedChunk, JobIdentity};
+use crate::telemetry::metrics as m;
+use crate::tenant::{Tenant, TenantError};
+
+/// An engine failure. Transient ones (database or tenant unavailable) leave the job or chunk
+/// to be tried again; permanent ones are bugs or corrupt data, logged loudly.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("tenant: {0}")]
+    Tenant(#[from] TenantError),
+    #[error("stored job is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl EngineError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_transient(),
+            Self::Tenant(e) => e.is_transient(),
+            Self::Corrupt(_) => false,
+        }
+    }
+}
+
+impl From<sqlx::Error> for EngineError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+/// The engine of one replica.
+pub struct Engine {
+    pool: sqlx::PgPool,
+    tenant: Arc<dyn Tenant>,
+    settings: EngineSettings,
+    /// This process's lease-owner name: unique per process start, so a restarted replica
+    /// never mistakes a lease of its previous life for its own.
+    owner: String,
+    kinds: Vec<Arc<dyn JobKind>>,
+}
+
+impl Engine {
+    pub fn new(
+        pool: sqlx::PgPool,
+        tenant: Arc<dyn Tenant>,
+        settings: EngineSettings,
+        instance: &str,
+    ) -> Self {
+        Self {
+            pool,
+            tenant,
+            settings,
+            owner: format!("{instance}/{}", uuid::Uuid::new_v4().simple()),
+            kinds: vec![Arc::new(policy::PolicyKind)],
+        }
+    }
+
+    fn kind(&self, job_type: JobType) -> Option<&Arc<dyn JobKind>> {
+        self.kinds
+            .iter()
+            .find(|k| k.job_types().contains(&job_type))
+    }
+
+    /// Plan and execute until `shutdown`; then stop claiming, let in-flight rounds end, and
+    /// release unfinished chunks for other replicas.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        {
+            let engine = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { engine.planner_loop(shutdown).await });
+        }
+        for _ in 0..self.settings.chunk_concurrency {
+            let engine = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { engine.executor_loop(shutdown).await });
+        }
+        {
+            let engine = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { engine.monitor_loop(shutdown).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn idle(&self, shutdown: &CancellationToken, delay: Duration) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    async fn planner_loop(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.plan_next().await {
+                Ok(true) => {}
+                Ok(false) => self.idle(&shutdown, self.settings.poll_interval()).await,
+                Err(error) => {
+                    tracing::warn!(%error, "planning failed; will retry");
+                    self.idle(&shutdown, Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn executor_loop(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.run_next_chunk(&shutdown).await {
+                Ok(true) => {}
+                Ok(false) => self.idle(&shutdown, self.settings.poll_interval()).await,
+                Err(error) => {
+                    tracing::warn!(%error, "chunk failed; will retry");
+                    self.idle(&shutdown, Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn monitor_loop(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Ok(backlog) = work::backlog(&self.pool).await {
+                for (state, n) in [
+                    ("received", backlog.received),
+                    ("accepted", backlog.accepted),
+                    ("running", backlog.running),
+                ] {
+                    metrics::gauge!(m::JOBS_UNFINISHED, "state" => state).set(n as f64);
+                }
+                metrics::gauge!(m::ITEMS_REMAINING).set(backlog.items_remaining as f64);
+                let age = backlog
+                    .oldest_received_at
+                    .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                metrics::gauge!(m::OLDEST_UNFINISHED_JOB_AGE_SECONDS).set(age);
+            }
+            self.idle(&shutdown, Duration::from_secs(10)).await;
+        }
+    }
+
+    /// Plan the oldest job waiting for it. Returns whether there was one.
+    pub async fn plan_next(&self) -> Result<bool, EngineError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = work::claim_job_to_plan(&mut tx).await? else {
+            return Ok(false);
+        };
+        let job_id = row.id;
+        let span = tracing::info_span!(
+            "plan",
+            job_id = %row.id,
+            message_id = %row.message_id,
+            job_type = row.job_type.as_deref().unwrap_or("?"),
+            ticket = tracing::field::Empty,
+        );
+        let result = self.plan_job(&mut tx, row).instrument(span).await;
+        match result {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(true)
+            }
+            Err(error) => {
+                drop(tx);
+                // Not before a while: a tenant outage must not spin the planner.
+                let retry_at = Utc::now() + chrono::Duration::seconds(5);
+                let _ = work::defer_planning(&self.pool, job_id, retry_at).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn plan_job(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        row: work::JobToPlan,
+    ) -> Result<(), EngineError> {
+        let job_type = row
+            .job_type
+            .as_deref()
+            .and_then(JobType::parse)
+            .ok_or_else(|| EngineError::Corrupt(format!("job {} has no known type", row.id)))?;
+        let ticket = work::ticket(row.ticket);
+        if let Some(t) = &ticket {
+            tracing::Span::current().record("ticket", t.reference.as_str());
+        }
+        let identity = JobIdentity {
+            id: row.id,
+            message_id: &row.message_id,
+            job_type,
+            ticket: ticket.clone(),
+            dry_run: row.dry_run,
+        };
+        let Some(kind) = self.kind(job_type).cloned() else {
+            // Kinds still to be built (admin roles, portal access) wait, stored, for the
+            // release that plans them, without blocking the planner.
+            tracing::warn!("no planner for this job type in this release; kept for later");
+            let later = Utc::now() + chrono::Duration::hours(1);
+            work::defer_planning(&mut **tx, row.id, later).await?;
+            return Ok(());
+        };
+        let payload = row
+            .payload
+            .ok_or_else(|| EngineError::Corrupt("job without payload".into()))?;
+        let payload = match decode_payload(job_type, payload) {
+            Ok(payload) => payload,
+            Err(error) => {
+                let failure = Failure {
+                    item: row.message_id.clone(),
+                    code: FailureCode::InvalidMessage,
+                    detail: format!("payload: {error}"),
+                };
+                work::complete_now(
+                    tx,
+                    &identity,
+                    None,
+                    Outcome::Rejected,
+                    Counts::default(),
+                    vec![failure],
+                )
+                .await?;
+                return Ok(());
+            }
+        };
+        let job = StoredJob {
+            id: row.id,
+            message_id: row.message_id.clone(),
+            job_type,
+            dry_run: row.dry_run,
+            ticket,
+            actor: work::actor(row.actor),
+            payload,
+            received_at: row.received_at,
+        };
+        let plan = kind
+            .plan(PlanContext {
+                tx,
+                tenant: &self.tenant,
+                settings: &self.settings,
+                job: &job,
+            })
+            .await?;
+        match plan {
+            Plan::Wait { until } => {
+                work::defer_planning(&mut **tx, job.id, until).await?;
+            }
+            Plan::Reject { subject, failures } => {
+                tracing::info!(failures = failures.len(), "job rejected");
+                work::complete_now(
+                    tx,
+                    &identity,
+                    subject.as_ref(),
+                    Outcome::Rejected,
+                    Counts::default(),
+                    failures,
+                )
+                .await?;
+                metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => "rejected")
+                    .increment(1);
+            }
+            Plan::Fail { subject, failures } => {
+                tracing::info!(failures = failures.len(), "job failed at planning");
+                work::complete_now(
+                    tx,
+                    &identity,
+                    subject.as_ref(),
+                    Outcome::Failed,
+                    Counts::default(),
+                    failures,
+                )
+                .await?;
+                metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => "failed")
+                    .increment(1);
+            }
+            Plan::Accept {
+                subject,
+                plan,
+                items,
+            } => {
+                let (keys, specs): (Vec<String>, Vec<Option<String>>) = items
+                    .into_iter()
+                    .map(|i| (i.key, i.spec.map(|s| s.to_string())))
+                    .unzip();
+                let now = Utc::now();
+                work::accept(
+                    tx,
+                    &identity,
+                    &subject,
+                    &plan,
+                    &keys,
+                    &specs,
+                    self.settings.chunk_size,
+                    Schedule::Immediate,
+                    now,
+                )
+                .await?;
+                metrics::counter!(m::JOBS_ACCEPTED_TOTAL, "job_type" => job_type.as_str(), "schedule" => "immediate")
+                    .increment(1);
+                tracing::info!(total = keys.len(), "job accepted");
+                if keys.is_empty() {
+                    work::complete_now(
+                        tx,
+                        &identity,
+                        Some(&subject),
+                        Outcome::Succeeded,
+                        Counts::default(),
+                        vec![],
+                    )
+                    .await?;
+                    metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => "succeeded")
+                        .increment(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claim and process one chunk. Returns whether there was one.
+    pub async fn run_next_chunk(&self, shutdown: &CancellationToken) -> Result<bool, EngineError> {
+        let Some(chunk) =
+            work::claim_chunk(&self.pool, &self.owner, self.settings.lease_seconds).await?
+        else {
+            return Ok(false);
+        };
+        if chunk.reclaimed {
+            metrics::counter!(m::CHUNKS_RECLAIMED_TOTAL).increment(1);
+            tracing::warn!(job_id = %chunk.job_id, chunk = chunk.chunk, "took over a chunk whose lease expired");
+        }
+        let span = tracing::info_span!("chunk", job_id = %chunk.job_id, chunk = chunk.chunk);
+        let result = self.process_chunk(&chunk, shutdown).instrument(span).await;
+        if let Err(error) = &result {
+            // Give it back at once (after a pause), rather than waiting for the lease.
+            let retry_at = Utc::now() + chrono::Duration::seconds(5);
+            let _ = work::release_chunk(&self.pool, &chunk, &self.owner, retry_at).await;
+            tracing::warn!(%error, "chunk released after an error");
+        }
+        result.map(|_| true)
+    }
+
+    async fn process_chunk(
+        &self,
+        chunk: &ClaimedChunk,
+        shutdown: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let job = work::chunk_job(&self.pool, chunk.job_id).await?;
+        let job_type = JobType::parse(&job.job_type)
+            .ok_or_else(|| EngineError::Corrupt(format!("unknown job type {}", job.job_type)))?;
+        let kind = self
+            .kind(job_type)
+            .cloned()
+            .ok_or_else(|| EngineError::Corrupt(format!("no applier for {job_type}")))?;
+        let header = JobHeader {
+            id: chunk.job_id,
+            job_type,
+            dry_run: job.dry_run,
+            plan: job.plan.unwrap_or_default(),
+        };
+
+        // The lease is renewed in the background; losing it (or shutdown) cancels the work
+        // at the next safe point.
+        let cancel = shutdown.child_token();
+        let renewal = {
+            let pool = self.pool.clone();
+            let chunk = chunk.clone();
+            let owner = self.owner.clone();
+            let lease = self.settings.lease_seconds;
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let every = Duration::from_millis((lease * 1000 / 3).max(100));
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    match work::renew_lease(&pool, &chunk, &owner, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("lease lost; abandoning the chunk");
+                            cancel.cancel();
+                            return;
+                        }
+                        Err(error) => tracing::warn!(%error, "lease renewal failed; retrying"),
+                    }
+                }
+            })
+        };
+        let result = self.apply_rounds(chunk, &kind, &header, &cancel).await;
+        let lease_lost = cancel.is_cancelled() && !shutdown.is_cancelled();
+        cancel.cancel();
+        let _ = renewal.await;
+        result?;
+
+        if shutdown.is_cancelled() || lease_lost {
+            if !lease_lost {
+                work::release_chunk(&self.pool, chunk, &self.owner, Utc::now()).await?;
+            }
+            return Ok(());
+        }
+        if work::finish_chunk(&self.pool, chunk, &self.owner).await? {
+            metrics::histogram!(m::CHUNK_DURATION_SECONDS, "job_type" => job_type.as_str())
+                .record(started.elapsed().as_secs_f64());
+            if let Some((job_type, outcome, counts)) =
+                work::complete_if_done(&self.pool, chunk.job_id).await?
+            {
+                metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => outcome.as_str())
+                    .increment(1);
+                tracing::info!(
+                    outcome = outcome.as_str(),
+                    total = counts.total,
+                    changed = counts.changed,
+                    already_compliant = counts.already_compliant,
+                    failed = counts.failed,
+                    "job completed"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply the chunk's open items round by round, recording outcomes after each round.
+    async fn apply_rounds(
+        &self,
+        chunk: &ClaimedChunk,
+        kind: &Arc<dyn JobKind>,
+        header: &JobHeader,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let items: Vec<WorkItem> = work::open_items(&self.pool, chunk)
+            .await?
+            .into_iter()
+            .map(|(seq, key, spec)| WorkItem { seq, key, spec })
+            .collect();
+        let ctx = ApplyContext {
+            pool: &self.pool,
+            tenant: &self.tenant,
+            settings: &self.settings,
+            job: header,
+            cancel,
+        };
+        for round in items.chunks(self.settings.round_size as usize) {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let results = kind.apply(&ctx, round).await?;
+            self.record(chunk, header.job_type, &results).await?;
+            if results.len() < round.len() && !cancel.is_cancelled() {
+                return Err(EngineError::Corrupt(format!(
+                    "applier settled {} of {} items",
+                    results.len(),
+                    round.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        chunk: &ClaimedChunk,
+        job_type: JobType,
+        results: &[ItemResult],
+    ) -> Result<(), EngineError> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i32> = results.iter().map(|r| r.seq).collect();
+        let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
+        let codes: Vec<Option<&str>> = results
+            .iter()
+            .map(|r| match r.outcome {
+                ItemOutcome::Failed => Some(r.code.unwrap_or(FailureCode::TenantRejected).as_str()),
+                _ => None,
+            })
+            .collect();
+        let details: Vec<Option<String>> = results
+            .iter()
+            .map(|r| match (&r.detail, r.code) {
+                (Some(detail), Some(code)) if r.outcome == ItemOutcome::Skipped => {
+                    Some(format!("{code}: {detail}"))
+                }
+                (detail, _) => detail.clone(),
+            })
+            .collect();
+        let recorded = work::record_outcomes(
+            &self.pool,
+            chunk,
+            &self.owner,
+            &seqs,
+            &outcomes,
+            &codes,
+            &details,
+        )
+        .await?;
+        if recorded > 0 {
+            for result in results {
+                metrics::counter!(m::ITEMS_TOTAL, "job_type" => job_type.as_str(), "outcome" => result.outcome.as_str())
+                    .increment(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The failure code for a tenant error on an item.
+pub fn failure_code(error: &TenantError) -> FailureCode {
+    match error {
+        TenantError::UserNotFound(_) => FailureCode::UserNotFound,
+        TenantError::UsageLocationMissing(_) => FailureCode::UsageLocationMissing,
+        TenantError::NoSeatsAvailable(_) => FailureCode::NoSeatsAvailable,
+        TenantError::UnknownServicePlan(_) => FailureCode::UnknownServicePlan,
+        TenantError::UnknownLicence(_) => FailureCode::UnknownLicence,
+        TenantError::MutuallyExclusiveLicence(_) => FailureCode::MutuallyExclusiveLicence,
+        TenantError::Forbidden(_) => FailureCode::Forbidden,
+        TenantError::Throttled { .. } | TenantError::Transient(_) | TenantError::Auth(_) => {
+            FailureCode::TenantUnavailable
+        }
+        TenantError::NotConverged(_) => FailureCode::VerificationFailed,
+        _ => FailureCode::TenantRejected,
+    }
+}

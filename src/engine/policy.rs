@@ -1,0 +1,559 @@
+//! User policies: `policy.changed` and `policy.members_added`.
+//!
+//! Desired state: every member of a policy holds exactly the policy's licence, with every
+//! plan the policy's toggles do not set `true` disabled, and no licence of another policy
+//! (a move is one `assignLicense` that adds the new and removes the old, so the user never
+//! goes without service). Licences no policy assigns are left alone.
+//!
+//! The applier reads the *current* definition and membership at apply time, not the ones of
+//! plan time: two jobs for the same policy therefore always apply the same (newest) state,
+//! an item whose user has since moved to another policy is skipped as `superseded`, and a job
+//! with an older version resolves its ticket once the newer definition holds. Dry runs apply
+//! the definition snapshotted in the plan, as they write no desired state.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::kind::{
+    ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItem, WorkItem,
+};
+use super::{EngineError, failure_code};
+use crate::domain::{EmailAddress, Failure, FailureCode, JobPayload, JobType, OdsCode};
+use crate::store::policies::{self, PolicyRow};
+use crate::tenant::{
+    AssignedLicence, LicenceChange, SkuCatalogue, TenantError, UserLicenceState, UserRef,
+};
+
+pub struct PolicyKind;
+
+#[async_trait]
+impl JobKind for PolicyKind {
+    fn job_types(&self) -> &'static [JobType] {
+        &[JobType::PolicyChanged, JobType::PolicyMembersAdded]
+    }
+
+    async fn plan(&self, ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
+        match &ctx.job.payload {
+            JobPayload::PolicyChanged(_) => plan_changed(ctx).await,
+            JobPayload::PolicyMembersAdded(_) => plan_members_added(ctx).await,
+            other => Err(EngineError::Corrupt(format!(
+                "policy planner given {other:?}"
+            ))),
+        }
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        items: &[WorkItem],
+    ) -> Result<Vec<ItemResult>, EngineError> {
+        apply(ctx, items).await
+    }
+}
+
+fn subject(policy: &PolicyRow, job_version: i64) -> Value {
+    let mut subject = json!({
+        "policy_id": policy.id,
+        "policy_name": policy.name,
+        "version": job_version,
+    });
+    if policy.version != job_version {
+        subject["applied_version"] = json!(policy.version);
+    }
+    subject
+}
+
+/// Check a member list: well-formed, unique emails, and `total` equal to their number.
+fn check_members(members: &[String], total: Option<u64>) -> (Vec<String>, Vec<Failure>) {
+    let mut failures = Vec::new();
+    let mut seen = HashSet::new();
+    let mut emails = Vec::with_capacity(members.len());
+    for raw in members {
+        match EmailAddress::parse(raw) {
+            Ok(email) => {
+                if !seen.insert(email.as_str().to_owned()) {
+                    failures.push(Failure {
+                        item: email.to_string(),
+                        code: FailureCode::DuplicateEmail,
+                        detail: "listed more than once".into(),
+                    });
+                } else {
+                    emails.push(email.as_str().to_owned());
+                }
+            }
+            Err(detail) => failures.push(Failure {
+                item: raw.clone(),
+                code: FailureCode::InvalidEmail,
+                detail,
+            }),
+        }
+    }
+    if let Some(total) = total
+        && total != members.len() as u64
+    {
+        failures.push(Failure {
+            item: "total_members".into(),
+            code: FailureCode::MemberCountMismatch,
+            detail: format!(
+                "total_members is {total} but {} members are listed",
+                members.len()
+            ),
+        });
+    }
+    (emails, failures)
+}
+
+/// Check a definition against the tenant's catalogue.
+fn check_definition(policy: &PolicyRow, catalogue: &SkuCatalogue) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    if let Err(detail) = OdsCode::parse(&policy.ods_code) {
+        failures.push(Failure {
+            item: policy.id.clone(),
+            code: FailureCode::InvalidMessage,
+            detail,
+        });
+    }
+    if policy.id.trim().is_empty() {
+        failures.push(Failure {
+            item: "policy.id".into(),
+            code: FailureCode::InvalidMessage,
+            detail: "policy id is empty".into(),
+        });
+    }
+    match catalogue.by_part_number(&policy.licence) {
+        Err(_) => failures.push(Failure {
+            item: policy.licence.clone(),
+            code: FailureCode::UnknownLicence,
+            detail: format!("the tenant has no licence {}", policy.licence),
+        }),
+        Ok(sku) => {
+            for name in policy.toggles.keys() {
+                if sku.plan_id(name).is_none() {
+                    failures.push(Failure {
+                        item: name.clone(),
+                        code: FailureCode::UnknownServicePlan,
+                        detail: format!("{} has no service plan {name}", policy.licence),
+                    });
+                }
+            }
+        }
+    }
+    failures
+}
+
+async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
+    let JobPayload::PolicyChanged(payload) = &ctx.job.payload else {
+        unreachable!("dispatched on the payload");
+    };
+    let def = &payload.policy;
+    let incoming = PolicyRow {
+        id: def.id.clone(),
+        name: def.name.clone(),
+        ods_code: def.ods_code.clone(),
+        version: def.version,
+        licence: def.licence.clone(),
+        toggles: def.toggles.clone(),
+    };
+    let job_subject = subject(&incoming, def.version);
+    let catalogue = ctx.tenant.skus().await?;
+    let mut failures = check_definition(&incoming, &catalogue);
+    let members = match &payload.members {
+        Some(members) => {
+            let (emails, member_failures) = check_members(members, payload.total_members);
+            failures.extend(member_failures);
+            Some(emails)
+        }
+        None => None,
+    };
+    if !failures.is_empty() {
+        return Ok(Plan::Reject {
+            subject: Some(job_subject),
+            failures,
+        });
+    }
+
+    policies::lock(ctx.tx, &incoming.id).await?;
+    let stored = policies::get(ctx.tx, &incoming.id).await?;
+    let stale = stored
+        .as_ref()
+        .is_some_and(|s| s.version > incoming.version);
+    let definition = if stale {
+        stored.clone().expect("stale implies stored")
+    } else {
+        incoming.clone()
+    };
+    let items: Vec<String> = if ctx.job.dry_run {
+        match (&members, stale) {
+            (Some(members), false) => members.clone(),
+            _ => policies::members(ctx.tx, &incoming.id).await?,
+        }
+    } else {
+        if !stale {
+            policies::upsert(ctx.tx, &incoming, ctx.job.id).await?;
+            if let Some(members) = &members {
+                policies::replace_members(ctx.tx, &incoming.id, members).await?;
+            }
+        }
+        policies::members(ctx.tx, &incoming.id).await?
+    };
+    if stale {
+        tracing::info!(
+            job_version = incoming.version,
+            stored_version = definition.version,
+            "older version: no definition change; members verified against the newer one"
+        );
+    }
+    Ok(Plan::Accept {
+        subject: subject(&definition, def.version),
+        plan: json!({ "policy": definition, "stale": stale }),
+        items: items.into_iter().map(PlannedItem::new).collect(),
+    })
+}
+
+async fn plan_members_added(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
+    let JobPayload::PolicyMembersAdded(payload) = &ctx.job.payload else {
+        unreachable!("dispatched on the payload");
+    };
+    let (emails, failures) = check_members(&payload.members, Some(payload.total_members));
+    policies::lock(ctx.tx, &payload.policy_id).await?;
+    let Some(policy) = policies::get(ctx.tx, &payload.policy_id).await? else {
+        let deadline = ctx.job.received_at
+            + chrono::Duration::seconds(ctx.settings.unknown_policy_wait_seconds as i64);
+        let now = Utc::now();
+        if now < deadline {
+            tracing::info!(policy_id = %payload.policy_id, "policy not known yet; waiting");
+            let recheck = (now + chrono::Duration::seconds(1)).min(deadline);
+            return Ok(Plan::Wait { until: recheck });
+        }
+        return Ok(Plan::Fail {
+            subject: Some(json!({ "policy_id": payload.policy_id })),
+            failures: vec![Failure {
+                item: payload.policy_id.clone(),
+                code: FailureCode::UnknownPolicy,
+                detail: format!(
+                    "no definition of policy {} arrived within {} s",
+                    payload.policy_id, ctx.settings.unknown_policy_wait_seconds
+                ),
+            }],
+        });
+    };
+    let job_subject = subject(&policy, policy.version);
+    if !failures.is_empty() {
+        return Ok(Plan::Reject {
+            subject: Some(job_subject),
+            failures,
+        });
+    }
+    if !ctx.job.dry_run {
+        policies::add_members(ctx.tx, &policy.id, &emails).await?;
+    }
+    Ok(Plan::Accept {
+        subject: job_subject,
+        plan: json!({ "policy": policy, "stale": false }),
+        items: emails.into_iter().map(PlannedItem::new).collect(),
+    })
+}
+
+/// The licence change that brings `state` to `desired` (None when it already holds):
+/// add the policy's licence with its disabled plans unless held exactly so, and remove every
+/// other policy-managed licence the user holds, in the same call.
+fn change_for(
+    state: &UserLicenceState,
+    desired: &AssignedLicence,
+    managed: &HashSet<Uuid>,
+) -> Option<LicenceChange> {
+    let wanted = LicenceChange {
+        user: UserRef::Id(state.id),
+        add: vec![desired.clone()],
+        remove: vec![],
+    };
+    let add_needed = !wanted.is_satisfied_by(state);
+    let remove: Vec<Uuid> = state
+        .assigned_licenses
+        .iter()
+        .map(|l| l.sku_id)
+        .filter(|sku| *sku != desired.sku_id && managed.contains(sku))
+        .collect();
+    if !add_needed && remove.is_empty() {
+        return None;
+    }
+    Some(LicenceChange {
+        user: UserRef::Id(state.id),
+        add: vec![desired.clone()],
+        remove,
+    })
+}
+
+async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemResult>, EngineError> {
+    let snapshot: PolicyRow = serde_json::from_value(ctx.job.plan["policy"].clone())
+        .map_err(|e| EngineError::Corrupt(format!("policy plan: {e}")))?;
+    let catalogue = ctx.tenant.skus().await?;
+
+    // The desired definition of each item, read now (see the module docs).
+    let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+    let mut desired: Vec<Option<AssignedLicence>> = vec![None; items.len()];
+    let current: HashMap<String, PolicyRow> = if ctx.job.dry_run {
+        HashMap::new()
+    } else {
+        let emails: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+        policies::memberships(ctx.pool, &emails)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let mut assignments: HashMap<(String, i64), Result<AssignedLicence, TenantError>> =
+        HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let policy = if ctx.job.dry_run {
+            &snapshot
+        } else {
+            match current.get(&item.key) {
+                Some(policy) if policy.id == snapshot.id => policy,
+                Some(other) => {
+                    results[i] = Some(ItemResult::skipped(
+                        item.seq,
+                        FailureCode::Superseded,
+                        format!("now a member of policy {}", other.id),
+                    ));
+                    continue;
+                }
+                None => {
+                    results[i] = Some(ItemResult::skipped(
+                        item.seq,
+                        FailureCode::Superseded,
+                        format!("no longer a member of policy {}", snapshot.id),
+                    ));
+                    continue;
+                }
+            }
+        };
+        let assignment = assignments
+            .entry((policy.id.clone(), policy.version))
+            .or_insert_with(|| catalogue.assignment(&policy.licence, &policy.toggles));
+        match assignment {
+            Ok(licence) => desired[i] = Some(licence.clone()),
+            Err(error) => {
+                results[i] = Some(ItemResult::failed(
+                    item.seq,
+                    failure_code(error),
+                    error.to_string(),
+                ));
+            }
+        }
+    }
+    let mut managed: HashSet<Uuid> = policies::managed_licences(ctx.pool)
+        .await?
+        .iter()
+        .chain(std::iter::once(&snapshot.licence))
+        .filter_map(|part| catalogue.by_part_number(part).ok().map(|sku| sku.sku_id))
+        .collect();
+    managed.extend(desired.iter().flatten().map(|d| d.sku_id));
+
+    // Rounds of read, write what differs, and read back (the next round's read verifies the
+    // previous round's writes; the last round only reads).
+    let mut pending: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
+    let mut written: HashSet<usize> = HashSet::new();
+    let mut last_error: HashMap<usize, TenantError> = HashMap::new();
+    let attempts = ctx.settings.item_attempts as usize;
+    for round in 0..=attempts {
+        if pending.is_empty() || ctx.cancel.is_cancelled() {
+            break;
+        }
+        if round > 0 {
+            let pause = Duration::from_millis(200 * round as u64);
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        let refs: Vec<UserRef> = pending
+            .iter()
+            .map(|&i| UserRef::Upn(items[i].key.clone()))
+            .collect();
+        let states = ctx.tenant.get_users(&refs).await;
+        let mut retry = Vec::new();
+        let mut writes: Vec<(usize, LicenceChange)> = Vec::new();
+        for (&i, state) in pending.iter().zip(states) {
+            let seq = items[i].seq;
+            match state {
+                Err(error) if error.is_transient() => {
+                    last_error.insert(i, error);
+                    retry.push(i);
+                }
+                Err(error) => {
+                    results[i] = Some(ItemResult::failed(
+                        seq,
+                        failure_code(&error),
+                        error.to_string(),
+                    ));
+                }
+                Ok(state) => {
+                    let want = desired[i]
+                        .as_ref()
+                        .expect("pending items have a desired licence");
+                    match change_for(&state, want, &managed) {
+                        None => {
+                            let outcome = if written.contains(&i) {
+                                ItemOutcome::Changed
+                            } else {
+                                ItemOutcome::AlreadyCompliant
+                            };
+                            results[i] = Some(ItemResult::ok(seq, outcome));
+                        }
+                        Some(_) if ctx.job.dry_run => {
+                            results[i] = Some(ItemResult::ok(seq, ItemOutcome::Changed));
+                        }
+                        Some(_) if round == attempts => {
+                            let detail = if written.contains(&i) {
+                                (
+                                    FailureCode::VerificationFailed,
+                                    "the tenant does not show the licence just assigned".to_owned(),
+                                )
+                            } else {
+                                let error = last_error.remove(&i);
+                                (
+                                    error
+                                        .as_ref()
+                                        .map(failure_code)
+                                        .unwrap_or(FailureCode::TenantUnavailable),
+                                    error
+                                        .map(|e| e.to_string())
+                                        .unwrap_or_else(|| "no write succeeded".into()),
+                                )
+                            };
+                            results[i] = Some(ItemResult::failed(seq, detail.0, detail.1));
+                        }
+                        Some(change) => writes.push((i, change)),
+                    }
+                }
+            }
+        }
+        if !writes.is_empty() {
+            let changes: Vec<LicenceChange> = writes.iter().map(|(_, c)| c.clone()).collect();
+            let outcomes = ctx.tenant.assign_licences(&changes).await;
+            for ((i, _), outcome) in writes.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(_) => {
+                        written.insert(i);
+                        retry.push(i);
+                    }
+                    Err(error)
+                        if error.is_transient()
+                            || matches!(error, TenantError::NotConverged(_)) =>
+                    {
+                        last_error.insert(i, error);
+                        retry.push(i);
+                    }
+                    Err(error) => {
+                        results[i] = Some(ItemResult::failed(
+                            items[i].seq,
+                            failure_code(&error),
+                            error.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        pending = retry;
+    }
+    if !ctx.cancel.is_cancelled() {
+        for i in pending {
+            let error = last_error.remove(&i);
+            results[i] = Some(ItemResult::failed(
+                items[i].seq,
+                error
+                    .as_ref()
+                    .map(failure_code)
+                    .unwrap_or(FailureCode::TenantUnavailable),
+                error
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "the tenant kept failing".into()),
+            ));
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_checks_report_every_problem() {
+        let members: Vec<String> = [
+            "A.One@nhs.net",
+            "a.one@nhs.net",
+            "not-an-email",
+            "b@nhs.net",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        let (emails, failures) = check_members(&members, Some(3));
+        assert_eq!(emails, vec!["a.one@nhs.net", "b@nhs.net"]);
+        let codes: Vec<_> = failures.iter().map(|f| f.code).collect();
+        assert_eq!(
+            codes,
+            vec![
+                FailureCode::DuplicateEmail,
+                FailureCode::InvalidEmail,
+                FailureCode::MemberCountMismatch
+            ]
+        );
+    }
+
+    fn state(licences: Vec<AssignedLicence>) -> UserLicenceState {
+        UserLicenceState {
+            id: Uuid::nil(),
+            user_principal_name: "u@nhs.net".into(),
+            usage_location: Some("GB".into()),
+            assigned_licenses: licences,
+        }
+    }
+
+    #[test]
+    fn change_adds_swaps_and_leaves_unmanaged_licences() {
+        let e3 = Uuid::from_u128(3);
+        let e1 = Uuid::from_u128(1);
+        let other = Uuid::from_u128(9);
+        let plan_a = Uuid::from_u128(100);
+        let desired = AssignedLicence {
+            sku_id: e3,
+            disabled_plans: vec![plan_a],
+        };
+        let managed: HashSet<Uuid> = [e3, e1].into_iter().collect();
+
+        // Already exactly right, with an unmanaged licence beside it: nothing to do.
+        let held = state(vec![
+            desired.clone(),
+            AssignedLicence {
+                sku_id: other,
+                disabled_plans: vec![],
+            },
+        ]);
+        assert!(change_for(&held, &desired, &managed).is_none());
+
+        // Different disabled plans: re-add with the complete list.
+        let toggled = state(vec![AssignedLicence {
+            sku_id: e3,
+            disabled_plans: vec![],
+        }]);
+        let change = change_for(&toggled, &desired, &managed).unwrap();
+        assert_eq!(change.add, vec![desired.clone()]);
+        assert!(change.remove.is_empty());
+
+        // Another policy's licence: one call adds the new and removes the old.
+        let moved = state(vec![AssignedLicence {
+            sku_id: e1,
+            disabled_plans: vec![],
+        }]);
+        let change = change_for(&moved, &desired, &managed).unwrap();
+        assert_eq!(change.add, vec![desired]);
+        assert_eq!(change.remove, vec![e1]);
+    }
+}

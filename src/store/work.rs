@@ -1,0 +1,554 @@
+//! Planned work: jobs moving through their states, items in chunks, leases, completion.
+//!
+//! Every claim uses `FOR UPDATE SKIP LOCKED`, so any number of replicas share the work
+//! without blocking each other; every write by a chunk's worker is guarded by its lease, so a
+//! worker that lost its lease (it stalled and another took over) changes nothing.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{StoreError, outbox};
+use crate::domain::{
+    Actor, Counts, EventHeader, Failure, FailureCode, JobAccepted, JobCompleted, JobType,
+    MAX_FAILURES_LISTED, Outcome, Schedule, Ticket,
+};
+
+/// A job row claimed for planning.
+#[derive(Debug, sqlx::FromRow)]
+pub struct JobToPlan {
+    pub id: Uuid,
+    pub message_id: String,
+    pub job_type: Option<String>,
+    pub dry_run: bool,
+    pub ticket: Option<Value>,
+    pub actor: Option<Value>,
+    pub payload: Option<Value>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Lock the oldest job waiting to be planned, if any (skipping jobs other planners hold).
+pub async fn claim_job_to_plan(
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<Option<JobToPlan>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, message_id, job_type, dry_run, ticket, actor, payload, received_at
+         FROM jobs WHERE state = 'received' AND plan_not_before <= now()
+         ORDER BY received_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// Plan `job` again no earlier than `at`.
+pub async fn defer_planning(
+    executor: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET plan_not_before = $2, updated_at = now() WHERE id = $1")
+        .bind(job_id)
+        .bind(at)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// What is known of a job for its events.
+pub struct JobIdentity<'a> {
+    pub id: Uuid,
+    pub message_id: &'a str,
+    pub job_type: JobType,
+    pub ticket: Option<Ticket>,
+    pub dry_run: bool,
+}
+
+/// Store the plan: items split into chunks of `chunk_size` claimable from `earliest_start`,
+/// the job `accepted`, and its `job.accepted` event; all in `tx`.
+#[allow(clippy::too_many_arguments)]
+pub async fn accept(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &JobIdentity<'_>,
+    subject: &Value,
+    plan: &Value,
+    keys: &[String],
+    specs: &[Option<String>],
+    chunk_size: u32,
+    schedule: Schedule,
+    earliest_start: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let total = keys.len() as i64;
+    let chunk_size = i64::from(chunk_size.max(1));
+    sqlx::query(
+        "INSERT INTO job_items (job_id, seq, chunk, item, spec)
+         SELECT $1, (s.ord - 1)::int, ((s.ord - 1) / $4)::int, s.item, s.spec::jsonb
+         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS s(item, spec, ord)",
+    )
+    .bind(job.id)
+    .bind(keys)
+    .bind(specs)
+    .bind(chunk_size)
+    .execute(&mut **tx)
+    .await?;
+    let chunks = (total + chunk_size - 1) / chunk_size;
+    sqlx::query(
+        "INSERT INTO job_chunks (job_id, chunk, state, not_before)
+         SELECT $1, g, 'pending', $2 FROM generate_series(0, $3 - 1) AS g",
+    )
+    .bind(job.id)
+    .bind(earliest_start)
+    .bind(chunks as i32)
+    .execute(&mut **tx)
+    .await?;
+    let schedule_text = match schedule {
+        Schedule::Immediate => "immediate",
+        Schedule::OffPeak => "off_peak",
+    };
+    sqlx::query(
+        "UPDATE jobs SET state = 'accepted', plan = $2, subject = $3, total_items = $4,
+                schedule = $5, earliest_start = $6, accepted_at = now(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job.id)
+    .bind(plan)
+    .bind(subject)
+    .bind(total)
+    .bind(schedule_text)
+    .bind(earliest_start)
+    .execute(&mut **tx)
+    .await?;
+    let header = EventHeader::new(
+        JobAccepted::TYPE,
+        job.id,
+        job.message_id.to_owned(),
+        job.ticket.clone(),
+    );
+    let event = JobAccepted {
+        header: header.clone(),
+        job_type: job.job_type,
+        total: total as u64,
+        schedule,
+        earliest_start,
+    };
+    outbox::enqueue(tx, &header, &event).await
+}
+
+/// Complete a job at once, from the planner (rejected, failed, or nothing to do).
+pub async fn complete_now(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &JobIdentity<'_>,
+    subject: Option<&Value>,
+    outcome: Outcome,
+    counts: Counts,
+    failures: Vec<Failure>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let started_at: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT coalesce(started_at, accepted_at) FROM jobs WHERE id = $1")
+            .bind(job.id)
+            .fetch_one(&mut **tx)
+            .await?;
+    finish(
+        tx,
+        job,
+        subject.cloned(),
+        outcome,
+        counts,
+        failures,
+        started_at.unwrap_or(now),
+    )
+    .await
+}
+
+async fn finish(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &JobIdentity<'_>,
+    subject: Option<Value>,
+    outcome: Outcome,
+    counts: Counts,
+    failures: Vec<Failure>,
+    started_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    sqlx::query(
+        "UPDATE jobs SET state = 'completed', outcome = $2, subject = coalesce($3, subject),
+                counts = $4, completed_at = $5, updated_at = $5
+         WHERE id = $1",
+    )
+    .bind(job.id)
+    .bind(outcome.as_str())
+    .bind(&subject)
+    .bind(serde_json::to_value(counts).expect("counts serialize"))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let header = EventHeader::new(
+        JobCompleted::TYPE,
+        job.id,
+        job.message_id.to_owned(),
+        job.ticket.clone(),
+    );
+    let event = JobCompleted {
+        header: header.clone(),
+        job_type: Some(job.job_type),
+        subject,
+        outcome,
+        dry_run: job.dry_run,
+        counts,
+        failures: vec![],
+        failures_truncated: false,
+        started_at,
+        finished_at: now,
+    }
+    .with_failures(failures);
+    outbox::enqueue(tx, &header, &event).await
+}
+
+/// A chunk claimed by this worker.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedChunk {
+    pub job_id: Uuid,
+    pub chunk: i32,
+    /// True when the chunk was taken over from a worker whose lease expired.
+    pub reclaimed: bool,
+}
+
+/// Claim the next claimable chunk: pending, or running with an expired lease, of an
+/// accepted or running job, due now. Lower chunk numbers first across jobs, so that many
+/// jobs progress together and a small job is never stuck behind a large one.
+pub async fn claim_chunk(
+    pool: &PgPool,
+    owner: &str,
+    lease_seconds: u64,
+) -> Result<Option<ClaimedChunk>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let claimed: Option<ClaimedChunk> = sqlx::query_as(
+        "WITH next AS (
+             SELECT c.job_id, c.chunk, c.state = 'running' AS reclaimed
+             FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE j.state IN ('accepted', 'running') AND c.not_before <= now()
+               AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_expires_at < now()))
+             ORDER BY c.chunk, j.accepted_at, c.job_id
+             LIMIT 1 FOR UPDATE OF c SKIP LOCKED)
+         UPDATE job_chunks c
+         SET state = 'running', lease_owner = $1,
+             lease_expires_at = now() + make_interval(secs => $2), claims = c.claims + 1
+         FROM next WHERE c.job_id = next.job_id AND c.chunk = next.chunk
+         RETURNING c.job_id, c.chunk, next.reclaimed",
+    )
+    .bind(owner)
+    .bind(lease_seconds as f64)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(chunk) = &claimed {
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', started_at = coalesce(started_at, now()),
+                    updated_at = now()
+             WHERE id = $1 AND state = 'accepted'",
+        )
+        .bind(chunk.job_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Extend the lease; false when it is no longer ours.
+pub async fn renew_lease(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    lease_seconds: u64,
+) -> Result<bool, StoreError> {
+    let renewed = sqlx::query(
+        "UPDATE job_chunks SET lease_expires_at = now() + make_interval(secs => $4)
+         WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(lease_seconds as f64)
+    .execute(pool)
+    .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// Give a chunk back before its lease expires (shutdown, or a transient failure), to be
+/// claimed again no earlier than `not_before`.
+pub async fn release_chunk(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    not_before: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE job_chunks SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                not_before = $4
+         WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(not_before)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The job of a claimed chunk.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ChunkJob {
+    pub job_type: String,
+    pub dry_run: bool,
+    pub plan: Option<Value>,
+}
+
+pub async fn chunk_job(pool: &PgPool, job_id: Uuid) -> Result<ChunkJob, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT job_type, dry_run, plan FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Items of the chunk still without an outcome (a chunk taken over resumes where its
+/// previous worker stopped).
+pub async fn open_items(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+) -> Result<Vec<(i32, String, Option<Value>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT seq, item, spec FROM job_items
+         WHERE job_id = $1 AND chunk = $2 AND outcome IS NULL ORDER BY seq",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Record item outcomes, only while the lease is ours. Returns how many were recorded.
+pub async fn record_outcomes(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    seqs: &[i32],
+    outcomes: &[&str],
+    codes: &[Option<&str>],
+    details: &[Option<String>],
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE job_items i
+         SET outcome = u.outcome, failure_code = u.code, detail = u.detail, finished_at = now()
+         FROM unnest($4::int[], $5::text[], $6::text[], $7::text[]) AS u(seq, outcome, code, detail)
+         WHERE i.job_id = $1 AND i.seq = u.seq AND i.outcome IS NULL
+           AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = $1 AND c.chunk = $2
+                       AND c.lease_owner = $3 AND c.state = 'running')",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(seqs)
+    .bind(outcomes)
+    .bind(codes)
+    .bind(details)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Mark the chunk done (if the lease is still ours); true when it was.
+pub async fn finish_chunk(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE job_chunks SET state = 'done', finished_at = now(), lease_owner = NULL,
+                lease_expires_at = NULL
+         WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Complete the job if every chunk is done: counts and failures from its items, state
+/// `completed`, and its one `job.completed` event, in one transaction under the job's row
+/// lock (so two workers finishing the last chunks at once complete it once). Returns the
+/// outcome when this call completed it.
+pub async fn complete_if_done(
+    pool: &PgPool,
+    job_id: Uuid,
+) -> Result<Option<(JobType, Outcome, Counts)>, StoreError> {
+    let mut tx = pool.begin().await?;
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        state: String,
+        message_id: String,
+        job_type: Option<String>,
+        dry_run: bool,
+        ticket: Option<Value>,
+        subject: Option<Value>,
+        started_at: Option<DateTime<Utc>>,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT state, message_id, job_type, dry_run, ticket, subject,
+                coalesce(started_at, accepted_at) AS started_at
+         FROM jobs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(Row {
+        state,
+        message_id,
+        job_type,
+        dry_run,
+        ticket,
+        subject,
+        started_at,
+    }) = row
+    else {
+        return Ok(None);
+    };
+    if state == "completed" {
+        return Ok(None);
+    }
+    let open: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_chunks WHERE job_id = $1 AND state <> 'done'")
+            .bind(job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if open > 0 {
+        return Ok(None);
+    }
+    let job_type = job_type
+        .as_deref()
+        .and_then(JobType::parse)
+        .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no known type")))?;
+    let mut counts = Counts::default();
+    let by_outcome: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT outcome, count(*) FROM job_items WHERE job_id = $1 GROUP BY outcome",
+    )
+    .bind(job_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (outcome, n) in by_outcome {
+        let n = n as u64;
+        counts.total += n;
+        match outcome.as_deref() {
+            Some("changed") => counts.changed += n,
+            Some("already_compliant") => counts.already_compliant += n,
+            Some("failed") => counts.failed += n,
+            Some("skipped") => counts.skipped += n,
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "job {job_id} has items without an outcome in done chunks"
+                )));
+            }
+        }
+    }
+    let failures: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT item, failure_code, detail FROM job_items
+         WHERE job_id = $1 AND outcome = 'failed' ORDER BY seq LIMIT $2",
+    )
+    .bind(job_id)
+    .bind(MAX_FAILURES_LISTED as i64 + 1)
+    .fetch_all(&mut *tx)
+    .await?;
+    let failures = failures
+        .into_iter()
+        .map(|(item, code, detail)| Failure {
+            item,
+            code: FailureCode::ALL
+                .iter()
+                .copied()
+                .find(|c| c.as_str() == code)
+                .unwrap_or(FailureCode::TenantRejected),
+            detail: detail.unwrap_or_default(),
+        })
+        .collect();
+    let outcome = if counts.failed == 0 {
+        Outcome::Succeeded
+    } else if counts.failed == counts.total {
+        Outcome::Failed
+    } else {
+        Outcome::PartiallySucceeded
+    };
+    let ticket = ticket
+        .map(serde_json::from_value::<Ticket>)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let identity = JobIdentity {
+        id: job_id,
+        message_id: &message_id,
+        job_type,
+        ticket,
+        dry_run,
+    };
+    finish(
+        &mut tx,
+        &identity,
+        subject,
+        outcome,
+        counts,
+        failures,
+        started_at.unwrap_or_else(Utc::now),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some((job_type, outcome, counts)))
+}
+
+/// Decode a stored actor.
+pub fn actor(value: Option<Value>) -> Option<Actor> {
+    value.and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// Decode a stored ticket.
+pub fn ticket(value: Option<Value>) -> Option<Ticket> {
+    value.and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// Figures for the operators' gauges.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub received: i64,
+    pub accepted: i64,
+    pub running: i64,
+    pub items_remaining: i64,
+    pub oldest_received_at: Option<DateTime<Utc>>,
+}
+
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
+    let (received, accepted, running, oldest): (i64, i64, i64, Option<DateTime<Utc>>) =
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'received'),
+                    count(*) FILTER (WHERE state = 'accepted'),
+                    count(*) FILTER (WHERE state = 'running'),
+                    min(received_at)
+             FROM jobs WHERE state <> 'completed'",
+        )
+        .fetch_one(pool)
+        .await?;
+    let items_remaining: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_items i JOIN jobs j ON j.id = i.job_id
+         WHERE j.state IN ('accepted', 'running') AND i.outcome IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Backlog {
+        received,
+        accepted,
+        running,
+        items_remaining,
+        oldest_received_at: oldest,
+    })
+}

@@ -1,0 +1,490 @@
+//! Policy reconciliation end to end: the portal's messages through RabbitMQ, the worker's
+//! database, and the tenant simulator's state and counters.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{AppOptions, EventQueue, TestApp, spawn_app, spawn_app_with, wait_until};
+
+const E3_ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
+
+fn policy(id: &str, version: i64, licence: &str, toggles: Value) -> Value {
+    json!({ "id": id, "name": format!("{id} users"), "ods_code": "RX1", "version": version,
+            "licence": licence, "toggles": toggles })
+}
+
+fn changed(policy: Value, members: &[String]) -> Value {
+    json!({ "policy": policy, "members": members, "total_members": members.len() })
+}
+
+/// Wait for the `job.completed` of `message_id`, keeping every event seen in `seen`.
+async fn completion(events: &mut EventQueue, message_id: &Value, seen: &mut Vec<Value>) -> Value {
+    if let Some(event) = seen
+        .iter()
+        .find(|e| e["type"] == "job.completed" && e["source_message_id"] == *message_id)
+    {
+        return event.clone();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = events
+            .next(left)
+            .await
+            .unwrap_or_else(|| panic!("no job.completed for {message_id}"));
+        seen.push(event.clone());
+        if event["type"] == "job.completed" && event["source_message_id"] == *message_id {
+            return event;
+        }
+    }
+}
+
+fn completions_of(seen: &[Value], message_id: &Value) -> usize {
+    seen.iter()
+        .filter(|e| e["type"] == "job.completed" && e["source_message_id"] == *message_id)
+        .count()
+}
+
+async fn publish(app: &TestApp, job_type: &str, payload: Value) -> Value {
+    let job = app.job(job_type, payload);
+    app.publish_job(&job).await;
+    job
+}
+
+#[tokio::test]
+async fn a_300_member_policy_is_reconciled_idempotently() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("staff", 300);
+    let toggles = json!({ "EXCHANGE_S_ENTERPRISE": true, "TEAMS1": true, "SWAY": false });
+
+    // First change: every member gets the licence with exactly the implied disabled plans.
+    let first = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy("rx1-standard", 8, "ENTERPRISEPACK", toggles.clone()),
+            &members,
+        ),
+    )
+    .await;
+    let done = completion(&mut events, &first["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["total"], 300);
+    assert_eq!(done["counts"]["changed"], 300);
+    assert_eq!(done["counts"]["failed"], 0);
+    assert_eq!(done["ticket"], first["ticket"]);
+    assert_eq!(done["subject"]["policy_id"], "rx1-standard");
+    assert_eq!(done["subject"]["version"], 8);
+    assert_eq!(done["dry_run"], false);
+    let accepted: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["type"] == "job.accepted" && e["source_message_id"] == first["message_id"])
+        .collect();
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0]["total"], 300);
+    assert_eq!(accepted[0]["schedule"], "immediate");
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", E3_ON);
+    for upn in &members {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
+    }
+    let writes_after_first = app.sim.licence_writes();
+    assert_eq!(writes_after_first, 300);
+
+    // The same message again: acknowledged, no second completion.
+    app.publish_job(&first).await;
+    // The same change under a new message_id: nothing written, all already compliant.
+    let again = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy("rx1-standard", 8, "ENTERPRISEPACK", toggles),
+            &members,
+        ),
+    )
+    .await;
+    let done = completion(&mut events, &again["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded");
+    assert_eq!(done["counts"]["changed"], 0);
+    assert_eq!(done["counts"]["already_compliant"], 300);
+    assert_eq!(
+        app.sim.licence_writes(),
+        writes_after_first,
+        "a compliant re-run wrote"
+    );
+    assert_eq!(completions_of(&seen, &first["message_id"]), 1);
+
+    // One toggle changed: every member written exactly once.
+    app.sim.state.reset_stats();
+    let toggles = json!({ "EXCHANGE_S_ENTERPRISE": true, "TEAMS1": true, "SWAY": true });
+    let third = publish(
+        &app,
+        "policy.changed",
+        json!({ "policy": policy("rx1-standard", 9, "ENTERPRISEPACK", toggles) }),
+    )
+    .await;
+    let done = completion(&mut events, &third["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 300);
+    let stats = app.sim.state.stats();
+    assert_eq!(stats.total("assign_license"), 300);
+    let mut targets: Vec<&String> = stats
+        .recent_writes
+        .iter()
+        .filter(|w| w.route == "assign_license")
+        .flat_map(|w| &w.targets)
+        .collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(targets.len(), 300, "each member written once");
+    let expected = app.sim.expected_licence(
+        "ENTERPRISEPACK",
+        &["EXCHANGE_S_ENTERPRISE", "TEAMS1", "SWAY"],
+    );
+    for upn in &members {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
+    }
+
+    // Still exactly one completion for the first message after everything else.
+    seen.extend(events.drain(Duration::from_millis(500)).await);
+    assert_eq!(completions_of(&seen, &first["message_id"]), 1);
+    let stored: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, outcome FROM jobs ORDER BY received_at")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(
+        stored
+            .iter()
+            .all(|(s, o)| s == "completed" && o.as_deref() == Some("succeeded"))
+    );
+}
+
+#[tokio::test]
+async fn moving_members_to_a_policy_with_another_licence_swaps_in_one_call() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("mover", 10);
+
+    let e3 = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy("rx1-e3", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            &members,
+        ),
+    )
+    .await;
+    assert_eq!(
+        completion(&mut events, &e3["message_id"], &mut seen).await["outcome"],
+        "succeeded"
+    );
+    let e1 = publish(
+        &app,
+        "policy.changed",
+        changed(policy("rx1-e1", 1, "STANDARDPACK", json!({})), &[]),
+    )
+    .await;
+    assert_eq!(
+        completion(&mut events, &e1["message_id"], &mut seen).await["outcome"],
+        "succeeded"
+    );
+
+    app.sim.state.reset_stats();
+    let moved: Vec<String> = members[..4].to_vec();
+    let add = publish(
+        &app,
+        "policy.members_added",
+        json!({ "policy_id": "rx1-e1", "members": moved, "total_members": 4 }),
+    )
+    .await;
+    let done = completion(&mut events, &add["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 4);
+
+    // One assignLicense per moved user, each adding E1 and removing E3 at once.
+    let stats = app.sim.state.stats();
+    assert_eq!(stats.total("assign_license"), 4);
+    assert_eq!(stats.count("assign_license", 200), 4);
+    let e1_licence = app.sim.expected_licence("STANDARDPACK", &[]);
+    let e3_licence = app.sim.expected_licence("ENTERPRISEPACK", &["TEAMS1"]);
+    for upn in &members[..4] {
+        assert_eq!(app.sim.licences(upn), vec![e1_licence.clone()], "{upn}");
+    }
+    for upn in &members[4..] {
+        assert_eq!(app.sim.licences(upn), vec![e3_licence.clone()], "{upn}");
+    }
+    let owners: Vec<(String, String)> =
+        sqlx::query_as("SELECT email, policy_id FROM policy_members ORDER BY email")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(owners.iter().filter(|(_, p)| p == "rx1-e1").count(), 4);
+    assert_eq!(owners.iter().filter(|(_, p)| p == "rx1-e3").count(), 6);
+}
+
+#[tokio::test]
+async fn users_the_tenant_refuses_fail_alone() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let mut members = app.sim.seed_users("ok", 5);
+    app.sim.seed(json!({ "users": [{ "id": uuid::Uuid::new_v4(), "userPrincipalName": "nowhere@nhs.net" }] }));
+    members.push("nowhere@nhs.net".into());
+    members.push("ghost@nhs.net".into());
+
+    let job = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy("rx1-mixed", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            &members,
+        ),
+    )
+    .await;
+    let done = completion(&mut events, &job["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "partially_succeeded", "{done}");
+    assert_eq!(done["counts"]["total"], 7);
+    assert_eq!(done["counts"]["changed"], 5);
+    assert_eq!(done["counts"]["failed"], 2);
+    let mut failures: Vec<(String, String)> = done["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["item"].as_str().unwrap().to_owned(),
+                f["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    failures.sort();
+    assert_eq!(
+        failures,
+        vec![
+            ("ghost@nhs.net".to_owned(), "user_not_found".to_owned()),
+            (
+                "nowhere@nhs.net".to_owned(),
+                "usage_location_missing".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(done["failures_truncated"], false);
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", &["TEAMS1"]);
+    for upn in &members[..5] {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()]);
+    }
+    assert!(app.sim.licences("nowhere@nhs.net").is_empty());
+}
+
+#[tokio::test]
+async fn an_invalid_job_is_rejected_and_writes_nothing() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("inv", 3);
+    let mut listed = members.clone();
+    listed.push("Inv0@NHS.net".into()); // a duplicate, differently cased
+    listed.push("not an email".into());
+    let payload = json!({
+        "policy": policy("rx1-bad", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true, "NOT_A_PLAN": true })),
+        "members": listed,
+        "total_members": 99
+    });
+    let job = publish(&app, "policy.changed", payload).await;
+    let done = completion(&mut events, &job["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "rejected", "{done}");
+    let mut codes: Vec<&str> = done["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec![
+            "duplicate_email",
+            "invalid_email",
+            "member_count_mismatch",
+            "unknown_service_plan"
+        ]
+    );
+    let unknown_licence = publish(
+        &app,
+        "policy.changed",
+        changed(policy("rx1-bad2", 1, "NOSUCHSKU", json!({})), &members),
+    )
+    .await;
+    let done = completion(&mut events, &unknown_licence["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "rejected");
+    assert_eq!(done["failures"][0]["code"], "unknown_licence");
+
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
+    let policies: i64 = sqlx::query_scalar("SELECT count(*) FROM policies")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(policies, 0, "a rejected job stores no desired state");
+    assert!(!seen.iter().any(|e| e["type"] == "job.accepted"));
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_and_writes_nothing() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("dry", 20);
+    let mut job = app.job(
+        "policy.changed",
+        changed(
+            policy("rx1-dry", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            &members,
+        ),
+    );
+    job["dry_run"] = json!(true);
+    app.publish_job(&job).await;
+    let done = completion(&mut events, &job["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["dry_run"], true);
+    assert_eq!(
+        done["counts"]["changed"], 20,
+        "reports what it would change"
+    );
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
+    for upn in &members {
+        assert!(app.sim.licences(upn).is_empty());
+    }
+    let policies: i64 = sqlx::query_scalar("SELECT count(*) FROM policies")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(policies, 0, "a dry run stores no desired state");
+}
+
+#[tokio::test]
+async fn members_added_before_its_policy_waits_for_it() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("early", 3);
+    let add = publish(
+        &app,
+        "policy.members_added",
+        json!({ "policy_id": "rx1-late", "members": members, "total_members": 3 }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let def = publish(
+        &app,
+        "policy.changed",
+        json!({ "policy": policy("rx1-late", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true })) }),
+    )
+    .await;
+    let done = completion(&mut events, &add["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 3);
+    let _ = completion(&mut events, &def["message_id"], &mut seen).await;
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", &["TEAMS1"]);
+    for upn in &members {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()]);
+    }
+}
+
+#[tokio::test]
+async fn members_added_for_a_policy_that_never_arrives_fails_with_unknown_policy() {
+    let mut app = spawn_app_with(AppOptions {
+        env: vec![("ENGINE__UNKNOWN_POLICY_WAIT_SECONDS".into(), "1".into())],
+        ..AppOptions::default()
+    })
+    .await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let add = publish(
+        &app,
+        "policy.members_added",
+        json!({ "policy_id": "rx1-never", "members": ["a@nhs.net"], "total_members": 1 }),
+    )
+    .await;
+    let done = completion(&mut events, &add["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "failed");
+    assert_eq!(done["failures"][0]["code"], "unknown_policy");
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
+}
+
+#[tokio::test]
+async fn a_second_worker_finishes_the_job_of_a_worker_killed_mid_way() {
+    let mut simulator = policy_reconciler::simulator::SimulatorSettings::for_tests();
+    simulator.latency_ms = 40;
+    let mut app = spawn_app_with(AppOptions {
+        simulator: Some(simulator),
+        env: vec![
+            ("ENGINE__CHUNK_SIZE".into(), "10".into()),
+            ("ENGINE__ROUND_SIZE".into(), "5".into()),
+            ("ENGINE__CHUNK_CONCURRENCY".into(), "1".into()),
+            ("ENGINE__LEASE_SECONDS".into(), "2".into()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("crash", 60);
+    let job = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy("rx1-crash", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            &members,
+        ),
+    )
+    .await;
+
+    // Kill the worker once it has done part of the job, while it holds a lease.
+    wait_until(Duration::from_secs(30), "some items done", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_items WHERE outcome IS NOT NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or(0)
+            >= 10
+    })
+    .await;
+    app.kill_worker(0);
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_chunks WHERE state = 'running' AND lease_owner IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 1, "the dead worker left its lease behind");
+    let done_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_items WHERE outcome IS NOT NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(done_before < 60, "killed mid-way");
+
+    app.start_worker().await;
+    let done = completion(&mut events, &job["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["total"], 60);
+    assert_eq!(done["counts"]["failed"], 0);
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", &["TEAMS1"]);
+    for upn in &members {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
+    }
+    let reclaimed: i64 = sqlx::query_scalar("SELECT count(*) FROM job_chunks WHERE claims > 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        reclaimed >= 1,
+        "a chunk was taken over after its lease expired"
+    );
+    seen.extend(events.drain(Duration::from_secs(1)).await);
+    assert_eq!(completions_of(&seen, &job["message_id"]), 1);
+}
