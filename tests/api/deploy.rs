@@ -1,7 +1,7 @@
-//! The Grafana dashboards and the Prometheus alerts under `deploy/` use only metric names and
-//! label values that `src/telemetry/metrics.rs` declares. Both sides are read as text: the
-//! metrics module's `pub const` string literals, and every `reconciler_…` token of the
-//! deployment files. No database or broker is needed.
+//! The Grafana dashboards, the Prometheus alerts and their unit tests under `deploy/` use only
+//! metric names and label values that `src/telemetry/metrics.rs` declares. Both sides are read
+//! as text: the metrics module's `pub const` string literals, and every `reconciler_…` token of
+//! the deployment files. No database or broker is needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -264,6 +264,7 @@ fn dashboards_and_alerts_use_declared_metric_names_and_label_values() {
     files_under(&root().join("deploy/grafana"), "json", &mut files);
     assert!(!files.is_empty(), "no dashboard under deploy/grafana");
     files.push(root().join("deploy/prometheus/alerts.yaml"));
+    files.push(root().join("deploy/prometheus/alerts.test.yaml"));
 
     let mut all = Vec::new();
     for file in &files {
