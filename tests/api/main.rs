@@ -1,6 +1,7 @@
 //! The one integration-test binary. Worker tests talk to the real PostgreSQL and RabbitMQ, each
 //! in its own database and with its own queue names; tenant and simulator tests run the
 //! simulator in-process on port 0.
+mod deploy;
 mod health;
 mod helpers;
 mod ingest;
