@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Supervisor;
 use crate::configuration::Settings;
 use crate::engine::Engine;
+use crate::engine::clock::{Clock, SystemClock};
 use crate::http::{self, Health};
 use crate::store::{self, StoreError};
 use crate::telemetry;
@@ -33,6 +34,8 @@ pub enum StartupError {
 /// A built worker, listening but not yet running.
 pub struct Application {
     settings: Settings,
+    /// The scheduler's clock: the system's, or a test's.
+    clock: Arc<dyn Clock>,
     tenant: Arc<dyn Tenant>,
     pool: PgPool,
     health: Arc<Health>,
@@ -59,12 +62,19 @@ impl Application {
             })?;
         Ok(Self {
             settings,
+            clock: Arc::new(SystemClock),
             tenant,
             pool,
             health,
             listener,
             address,
         })
+    }
+
+    /// Schedule by `clock` instead of the system clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The address of `/metrics`, `/healthz` and `/readyz` (the real port when 0 was asked).
@@ -116,16 +126,25 @@ impl Application {
             let pool = self.pool.clone();
             let health = self.health.clone();
             let tenant = self.tenant.clone();
+            let clock = self.clock.clone();
             async move {
                 if !prepare_database(&settings, &pool, &token).await {
                     return;
                 }
-                let engine = Arc::new(Engine::new(
+                let engine = match Engine::new(
                     pool.clone(),
                     tenant,
                     settings.engine.clone(),
+                    &settings.schedule,
                     &instance,
-                ));
+                    clock,
+                ) {
+                    Ok(engine) => Arc::new(engine),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot start the engine");
+                        return;
+                    }
+                };
                 let supervisor = Supervisor {
                     settings: settings.broker.clone(),
                     outbox: settings.outbox.clone(),

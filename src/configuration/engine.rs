@@ -22,6 +22,8 @@ pub struct EngineSettings {
     pub item_attempts: u32,
     /// Items read and written per round within a chunk; outcomes are recorded per round.
     pub round_size: u32,
+    /// Chunks running at once across all replicas together: the tenant's concurrency.
+    pub max_running_chunks: u32,
     /// How long a `policy.members_added` waits for its policy's definition before it fails
     /// with `unknown_policy`.
     pub unknown_policy_wait_seconds: u64,
@@ -37,7 +39,8 @@ impl EngineSettings {
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool); 6] = [
+        let checks: [(&'static str, bool); 7] = [
+            ("engine.max_running_chunks", self.max_running_chunks == 0),
             ("engine.chunk_size", self.chunk_size == 0),
             ("engine.chunk_concurrency", self.chunk_concurrency == 0),
             ("engine.lease_seconds", self.lease_seconds < 1),

@@ -10,6 +10,7 @@
 mod broker;
 mod database;
 mod engine;
+mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
 pub use engine::EngineSettings;
+pub use schedule::{OffPeakWindow, ScheduleSettings};
 
 use crate::simulator::SimulatorSettings;
 use crate::tenant::TenantSettings;
@@ -34,6 +36,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub outbox: OutboxSettings,
     pub engine: EngineSettings,
+    pub schedule: ScheduleSettings,
     pub tenant: TenantSettings,
     pub simulator: SimulatorSettings,
 }
@@ -220,6 +223,7 @@ impl Settings {
         self.database.validate()?;
         self.broker.validate()?;
         self.engine.validate()?;
+        self.schedule.validate()?;
         Ok(())
     }
 }

@@ -13,8 +13,10 @@
 //!
 //! Job kinds: [`policy`] (`policy.changed`, `policy.members_added`).
 
+pub mod clock;
 pub mod kind;
 pub mod policy;
+pub mod schedule;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,12 +31,14 @@ pub use kind::{
     StoredJob, WorkItem,
 };
 
-use crate::configuration::EngineSettings;
+use crate::configuration::{EngineSettings, ScheduleSettings};
 use crate::domain::{Counts, Failure, FailureCode, JobType, Outcome, Schedule, decode_payload};
 use crate::store::StoreError;
 use crate::store::work::{self, ClaimedChunk, JobIdentity};
 use crate::telemetry::metrics as m;
 use crate::tenant::{Tenant, TenantError};
+use clock::Clock;
+use schedule::OffPeak;
 
 /// An engine failure. Transient ones (database or tenant unavailable) leave the job or chunk
 /// to be tried again; permanent ones are bugs or corrupt data, logged loudly.
@@ -73,6 +77,11 @@ pub struct Engine {
     /// never mistakes a lease of its previous life for its own.
     owner: String,
     kinds: Vec<Arc<dyn JobKind>>,
+    /// The scheduler's time (manual in tests).
+    clock: Arc<dyn Clock>,
+    off_peak: OffPeak,
+    /// Jobs with more items than this wait for off-peak windows.
+    large_job_threshold: u64,
 }
 
 impl Engine {
@@ -80,15 +89,21 @@ impl Engine {
         pool: sqlx::PgPool,
         tenant: Arc<dyn Tenant>,
         settings: EngineSettings,
+        schedule: &ScheduleSettings,
         instance: &str,
-    ) -> Self {
-        Self {
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, EngineError> {
+        let off_peak = OffPeak::new(schedule).map_err(EngineError::Corrupt)?;
+        Ok(Self {
             pool,
             tenant,
             settings,
             owner: format!("{instance}/{}", uuid::Uuid::new_v4().simple()),
             kinds: vec![Arc::new(policy::PolicyKind)],
-        }
+            clock,
+            off_peak,
+            large_job_threshold: schedule.large_job_threshold,
+        })
     }
 
     fn kind(&self, job_type: JobType) -> Option<&Arc<dyn JobKind>> {
@@ -314,7 +329,13 @@ impl Engine {
                     .into_iter()
                     .map(|i| (i.key, i.spec.map(|s| s.to_string())))
                     .unzip();
-                let now = Utc::now();
+                let now = self.clock.now();
+                let (schedule, earliest_start, label) =
+                    if keys.len() as u64 > self.large_job_threshold {
+                        (Schedule::OffPeak, self.off_peak.next_open(now), "off_peak")
+                    } else {
+                        (Schedule::Immediate, now, "immediate")
+                    };
                 work::accept(
                     tx,
                     &identity,
@@ -323,13 +344,13 @@ impl Engine {
                     &keys,
                     &specs,
                     self.settings.chunk_size,
-                    Schedule::Immediate,
-                    now,
+                    schedule,
+                    earliest_start,
                 )
                 .await?;
-                metrics::counter!(m::JOBS_ACCEPTED_TOTAL, "job_type" => job_type.as_str(), "schedule" => "immediate")
+                metrics::counter!(m::JOBS_ACCEPTED_TOTAL, "job_type" => job_type.as_str(), "schedule" => label)
                     .increment(1);
-                tracing::info!(total = keys.len(), "job accepted");
+                tracing::info!(total = keys.len(), schedule = label, %earliest_start, "job accepted");
                 if keys.is_empty() {
                     work::complete_now(
                         tx,
@@ -350,8 +371,14 @@ impl Engine {
 
     /// Claim and process one chunk. Returns whether there was one.
     pub async fn run_next_chunk(&self, shutdown: &CancellationToken) -> Result<bool, EngineError> {
+        let now = self.clock.now();
+        let limits = work::ClaimLimits {
+            now,
+            window_open: self.off_peak.is_open(now),
+            max_running: self.settings.max_running_chunks,
+        };
         let Some(chunk) =
-            work::claim_chunk(&self.pool, &self.owner, self.settings.lease_seconds).await?
+            work::claim_chunk(&self.pool, &self.owner, self.settings.lease_seconds, limits).await?
         else {
             return Ok(false);
         };
@@ -363,7 +390,7 @@ impl Engine {
         let result = self.process_chunk(&chunk, shutdown).instrument(span).await;
         if let Err(error) = &result {
             // Give it back at once (after a pause), rather than waiting for the lease.
-            let retry_at = Utc::now() + chrono::Duration::seconds(5);
+            let retry_at = self.clock.now() + chrono::Duration::seconds(5);
             let _ = work::release_chunk(&self.pool, &chunk, &self.owner, retry_at).await;
             tracing::warn!(%error, "chunk released after an error");
         }
@@ -426,7 +453,7 @@ impl Engine {
 
         if shutdown.is_cancelled() || lease_lost {
             if !lease_lost {
-                work::release_chunk(&self.pool, chunk, &self.owner, Utc::now()).await?;
+                work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
             }
             return Ok(());
         }

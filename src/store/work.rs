@@ -214,20 +214,48 @@ pub struct ClaimedChunk {
     pub reclaimed: bool,
 }
 
+/// What a claim may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    /// The scheduler's now: chunks due by then may start.
+    pub now: DateTime<Utc>,
+    /// Whether an off-peak window is open now (else only immediate or expedited jobs run).
+    pub window_open: bool,
+    /// Chunks running at once across every replica.
+    pub max_running: u32,
+}
+
 /// Claim the next claimable chunk: pending, or running with an expired lease, of an
-/// accepted or running job, due now. Lower chunk numbers first across jobs, so that many
-/// jobs progress together and a small job is never stuck behind a large one.
+/// accepted or running job that is not paused, due by `limits.now`, of an immediate or
+/// expedited job or within an open window; and only while fewer than `limits.max_running`
+/// chunks hold live leases across all replicas (the claim is serialised by an advisory
+/// lock, so the cap holds). Lower chunk numbers first across jobs, so that many jobs
+/// progress together and a small job is never stuck behind a large one.
 pub async fn claim_chunk(
     pool: &PgPool,
     owner: &str,
     lease_seconds: u64,
+    limits: ClaimLimits,
 ) -> Result<Option<ClaimedChunk>, StoreError> {
     let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('reconciler:claim', 0))")
+        .execute(&mut *tx)
+        .await?;
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_chunks WHERE state = 'running' AND lease_expires_at > now()",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if running >= i64::from(limits.max_running) {
+        return Ok(None);
+    }
     let claimed: Option<ClaimedChunk> = sqlx::query_as(
         "WITH next AS (
              SELECT c.job_id, c.chunk, c.state = 'running' AS reclaimed
              FROM job_chunks c JOIN jobs j ON j.id = c.job_id
-             WHERE j.state IN ('accepted', 'running') AND c.not_before <= now()
+             WHERE j.state IN ('accepted', 'running') AND NOT j.paused
+               AND (c.not_before <= $3 OR j.expedited)
+               AND (j.schedule IS DISTINCT FROM 'off_peak' OR j.expedited OR $4)
                AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_expires_at < now()))
              ORDER BY c.chunk, j.accepted_at, c.job_id
              LIMIT 1 FOR UPDATE OF c SKIP LOCKED)
@@ -239,15 +267,18 @@ pub async fn claim_chunk(
     )
     .bind(owner)
     .bind(lease_seconds as f64)
+    .bind(limits.now)
+    .bind(limits.window_open)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(chunk) = &claimed {
         sqlx::query(
-            "UPDATE jobs SET state = 'running', started_at = coalesce(started_at, now()),
+            "UPDATE jobs SET state = 'running', started_at = coalesce(started_at, $2),
                     updated_at = now()
              WHERE id = $1 AND state = 'accepted'",
         )
         .bind(chunk.job_id)
+        .bind(limits.now)
         .execute(&mut *tx)
         .await?;
     }

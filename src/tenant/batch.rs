@@ -216,6 +216,9 @@ impl GraphClient {
                 })
                 .and_then(|v| parse_retry_after(&v));
             record(op, status);
+            if status == 429 {
+                self.budget.throttled();
+            }
             answers.insert(
                 id,
                 Raw {

@@ -223,6 +223,9 @@ impl GraphClient {
                 }
             };
             record(op, raw.status);
+            if raw.status == 429 {
+                self.budget.throttled();
+            }
             tracing::debug!(
                 operation = op.as_str(),
                 status = raw.status,

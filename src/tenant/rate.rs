@@ -14,6 +14,9 @@ use parking_lot::Mutex;
 pub trait WriteBudget: Send + Sync + Debug {
     /// Waits until `n` writes may be sent.
     async fn acquire(&self, n: u32);
+
+    /// The tenant answered 429: a budget that adapts slows down (the default does not).
+    fn throttled(&self) {}
 }
 
 /// No limit.

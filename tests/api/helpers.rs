@@ -15,6 +15,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use policy_reconciler::configuration::{ConfigSources, Settings};
+use policy_reconciler::engine::clock::ManualClock;
 use policy_reconciler::simulator::{Seed, Shared, SimulatorSettings};
 use policy_reconciler::startup::Application;
 use serde_json::{Value, json};
@@ -35,6 +36,8 @@ pub struct AppOptions {
     pub broker_port: Option<u16>,
     /// Extra `RECONCILER__…` settings.
     pub env: Vec<(String, String)>,
+    /// Schedule by this clock instead of the system's.
+    pub clock: Option<Arc<ManualClock>>,
 }
 
 /// A running worker and the test's own handles on its database and broker.
@@ -49,6 +52,7 @@ pub struct TestApp {
     pub sim: SimThread,
     /// Worker replicas, the first one serving `http`.
     workers: Vec<WorkerThread>,
+    clock: Option<Arc<ManualClock>>,
     event_queues: Vec<String>,
 }
 
@@ -132,7 +136,7 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
         }
     }
     let settings = test_settings(&id, &options);
-    let worker = start_worker(settings.clone());
+    let worker = start_worker(settings.clone(), options.clock.clone());
     let (http, worker) = worker.await;
 
     let amqp = Connection::connect(AMQP_URI, ConnectionProperties::default())
@@ -147,6 +151,7 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
         amqp,
         channel,
         workers: vec![worker],
+        clock: options.clock.clone(),
         event_queues: Vec::new(),
         sim,
     };
@@ -166,7 +171,10 @@ pub fn init_test_logs() {
     }
 }
 
-async fn start_worker(settings: Settings) -> (SocketAddr, WorkerThread) {
+async fn start_worker(
+    settings: Settings,
+    clock: Option<Arc<ManualClock>>,
+) -> (SocketAddr, WorkerThread) {
     let (address_tx, address_rx) = oneshot::channel();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let (kill, kill_rx) = oneshot::channel::<()>();
@@ -177,7 +185,10 @@ async fn start_worker(settings: Settings) -> (SocketAddr, WorkerThread) {
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let app = Application::build(settings).await.expect("worker builds");
+            let mut app = Application::build(settings).await.expect("worker builds");
+            if let Some(clock) = clock {
+                app = app.with_clock(clock);
+            }
             let _ = address_tx.send(app.http_address());
             tokio::select! {
                 _ = app.run_until_stopped(async { let _ = stop_rx.await; }) => {}
@@ -229,7 +240,7 @@ impl TestApp {
     pub async fn start_worker(&mut self) {
         let mut settings = self.settings.clone();
         settings.worker.instance_name = format!("test-{}-{}", self.id, Uuid::new_v4().simple());
-        let (http, worker) = start_worker(settings).await;
+        let (http, worker) = start_worker(settings, self.clock.clone()).await;
         self.workers.push(worker);
         self.http = http;
     }
