@@ -15,6 +15,7 @@ use crate::configuration::Settings;
 use crate::engine::Engine;
 use crate::engine::clock::{Clock, SystemClock};
 use crate::http::{self, Health};
+use crate::store::budget::PgWriteBudget;
 use crate::store::{self, StoreError};
 use crate::telemetry;
 use crate::tenant::{GraphClient, Tenant};
@@ -47,7 +48,21 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let pool = store::pool(&settings.database);
         let health = Health::new(pool.clone());
-        let tenant: Arc<dyn Tenant> = Arc::new(GraphClient::new(settings.tenant.clone())?);
+        let tenant: Arc<dyn Tenant> =
+            if settings.tenant.shared_write_budget && settings.tenant.writes_per_second > 0.0 {
+                let budget = PgWriteBudget::new(
+                    pool.clone(),
+                    "tenant-writes",
+                    settings.tenant.writes_per_second,
+                    settings.tenant.write_burst,
+                );
+                Arc::new(GraphClient::with_write_budget(
+                    settings.tenant.clone(),
+                    Arc::new(budget),
+                )?)
+            } else {
+                Arc::new(GraphClient::new(settings.tenant.clone())?)
+            };
         let listener = TcpListener::bind(&settings.http.listen_address)
             .await
             .map_err(|source| StartupError::Listen {

@@ -1,6 +1,7 @@
 //! PostgreSQL, the source of truth: connection pool, embedded migrations, and the tables each
 //! part owns (the inbox and jobs, the outbox).
 
+pub mod budget;
 mod error;
 pub mod jobs;
 pub mod outbox;

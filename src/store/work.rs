@@ -391,15 +391,15 @@ pub async fn record_outcomes(
     Ok(done.rows_affected())
 }
 
-/// Mark the chunk done (if the lease is still ours); true when it was.
+/// Mark the chunk done (if the lease is still ours); true when it was. The owner stays on
+/// record: which replica did which chunk.
 pub async fn finish_chunk(
     pool: &PgPool,
     chunk: &ClaimedChunk,
     owner: &str,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "UPDATE job_chunks SET state = 'done', finished_at = now(), lease_owner = NULL,
-                lease_expires_at = NULL
+        "UPDATE job_chunks SET state = 'done', finished_at = now(), lease_expires_at = NULL
          WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
     )
     .bind(chunk.job_id)

@@ -87,6 +87,8 @@ pub const TENANT_RETRIES_TOTAL: &str = "reconciler_tenant_retries_total";
 pub const TENANT_REQUEST_DURATION_SECONDS: &str = "reconciler_tenant_request_duration_seconds";
 /// Histogram (seconds): time spent waiting for the client-side write budget.
 pub const TENANT_WRITE_BUDGET_WAIT_SECONDS: &str = "reconciler_tenant_write_budget_wait_seconds";
+/// Gauge: share of the configured write rate in force (below 1 after 429s, recovering).
+pub const TENANT_WRITE_RATE_FACTOR: &str = "reconciler_tenant_write_rate_factor";
 /// Counter: access tokens fetched.
 pub const TENANT_TOKEN_REFRESHES_TOTAL: &str = "reconciler_tenant_token_refreshes_total";
 
@@ -250,6 +252,10 @@ fn describe() {
         "Time spent waiting for the tenant write budget."
     );
     describe_counter!(TENANT_TOKEN_REFRESHES_TOTAL, "Access tokens fetched.");
+    describe_gauge!(
+        TENANT_WRITE_RATE_FACTOR,
+        "Share of the configured write rate in force (adaptive)."
+    );
     describe_counter!(
         SIMULATOR_REQUESTS_TOTAL,
         "Graph calls the simulator answered."

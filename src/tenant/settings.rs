@@ -44,6 +44,9 @@ pub struct TenantSettings {
     /// Writes that may be sent at once (bucket capacity). Write `$batch` calls hold at most this
     /// many requests, so a batch never exceeds the budget on its own.
     pub write_burst: u32,
+    /// Enforce `writes_per_second` across all worker replicas together (a token bucket in
+    /// PostgreSQL, adaptive to 429s) instead of per process.
+    pub shared_write_budget: bool,
     /// How long the SKU catalogue is cached before it is read again.
     pub sku_cache_ttl_seconds: u64,
 }
@@ -68,6 +71,7 @@ impl Default for TenantSettings {
             max_retry_after_seconds: 300,
             writes_per_second: 18.0,
             write_burst: 20,
+            shared_write_budget: true,
             sku_cache_ttl_seconds: 3_600,
         }
     }

@@ -52,6 +52,9 @@ pub struct TestApp {
     pub sim: SimThread,
     /// Worker replicas, the first one serving `http`.
     workers: Vec<WorkerThread>,
+    /// The `RECONCILER__…` variables of this app's workers (for worker processes).
+    env: HashMap<String, String>,
+    processes: Vec<std::process::Child>,
     clock: Option<Arc<ManualClock>>,
     event_queues: Vec<String>,
 }
@@ -136,6 +139,7 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
         }
     }
     let settings = test_settings(&id, &options);
+    let env = test_env(&id, &options);
     let worker = start_worker(settings.clone(), options.clock.clone());
     let (http, worker) = worker.await;
 
@@ -151,6 +155,8 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
         amqp,
         channel,
         workers: vec![worker],
+        env,
+        processes: Vec::new(),
         clock: options.clock.clone(),
         event_queues: Vec::new(),
         sim,
@@ -243,6 +249,33 @@ impl TestApp {
         let (http, worker) = start_worker(settings, self.clock.clone()).await;
         self.workers.push(worker);
         self.http = http;
+    }
+
+    /// Start a worker as a separate `policy-reconciler run` process with this app's settings
+    /// (plus `extra` variables); it is stopped with SIGTERM when the app is dropped.
+    pub fn start_worker_process(&mut self, extra: &[(&str, &str)]) {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_policy-reconciler"));
+        command
+            .arg("run")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .envs(&self.env)
+            .env("RECONCILER__HTTP__LISTEN_ADDRESS", "127.0.0.1:0")
+            .env(
+                "RECONCILER__WORKER__INSTANCE_NAME",
+                format!("test-{}-p{}", self.id, self.processes.len()),
+            )
+            .env("RECONCILER__LOG__FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            });
+        for (key, value) in extra {
+            command.env(format!("RECONCILER__{key}"), value);
+        }
+        self.processes
+            .push(command.spawn().expect("the worker binary starts"));
     }
 
     /// Publish a job as the portal does: persistent JSON, routing key = type, AMQP
@@ -393,6 +426,19 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop_workers();
+        for mut process in self.processes.drain(..) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &process.id().to_string()])
+                .status();
+            for _ in 0..200 {
+                if matches!(process.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = process.kill();
+            let _ = process.wait();
+        }
         cleanup(&self.settings, &self.event_queues);
     }
 }

@@ -13,3 +13,4 @@ mod shutdown;
 mod sim_helpers;
 mod simulator;
 mod tenant;
+mod throttle;
