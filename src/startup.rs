@@ -154,7 +154,9 @@ impl Application {
                     &instance,
                     clock,
                 ) {
-                    Ok(engine) => Arc::new(engine),
+                    Ok(engine) => {
+                        Arc::new(engine.with_items_per_second(settings.tenant.writes_per_second))
+                    }
                     Err(error) => {
                         tracing::error!(%error, "cannot start the engine");
                         return;

@@ -40,6 +40,10 @@ use crate::tenant::{Tenant, TenantError};
 use clock::Clock;
 use schedule::OffPeak;
 
+/// Items a second assumed for the forecast without a configured budget: Graph's own figure
+/// for licence writes (about 20 a second per app and tenant).
+const DEFAULT_ITEMS_PER_SECOND: f64 = 20.0;
+
 /// An engine failure. Transient ones (database or tenant unavailable) leave the job or chunk
 /// to be tried again; permanent ones are bugs or corrupt data, logged loudly.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +86,12 @@ pub struct Engine {
     off_peak: OffPeak,
     /// Jobs with more items than this wait for off-peak windows.
     large_job_threshold: u64,
+    /// Items a second the tenant budget allows, for the 24-hour forecast.
+    items_per_second: f64,
 }
+
+/// The resolution target of the resolver team: every ticket within 24 hours.
+pub const RESOLUTION_TARGET: chrono::Duration = chrono::Duration::hours(24);
 
 impl Engine {
     pub fn new(
@@ -103,7 +112,38 @@ impl Engine {
             clock,
             off_peak,
             large_job_threshold: schedule.large_job_threshold,
+            items_per_second: DEFAULT_ITEMS_PER_SECOND,
         })
+    }
+
+    /// Forecast the 24-hour target at `items_per_second` (the tenant write budget).
+    pub fn with_items_per_second(mut self, items_per_second: f64) -> Self {
+        if items_per_second > 0.0 {
+            self.items_per_second = items_per_second;
+        }
+        self
+    }
+
+    /// Unfinished jobs that cannot finish within the target at the budgeted rate, given the
+    /// window time left before their deadline (off-peak jobs run only in windows).
+    pub async fn jobs_at_risk(&self) -> Result<usize, EngineError> {
+        let now = self.clock.now();
+        let jobs = work::unfinished_jobs(&self.pool).await?;
+        Ok(jobs
+            .iter()
+            .filter(|job| {
+                let deadline = job.received_at + RESOLUTION_TARGET;
+                let available = if job.schedule.as_deref() == Some("off_peak") && !job.expedited {
+                    self.off_peak.open_between(now, deadline)
+                } else {
+                    (deadline - now).max(chrono::Duration::zero())
+                };
+                let needed = chrono::Duration::milliseconds(
+                    (job.remaining as f64 / self.items_per_second * 1000.0) as i64,
+                );
+                needed > available || (job.remaining > 0 && available.is_zero())
+            })
+            .count())
     }
 
     fn kind(&self, job_type: JobType) -> Option<&Arc<dyn JobKind>> {
@@ -183,6 +223,9 @@ impl Engine {
                     .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
                     .unwrap_or(0.0);
                 metrics::gauge!(m::OLDEST_UNFINISHED_JOB_AGE_SECONDS).set(age);
+            }
+            if let Ok(at_risk) = self.jobs_at_risk().await {
+                metrics::gauge!(m::JOBS_AT_RISK).set(at_risk as f64);
             }
             self.idle(&shutdown, Duration::from_secs(10)).await;
         }

@@ -583,3 +583,25 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
         oldest_received_at: oldest,
     })
 }
+
+/// An unfinished job, for the 24-hour target.
+#[derive(Debug, sqlx::FromRow)]
+pub struct UnfinishedJob {
+    pub id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub schedule: Option<String>,
+    pub expedited: bool,
+    /// Items without an outcome (all of them before planning: unknown, counted as 0).
+    pub remaining: i64,
+}
+
+pub async fn unfinished_jobs(pool: &PgPool) -> Result<Vec<UnfinishedJob>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT j.id, j.received_at, j.schedule, j.expedited,
+                (SELECT count(*) FROM job_items i WHERE i.job_id = j.id AND i.outcome IS NULL)
+                    AS remaining
+         FROM jobs j WHERE j.state <> 'completed'",
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -93,3 +93,65 @@ async fn a_large_job_accepted_at_ten_waits_for_seven_while_a_small_one_runs_at_o
     }
     assert_eq!(app.sim.licence_writes(), 2_499);
 }
+
+#[tokio::test]
+async fn jobs_that_would_miss_the_24_hour_target_are_counted_at_risk() {
+    use policy_reconciler::engine::Engine;
+    use policy_reconciler::tenant::{GraphClient, Tenant};
+
+    let app = crate::helpers::spawn_app().await;
+    // Tuesday 24 November 2026, 10:00 GMT: the next window opens at 19:00 and closes at
+    // 07:00, so an off-peak job received now has 12 window hours before its deadline.
+    let now = at("2026-11-24T10:00:00Z");
+    let insert = |received: DateTime<Utc>, schedule: &'static str, items: i32| {
+        let pool = app.pool.clone();
+        async move {
+            let id = uuid::Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO jobs (id, message_id, job_type, state, received_at, schedule, accepted_at)
+                 VALUES ($1, $1::text, 'policy.changed', 'accepted', $2, $3, $2)",
+            )
+            .bind(id)
+            .bind(received)
+            .bind(schedule)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO job_items (job_id, seq, chunk, item)
+                 SELECT $1, g, g / 250, 'u' || g || '@nhs.net' FROM generate_series(0, $2 - 1) g",
+            )
+            .bind(id)
+            .bind(items)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let tenant: Arc<dyn Tenant> = Arc::new(GraphClient::new(app.settings.tenant.clone()).unwrap());
+    let engine = Engine::new(
+        app.pool.clone(),
+        tenant,
+        app.settings.engine.clone(),
+        &app.settings.schedule,
+        "forecast-test",
+        Arc::new(ManualClock::new(now)),
+    )
+    .unwrap()
+    .with_items_per_second(20.0);
+
+    // 1,500 users at 20 a second need 75 s of the 12 window hours: fine.
+    insert(now, "off_peak", 1_500).await;
+    assert_eq!(engine.jobs_at_risk().await.unwrap(), 0);
+    // 900,000 users need 12.5 hours: more than the windows before the deadline.
+    insert(now, "off_peak", 900_000).await;
+    assert_eq!(engine.jobs_at_risk().await.unwrap(), 1);
+    // An immediate job received 23 h 59 min ago with 10,000 users left (500 s): too late.
+    insert(
+        now - chrono::Duration::minutes(23 * 60 + 59),
+        "immediate",
+        10_000,
+    )
+    .await;
+    assert_eq!(engine.jobs_at_risk().await.unwrap(), 2);
+}
