@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
@@ -24,6 +26,9 @@ use super::{BrokerError, topology};
 use crate::configuration::{BrokerSettings, OutboxSettings};
 use crate::http::Health;
 use crate::telemetry::metrics as m;
+
+/// How often the queue depths are read for the metrics.
+const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct Supervisor {
     pub settings: BrokerSettings,
@@ -202,6 +207,36 @@ impl Supervisor {
         watched
     }
 
+    /// Messages ready in the jobs and dead-letter queues (passive declarations on a
+    /// short-lived channel, so that a failure cannot disturb the working channels).
+    async fn report_queue_depth(&self, connection: &Connection) {
+        let Ok(channel) = connection.create_channel().await else {
+            return;
+        };
+        let topology = &self.settings.topology;
+        for (label, queue) in [
+            ("jobs", &topology.jobs_queue),
+            ("dead", &topology.dead_letter_queue),
+        ] {
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(queue) => metrics::gauge!(m::QUEUE_MESSAGES, "queue" => label)
+                    .set(f64::from(queue.message_count())),
+                Err(_) => break,
+            }
+        }
+        let _ = channel.close(200, "queue depth read".into()).await;
+    }
+
     /// Mirror the connection's state into readiness, and end the session when lapin's
     /// recovery has not brought the connection back within the recovery timeout.
     async fn watch(
@@ -210,6 +245,7 @@ impl Supervisor {
         session_stop: &CancellationToken,
     ) -> Result<(), BrokerError> {
         let mut down_since: Option<Instant> = None;
+        let mut last_depth_check: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = session_stop.cancelled() => return Ok(()),
@@ -219,6 +255,10 @@ impl Supervisor {
             self.health.set_broker_connected(connected);
             if connected {
                 down_since = None;
+                if last_depth_check.is_none_or(|t| t.elapsed() >= QUEUE_DEPTH_INTERVAL) {
+                    last_depth_check = Some(Instant::now());
+                    self.report_queue_depth(connection).await;
+                }
                 continue;
             }
             let since = *down_since.get_or_insert_with(Instant::now);

@@ -26,4 +26,25 @@ async fn health_readiness_and_metrics_answer() {
         "{text}"
     );
     assert!(text.contains(policy_reconciler::telemetry::metrics::BROKER_CONNECTED));
+
+    // Queue depths are read from the broker shortly after connecting.
+    crate::helpers::wait_until(
+        std::time::Duration::from_secs(5),
+        "queue depth gauges",
+        || async {
+            let text = client
+                .get(app.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.contains(&format!(
+                "{}{{queue=\"dead\"}}",
+                policy_reconciler::telemetry::metrics::QUEUE_MESSAGES
+            ))
+        },
+    )
+    .await;
 }
