@@ -61,9 +61,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 JobsCommand::Show { id } => ops::render_detail(&ops::show(&pool, &id).await?),
                 JobsCommand::Pause { id } => ops::render_control(&ops::pause(&pool, &id).await?),
-                JobsCommand::Resume { id } => {
-                    ops::render_control(&ops::resume(&pool, &id).await?)
-                }
+                JobsCommand::Resume { id } => ops::render_control(&ops::resume(&pool, &id).await?),
                 JobsCommand::Expedite { id } => {
                     ops::render_control(&ops::expedite(&pool, &id).await?)
                 }

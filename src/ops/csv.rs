@@ -167,7 +167,10 @@ mod tests {
     fn quotes_escapes_and_line_breaks_inside_quotes() {
         let text = "\"Name\",\"Email Address\"\n\"Smith, Jane\",\"jane@nhs.net\"\n\
                     \"Two\nlines \"\"quoted\"\"\", \" bob@nhs.net \"\n";
-        assert_eq!(parse_members(text).unwrap(), ["jane@nhs.net", "bob@nhs.net"]);
+        assert_eq!(
+            parse_members(text).unwrap(),
+            ["jane@nhs.net", "bob@nhs.net"]
+        );
     }
 
     #[test]
@@ -199,7 +202,10 @@ mod tests {
             matches!(&error, OpsError::Csv(m) if m.contains("Email Address")),
             "{error}"
         );
-        assert!(matches!(parse_members("\u{feff}\r\n\n"), Err(OpsError::Csv(_))));
+        assert!(matches!(
+            parse_members("\u{feff}\r\n\n"),
+            Err(OpsError::Csv(_))
+        ));
         // A list of addresses without a header is refused rather than losing the first one.
         assert!(matches!(
             parse_members("a@nhs.net\nb@nhs.net\n"),

@@ -42,8 +42,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            text,
-            "id     state\n1      running\n22222  completed\n",
+            text, "id     state\n1      running\n22222  completed\n",
             "{text}"
         );
     }
