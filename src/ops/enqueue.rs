@@ -109,7 +109,11 @@ async fn stored_policy(settings: &Settings, policy_id: &str) -> Result<PolicyRow
     let policy = store::policies::get(&mut tx, policy_id).await?;
     drop(tx);
     pool.close().await;
-    policy.ok_or_else(|| OpsError::NotFound(format!("policy {policy_id:?}")))
+    policy.ok_or_else(|| {
+        OpsError::NotFound(format!(
+            "no policy {policy_id:?} is stored; policy.changed needs its definition"
+        ))
+    })
 }
 
 /// The job message, per the contract's envelope. Pure, so that its shape is testable.

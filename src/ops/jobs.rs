@@ -140,7 +140,8 @@ pub struct JobDetail {
     pub done: i64,
     pub items: ItemCounts,
     pub chunks: ChunkCounts,
-    /// The first [`FAILURES_SHOWN`] failed items, in plan order.
+    /// The first [`FAILURES_SHOWN`] failed items, in plan order; for a job rejected before it
+    /// had items, the failures of its `job.completed`.
     pub failures: Vec<FailureRow>,
     /// Failed items beyond those listed.
     pub more_failures: i64,
@@ -221,6 +222,13 @@ pub async fn show(pool: &PgPool, job: &str) -> Result<JobDetail, OpsError> {
     .bind(FAILURES_SHOWN)
     .fetch_all(pool)
     .await?;
+    let mut more_failures = items.failed - failures.len() as i64;
+    let mut failures = failures;
+    if failures.is_empty() && row.state == "completed" {
+        // A job rejected by ingest or by the planner has no items: its failures exist only
+        // in its `job.completed`, which the outbox keeps.
+        (failures, more_failures) = event_failures(pool, row.id).await?;
+    }
     let done = items.changed + items.already_compliant + items.failed + items.skipped;
     Ok(JobDetail {
         id: row.id,
@@ -244,9 +252,37 @@ pub async fn show(pool: &PgPool, job: &str) -> Result<JobDetail, OpsError> {
         done,
         items,
         chunks,
-        more_failures: items.failed - failures.len() as i64,
         failures,
+        more_failures,
     })
+}
+
+/// The failures listed in a job's stored `job.completed` (at most [`FAILURES_SHOWN`]), and
+/// how many more it lists.
+async fn event_failures(pool: &PgPool, job_id: Uuid) -> Result<(Vec<FailureRow>, i64), OpsError> {
+    let body: Option<Value> = sqlx::query_scalar(
+        "SELECT body FROM outbox WHERE job_id = $1 AND event_type = 'job.completed'
+         ORDER BY id LIMIT 1",
+    )
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await?;
+    let listed: Vec<FailureRow> = body
+        .as_ref()
+        .and_then(|b| b["failures"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|f| FailureRow {
+            item: f["item"].as_str().unwrap_or_default().to_owned(),
+            code: f["code"].as_str().unwrap_or_default().to_owned(),
+            detail: f["detail"].as_str().map(str::to_owned),
+        })
+        .collect();
+    let more = listed.len().saturating_sub(FAILURES_SHOWN as usize) as i64;
+    Ok((
+        listed.into_iter().take(FAILURES_SHOWN as usize).collect(),
+        more,
+    ))
 }
 
 /// What a control did.
@@ -448,7 +484,7 @@ fn job_ref(job: &str) -> (Option<Uuid>, &str) {
 }
 
 fn not_found(job: &str) -> OpsError {
-    OpsError::NotFound(format!("job {job:?} (neither an id nor a message_id)"))
+    OpsError::NotFound(format!("no job has the id or message_id {job:?}"))
 }
 
 /// Why an update guarded by `state <> 'completed'` changed nothing.

@@ -45,7 +45,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, OpsError> {
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     /// No job has this id or `message_id`, or no policy this id.
-    #[error("{0} not found")]
+    #[error("{0}")]
     NotFound(String),
     /// The job is completed; controls apply to unfinished jobs only.
     #[error("job {0} is already completed")]

@@ -151,6 +151,16 @@ async fn malformed_addresses_are_sent_for_the_worker_to_reject() {
         "{done}"
     );
     assert_eq!(app.sim.licence_writes(), 0);
+    // `jobs show` gives the reason, although a rejected job has no items.
+    let detail = ops::show(&app.pool, &enqueued.message_id).await.unwrap();
+    assert_eq!(detail.outcome.as_deref(), Some("rejected"));
+    assert!(
+        detail
+            .failures
+            .iter()
+            .any(|f| f.code == "invalid_email" && f.item == "not-an-email"),
+        "{detail:?}"
+    );
     let _ = std::fs::remove_file(csv);
 }
 
