@@ -1,8 +1,11 @@
-//! The command line: `run`, `migrate`, `tenant-simulator`, `check-config`.
+//! The command line: `run`, `migrate`, `tenant-simulator`, `check-config`, and the operator
+//! commands `enqueue` and `jobs …` (their logic lives in [`crate::ops`]).
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::ops::{EnqueueKind, EnqueueRequest, StateFilter};
 
 /// Keeps Microsoft 365 licences, toggles, admin roles and portal access right, from the
 /// portal's jobs.
@@ -38,6 +41,85 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Publish a policy job for the members of a portal CSV export (`Email Address` column),
+    /// with publisher confirms; prints its message_id and the member count.
+    Enqueue(EnqueueArgs),
+    /// Inspect and control jobs (reads and writes the database).
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The portal's CSV export; malformed and duplicate addresses are sent as they are, for
+    /// the worker to fail with a code.
+    #[arg(long, value_name = "FILE")]
+    pub from_csv: PathBuf,
+    /// The policy id.
+    #[arg(long, value_name = "ID")]
+    pub policy: String,
+    /// `members-added` adds the members; `changed` sends the stored definition with the list
+    /// as the whole membership.
+    #[arg(long, value_enum, default_value_t = EnqueueKind::MembersAdded)]
+    pub kind: EnqueueKind,
+    /// The ticket's reference (needs --originator).
+    #[arg(long, value_name = "REF", requires = "originator")]
+    pub ticket: Option<String>,
+    /// The ticket's originator (needs --ticket).
+    #[arg(long, value_name = "EMAIL", requires = "ticket")]
+    pub originator: Option<String>,
+    /// The actor's email (needs --actor-ods).
+    #[arg(long, value_name = "EMAIL", requires = "actor_ods")]
+    pub actor_email: Option<String>,
+    /// The actor's ODS code (needs --actor-email).
+    #[arg(long, value_name = "ODS", requires = "actor_email")]
+    pub actor_ods: Option<String>,
+    /// The job's `dry_run`: the worker plans and reports, writing nothing to the tenant.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The job's message_id (idempotency key); a fresh UUID by default.
+    #[arg(long, value_name = "ID")]
+    pub message_id: Option<String>,
+}
+
+impl EnqueueArgs {
+    pub fn request(self) -> EnqueueRequest {
+        EnqueueRequest {
+            csv: self.from_csv,
+            policy_id: self.policy,
+            kind: self.kind,
+            ticket: self.ticket,
+            originator: self.originator,
+            actor_email: self.actor_email,
+            actor_ods: self.actor_ods,
+            dry_run: self.dry_run,
+            message_id: self.message_id,
+        }
+    }
+}
+
+/// `jobs …`. ID is a job's id or its message_id.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// The most recent jobs: id, type, state, outcome, progress, ticket, received, flags.
+    List {
+        #[arg(long, value_enum)]
+        state: Option<StateFilter>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job: state, schedule, timestamps, items by outcome, chunks, failures.
+    Show { id: String },
+    /// Claim no new chunk of an unfinished job (chunks running finish).
+    Pause { id: String },
+    /// Undo `pause`.
+    Resume { id: String },
+    /// Run an unfinished job now, outside the off-peak windows.
+    Expedite { id: String },
+    /// End an unfinished job: open items skipped, completed with one job.completed.
+    Cancel { id: String },
 }
 
 impl Cli {

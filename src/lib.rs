@@ -22,6 +22,7 @@
 //! | [`tenant`] | the `Tenant` trait and its Microsoft Graph client |
 //! | [`simulator`] | a Graph-compatible tenant simulator (tests, demos, benchmarks) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
+//! | [`ops`] | operator commands: enqueue from a CSV export, list and show jobs, pause, resume, expedite, cancel |
 //! | [`startup`] | wiring the parts into a running worker, graceful shutdown |
 //! | [`cli`] | the command line |
 
@@ -31,6 +32,7 @@ pub mod configuration;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod ops;
 pub mod simulator;
 pub mod startup;
 pub mod store;

@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use clap::Parser;
-use policy_reconciler::cli::{Cli, Command};
+use policy_reconciler::cli::{Cli, Command, JobsCommand};
 use policy_reconciler::configuration::Settings;
 use policy_reconciler::startup::{Application, shutdown_signal};
-use policy_reconciler::{simulator, store, telemetry};
+use policy_reconciler::{ops, simulator, store, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -49,6 +49,33 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {address}"))?;
             simulator::serve(listener, settings.simulator, shutdown_signal()).await?;
         }
+        Command::Enqueue(args) => {
+            let enqueued = ops::enqueue_from_csv(&settings, &args.request()).await?;
+            print(&ops::render_enqueued(&enqueued));
+        }
+        Command::Jobs { command } => {
+            let pool = ops::connect(&settings.database).await?;
+            let text = match command {
+                JobsCommand::List { state, limit } => {
+                    ops::render_list(&ops::list(&pool, state, limit).await?)
+                }
+                JobsCommand::Show { id } => ops::render_detail(&ops::show(&pool, &id).await?),
+                JobsCommand::Pause { id } => ops::render_control(&ops::pause(&pool, &id).await?),
+                JobsCommand::Resume { id } => ops::render_control(&ops::resume(&pool, &id).await?),
+                JobsCommand::Expedite { id } => {
+                    ops::render_control(&ops::expedite(&pool, &id).await?)
+                }
+                JobsCommand::Cancel { id } => ops::render_cancel(&ops::cancel(&pool, &id).await?),
+            };
+            pool.close().await;
+            print(&text);
+        }
     }
     Ok(())
+}
+
+/// Write to standard output; a closed pipe (`| head`) is not an error worth a panic.
+fn print(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

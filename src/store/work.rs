@@ -419,6 +419,21 @@ pub async fn complete_if_done(
     job_id: Uuid,
 ) -> Result<Option<(JobType, Outcome, Counts)>, StoreError> {
     let mut tx = pool.begin().await?;
+    let completed = complete_if_done_in(&mut tx, job_id).await?;
+    // Nothing changed when nothing completed; committing the empty transaction is harmless
+    // and releases the row lock as a rollback would.
+    tx.commit().await?;
+    Ok(completed)
+}
+
+/// [`complete_if_done`] inside the caller's transaction: takes the job's row lock (a no-op
+/// when the caller already holds it) and neither begins nor commits, so that an operator's
+/// cancel can close the job's items and chunks and complete it in one transaction, with the
+/// engine's own completion rules.
+pub async fn complete_if_done_in(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+) -> Result<Option<(JobType, Outcome, Counts)>, StoreError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         state: String,
@@ -435,7 +450,7 @@ pub async fn complete_if_done(
          FROM jobs WHERE id = $1 FOR UPDATE",
     )
     .bind(job_id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
     let Some(Row {
         state,
@@ -455,7 +470,7 @@ pub async fn complete_if_done(
     let open: i64 =
         sqlx::query_scalar("SELECT count(*) FROM job_chunks WHERE job_id = $1 AND state <> 'done'")
             .bind(job_id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
     if open > 0 {
         return Ok(None);
@@ -469,7 +484,7 @@ pub async fn complete_if_done(
         "SELECT outcome, count(*) FROM job_items WHERE job_id = $1 GROUP BY outcome",
     )
     .bind(job_id)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await?;
     for (outcome, n) in by_outcome {
         let n = n as u64;
@@ -492,7 +507,7 @@ pub async fn complete_if_done(
     )
     .bind(job_id)
     .bind(MAX_FAILURES_LISTED as i64 + 1)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await?;
     let failures = failures
         .into_iter()
@@ -525,7 +540,7 @@ pub async fn complete_if_done(
         dry_run,
     };
     finish(
-        &mut tx,
+        tx,
         &identity,
         subject,
         outcome,
@@ -534,7 +549,6 @@ pub async fn complete_if_done(
         started_at.unwrap_or_else(Utc::now),
     )
     .await?;
-    tx.commit().await?;
     Ok(Some((job_type, outcome, counts)))
 }
 

@@ -5,6 +5,7 @@ mod deploy;
 mod health;
 mod helpers;
 mod ingest;
+mod ops;
 mod outbox;
 mod policy;
 mod reconnect;
