@@ -25,6 +25,8 @@ use super::kind::{
 use super::{EngineError, failure_code};
 use crate::domain::{EmailAddress, Failure, FailureCode, JobPayload, JobType, OdsCode};
 use crate::store::policies::{self, PolicyRow};
+use crate::store::work;
+use crate::telemetry::metrics as m;
 use crate::tenant::{
     AssignedLicence, LicenceChange, SkuCatalogue, TenantError, UserLicenceState, UserRef,
 };
@@ -198,6 +200,7 @@ async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
             if let Some(members) = &members {
                 policies::replace_members(ctx.tx, &incoming.id, members).await?;
             }
+            supersede_older_jobs(&mut *ctx.tx, &incoming, ctx.job.id).await?;
         }
         policies::members(ctx.tx, &incoming.id).await?
     };
@@ -213,6 +216,29 @@ async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
         plan: json!({ "policy": definition, "stale": stale }),
         items: items.into_iter().map(PlannedItem::new).collect(),
     })
+}
+
+/// End the remaining work of older unfinished jobs of this policy: this job reconciles every
+/// member to the newer definition, so their open items are skipped (`superseded`) and they
+/// complete now, resolving their tickets; no user is written again for a stale definition.
+async fn supersede_older_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    policy: &PolicyRow,
+    job_id: Uuid,
+) -> Result<(), EngineError> {
+    let reason = format!(
+        "superseded by version {} of policy {}",
+        policy.version, policy.id
+    );
+    for older in work::older_policy_jobs(tx, &policy.id, policy.version, job_id).await? {
+        let ended = work::end_early_in(tx, older, "superseded", &reason).await?;
+        if let Some((job_type, outcome, _)) = work::complete_if_done_in(tx, older).await? {
+            metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => outcome.as_str())
+                .increment(1);
+        }
+        tracing::info!(%older, skipped = ended.items_skipped, "older job superseded");
+    }
+    Ok(())
 }
 
 async fn plan_members_added(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {

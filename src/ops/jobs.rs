@@ -419,39 +419,8 @@ async fn try_cancel(pool: &PgPool, job: &str) -> Result<CancelReport, OpsError> 
     if previous_state == "completed" {
         return Err(OpsError::AlreadyCompleted(job.to_owned()));
     }
-    // The subject is merged, not replaced, so the ticket still says what the job was about;
-    // a job not yet planned has none and gets one saying only why it ended.
-    sqlx::query(
-        "UPDATE jobs SET ended_early = $2,
-                subject = CASE WHEN jsonb_typeof(subject) = 'object'
-                               THEN subject || jsonb_build_object('ended_early', $2::text)
-                               ELSE jsonb_build_object('ended_early', $2::text) END,
-                updated_at = now()
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(CANCELLED_BY_OPERATOR)
-    .execute(&mut *tx)
-    .await?;
-    let items_skipped = sqlx::query(
-        "UPDATE job_items SET outcome = 'skipped', failure_code = NULL, detail = $2,
-                finished_at = now()
-         WHERE job_id = $1 AND outcome IS NULL",
-    )
-    .bind(id)
-    .bind(format!("cancelled: {CANCELLED_BY_OPERATOR}"))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let chunks_closed = sqlx::query(
-        "UPDATE job_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
-                finished_at = now()
-         WHERE job_id = $1 AND state <> 'done'",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let ended = work::end_early_in(&mut tx, id, "cancelled", CANCELLED_BY_OPERATOR).await?;
+    let (items_skipped, chunks_closed) = (ended.items_skipped, ended.chunks_closed);
     let (_, outcome, counts) = complete(&mut tx, id).await?;
     tx.commit().await?;
     Ok(CancelReport {

@@ -619,3 +619,84 @@ pub async fn unfinished_jobs(pool: &PgPool) -> Result<Vec<UnfinishedJob>, StoreE
     .fetch_all(pool)
     .await?)
 }
+
+/// What ending a job early did.
+#[derive(Debug, Clone, Copy)]
+pub struct EndedEarly {
+    pub items_skipped: u64,
+    pub chunks_closed: u64,
+}
+
+/// End an unfinished job now, in `tx` (whose caller holds or takes the job's row lock): every
+/// item without an outcome is skipped (`detail` = `{word}: {reason}`), every open chunk is
+/// closed, and `ended_early` is recorded and merged into the subject, so the completion the
+/// caller then makes (`complete_if_done_in`) tells the ticket why. A worker still inside one
+/// of the chunks can record nothing more: its writes are guarded by `outcome IS NULL` and by
+/// the chunk still running under its lease.
+pub async fn end_early_in(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    word: &str,
+    reason: &str,
+) -> Result<EndedEarly, StoreError> {
+    // The subject is merged, not replaced, so the ticket still says what the job was about;
+    // a job not yet planned has none and gets one saying only why it ended.
+    sqlx::query(
+        "UPDATE jobs SET ended_early = $2,
+                subject = CASE WHEN jsonb_typeof(subject) = 'object'
+                               THEN subject || jsonb_build_object('ended_early', $2::text)
+                               ELSE jsonb_build_object('ended_early', $2::text) END,
+                updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    let items_skipped = sqlx::query(
+        "UPDATE job_items SET outcome = 'skipped', failure_code = NULL, detail = $2,
+                finished_at = now()
+         WHERE job_id = $1 AND outcome IS NULL",
+    )
+    .bind(job_id)
+    .bind(format!("{word}: {reason}"))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let chunks_closed = sqlx::query(
+        "UPDATE job_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
+                finished_at = now()
+         WHERE job_id = $1 AND state <> 'done'",
+    )
+    .bind(job_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(EndedEarly {
+        items_skipped,
+        chunks_closed,
+    })
+}
+
+/// Unfinished jobs of `policy_id` planned for a version older than `version` (not dry runs),
+/// locked for update: the work a newer definition supersedes.
+pub async fn older_policy_jobs(
+    tx: &mut Transaction<'_, Postgres>,
+    policy_id: &str,
+    version: i64,
+    except: Uuid,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM jobs
+         WHERE state IN ('accepted', 'running') AND id <> $3 AND NOT dry_run
+           AND job_type IN ('policy.changed', 'policy.members_added')
+           AND plan -> 'policy' ->> 'id' = $1
+           AND (plan -> 'policy' ->> 'version')::bigint < $2
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(policy_id)
+    .bind(version)
+    .bind(except)
+    .fetch_all(&mut **tx)
+    .await?)
+}

@@ -423,7 +423,7 @@ async fn a_second_worker_finishes_the_job_of_a_worker_killed_mid_way() {
     let mut app = spawn_app_with(AppOptions {
         simulator: Some(simulator),
         env: vec![
-            ("ENGINE__CHUNK_SIZE".into(), "10".into()),
+            ("ENGINE__CHUNK_SIZE".into(), "30".into()),
             ("ENGINE__ROUND_SIZE".into(), "5".into()),
             ("ENGINE__CHUNK_CONCURRENCY".into(), "1".into()),
             ("ENGINE__LEASE_SECONDS".into(), "2".into()),
@@ -444,13 +444,19 @@ async fn a_second_worker_finishes_the_job_of_a_worker_killed_mid_way() {
     )
     .await;
 
-    // Kill the worker once it has done part of the job, while it holds a lease.
-    wait_until(Duration::from_secs(30), "some items done", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_items WHERE outcome IS NOT NULL")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap_or(0)
-            >= 10
+    // Kill the worker in the middle of a chunk: some of its rounds recorded, at least two
+    // rounds (hundreds of milliseconds at this latency) still to go, so its lease is held.
+    wait_until(Duration::from_secs(30), "a chunk part-way done", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM job_chunks c WHERE c.state = 'running'
+               AND (SELECT count(*) FROM job_items i
+                    WHERE i.job_id = c.job_id AND i.chunk = c.chunk AND i.outcome IS NOT NULL)
+                   BETWEEN 5 AND 20",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap_or(0)
+            == 1
     })
     .await;
     app.kill_worker(0);

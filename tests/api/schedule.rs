@@ -155,3 +155,125 @@ async fn jobs_that_would_miss_the_24_hour_target_are_counted_at_risk() {
     .await;
     assert_eq!(engine.jobs_at_risk().await.unwrap(), 2);
 }
+
+fn large_policy(version: i64, toggles: Value, members: Option<&[String]>) -> Value {
+    let mut payload = json!({ "policy": { "id": "rx1-big", "name": "RX1 big", "ods_code": "RX1",
+        "version": version, "licence": "ENTERPRISEPACK", "toggles": toggles } });
+    if let Some(members) = members {
+        payload["members"] = json!(members);
+        payload["total_members"] = json!(members.len());
+    }
+    payload
+}
+
+async fn off_peak_app(clock: &Arc<ManualClock>) -> crate::helpers::TestApp {
+    spawn_app_with(AppOptions {
+        clock: Some(clock.clone()),
+        env: vec![("SCHEDULE__LARGE_JOB_THRESHOLD".into(), "50".into())],
+        ..AppOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_newer_version_supersedes_the_remaining_work_of_a_scheduled_older_job() {
+    let clock = Arc::new(ManualClock::new(at("2026-11-24T10:00:00Z")));
+    let mut app = off_peak_app(&clock).await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("sup", 100);
+
+    let v1 = app.job(
+        "policy.changed",
+        large_policy(1, json!({ "TEAMS1": true }), Some(&members)),
+    );
+    app.publish_job(&v1).await;
+    assert_eq!(
+        next_of(&mut events, "job.accepted", &v1["message_id"]).await["schedule"],
+        "off_peak"
+    );
+
+    let v2 = app.job(
+        "policy.changed",
+        large_policy(2, json!({ "TEAMS1": true, "SWAY": true }), None),
+    );
+    app.publish_job(&v2).await;
+    // The older job ends at once: its ticket is resolved, saying why.
+    let old = next_of(&mut events, "job.completed", &v1["message_id"]).await;
+    assert_eq!(old["outcome"], "succeeded", "{old}");
+    assert_eq!(old["counts"]["skipped"], 100);
+    assert_eq!(old["counts"]["changed"], 0);
+    assert!(
+        old["subject"]["ended_early"]
+            .as_str()
+            .unwrap()
+            .contains("superseded by version 2")
+    );
+    assert_eq!(app.sim.licence_writes(), 0);
+
+    // In the evening the newer job writes every member once, with the newer definition.
+    clock.set(at("2026-11-24T19:00:00Z"));
+    let new = next_of(&mut events, "job.completed", &v2["message_id"]).await;
+    assert_eq!(new["outcome"], "succeeded", "{new}");
+    assert_eq!(new["counts"]["changed"], 100);
+    assert_eq!(
+        app.sim.licence_writes(),
+        100,
+        "no user written for the stale definition"
+    );
+    let expected = app
+        .sim
+        .expected_licence("ENTERPRISEPACK", &["TEAMS1", "SWAY"]);
+    for upn in &members {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
+    }
+}
+
+#[tokio::test]
+async fn expedite_runs_a_large_job_now_and_pause_holds_one_until_resumed() {
+    use policy_reconciler::ops::jobs;
+
+    let clock = Arc::new(ManualClock::new(at("2026-11-24T10:00:00Z")));
+    let mut app = off_peak_app(&clock).await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("exp", 60);
+
+    // Expedite: runs at 10:00 without waiting for the window.
+    let job = app.job(
+        "policy.changed",
+        large_policy(1, json!({ "TEAMS1": true }), Some(&members)),
+    );
+    app.publish_job(&job).await;
+    next_of(&mut events, "job.accepted", &job["message_id"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.sim.licence_writes(), 0);
+    jobs::expedite(&app.pool, job["message_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let done = next_of(&mut events, "job.completed", &job["message_id"]).await;
+    assert_eq!(done["counts"]["changed"], 60);
+
+    // Pause: the window opens, yet nothing runs until resumed.
+    let job = app.job(
+        "policy.changed",
+        large_policy(2, json!({ "SWAY": true }), None),
+    );
+    app.publish_job(&job).await;
+    next_of(&mut events, "job.accepted", &job["message_id"]).await;
+    jobs::pause(&app.pool, job["message_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    clock.set(at("2026-11-24T19:00:00Z"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        app.sim.licence_writes(),
+        60,
+        "a paused job is not worked on"
+    );
+    jobs::resume(&app.pool, job["message_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let done = next_of(&mut events, "job.completed", &job["message_id"]).await;
+    assert_eq!(done["outcome"], "succeeded");
+    assert_eq!(done["counts"]["changed"], 60);
+    assert_eq!(app.sim.licence_writes(), 120);
+}
