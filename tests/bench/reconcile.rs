@@ -1,0 +1,881 @@
+//! The reconciler against its limits and against the manual procedure, in one run.
+//!
+//! `cargo bench --bench reconcile` (flags after `--`, see `--help`). It starts the tenant
+//! simulator in this process and the worker as a separate `policy-reconciler run` process
+//! (release build) against the local PostgreSQL and RabbitMQ, in a database and with queue
+//! names of its own, runs the scenarios, prints one markdown table and writes the same figures
+//! as JSON (`bench-results/reconcile.json` by default). Everything it creates is removed.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use policy_reconciler::configuration::{ConfigSources, Settings};
+use policy_reconciler::simulator::{Seed, Shared, SimulatorSettings, default_catalogue};
+use policy_reconciler::tenant::{GraphClient, LicenceChange, Tenant, TenantSettings, UserRef};
+use serde_json::{Value, json};
+use sqlx::{Connection as _, Executor, PgConnection};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Benchmarks of policy-reconciler")]
+struct Args {
+    /// Members of the overhead, budget and re-run job.
+    #[arg(long, default_value_t = 20_000)]
+    users: usize,
+    /// Write limit of the simulator (writes a second) in the budget scenario.
+    #[arg(long, default_value_t = 200)]
+    budget_rate: u32,
+    /// Simulated Graph latency (ms) in the budget and manual scenarios.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    /// Members of the manual-procedure comparison (the sequential script is slow).
+    #[arg(long, default_value_t = 1_000)]
+    manual_users: usize,
+    /// Members of the large job of the memory scenario (the small one is `--users`).
+    #[arg(long, default_value_t = 200_000)]
+    memory_users: usize,
+    /// Messages of the ingest scenario.
+    #[arg(long, default_value_t = 10_000)]
+    ingest_messages: usize,
+    /// Where the JSON figures go.
+    #[arg(long, default_value = "bench-results/reconcile.json")]
+    output: String,
+    /// Scenarios to run (comma-separated): overhead,rerun,budget,manual,memory,ingest.
+    #[arg(long, default_value = "overhead,rerun,budget,manual,memory,ingest")]
+    only: String,
+    // `cargo bench` passes `--bench`; accept and ignore it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// One line of the results table.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Figure {
+    scenario: &'static str,
+    figure: String,
+    value: f64,
+    unit: &'static str,
+    target: String,
+    /// value / target-reference where a ratio means something.
+    ratio: Option<f64>,
+    met: Option<bool>,
+}
+
+/// The simulator on a runtime of its own (it must not share the measuring thread).
+struct Sim {
+    base_url: String,
+    state: Arc<Shared>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Sim {
+    fn start() -> Self {
+        let mut settings = SimulatorSettings::for_tests();
+        settings.listen_address = "127.0.0.1:0".into();
+        let state = Arc::new(Shared::from_settings(&settings).expect("simulator state"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let address = listener.local_addr().unwrap();
+        let served = state.clone();
+        runtime.spawn(async move {
+            let _ = policy_reconciler::simulator::serve_shared(
+                listener,
+                served,
+                std::future::pending::<()>(),
+            )
+            .await;
+        });
+        // Seats for every scenario: the built-in catalogue with a million of each.
+        let mut skus = default_catalogue();
+        for sku in &mut skus {
+            sku.prepaid_units.enabled = 1_000_000;
+        }
+        state
+            .seed(&Seed {
+                skus: Some(skus),
+                users: vec![],
+                groups: vec![],
+            })
+            .unwrap();
+        Self {
+            base_url: format!("http://{address}"),
+            state,
+            _runtime: runtime,
+        }
+    }
+
+    fn seed_users(&self, prefix: &str, n: usize) -> Vec<String> {
+        let upns: Vec<String> = (0..n).map(|i| format!("{prefix}{i}@nhs.net")).collect();
+        for part in upns.chunks(20_000) {
+            let users: Vec<Value> = part
+                .iter()
+                .map(|upn| json!({ "userPrincipalName": upn, "usageLocation": "GB" }))
+                .collect();
+            let seed: Seed = serde_json::from_value(json!({ "users": users })).unwrap();
+            self.state.seed(&seed).unwrap();
+        }
+        upns
+    }
+
+    fn behave(&self, patch: Value) {
+        self.state.set_behaviour(&patch).expect("valid behaviour");
+        self.state.reset_stats();
+    }
+
+    fn unlimited(&self) {
+        self.behave(
+            json!({ "latency_ms": 0, "latency_jitter_ms": 0, "writes_per_window": 0,
+                            "resource_units_per_window": 0 }),
+        );
+    }
+}
+
+/// A worker process and what it needs.
+struct Bench {
+    id: String,
+    env: HashMap<String, String>,
+    settings: Settings,
+    sim: Sim,
+    amqp: Connection,
+    channel: Channel,
+    events: lapin::Consumer,
+    worker: Option<Child>,
+}
+
+impl Bench {
+    async fn new() -> Self {
+        let id = Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let sim = Sim::start();
+        let env: HashMap<String, String> = [
+            ("DATABASE__DATABASE_NAME", format!("pr_bench_{id}")),
+            ("HTTP__LISTEN_ADDRESS", "127.0.0.1:0".into()),
+            ("LOG__LEVEL", "warn".into()),
+            ("LOG__FORMAT", "json".into()),
+            (
+                "BROKER__TOPOLOGY__JOBS_EXCHANGE",
+                format!("bench.{id}.jobs"),
+            ),
+            ("BROKER__TOPOLOGY__JOBS_QUEUE", format!("bench.{id}.jobs")),
+            (
+                "BROKER__TOPOLOGY__DEAD_LETTER_EXCHANGE",
+                format!("bench.{id}.dlx"),
+            ),
+            (
+                "BROKER__TOPOLOGY__DEAD_LETTER_QUEUE",
+                format!("bench.{id}.jobs.dead"),
+            ),
+            (
+                "BROKER__TOPOLOGY__EVENTS_EXCHANGE",
+                format!("bench.{id}.events"),
+            ),
+            ("OUTBOX__POLL_INTERVAL_MS", "100".into()),
+            ("ENGINE__POLL_INTERVAL_MS", "50".into()),
+            ("TENANT__GRAPH_BASE_URL", sim.base_url.clone()),
+            ("TENANT__LOGIN_BASE_URL", sim.base_url.clone()),
+            ("TENANT__WRITES_PER_SECOND", "0".into()),
+            ("SCHEDULE__LARGE_JOB_THRESHOLD", "100000000".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("RECONCILER__{k}"), v))
+        .collect();
+        let settings = Settings::load_with(
+            &ConfigSources::default(),
+            config::Environment::default().source(Some(env.clone())),
+        )
+        .expect("bench settings");
+        let amqp = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672");
+        let channel = amqp.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let t = &settings.broker.topology;
+        // Declare what the worker declares, so that nothing published before it starts is lost.
+        channel
+            .exchange_declare(
+                t.events_exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events_queue = format!("bench.{id}.events");
+        channel
+            .queue_declare(
+                events_queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                events_queue.as_str().into(),
+                t.events_exchange.as_str().into(),
+                "job.completed".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events = amqp
+            .create_channel()
+            .await
+            .unwrap()
+            .basic_consume(
+                events_queue.as_str().into(),
+                "bench".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            id,
+            env,
+            settings,
+            sim,
+            amqp,
+            channel,
+            events,
+            worker: None,
+        }
+    }
+
+    /// (Re)start the worker process with `extra` settings; wait until it is ready.
+    async fn start_worker(&mut self, extra: &[(&str, String)]) {
+        self.stop_worker();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_policy-reconciler"));
+        command
+            .arg("run")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .envs(&self.env)
+            .env(
+                "RECONCILER__HTTP__LISTEN_ADDRESS",
+                format!("127.0.0.1:{port}"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            command.env(format!("RECONCILER__{k}"), v);
+        }
+        self.worker = Some(command.spawn().expect("worker binary"));
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        for _ in 0..600 {
+            if matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the worker did not become ready");
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(mut child) = self.worker.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..400 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Peak resident memory of the worker process so far (VmHWM), in MiB.
+    fn worker_peak_rss_mib(&self) -> f64 {
+        let pid = self.worker.as_ref().expect("a worker runs").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+
+    async fn publish(&self, job_type: &str, payload: Value) -> String {
+        let message_id = Uuid::new_v4().to_string();
+        let body = json!({ "message_id": message_id, "type": job_type, "schema_version": 1,
+                           "sent_at": chrono::Utc::now().to_rfc3339(), "dry_run": false,
+                           "ticket": { "reference": "INC-BENCH", "originator": "bench@nhs.net" },
+                           "payload": payload });
+        self.channel
+            .basic_publish(
+                self.settings.broker.topology.jobs_exchange.as_str().into(),
+                job_type.into(),
+                BasicPublishOptions::default(),
+                body.to_string().as_bytes(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_message_id(message_id.as_str().into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        message_id
+    }
+
+    /// Publish a policy change and wait for its completion; returns (elapsed, event).
+    async fn run_policy(
+        &mut self,
+        policy: &str,
+        version: i64,
+        toggles: Value,
+        members: &[String],
+    ) -> (Duration, Value) {
+        let started = Instant::now();
+        let payload = json!({ "policy": { "id": policy, "name": policy, "ods_code": "RX1", "version": version,
+                                          "licence": "ENTERPRISEPACK", "toggles": toggles },
+                              "members": members, "total_members": members.len() });
+        let message_id = self.publish("policy.changed", payload).await;
+        loop {
+            let delivery = tokio::time::timeout(Duration::from_secs(900), self.events.next())
+                .await
+                .expect("job.completed within 15 minutes")
+                .unwrap()
+                .unwrap();
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            let event: Value = serde_json::from_slice(&delivery.data).unwrap();
+            if event["source_message_id"] == message_id.as_str() {
+                assert_eq!(event["outcome"], "succeeded", "{event}");
+                return (started.elapsed(), event);
+            }
+        }
+    }
+
+    async fn cleanup(mut self) {
+        self.stop_worker();
+        let t = self.settings.broker.topology.clone();
+        if let Ok(channel) = self.amqp.create_channel().await {
+            for queue in [
+                t.jobs_queue,
+                t.dead_letter_queue,
+                format!("bench.{}.events", self.id),
+                format!("bench.{}.bare", self.id),
+            ] {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in [t.jobs_exchange, t.dead_letter_exchange, t.events_exchange] {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        if let Ok(mut conn) = PgConnection::connect_with(&self.settings.database.without_db()).await
+        {
+            let _ = conn
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.settings.database.database_name
+                )))
+                .await;
+        }
+    }
+}
+
+fn figure(
+    scenario: &'static str,
+    figure: &str,
+    value: f64,
+    unit: &'static str,
+    target: &str,
+    ratio: Option<f64>,
+    met: Option<bool>,
+) -> Figure {
+    Figure {
+        scenario,
+        figure: figure.into(),
+        value,
+        unit,
+        target: target.into(),
+        ratio,
+        met,
+    }
+}
+
+/// The engine's work without broker, database or engine: the same client, the same rounds
+/// (read, write what differs, read back), the same chunking and concurrency.
+async fn direct_loop(sim: &Sim, members: &[String], settings: &Settings) -> Duration {
+    let mut tenant = TenantSettings::for_simulator(&sim.base_url);
+    tenant.batch_size = settings.tenant.batch_size;
+    tenant.batch_concurrency = settings.tenant.batch_concurrency;
+    let client = Arc::new(GraphClient::new(tenant).unwrap());
+    let catalogue = client.skus().await.unwrap();
+    let desired = catalogue
+        .assignment("ENTERPRISEPACK", [("TEAMS1", true)])
+        .unwrap();
+    let started = Instant::now();
+    let chunks: Vec<Vec<String>> = members
+        .chunks(settings.engine.chunk_size as usize)
+        .map(|c| c.to_vec())
+        .collect();
+    let queue = Arc::new(tokio::sync::Mutex::new(chunks.into_iter()));
+    let mut tasks = Vec::new();
+    for _ in 0..settings.engine.chunk_concurrency {
+        let queue = queue.clone();
+        let client = client.clone();
+        let desired = desired.clone();
+        let round = settings.engine.round_size as usize;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(chunk) = queue.lock().await.next() else {
+                    return;
+                };
+                for part in chunk.chunks(round) {
+                    let refs: Vec<UserRef> = part.iter().map(|u| UserRef::Upn(u.clone())).collect();
+                    let states = client.get_users(&refs).await;
+                    let changes: Vec<LicenceChange> = states
+                        .into_iter()
+                        .flatten()
+                        .map(|s| LicenceChange {
+                            user: UserRef::Id(s.id),
+                            add: vec![desired.clone()],
+                            remove: vec![],
+                        })
+                        .collect();
+                    client.assign_licences(&changes).await;
+                    client.get_users(&refs).await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// What a resolver's script does today: for each user, read, then assign; one at a time.
+async fn manual_script(sim: &Sim, members: &[String]) -> Duration {
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}/tenant/oauth2/v2.0/token", sim.base_url))
+        .form(&[
+            ("client_id", "policy-reconciler-dev"),
+            ("client_secret", "simulator-secret"),
+            ("scope", "https://graph.microsoft.com/.default"),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let skus: Value = http
+        .get(format!("{}/v1.0/subscribedSkus", sim.base_url))
+        .header("Authorization", &bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sku = skus["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["skuPartNumber"] == "ENTERPRISEPACK")
+        .unwrap();
+    let disabled: Vec<Value> = sku["servicePlans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["servicePlanName"] != "TEAMS1" && p["servicePlanName"] != "SWAY")
+        .map(|p| p["servicePlanId"].clone())
+        .collect();
+    let started = Instant::now();
+    for upn in members {
+        let _: Value = http
+            .get(format!(
+                "{}/v1.0/users/{upn}?$select=id,assignedLicenses",
+                sim.base_url
+            ))
+            .header("Authorization", &bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = http.post(format!("{}/v1.0/users/{upn}/assignLicense", sim.base_url))
+            .header("Authorization", &bearer)
+            .json(&json!({ "addLicenses": [{ "skuId": sku["skuId"], "disabledPlans": disabled }], "removeLicenses": [] }))
+            .send().await.unwrap().status();
+        assert!(status.is_success(), "{status}");
+    }
+    started.elapsed()
+}
+
+/// A consumer that only acknowledges: the ceiling of ingest on this machine.
+async fn bare_consumer(bench: &Bench, messages: usize) -> Duration {
+    let queue = format!("bench.{}.bare", bench.id);
+    let channel = bench.amqp.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await
+        .unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = json!({ "policy_id": "bench-ingest", "members": ["x@nhs.net"], "total_members": 1 })
+        .to_string();
+    for _ in 0..messages {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+    }
+    channel.wait_for_confirms().await.unwrap();
+    let consuming = bench.amqp.create_channel().await.unwrap();
+    consuming
+        .basic_qos(bench.settings.broker.prefetch_count, Default::default())
+        .await
+        .unwrap();
+    let mut consumer = consuming
+        .basic_consume(
+            queue.as_str().into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..messages {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    started.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let only: Vec<&str> = args.only.split(',').map(str::trim).collect();
+    let wants = |s: &str| only.contains(&s);
+    let mut figures: Vec<Figure> = Vec::new();
+    let mut bench = Bench::new().await;
+    eprintln!("bench {}: simulator at {}", bench.id, bench.sim.base_url);
+    let e3 = json!({ "TEAMS1": true });
+
+    // ---- overhead and re-run ----
+    let mut overhead_time = None;
+    if wants("overhead") || wants("rerun") {
+        bench.sim.unlimited();
+        bench.start_worker(&[]).await;
+        let members = bench.sim.seed_users("ovh", args.users);
+        let (elapsed, done) = bench
+            .run_policy("bench-overhead", 1, e3.clone(), &members)
+            .await;
+        assert_eq!(done["counts"]["changed"], args.users as u64);
+        let worker_rate = args.users as f64 / elapsed.as_secs_f64();
+        overhead_time = Some(elapsed);
+        let direct_members = bench.sim.seed_users("dir", args.users);
+        let direct = direct_loop(&bench.sim, &direct_members, &bench.settings).await;
+        let direct_rate = args.users as f64 / direct.as_secs_f64();
+        let ratio = worker_rate / direct_rate;
+        eprintln!("overhead: worker {worker_rate:.0} users/s, direct {direct_rate:.0} users/s");
+        figures.push(figure(
+            "overhead",
+            "worker, publish to job.completed",
+            worker_rate,
+            "users/s",
+            "≥ 0.8 × direct",
+            Some(ratio),
+            Some(ratio >= 0.8),
+        ));
+        figures.push(figure(
+            "overhead",
+            "direct loop (same client, batching, concurrency)",
+            direct_rate,
+            "users/s",
+            "",
+            None,
+            None,
+        ));
+
+        if wants("rerun") {
+            bench.sim.state.reset_stats();
+            let (again, done) = bench
+                .run_policy("bench-overhead", 1, e3.clone(), &members)
+                .await;
+            assert_eq!(done["counts"]["already_compliant"], args.users as u64);
+            let writes = bench.sim.state.stats().writes_attempted;
+            let ratio = again.as_secs_f64() / elapsed.as_secs_f64();
+            figures.push(figure(
+                "re-run",
+                "writes",
+                writes as f64,
+                "writes",
+                "0",
+                None,
+                Some(writes == 0),
+            ));
+            figures.push(figure(
+                "re-run",
+                "time against the overhead run",
+                again.as_secs_f64(),
+                "s",
+                "≤ 0.5 × overhead",
+                Some(ratio),
+                Some(ratio <= 0.5),
+            ));
+        }
+    }
+
+    // ---- budget ----
+    if wants("budget") {
+        bench.sim.behave(
+            json!({ "latency_ms": args.latency_ms, "writes_per_window": args.budget_rate,
+                                 "write_window_seconds": 1, "resource_units_per_window": 0 }),
+        );
+        bench
+            .start_worker(&[("TENANT__WRITES_PER_SECOND", args.budget_rate.to_string())])
+            .await;
+        let members = bench.sim.seed_users("bud", args.users);
+        let (elapsed, _) = bench
+            .run_policy("bench-budget", 1, e3.clone(), &members)
+            .await;
+        let stats = bench.sim.state.stats();
+        let achieved = stats.writes_applied as f64 / elapsed.as_secs_f64();
+        let requests: u64 = stats.requests.values().flat_map(|m| m.values()).sum();
+        let throttled_share = stats.throttled as f64 / requests.max(1) as f64;
+        let ratio = achieved / f64::from(args.budget_rate);
+        figures.push(figure(
+            "budget",
+            "achieved writes/s over the limit",
+            achieved,
+            "writes/s",
+            "≥ 0.95 × limit",
+            Some(ratio),
+            Some(ratio >= 0.95),
+        ));
+        figures.push(figure(
+            "budget",
+            "requests answered 429",
+            throttled_share * 100.0,
+            "%",
+            "≤ 1 %",
+            None,
+            Some(throttled_share <= 0.01),
+        ));
+    }
+
+    // ---- manual ----
+    if wants("manual") {
+        bench.sim.behave(json!({ "latency_ms": args.latency_ms, "writes_per_window": 0, "resource_units_per_window": 0 }));
+        bench.start_worker(&[]).await;
+        let script_members = bench.sim.seed_users("man", args.manual_users);
+        let script = manual_script(&bench.sim, &script_members).await;
+        let members = bench.sim.seed_users("wrk", args.manual_users);
+        let (worker, _) = bench
+            .run_policy("bench-manual", 1, e3.clone(), &members)
+            .await;
+        let ratio = script.as_secs_f64() / worker.as_secs_f64();
+        figures.push(figure(
+            "manual",
+            "sequential script (read, assign)",
+            args.manual_users as f64 / script.as_secs_f64(),
+            "users/s",
+            "",
+            None,
+            None,
+        ));
+        figures.push(figure(
+            "manual",
+            "worker, same users and latency",
+            args.manual_users as f64 / worker.as_secs_f64(),
+            "users/s",
+            "≥ 20 × script",
+            Some(ratio),
+            Some(ratio >= 20.0),
+        ));
+    }
+
+    // ---- memory ----
+    if wants("memory") {
+        bench.sim.unlimited();
+        let mut peaks = Vec::new();
+        for (label, n) in [("small", args.users), ("large", args.memory_users)] {
+            bench.start_worker(&[]).await;
+            let members = bench.sim.seed_users(&format!("mem{label}"), n);
+            bench
+                .run_policy(&format!("bench-memory-{label}"), 1, e3.clone(), &members)
+                .await;
+            peaks.push(bench.worker_peak_rss_mib());
+        }
+        let ratio = peaks[1] / peaks[0];
+        figures.push(figure(
+            "memory",
+            &format!("worker peak RSS, {} members", args.users),
+            peaks[0],
+            "MiB",
+            "",
+            None,
+            None,
+        ));
+        figures.push(figure(
+            "memory",
+            &format!("worker peak RSS, {} members", args.memory_users),
+            peaks[1],
+            "MiB",
+            "≤ 1.5 × and < 200 MB",
+            Some(ratio),
+            Some(ratio <= 1.5 && peaks[1] * 1.048_576 < 200.0),
+        ));
+    }
+
+    // ---- ingest ----
+    if wants("ingest") {
+        bench.stop_worker();
+        let payload =
+            json!({ "policy_id": "bench-ingest", "members": ["x@nhs.net"], "total_members": 1 });
+        for _ in 0..args.ingest_messages {
+            let message_id = Uuid::new_v4().to_string();
+            let body = json!({ "message_id": message_id, "type": "policy.members_added", "schema_version": 1,
+                               "sent_at": chrono::Utc::now().to_rfc3339(), "payload": payload });
+            bench
+                .channel
+                .basic_publish(
+                    bench.settings.broker.topology.jobs_exchange.as_str().into(),
+                    "policy.members_added".into(),
+                    BasicPublishOptions::default(),
+                    body.to_string().as_bytes(),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_message_id(message_id.as_str().into()),
+                )
+                .await
+                .unwrap();
+        }
+        bench.channel.wait_for_confirms().await.unwrap();
+        let pool = policy_reconciler::store::pool(&bench.settings.database);
+        let before: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        bench.start_worker(&[]).await;
+        loop {
+            let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if stored - before >= args.ingest_messages as i64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let worker = started.elapsed();
+        pool.close().await;
+        let bare = bare_consumer(&bench, args.ingest_messages).await;
+        let worker_rate = args.ingest_messages as f64 / worker.as_secs_f64();
+        let bare_rate = args.ingest_messages as f64 / bare.as_secs_f64();
+        figures.push(figure(
+            "ingest",
+            "worker: stored and acknowledged (incl. start-up)",
+            worker_rate,
+            "messages/s",
+            "report",
+            Some(worker_rate / bare_rate),
+            None,
+        ));
+        figures.push(figure(
+            "ingest",
+            "bare lapin consumer: acknowledge only",
+            bare_rate,
+            "messages/s",
+            "",
+            None,
+            None,
+        ));
+    }
+
+    bench.cleanup().await;
+
+    // ---- report ----
+    let mut table =
+        String::from("| scenario | figure | value | target | ratio |\n|---|---|---|---|---|\n");
+    for f in &figures {
+        let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_default();
+        let verdict = match f.met {
+            Some(true) => " ✓",
+            Some(false) => " ✗",
+            None => "",
+        };
+        table.push_str(&format!(
+            "| {} | {} | {:.2} {} | {}{} | {} |\n",
+            f.scenario, f.figure, f.value, f.unit, f.target, verdict, ratio
+        ));
+    }
+    println!("{table}");
+    if let Some(dir) = std::path::Path::new(&args.output).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let report = json!({
+        "date": chrono::Utc::now().to_rfc3339(),
+        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "args": { "users": args.users, "budget_rate": args.budget_rate, "latency_ms": args.latency_ms,
+                  "manual_users": args.manual_users, "memory_users": args.memory_users,
+                  "ingest_messages": args.ingest_messages },
+        "overhead_seconds": overhead_time.map(|d| d.as_secs_f64()),
+        "figures": figures,
+    });
+    let mut file = std::fs::File::create(&args.output).expect("output file");
+    writeln!(file, "{}", serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    eprintln!("figures written to {}", args.output);
+}
