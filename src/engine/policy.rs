@@ -386,11 +386,14 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
     let mut written: HashSet<usize> = HashSet::new();
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
     let attempts = ctx.settings.item_attempts as usize;
+    // Pause before a round only when the previous one met transient failures: reading back
+    // what was just written successfully needs no wait.
+    let mut troubled = false;
     for round in 0..=attempts {
         if pending.is_empty() || ctx.cancel.is_cancelled() {
             break;
         }
-        if round > 0 {
+        if troubled {
             let pause = Duration::from_millis(200 * round as u64);
             tokio::select! {
                 _ = ctx.cancel.cancelled() => break,
@@ -403,6 +406,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
             .collect();
         let states = ctx.tenant.get_users(&refs).await;
         let mut retry = Vec::new();
+        troubled = false;
         let mut writes: Vec<(usize, LicenceChange)> = Vec::new();
         for (&i, state) in pending.iter().zip(states) {
             let seq = items[i].seq;
@@ -410,6 +414,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
                 Err(error) if error.is_transient() => {
                     last_error.insert(i, error);
                     retry.push(i);
+                    troubled = true;
                 }
                 Err(error) => {
                     results[i] = Some(ItemResult::failed(
@@ -474,6 +479,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
                     {
                         last_error.insert(i, error);
                         retry.push(i);
+                        troubled = true;
                     }
                     Err(error) => {
                         results[i] = Some(ItemResult::failed(

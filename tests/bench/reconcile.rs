@@ -79,7 +79,6 @@ struct Figure {
 struct Sim {
     base_url: String,
     state: Arc<Shared>,
-    _runtime: tokio::runtime::Runtime,
 }
 
 impl Sim {
@@ -87,21 +86,26 @@ impl Sim {
         let mut settings = SimulatorSettings::for_tests();
         settings.listen_address = "127.0.0.1:0".into();
         let state = Arc::new(Shared::from_settings(&settings).expect("simulator state"));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        // Its own thread and runtime (two workers): it lives until the process ends.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
         let served = state.clone();
-        runtime.spawn(async move {
-            let _ = policy_reconciler::simulator::serve_shared(
-                listener,
-                served,
-                std::future::pending::<()>(),
-            )
-            .await;
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let listener = TcpListener::from_std(listener).unwrap();
+                    let _ = policy_reconciler::simulator::serve_shared(
+                        listener,
+                        served,
+                        std::future::pending::<()>(),
+                    )
+                    .await;
+                });
         });
         // Seats for every scenario: the built-in catalogue with a million of each.
         let mut skus = default_catalogue();
@@ -118,7 +122,6 @@ impl Sim {
         Self {
             base_url: format!("http://{address}"),
             state,
-            _runtime: runtime,
         }
     }
 
@@ -158,6 +161,8 @@ struct Bench {
     channel: Channel,
     events: lapin::Consumer,
     worker: Option<Child>,
+    /// The worker's /metrics port.
+    worker_port: u16,
 }
 
 impl Bench {
@@ -263,6 +268,7 @@ impl Bench {
             channel,
             events,
             worker: None,
+            worker_port: 0,
         }
     }
 
@@ -289,6 +295,7 @@ impl Bench {
             command.env(format!("RECONCILER__{k}"), v);
         }
         self.worker = Some(command.spawn().expect("worker binary"));
+        self.worker_port = port;
         let client = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{port}/readyz");
         for _ in 0..600 {
@@ -314,6 +321,21 @@ impl Bench {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The worker's own timings (histogram sums and counts), for the profile notes.
+    async fn worker_profile(&self) -> Vec<String> {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.worker_port))
+            .await
+            .and_then(|r| r.error_for_status())
+            .map(|r| r.text());
+        let Ok(text) = text else { return vec![] };
+        let text = text.await.unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && (l.contains("_sum") || l.contains("_count")))
+            .filter(|l| l.contains("chunk_duration") || l.contains("tenant_request_duration") || l.contains("ingest_duration") || l.contains("budget_wait"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Peak resident memory of the worker process so far (VmHWM), in MiB.
@@ -629,6 +651,9 @@ async fn main() {
         let direct_rate = args.users as f64 / direct.as_secs_f64();
         let ratio = worker_rate / direct_rate;
         eprintln!("overhead: worker {worker_rate:.0} users/s, direct {direct_rate:.0} users/s");
+        for line in bench.worker_profile().await {
+            eprintln!("  worker profile: {line}");
+        }
         figures.push(figure(
             "overhead",
             "worker, publish to job.completed",
