@@ -31,6 +31,13 @@ pub enum Command {
         #[arg(long)]
         with_simulator: bool,
     },
+    /// The main job end to end on this machine: a simulated tenant with USERS users, a worker,
+    /// a `policy.changed` published as the portal would, its `job.completed`; then exit.
+    Demo {
+        /// Users of the demo policy.
+        #[arg(long, default_value_t = 300)]
+        users: usize,
+    },
     /// Create the database if allowed and apply the embedded migrations, then exit.
     Migrate,
     /// Load and validate the configuration and print it, secrets redacted.

@@ -17,6 +17,11 @@ async fn main() -> anyhow::Result<()> {
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = writeln!(std::io::stdout().lock(), "{settings:#?}");
         }
+        Command::Demo { users } => {
+            telemetry::init_tracing(&settings.log);
+            let report = policy_reconciler::ops::demo::run(settings, users).await?;
+            print!("{}", policy_reconciler::ops::demo::render(&report));
+        }
         Command::Migrate => {
             telemetry::init_tracing(&settings.log);
             store::ensure_database(&settings.database).await?;

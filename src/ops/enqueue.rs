@@ -190,7 +190,7 @@ pub fn build_message(
 
 /// Publish one job: persistent JSON, routing key = type, AMQP `message_id` = the body's,
 /// mandatory, and confirmed by the broker before this returns.
-async fn publish(
+pub(crate) async fn publish(
     settings: &BrokerSettings,
     routing_key: &str,
     message_id: &str,

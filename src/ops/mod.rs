@@ -11,6 +11,7 @@
 //! * [`jobs`] lists and shows jobs and applies the operator controls.
 
 pub mod csv;
+pub mod demo;
 pub mod enqueue;
 pub mod jobs;
 mod table;

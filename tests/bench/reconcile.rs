@@ -333,7 +333,12 @@ impl Bench {
         let text = text.await.unwrap_or_default();
         text.lines()
             .filter(|l| !l.starts_with('#') && (l.contains("_sum") || l.contains("_count")))
-            .filter(|l| l.contains("chunk_duration") || l.contains("tenant_request_duration") || l.contains("ingest_duration") || l.contains("budget_wait"))
+            .filter(|l| {
+                l.contains("chunk_duration")
+                    || l.contains("tenant_request_duration")
+                    || l.contains("ingest_duration")
+                    || l.contains("budget_wait")
+            })
             .map(str::to_owned)
             .collect()
     }
