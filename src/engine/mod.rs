@@ -569,22 +569,17 @@ impl Engine {
         }
         let seqs: Vec<i32> = results.iter().map(|r| r.seq).collect();
         let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
+        // A failed item always has a code; a skipped one keeps its reason's code when it has
+        // one (job.completed lists both in `failures`); other outcomes have none.
         let codes: Vec<Option<&str>> = results
             .iter()
             .map(|r| match r.outcome {
                 ItemOutcome::Failed => Some(r.code.unwrap_or(FailureCode::TenantRejected).as_str()),
+                ItemOutcome::Skipped => r.code.map(FailureCode::as_str),
                 _ => None,
             })
             .collect();
-        let details: Vec<Option<String>> = results
-            .iter()
-            .map(|r| match (&r.detail, r.code) {
-                (Some(detail), Some(code)) if r.outcome == ItemOutcome::Skipped => {
-                    Some(format!("{code}: {detail}"))
-                }
-                (detail, _) => detail.clone(),
-            })
-            .collect();
+        let details: Vec<Option<String>> = results.iter().map(|r| r.detail.clone()).collect();
         let recorded = work::record_outcomes(
             &self.pool,
             chunk,
