@@ -135,6 +135,20 @@ impl JobCompleted {
     }
 }
 
+/// An email for the notification service to send (`template` names its text).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationEmail {
+    #[serde(flatten)]
+    pub header: EventHeader,
+    pub template: &'static str,
+    pub to: String,
+    pub data: Value,
+}
+
+impl NotificationEmail {
+    pub const TYPE: &'static str = "notification.email";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,11 +11,13 @@
 //! 3. **Complete.** Whoever finishes the last chunk completes the job: counts, failures and
 //!    exactly one `job.completed`, under the job's row lock.
 //!
-//! Job kinds: [`policy`] (`policy.changed`, `policy.members_added`).
+//! Job kinds: [`policy`] (`policy.changed`, `policy.members_added`) and [`portal`]
+//! (`portal_access.grant`, `portal_access.activated`, `portal_access.remind`).
 
 pub mod clock;
 pub mod kind;
 pub mod policy;
+pub mod portal;
 pub mod schedule;
 
 use std::sync::Arc;
@@ -108,7 +110,10 @@ impl Engine {
             tenant,
             settings,
             owner: format!("{instance}/{}", uuid::Uuid::new_v4().simple()),
-            kinds: vec![Arc::new(policy::PolicyKind)],
+            kinds: vec![
+                Arc::new(policy::PolicyKind),
+                Arc::new(portal::PortalAccessKind),
+            ],
             clock,
             off_peak,
             large_job_threshold: schedule.large_job_threshold,
