@@ -7,6 +7,7 @@ mod helpers;
 mod ingest;
 mod outbox;
 mod policy;
+mod portal;
 mod reconnect;
 mod schedule;
 mod shutdown;
