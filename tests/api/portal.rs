@@ -600,3 +600,20 @@ async fn a_chunk_applied_again_sends_no_second_invitation_or_reminder() {
             .unwrap();
     assert_eq!(reminded, vec![1, 1, 0]);
 }
+
+#[tokio::test]
+async fn a_batch_naming_a_contact_twice_is_rejected_and_stores_nothing() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let batch = vec![
+        contact("c-1", "Ada", Some("ada@a.gov.uk"), "A PC"),
+        contact("c-1", "Ada Again", Some("ada2@a.gov.uk"), "A PC"),
+    ];
+    let job = app.job("portal_access.grant", grant("A", &batch));
+    let (done, of_job) = run(&app, &mut events, &job).await;
+    assert_eq!(done["outcome"], "rejected", "{done}");
+    assert_eq!(failures(&done), pairs(&[("c-1", "invalid_message")]));
+    assert_eq!(done["subject"], json!({ "batch_label": "A" }));
+    assert!(of_job.is_empty(), "{of_job:?}");
+    assert!(stored(&app).await.is_empty());
+}
