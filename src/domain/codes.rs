@@ -46,6 +46,20 @@ pub enum FailureCode {
     Superseded,
     /// Anything else the tenant refused; the detail says what.
     TenantRejected,
+    /// Portal access: an organisation record (only individuals get access).
+    NotAnIndividual,
+    /// Portal access: the contact's council is not a member.
+    NotMember,
+    /// Portal access: the contact already has access, or was already invited.
+    AlreadyHasAccess,
+    /// Portal access: the contact's `clerk_until` date has passed.
+    ClerkTermEnded,
+    /// Portal access: no contact with this id was ever granted (stored).
+    UnknownContact,
+    /// Portal access: a reminder for a contact that was never invited.
+    NotInvited,
+    /// Portal access: a reminder for a contact that has already activated.
+    AlreadyActivated,
 }
 
 impl FailureCode {
@@ -74,6 +88,13 @@ impl FailureCode {
         Self::Cancelled,
         Self::Superseded,
         Self::TenantRejected,
+        Self::NotAnIndividual,
+        Self::NotMember,
+        Self::AlreadyHasAccess,
+        Self::ClerkTermEnded,
+        Self::UnknownContact,
+        Self::NotInvited,
+        Self::AlreadyActivated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +122,13 @@ impl FailureCode {
             Self::Cancelled => "cancelled",
             Self::Superseded => "superseded",
             Self::TenantRejected => "tenant_rejected",
+            Self::NotAnIndividual => "not_an_individual",
+            Self::NotMember => "not_member",
+            Self::AlreadyHasAccess => "already_has_access",
+            Self::ClerkTermEnded => "clerk_term_ended",
+            Self::UnknownContact => "unknown_contact",
+            Self::NotInvited => "not_invited",
+            Self::AlreadyActivated => "already_activated",
         }
     }
 }

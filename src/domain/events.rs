@@ -135,9 +135,44 @@ impl JobCompleted {
     }
 }
 
+/// An email for the notification service to send (`template` names its text).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationEmail {
+    #[serde(flatten)]
+    pub header: EventHeader,
+    pub template: &'static str,
+    pub to: String,
+    pub data: Value,
+}
+
+impl NotificationEmail {
+    pub const TYPE: &'static str = "notification.email";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notification_email_has_the_contract_shape() {
+        let header = EventHeader::new(NotificationEmail::TYPE, Uuid::nil(), "m-1".into(), None);
+        let event = NotificationEmail {
+            header,
+            template: "portal_invitation",
+            to: "clerk@anyparish.gov.uk".into(),
+            data: serde_json::json!({ "contact_id": "c-1001" }),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], "notification.email");
+        assert_eq!(json["template"], "portal_invitation");
+        assert_eq!(json["to"], "clerk@anyparish.gov.uk");
+        assert_eq!(json["data"]["contact_id"], "c-1001");
+        assert_eq!(json["source_message_id"], "m-1");
+        assert!(json.get("ticket").is_none());
+        for key in ["event_id", "schema_version", "occurred_at", "job_id"] {
+            assert!(json.get(key).is_some(), "{key} missing");
+        }
+    }
 
     #[test]
     fn completed_has_the_contract_shape() {

@@ -103,7 +103,7 @@ pub enum ItemOutcome {
     /// The tenant already held the desired state; nothing was written.
     AlreadyCompliant,
     Failed,
-    /// Deliberately not done (superseded by a newer job, cancelled).
+    /// Deliberately not done (superseded by a newer job, cancelled, excluded from a batch).
     Skipped,
 }
 
@@ -122,7 +122,7 @@ impl ItemOutcome {
 pub struct ItemResult {
     pub seq: i32,
     pub outcome: ItemOutcome,
-    /// Set for `Failed` (and, informatively, for `Skipped`).
+    /// Set for `Failed`; for `Skipped`, the reason (job.completed lists it in `failures`).
     pub code: Option<FailureCode>,
     pub detail: Option<String>,
 }

@@ -11,11 +11,13 @@
 //! 3. **Complete.** Whoever finishes the last chunk completes the job: counts, failures and
 //!    exactly one `job.completed`, under the job's row lock.
 //!
-//! Job kinds: [`policy`] (`policy.changed`, `policy.members_added`).
+//! Job kinds: [`policy`] (`policy.changed`, `policy.members_added`) and [`portal`]
+//! (`portal_access.grant`, `portal_access.activated`, `portal_access.remind`).
 
 pub mod clock;
 pub mod kind;
 pub mod policy;
+pub mod portal;
 pub mod schedule;
 
 use std::sync::Arc;
@@ -108,7 +110,10 @@ impl Engine {
             tenant,
             settings,
             owner: format!("{instance}/{}", uuid::Uuid::new_v4().simple()),
-            kinds: vec![Arc::new(policy::PolicyKind)],
+            kinds: vec![
+                Arc::new(policy::PolicyKind),
+                Arc::new(portal::PortalAccessKind),
+            ],
             clock,
             off_peak,
             large_job_threshold: schedule.large_job_threshold,
@@ -569,22 +574,17 @@ impl Engine {
         }
         let seqs: Vec<i32> = results.iter().map(|r| r.seq).collect();
         let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
+        // A failed item always has a code; a skipped one keeps its reason's code when it has
+        // one (job.completed lists both in `failures`); other outcomes have none.
         let codes: Vec<Option<&str>> = results
             .iter()
             .map(|r| match r.outcome {
                 ItemOutcome::Failed => Some(r.code.unwrap_or(FailureCode::TenantRejected).as_str()),
+                ItemOutcome::Skipped => r.code.map(FailureCode::as_str),
                 _ => None,
             })
             .collect();
-        let details: Vec<Option<String>> = results
-            .iter()
-            .map(|r| match (&r.detail, r.code) {
-                (Some(detail), Some(code)) if r.outcome == ItemOutcome::Skipped => {
-                    Some(format!("{code}: {detail}"))
-                }
-                (detail, _) => detail.clone(),
-            })
-            .collect();
+        let details: Vec<Option<String>> = results.iter().map(|r| r.detail.clone()).collect();
         let recorded = work::record_outcomes(
             &self.pool,
             chunk,

@@ -413,7 +413,8 @@ pub async fn finish_chunk(
 /// Complete the job if every chunk is done: counts and failures from its items, state
 /// `completed`, and its one `job.completed` event, in one transaction under the job's row
 /// lock (so two workers finishing the last chunks at once complete it once). Returns the
-/// outcome when this call completed it.
+/// outcome when this call completed it. `failures` lists failed items and skipped items with
+/// a reason code, in item order; the outcome considers failed items only.
 pub async fn complete_if_done(
     pool: &PgPool,
     job_id: Uuid,
@@ -503,7 +504,7 @@ pub async fn complete_if_done_in(
     }
     let failures: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT item, failure_code, detail FROM job_items
-         WHERE job_id = $1 AND outcome = 'failed' ORDER BY seq LIMIT $2",
+         WHERE job_id = $1 AND failure_code IS NOT NULL ORDER BY seq LIMIT $2",
     )
     .bind(job_id)
     .bind(MAX_FAILURES_LISTED as i64 + 1)

@@ -8,6 +8,7 @@ mod ingest;
 mod ops;
 mod outbox;
 mod policy;
+mod portal;
 mod reconnect;
 mod schedule;
 mod shutdown;
