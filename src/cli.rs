@@ -1,4 +1,4 @@
-//! The command line: `run`, `migrate`, `tenant-simulator`, `check-config`.
+//! The command line: `run`, `migrate`, `tenant-simulator`, `check-config`, `permissions`.
 
 use std::path::PathBuf;
 
@@ -38,6 +38,15 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Print what a Phone System Primary and Local admin may do, for their own organisation
+    /// and for the other organisations of their ODS mapping.
+    Permissions,
+}
+
+/// The output of `policy-reconciler permissions`: the permissions table of the two Phone
+/// System admin roles.
+pub fn permissions() -> String {
+    crate::domain::permissions::render_table()
 }
 
 impl Cli {

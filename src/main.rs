@@ -10,6 +10,16 @@ use policy_reconciler::{simulator, store, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Permissions = cli.command {
+        // Needs no configuration. A closed pipe (`| head`) is not an error worth a panic.
+        use std::io::Write;
+        let _ = write!(
+            std::io::stdout().lock(),
+            "{}",
+            policy_reconciler::cli::permissions()
+        );
+        return Ok(());
+    }
     let settings = Settings::load(&cli.sources()).context("loading configuration")?;
     match cli.command {
         Command::CheckConfig => {
@@ -49,6 +59,8 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {address}"))?;
             simulator::serve(listener, settings.simulator, shutdown_signal()).await?;
         }
+        // Printed above, before the configuration was loaded.
+        Command::Permissions => {}
     }
     Ok(())
 }

@@ -135,6 +135,22 @@ impl JobCompleted {
     }
 }
 
+/// An email for the notification service to send (`messages.md`, `notification.email`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationEmail {
+    #[serde(flatten)]
+    pub header: EventHeader,
+    pub template: &'static str,
+    pub to: String,
+    pub data: Value,
+}
+
+impl NotificationEmail {
+    pub const TYPE: &'static str = "notification.email";
+    /// Sent when a Phone System admin role is granted (never when one is removed).
+    pub const PHONE_SYSTEM_ADMIN_GRANTED: &'static str = "phone_system_admin_granted";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,13 @@ mod email;
 mod events;
 mod job;
 mod ods;
+pub mod permissions;
 
 pub use codes::FailureCode;
 pub use email::EmailAddress;
 pub use events::{
     Counts, EVENT_SCHEMA_VERSION, EventHeader, Failure, JobAccepted, JobCompleted,
-    MAX_FAILURES_LISTED, Outcome, Schedule,
+    MAX_FAILURES_LISTED, NotificationEmail, Outcome, Schedule,
 };
 pub use job::{
     Actor, AdminRole, AdminRoleChange, AdminRoleTarget, Contact, ContactKind, JobMessage,
