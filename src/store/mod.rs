@@ -6,6 +6,7 @@ mod error;
 pub mod jobs;
 pub mod outbox;
 pub mod policies;
+pub mod roles;
 pub mod work;
 
 use sqlx::postgres::PgPoolOptions;
