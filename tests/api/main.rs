@@ -8,6 +8,7 @@ mod ingest;
 mod outbox;
 mod policy;
 mod reconnect;
+mod roles;
 mod schedule;
 mod shutdown;
 mod sim_helpers;
