@@ -544,3 +544,22 @@ fn roles_permissions_command_prints_the_table() {
         2 + policy_reconciler::domain::permissions::PERMISSIONS.len()
     );
 }
+
+#[tokio::test]
+async fn roles_a_dry_run_reports_without_writing() {
+    let mut app = spawn_app().await;
+    let mut events = Events::new(&mut app).await;
+    let bob = app.sim.seed_users("dry", 1).remove(0);
+    let before = app.sim.state.stats().writes_attempted;
+
+    let mut job = app.job("admin_role.assign", target(&bob, "RX1", PRIMARY));
+    job["dry_run"] = json!(true);
+    app.publish_job(&job).await;
+    let done = events.completion(&job).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["dry_run"], true);
+    assert_eq!(done["counts"]["changed"], 1, "it would join the group");
+    assert_eq!(stored_role(&app, &bob).await, None);
+    assert_eq!(app.sim.state.stats().writes_attempted, before);
+    assert!(events.of(&job, "notification.email").await.is_empty());
+}
