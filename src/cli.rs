@@ -1,5 +1,6 @@
-//! The command line: `run`, `migrate`, `tenant-simulator`, `check-config`, and the operator
-//! commands `enqueue` and `jobs …` (their logic lives in [`crate::ops`]).
+//! The command line: `run`, `migrate`, `tenant-simulator`, `check-config`, `demo`,
+//! `permissions`, and the operator commands `enqueue` and `jobs …` (their logic lives in
+//! [`crate::ops`]).
 
 use std::path::PathBuf;
 
@@ -48,6 +49,9 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Print what a Phone System Primary and Local admin may do, for their own organisation
+    /// and for the other organisations of their ODS mapping.
+    Permissions,
     /// Publish a policy job for the members of a portal CSV export (`Email Address` column),
     /// with publisher confirms; prints its message_id and the member count.
     Enqueue(EnqueueArgs),
@@ -127,6 +131,12 @@ pub enum JobsCommand {
     Expedite { id: String },
     /// End an unfinished job: open items skipped, completed with one job.completed.
     Cancel { id: String },
+}
+
+/// The output of `policy-reconciler permissions`: the permissions table of the two Phone
+/// System admin roles.
+pub fn permissions() -> String {
+    crate::domain::permissions::render_table()
 }
 
 impl Cli {

@@ -10,6 +10,16 @@ use policy_reconciler::{ops, simulator, store, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Permissions = cli.command {
+        // Needs no configuration. A closed pipe (`| head`) is not an error worth a panic.
+        use std::io::Write;
+        let _ = write!(
+            std::io::stdout().lock(),
+            "{}",
+            policy_reconciler::cli::permissions()
+        );
+        return Ok(());
+    }
     let settings = Settings::load(&cli.sources()).context("loading configuration")?;
     match cli.command {
         Command::CheckConfig => {
@@ -75,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
             pool.close().await;
             print(&text);
         }
+        // Printed above, before the configuration was loaded.
+        Command::Permissions => {}
     }
     Ok(())
 }

@@ -154,9 +154,11 @@ impl Application {
                     &instance,
                     clock,
                 ) {
-                    Ok(engine) => {
-                        Arc::new(engine.with_items_per_second(settings.tenant.writes_per_second))
-                    }
+                    Ok(engine) => Arc::new(
+                        engine
+                            .with_items_per_second(settings.tenant.writes_per_second)
+                            .with_roles(&settings.roles),
+                    ),
                     Err(error) => {
                         tracing::error!(%error, "cannot start the engine");
                         return;

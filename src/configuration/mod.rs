@@ -10,6 +10,7 @@
 mod broker;
 mod database;
 mod engine;
+mod roles;
 mod schedule;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use serde::Deserialize;
 pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
 pub use engine::EngineSettings;
+pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
 pub use schedule::{OffPeakWindow, ScheduleSettings};
 
 use crate::simulator::SimulatorSettings;
@@ -37,6 +39,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub engine: EngineSettings,
     pub schedule: ScheduleSettings,
+    pub roles: RoleSettings,
     pub tenant: TenantSettings,
     pub simulator: SimulatorSettings,
 }
@@ -224,6 +227,7 @@ impl Settings {
         self.broker.validate()?;
         self.engine.validate()?;
         self.schedule.validate()?;
+        self.roles.validate()?;
         Ok(())
     }
 }

@@ -147,6 +147,8 @@ pub struct NotificationEmail {
 
 impl NotificationEmail {
     pub const TYPE: &'static str = "notification.email";
+    /// Sent when a Phone System admin role is granted (never when one is removed).
+    pub const PHONE_SYSTEM_ADMIN_GRANTED: &'static str = "phone_system_admin_granted";
 }
 
 #[cfg(test)]

@@ -187,6 +187,13 @@ pub enum AdminRole {
 }
 
 impl AdminRole {
+    pub const ALL: &'static [AdminRole] =
+        &[Self::PhoneSystemPrimaryAdmin, Self::PhoneSystemLocalAdmin];
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.as_str() == raw)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PhoneSystemPrimaryAdmin => "phone_system_primary_admin",

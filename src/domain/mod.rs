@@ -8,6 +8,7 @@ mod email;
 mod events;
 mod job;
 mod ods;
+pub mod permissions;
 
 pub use codes::FailureCode;
 pub use email::EmailAddress;

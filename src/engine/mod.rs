@@ -11,13 +11,16 @@
 //! 3. **Complete.** Whoever finishes the last chunk completes the job: counts, failures and
 //!    exactly one `job.completed`, under the job's row lock.
 //!
-//! Job kinds: [`policy`] (`policy.changed`, `policy.members_added`) and [`portal`]
-//! (`portal_access.grant`, `portal_access.activated`, `portal_access.remind`).
+//! Job kinds: [`policy`] (`policy.changed`, `policy.members_added`), [`portal`]
+//! (`portal_access.grant`, `portal_access.activated`, `portal_access.remind`) and [`roles`]
+//! (`admin_role.assign`, `admin_role.remove`, `admin_role.change`, `ods_mapping.changed`,
+//! `user.leaver`).
 
 pub mod clock;
 pub mod kind;
 pub mod policy;
 pub mod portal;
+pub mod roles;
 pub mod schedule;
 
 use std::sync::Arc;
@@ -33,7 +36,7 @@ pub use kind::{
     StoredJob, WorkItem,
 };
 
-use crate::configuration::{EngineSettings, ScheduleSettings};
+use crate::configuration::{EngineSettings, RoleSettings, ScheduleSettings};
 use crate::domain::{Counts, Failure, FailureCode, JobType, Outcome, Schedule, decode_payload};
 use crate::store::StoreError;
 use crate::store::work::{self, ClaimedChunk, JobIdentity};
@@ -113,12 +116,21 @@ impl Engine {
             kinds: vec![
                 Arc::new(policy::PolicyKind),
                 Arc::new(portal::PortalAccessKind),
+                Arc::new(roles::RolesKind::new(&RoleSettings::default())),
             ],
             clock,
             off_peak,
             large_job_threshold: schedule.large_job_threshold,
             items_per_second: DEFAULT_ITEMS_PER_SECOND,
         })
+    }
+
+    /// Realise admin roles with these group name templates (`[roles]`) instead of the defaults.
+    pub fn with_roles(mut self, roles: &RoleSettings) -> Self {
+        self.kinds
+            .retain(|k| !k.job_types().contains(&JobType::AdminRoleAssign));
+        self.kinds.push(Arc::new(roles::RolesKind::new(roles)));
+        self
     }
 
     /// Forecast the 24-hour target at `items_per_second` (the tenant write budget).
@@ -288,7 +300,7 @@ impl Engine {
             dry_run: row.dry_run,
         };
         let Some(kind) = self.kind(job_type).cloned() else {
-            // Kinds still to be built (admin roles, portal access) wait, stored, for the
+            // Kinds still to be built (portal access) wait, stored, for the
             // release that plans them, without blocking the planner.
             tracing::warn!("no planner for this job type in this release; kept for later");
             let later = Utc::now() + chrono::Duration::hours(1);

@@ -231,7 +231,7 @@ async fn supersede_older_jobs(
         policy.version, policy.id
     );
     for older in work::older_policy_jobs(tx, &policy.id, policy.version, job_id).await? {
-        let ended = work::end_early_in(tx, older, "superseded", &reason).await?;
+        let ended = work::end_early_in(tx, older, FailureCode::Superseded, &reason).await?;
         if let Some((job_type, outcome, _)) = work::complete_if_done_in(tx, older).await? {
             metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => outcome.as_str())
                 .increment(1);

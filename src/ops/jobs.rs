@@ -419,7 +419,13 @@ async fn try_cancel(pool: &PgPool, job: &str) -> Result<CancelReport, OpsError> 
     if previous_state == "completed" {
         return Err(OpsError::AlreadyCompleted(job.to_owned()));
     }
-    let ended = work::end_early_in(&mut tx, id, "cancelled", CANCELLED_BY_OPERATOR).await?;
+    let ended = work::end_early_in(
+        &mut tx,
+        id,
+        crate::domain::FailureCode::Cancelled,
+        CANCELLED_BY_OPERATOR,
+    )
+    .await?;
     let (items_skipped, chunks_closed) = (ended.items_skipped, ended.chunks_closed);
     let (_, outcome, counts) = complete(&mut tx, id).await?;
     tx.commit().await?;

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod policies;
 pub mod portal;
+pub mod roles;
 pub mod work;
 
 use sqlx::postgres::PgPoolOptions;

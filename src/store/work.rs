@@ -629,7 +629,7 @@ pub struct EndedEarly {
 }
 
 /// End an unfinished job now, in `tx` (whose caller holds or takes the job's row lock): every
-/// item without an outcome is skipped (`detail` = `{word}: {reason}`), every open chunk is
+/// item without an outcome is skipped with `code` (`cancelled`, `superseded`) and detail `reason`, so the ticket lists what was not done; every open chunk is
 /// closed, and `ended_early` is recorded and merged into the subject, so the completion the
 /// caller then makes (`complete_if_done_in`) tells the ticket why. A worker still inside one
 /// of the chunks can record nothing more: its writes are guarded by `outcome IS NULL` and by
@@ -637,7 +637,7 @@ pub struct EndedEarly {
 pub async fn end_early_in(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
-    word: &str,
+    code: FailureCode,
     reason: &str,
 ) -> Result<EndedEarly, StoreError> {
     // The subject is merged, not replaced, so the ticket still says what the job was about;
@@ -655,12 +655,13 @@ pub async fn end_early_in(
     .execute(&mut **tx)
     .await?;
     let items_skipped = sqlx::query(
-        "UPDATE job_items SET outcome = 'skipped', failure_code = NULL, detail = $2,
+        "UPDATE job_items SET outcome = 'skipped', failure_code = $3, detail = $2,
                 finished_at = now()
          WHERE job_id = $1 AND outcome IS NULL",
     )
     .bind(job_id)
-    .bind(format!("{word}: {reason}"))
+    .bind(reason)
+    .bind(code.as_str())
     .execute(&mut **tx)
     .await?
     .rows_affected();

@@ -10,6 +10,7 @@ mod outbox;
 mod policy;
 mod portal;
 mod reconnect;
+mod roles;
 mod schedule;
 mod shutdown;
 mod sim_helpers;

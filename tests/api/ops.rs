@@ -449,13 +449,21 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
     assert_eq!(detail.items.pending, 0);
     assert_eq!(detail.items.skipped as u64, report.counts.skipped);
     assert_eq!(detail.chunks.done, 10);
-    let skipped_detail: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT detail FROM job_items WHERE job_id = $1 AND outcome = 'skipped'",
+    let skipped: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT DISTINCT failure_code, detail FROM job_items
+         WHERE job_id = $1 AND outcome = 'skipped'",
     )
     .bind(report.id)
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(skipped_detail, [format!("cancelled: {CANCELLED}")]);
+    assert_eq!(
+        skipped,
+        [(Some("cancelled".to_owned()), Some(CANCELLED.to_owned()))]
+    );
+    // The ticket lists what was not done.
+    let listed = done["failures"].as_array().unwrap();
+    assert_eq!(listed.len() as u64, report.counts.skipped);
+    assert!(listed.iter().all(|f| f["code"] == "cancelled"));
     let _ = std::fs::remove_file(csv);
 }
