@@ -290,7 +290,6 @@ struct Envelope {
     actor: Option<Actor>,
     #[serde(default)]
     dry_run: bool,
-    payload: Value,
 }
 
 /// Decode a job message. `amqp_message_id` is the AMQP `message_id` property, which must
@@ -348,7 +347,8 @@ pub fn decode_job(body: &[u8], amqp_message_id: Option<&str>) -> Result<JobMessa
             ));
         }
     }
-    let envelope: Envelope = serde_json::from_value(value.clone())
+    // Deserialized from a reference: a 200,000-member payload is not copied again.
+    let envelope = Envelope::deserialize(&value)
         .map_err(|e| reject(FailureCode::InvalidMessage, format!("envelope: {e}")))?;
     let Some(message_id) = message_id.clone() else {
         return Err(reject(
@@ -383,7 +383,7 @@ pub fn decode_job(body: &[u8], amqp_message_id: Option<&str>) -> Result<JobMessa
         ));
     }
 
-    let payload = decode_payload(job_type, envelope.payload.clone()).map_err(|e| {
+    let payload = decode_payload_ref(job_type, &value["payload"]).map_err(|e| {
         let text = e.to_string();
         let code = if text.starts_with("missing field") {
             FailureCode::MissingField
@@ -402,7 +402,29 @@ pub fn decode_job(body: &[u8], amqp_message_id: Option<&str>) -> Result<JobMessa
         actor: envelope.actor,
         dry_run: envelope.dry_run,
         payload,
-        raw_payload: envelope.payload,
+        raw_payload: match value {
+            Value::Object(mut object) => object.remove("payload").unwrap_or(Value::Null),
+            _ => Value::Null,
+        },
+    })
+}
+
+/// Decode a payload without consuming it (the raw form is stored as well).
+fn decode_payload_ref(job_type: JobType, payload: &Value) -> Result<JobPayload, serde_json::Error> {
+    fn de<'a, T: Deserialize<'a>>(payload: &'a Value) -> Result<T, serde_json::Error> {
+        T::deserialize(payload)
+    }
+    Ok(match job_type {
+        JobType::PolicyChanged => JobPayload::PolicyChanged(de(payload)?),
+        JobType::PolicyMembersAdded => JobPayload::PolicyMembersAdded(de(payload)?),
+        JobType::AdminRoleAssign => JobPayload::AdminRoleAssign(de(payload)?),
+        JobType::AdminRoleRemove => JobPayload::AdminRoleRemove(de(payload)?),
+        JobType::AdminRoleChange => JobPayload::AdminRoleChange(de(payload)?),
+        JobType::OdsMappingChanged => JobPayload::OdsMappingChanged(de(payload)?),
+        JobType::UserLeaver => JobPayload::UserLeaver(de(payload)?),
+        JobType::PortalAccessGrant => JobPayload::PortalAccessGrant(de(payload)?),
+        JobType::PortalAccessActivated => JobPayload::PortalAccessActivated(de(payload)?),
+        JobType::PortalAccessRemind => JobPayload::PortalAccessRemind(de(payload)?),
     })
 }
 

@@ -262,10 +262,18 @@ impl Engine {
             job_type = row.job_type.as_deref().unwrap_or("?"),
             ticket = tracing::field::Empty,
         );
+        let started = Instant::now();
+        let job_type_label = row
+            .job_type
+            .as_deref()
+            .and_then(JobType::parse)
+            .map_or("unknown", JobType::as_str);
         let result = self.plan_job(&mut tx, row).instrument(span).await;
         match result {
             Ok(()) => {
                 tx.commit().await?;
+                metrics::histogram!(m::PLAN_DURATION_SECONDS, "job_type" => job_type_label)
+                    .record(started.elapsed().as_secs_f64());
                 Ok(true)
             }
             Err(error) => {

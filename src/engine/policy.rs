@@ -189,20 +189,24 @@ async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
     } else {
         incoming.clone()
     };
-    let items: Vec<String> = if ctx.job.dry_run {
-        match (&members, stale) {
-            (Some(members), false) => members.clone(),
-            _ => policies::members(ctx.tx, &incoming.id).await?,
-        }
-    } else {
-        if !stale {
-            policies::upsert(ctx.tx, &incoming, ctx.job.id).await?;
-            if let Some(members) = &members {
-                policies::replace_members(ctx.tx, &incoming.id, members).await?;
+    let items: Vec<String> = match (members, stale) {
+        // The list given is the whole membership: it is what the items are (no re-read).
+        (Some(members), false) => {
+            if !ctx.job.dry_run {
+                policies::upsert(ctx.tx, &incoming, ctx.job.id).await?;
+                policies::replace_members(ctx.tx, &incoming.id, &members).await?;
+                supersede_older_jobs(&mut *ctx.tx, &incoming, ctx.job.id).await?;
             }
-            supersede_older_jobs(&mut *ctx.tx, &incoming, ctx.job.id).await?;
+            members
         }
-        policies::members(ctx.tx, &incoming.id).await?
+        (None, false) => {
+            if !ctx.job.dry_run {
+                policies::upsert(ctx.tx, &incoming, ctx.job.id).await?;
+                supersede_older_jobs(&mut *ctx.tx, &incoming, ctx.job.id).await?;
+            }
+            policies::members(ctx.tx, &incoming.id).await?
+        }
+        (_, true) => policies::members(ctx.tx, &incoming.id).await?,
     };
     if stale {
         tracing::info!(

@@ -4,8 +4,8 @@
 //! second up to `burst`. A caller takes its tokens at once in a single `UPDATE` (row lock,
 //! no polling), letting the balance go negative, and sleeps off its share of the debt: callers
 //! on all replicas are served in the order they asked, and the configured rate holds for all
-//! of them together. On a 429 the factor halves (at most once a second, down to
-//! `MIN_FACTOR`) and recovers by `RECOVERY_PER_SECOND` back to 1: the workers slow down on
+//! of them together. On a 429 the factor drops by `DECREASE_FACTOR` (at most once a
+//! second, down to `MIN_FACTOR`) and recovers by `RECOVERY_PER_SECOND` back to 1: the workers slow down on
 //! their own when the tenant pushes back, and speed up again afterwards.
 
 use std::time::{Duration, Instant};
@@ -19,7 +19,10 @@ use crate::tenant::WriteBudget;
 /// Lowest share of the configured rate after repeated 429s.
 const MIN_FACTOR: f64 = 0.1;
 /// Share of the configured rate regained per second without 429s.
-const RECOVERY_PER_SECOND: f64 = 0.05;
+const RECOVERY_PER_SECOND: f64 = 0.1;
+/// What a 429 leaves of the rate in force: a firm but not drastic step back (a rare 429 at a
+/// window boundary must not cost half the budget for ten seconds).
+const DECREASE_FACTOR: f64 = 0.7;
 
 #[derive(Debug, Clone)]
 pub struct PgWriteBudget {
@@ -92,18 +95,19 @@ impl WriteBudget for PgWriteBudget {
         let this = self.clone();
         tokio::spawn(async move {
             let result = sqlx::query(
-                "UPDATE write_budget SET factor = greatest($2, factor * 0.5),
+                "UPDATE write_budget SET factor = greatest($2, factor * $3),
                         tokens = least(tokens, 0), throttled_at = clock_timestamp()
                  WHERE name = $1
                    AND (throttled_at IS NULL OR throttled_at < clock_timestamp() - interval '1 second')",
             )
             .bind(&this.name)
             .bind(MIN_FACTOR)
+            .bind(DECREASE_FACTOR)
             .execute(&this.pool)
             .await;
             match result {
                 Ok(done) if done.rows_affected() > 0 => {
-                    tracing::info!("tenant throttled us: shared write rate halved")
+                    tracing::info!("tenant throttled us: shared write rate lowered")
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "cannot lower the shared write rate"),

@@ -90,11 +90,16 @@ pub async fn replace_members(
     policy_id: &str,
     emails: &[String],
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM policy_members WHERE policy_id = $1 AND NOT (email = ANY($2))")
-        .bind(policy_id)
-        .bind(emails)
-        .execute(&mut **tx)
-        .await?;
+    // An anti-join (hashed), not `NOT (email = ANY($2))`, which compares every stored member
+    // with the whole list: quadratic on a re-sent 20,000-member policy.
+    sqlx::query(
+        "DELETE FROM policy_members m WHERE m.policy_id = $1
+           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS k(email) WHERE k.email = m.email)",
+    )
+    .bind(policy_id)
+    .bind(emails)
+    .execute(&mut **tx)
+    .await?;
     add_members(tx, policy_id, emails).await
 }
 

@@ -48,6 +48,8 @@ pub const JOBS_ACCEPTED_TOTAL: &str = "reconciler_jobs_accepted_total";
 pub const JOBS_COMPLETED_TOTAL: &str = "reconciler_jobs_completed_total";
 /// Items finished, by `job_type` and `outcome` ([`ITEM_OUTCOMES`]).
 pub const ITEMS_TOTAL: &str = "reconciler_items_total";
+/// Time to plan one job (validate, store desired state, items and chunks), by `job_type`.
+pub const PLAN_DURATION_SECONDS: &str = "reconciler_plan_duration_seconds";
 /// Time to process one chunk, by `job_type`.
 pub const CHUNK_DURATION_SECONDS: &str = "reconciler_chunk_duration_seconds";
 /// Chunks taken over from a worker whose lease expired (it died or stalled).

@@ -335,6 +335,7 @@ impl Bench {
             .filter(|l| !l.starts_with('#') && (l.contains("_sum") || l.contains("_count")))
             .filter(|l| {
                 l.contains("chunk_duration")
+                    || l.contains("plan_duration")
                     || l.contains("tenant_request_duration")
                     || l.contains("ingest_duration")
                     || l.contains("budget_wait")
@@ -713,8 +714,13 @@ async fn main() {
             json!({ "latency_ms": args.latency_ms, "writes_per_window": args.budget_rate,
                                  "write_window_seconds": 1, "resource_units_per_window": 0 }),
         );
+        // As an operator configures it: just under the tenant's limit, with a small burst.
+        let budget = f64::from(args.budget_rate) * 0.98;
         bench
-            .start_worker(&[("TENANT__WRITES_PER_SECOND", args.budget_rate.to_string())])
+            .start_worker(&[
+                ("TENANT__WRITES_PER_SECOND", format!("{budget}")),
+                ("TENANT__WRITE_BURST", "5".into()),
+            ])
             .await;
         let members = bench.sim.seed_users("bud", args.users);
         let (elapsed, _) = bench
