@@ -633,6 +633,12 @@ async fn bare_consumer(bench: &Bench, messages: usize) -> Duration {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if !args.bench {
+        // `cargo test --all-targets` runs bench targets in test mode; the benchmark is not a
+        // test (minutes long, figures rather than verdicts): run it with `cargo bench`.
+        eprintln!("run with: cargo bench --bench reconcile [-- FLAGS]");
+        return;
+    }
     let only: Vec<&str> = args.only.split(',').map(str::trim).collect();
     let wants = |s: &str| only.contains(&s);
     let mut figures: Vec<Figure> = Vec::new();
