@@ -277,3 +277,52 @@ async fn expedite_runs_a_large_job_now_and_pause_holds_one_until_resumed() {
     assert_eq!(done["counts"]["changed"], 60);
     assert_eq!(app.sim.licence_writes(), 120);
 }
+
+#[tokio::test]
+async fn a_small_job_is_not_stuck_behind_a_large_one() {
+    // One chunk at a time across the whole service, with some tenant latency: the large job
+    // has six chunks; the small job, published after it started, has one.
+    let mut simulator = policy_reconciler::simulator::SimulatorSettings::for_tests();
+    simulator.latency_ms = 20;
+    let mut app = spawn_app_with(AppOptions {
+        simulator: Some(simulator),
+        env: vec![
+            ("ENGINE__CHUNK_SIZE".into(), "10".into()),
+            ("ENGINE__CHUNK_CONCURRENCY".into(), "1".into()),
+            ("ENGINE__MAX_RUNNING_CHUNKS".into(), "1".into()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    let mut events = app.event_queue().await;
+    let large_members = app.sim.seed_users("fairlarge", 60);
+    let small_members = app.sim.seed_users("fairsmall", 5);
+    let policy = |id: &str| {
+        json!({ "id": id, "name": id, "ods_code": "RX1", "version": 1,
+                                    "licence": "ENTERPRISEPACK", "toggles": { "TEAMS1": true } })
+    };
+    let large = app.job("policy.changed", json!({ "policy": policy("rx1-fair-large"), "members": large_members, "total_members": 60 }));
+    app.publish_job(&large).await;
+    next_of(&mut events, "job.accepted", &large["message_id"]).await;
+    let small = app.job(
+        "policy.changed",
+        json!({ "policy": policy("rx1-fair-small"), "members": small_members, "total_members": 5 }),
+    );
+    app.publish_job(&small).await;
+
+    let mut completed = Vec::new();
+    while completed.len() < 2 {
+        let event = events
+            .next(Duration::from_secs(60))
+            .await
+            .expect("both jobs complete");
+        if event["type"] == "job.completed" {
+            completed.push(event["source_message_id"].clone());
+        }
+    }
+    assert_eq!(
+        completed,
+        vec![small["message_id"].clone(), large["message_id"].clone()],
+        "the small job finished first"
+    );
+}
