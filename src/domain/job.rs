@@ -411,37 +411,40 @@ pub fn decode_job(body: &[u8], amqp_message_id: Option<&str>) -> Result<JobMessa
 
 /// Decode a payload without consuming it (the raw form is stored as well).
 fn decode_payload_ref(job_type: JobType, payload: &Value) -> Result<JobPayload, serde_json::Error> {
-    fn de<'a, T: Deserialize<'a>>(payload: &'a Value) -> Result<T, serde_json::Error> {
-        T::deserialize(payload)
-    }
-    Ok(match job_type {
-        JobType::PolicyChanged => JobPayload::PolicyChanged(de(payload)?),
-        JobType::PolicyMembersAdded => JobPayload::PolicyMembersAdded(de(payload)?),
-        JobType::AdminRoleAssign => JobPayload::AdminRoleAssign(de(payload)?),
-        JobType::AdminRoleRemove => JobPayload::AdminRoleRemove(de(payload)?),
-        JobType::AdminRoleChange => JobPayload::AdminRoleChange(de(payload)?),
-        JobType::OdsMappingChanged => JobPayload::OdsMappingChanged(de(payload)?),
-        JobType::UserLeaver => JobPayload::UserLeaver(de(payload)?),
-        JobType::PortalAccessGrant => JobPayload::PortalAccessGrant(de(payload)?),
-        JobType::PortalAccessActivated => JobPayload::PortalAccessActivated(de(payload)?),
-        JobType::PortalAccessRemind => JobPayload::PortalAccessRemind(de(payload)?),
-    })
+    decode_with(job_type, payload)
 }
 
-/// Decode the payload of a job of a known type (also used to re-read stored jobs).
+/// Decode the payload of a job of a known type (also used to re-read stored jobs). Taking it
+/// by value moves its strings instead of copying them.
 pub fn decode_payload(job_type: JobType, payload: Value) -> Result<JobPayload, serde_json::Error> {
-    use serde_json::from_value as de;
+    decode_with(job_type, payload)
+}
+
+fn decode_with<'de, D: serde::Deserializer<'de>>(
+    job_type: JobType,
+    payload: D,
+) -> Result<JobPayload, D::Error> {
     Ok(match job_type {
-        JobType::PolicyChanged => JobPayload::PolicyChanged(de(payload)?),
-        JobType::PolicyMembersAdded => JobPayload::PolicyMembersAdded(de(payload)?),
-        JobType::AdminRoleAssign => JobPayload::AdminRoleAssign(de(payload)?),
-        JobType::AdminRoleRemove => JobPayload::AdminRoleRemove(de(payload)?),
-        JobType::AdminRoleChange => JobPayload::AdminRoleChange(de(payload)?),
-        JobType::OdsMappingChanged => JobPayload::OdsMappingChanged(de(payload)?),
-        JobType::UserLeaver => JobPayload::UserLeaver(de(payload)?),
-        JobType::PortalAccessGrant => JobPayload::PortalAccessGrant(de(payload)?),
-        JobType::PortalAccessActivated => JobPayload::PortalAccessActivated(de(payload)?),
-        JobType::PortalAccessRemind => JobPayload::PortalAccessRemind(de(payload)?),
+        JobType::PolicyChanged => JobPayload::PolicyChanged(Deserialize::deserialize(payload)?),
+        JobType::PolicyMembersAdded => {
+            JobPayload::PolicyMembersAdded(Deserialize::deserialize(payload)?)
+        }
+        JobType::AdminRoleAssign => JobPayload::AdminRoleAssign(Deserialize::deserialize(payload)?),
+        JobType::AdminRoleRemove => JobPayload::AdminRoleRemove(Deserialize::deserialize(payload)?),
+        JobType::AdminRoleChange => JobPayload::AdminRoleChange(Deserialize::deserialize(payload)?),
+        JobType::OdsMappingChanged => {
+            JobPayload::OdsMappingChanged(Deserialize::deserialize(payload)?)
+        }
+        JobType::UserLeaver => JobPayload::UserLeaver(Deserialize::deserialize(payload)?),
+        JobType::PortalAccessGrant => {
+            JobPayload::PortalAccessGrant(Deserialize::deserialize(payload)?)
+        }
+        JobType::PortalAccessActivated => {
+            JobPayload::PortalAccessActivated(Deserialize::deserialize(payload)?)
+        }
+        JobType::PortalAccessRemind => {
+            JobPayload::PortalAccessRemind(Deserialize::deserialize(payload)?)
+        }
     })
 }
 

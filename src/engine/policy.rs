@@ -319,6 +319,15 @@ fn change_for(
     })
 }
 
+/// An item given up on after its attempts: the last tenant error's code, else `fallback`
+/// under `tenant_unavailable`.
+fn gave_up(seq: i32, last_error: Option<TenantError>, fallback: &str) -> ItemResult {
+    match last_error {
+        Some(error) => ItemResult::failed(seq, failure_code(&error), error.to_string()),
+        None => ItemResult::failed(seq, FailureCode::TenantUnavailable, fallback),
+    }
+}
+
 async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemResult>, EngineError> {
     let snapshot: PolicyRow = serde_json::from_value(ctx.job.plan["policy"].clone())
         .map_err(|e| EngineError::Corrupt(format!("policy plan: {e}")))?;
@@ -444,24 +453,15 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
                             results[i] = Some(ItemResult::ok(seq, ItemOutcome::Changed));
                         }
                         Some(_) if round == attempts => {
-                            let detail = if written.contains(&i) {
-                                (
+                            results[i] = Some(if written.contains(&i) {
+                                ItemResult::failed(
+                                    seq,
                                     FailureCode::VerificationFailed,
-                                    "the tenant does not show the licence just assigned".to_owned(),
+                                    "the tenant does not show the licence just assigned",
                                 )
                             } else {
-                                let error = last_error.remove(&i);
-                                (
-                                    error
-                                        .as_ref()
-                                        .map(failure_code)
-                                        .unwrap_or(FailureCode::TenantUnavailable),
-                                    error
-                                        .map(|e| e.to_string())
-                                        .unwrap_or_else(|| "no write succeeded".into()),
-                                )
-                            };
-                            results[i] = Some(ItemResult::failed(seq, detail.0, detail.1));
+                                gave_up(seq, last_error.remove(&i), "no write succeeded")
+                            });
                         }
                         Some(change) => writes.push((i, change)),
                     }
@@ -499,16 +499,10 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
     }
     if !ctx.cancel.is_cancelled() {
         for i in pending {
-            let error = last_error.remove(&i);
-            results[i] = Some(ItemResult::failed(
+            results[i] = Some(gave_up(
                 items[i].seq,
-                error
-                    .as_ref()
-                    .map(failure_code)
-                    .unwrap_or(FailureCode::TenantUnavailable),
-                error
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "the tenant kept failing".into()),
+                last_error.remove(&i),
+                "the tenant kept failing",
             ));
         }
     }
