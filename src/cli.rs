@@ -55,6 +55,13 @@ pub enum Command {
     /// Publish a policy job for the members of a portal CSV export (`Email Address` column),
     /// with publisher confirms; prints its message_id and the member count.
     Enqueue(EnqueueArgs),
+    /// Publish a job message from a file as it is (replay a fixed dead letter, send a full
+    /// policy definition); routing key = its `type` unless given. Confirmed by the broker.
+    Publish {
+        file: PathBuf,
+        #[arg(long)]
+        routing_key: Option<String>,
+    },
     /// Inspect and control jobs (reads and writes the database).
     Jobs {
         #[command(subcommand)]

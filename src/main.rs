@@ -68,6 +68,16 @@ async fn main() -> anyhow::Result<()> {
             let enqueued = ops::enqueue_from_csv(&settings, &args.request()).await?;
             print(&ops::render_enqueued(&enqueued));
         }
+        Command::Publish { file, routing_key } => {
+            let published =
+                ops::enqueue::publish_file(&settings, &file, routing_key.as_deref()).await?;
+            print(&format!(
+                "published {} bytes with routing key {} (message_id {})\n",
+                published.bytes,
+                published.routing_key,
+                published.message_id.as_deref().unwrap_or("none")
+            ));
+        }
         Command::Jobs { command } => {
             let pool = ops::connect(&settings.database).await?;
             let text = match command {

@@ -196,6 +196,18 @@ pub(crate) async fn publish(
     message_id: &str,
     message: &Value,
 ) -> Result<(), OpsError> {
+    let body = serde_json::to_vec(message).expect("a JSON value always serializes");
+    publish_bytes(settings, routing_key, Some(message_id), &body).await
+}
+
+/// Publish `body` as it is, with the same guarantees as [`publish`]; the AMQP `message_id`
+/// property is set when given.
+pub(crate) async fn publish_bytes(
+    settings: &BrokerSettings,
+    routing_key: &str,
+    message_id: Option<&str>,
+    body: &[u8],
+) -> Result<(), OpsError> {
     let properties =
         ConnectionProperties::default().with_connection_name("policy-reconciler enqueue".into());
     let connection = Connection::connect(settings.uri().expose_secret(), properties).await?;
@@ -217,12 +229,13 @@ pub(crate) async fn publish(
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let body = serde_json::to_vec(message).expect("a JSON value always serializes");
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_message_id(message_id.into())
-            .with_timestamp(Utc::now().timestamp().max(0) as u64);
+            .with_delivery_mode(2);
+        if let Some(message_id) = message_id {
+            properties = properties.with_message_id(message_id.into());
+        }
+        let properties = properties.with_timestamp(Utc::now().timestamp().max(0) as u64);
         // Mandatory: a job the exchange routes to no queue would be dropped silently; the
         // broker returns it instead, and that is reported as a failure.
         let confirmation = channel
@@ -233,7 +246,7 @@ pub(crate) async fn publish(
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &body,
+                body,
                 properties,
             )
             .await?
@@ -362,4 +375,50 @@ mod tests {
             Err(OpsError::Invalid(_))
         ));
     }
+}
+
+/// What `publish` sent.
+#[derive(Debug)]
+pub struct Published {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub bytes: usize,
+}
+
+/// Publish a job message from a file exactly as it is: to replay a dead letter once its data
+/// is fixed, or to send a complete `policy.changed` definition. The routing key is the
+/// message's `type` unless given; a body that is not a job (not JSON, no `type`) needs one,
+/// and is then dead-lettered by the workers with its code, which is what it is for.
+pub async fn publish_file(
+    settings: &crate::configuration::Settings,
+    path: &std::path::Path,
+    routing_key: Option<&str>,
+) -> Result<Published, OpsError> {
+    let body = std::fs::read(path).map_err(|source| OpsError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let message_id = parsed
+        .as_ref()
+        .and_then(|v| v["message_id"].as_str())
+        .map(str::to_owned);
+    let routing_key = match (
+        routing_key,
+        parsed.as_ref().and_then(|v| v["type"].as_str()),
+    ) {
+        (Some(key), _) => key.to_owned(),
+        (None, Some(job_type)) => job_type.to_owned(),
+        (None, None) => {
+            return Err(OpsError::Invalid(
+                "the message has no `type`: give --routing-key".into(),
+            ));
+        }
+    };
+    publish_bytes(&settings.broker, &routing_key, message_id.as_deref(), &body).await?;
+    Ok(Published {
+        routing_key,
+        message_id,
+        bytes: body.len(),
+    })
 }

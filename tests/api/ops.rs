@@ -467,3 +467,50 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
     assert!(listed.iter().all(|f| f["code"] == "cancelled"));
     let _ = std::fs::remove_file(csv);
 }
+
+#[tokio::test]
+async fn publish_sends_a_file_as_it_is() {
+    use policy_reconciler::ops::enqueue::publish_file;
+
+    let mut app = crate::helpers::spawn_app().await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("file", 3);
+    let dir = std::env::temp_dir();
+
+    // A complete policy.changed from a file: routed by its type and reconciled.
+    let job = app.job(
+        "policy.changed",
+        serde_json::json!({ "policy": { "id": "rx1-file", "name": "From a file", "ods_code": "RX1",
+            "version": 1, "licence": "ENTERPRISEPACK", "toggles": { "TEAMS1": true } },
+            "members": members, "total_members": 3 }),
+    );
+    let path = dir.join(format!("job-{}.json", app.id));
+    std::fs::write(&path, job.to_string()).unwrap();
+    let published = publish_file(&app.settings, &path, None).await.unwrap();
+    assert_eq!(published.routing_key, "policy.changed");
+    assert_eq!(published.message_id.as_deref(), job["message_id"].as_str());
+    let done = loop {
+        let event = events
+            .next(std::time::Duration::from_secs(30))
+            .await
+            .expect("completion");
+        if event["type"] == "job.completed" {
+            break event;
+        }
+    };
+    assert_eq!(done["source_message_id"], job["message_id"]);
+    assert_eq!(done["counts"]["changed"], 3);
+
+    // A body that is not a job needs a routing key, and is dead-lettered with its code.
+    let bad = dir.join(format!("bad-{}.json", app.id));
+    std::fs::write(&bad, b"not json at all").unwrap();
+    assert!(publish_file(&app.settings, &bad, None).await.is_err());
+    publish_file(&app.settings, &bad, Some("policy.changed"))
+        .await
+        .unwrap();
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.error.as_deref(), Some("invalid_message"));
+    assert_eq!(dead.body, b"not json at all");
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(bad);
+}
