@@ -168,6 +168,15 @@ pub fn install() -> PrometheusHandle {
                 .expect("no other metrics recorder is installed in this process");
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Counters of rare events exist from the start at 0, so that `rate()` and
+            // `increase()` (dashboards, alerts) see them before the first occurrence.
+            for counter in [
+                CHUNKS_RECLAIMED_TOTAL,
+                BROKER_RECONNECTS_TOTAL,
+                OUTBOX_PUBLISH_FAILURES_TOTAL,
+            ] {
+                metrics::counter!(counter).increment(0);
+            }
             handle
         })
         .clone()
