@@ -305,6 +305,30 @@ fn conflict(email: &EmailAddress, detail: String) -> Failure {
     failure(email.as_str(), FailureCode::RoleConflict, detail)
 }
 
+/// The common start of the role jobs: parse the user and the ODS code (adding to `failures`,
+/// which may already hold the job's own), check that the actor may act on the code, and lock
+/// the code (the 10-admin limit) and the user (one role) for the planning transaction.
+/// `Err` holds the failures of a job to reject.
+async fn checked_target(
+    ctx: &mut PlanContext<'_, '_>,
+    user: &str,
+    ods_code: &str,
+    mut failures: Vec<Failure>,
+) -> Result<Result<(EmailAddress, OdsCode), Vec<Failure>>, EngineError> {
+    let email = parse_email(user, &mut failures);
+    let code = parse_code(ods_code, &mut failures);
+    let (Some(email), Some(code), true) = (email, code, failures.is_empty()) else {
+        return Ok(Err(failures));
+    };
+    let actor = ctx.job.actor.clone();
+    if let Some(refused) = authorise(ctx, actor.as_ref(), &code).await? {
+        return Ok(Err(vec![refused]));
+    }
+    roles::lock_ods_code(ctx.tx, code.as_str()).await?;
+    roles::lock_user(ctx.tx, email.as_str()).await?;
+    Ok(Ok((email, code)))
+}
+
 async fn plan_assign(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
     let JobPayload::AdminRoleAssign(target) = &ctx.job.payload else {
         unreachable!("dispatched on the payload");
@@ -314,18 +338,11 @@ async fn plan_assign(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> 
         subject: Some(subject.clone()),
         failures,
     };
-    let mut failures = Vec::new();
-    let email = parse_email(&target.user, &mut failures);
-    let code = parse_code(&target.ods_code, &mut failures);
-    let (Some(email), Some(code)) = (email, code) else {
-        return Ok(reject(failures));
-    };
-    let actor = ctx.job.actor.clone();
-    if let Some(refused) = authorise(&mut ctx, actor.as_ref(), &code).await? {
-        return Ok(reject(vec![refused]));
-    }
-    roles::lock_ods_code(ctx.tx, code.as_str()).await?;
-    roles::lock_user(ctx.tx, email.as_str()).await?;
+    let (email, code) =
+        match checked_target(&mut ctx, &target.user, &target.ods_code, Vec::new()).await? {
+            Ok(target) => target,
+            Err(failures) => return Ok(reject(failures)),
+        };
     let wanted = RoleRow {
         email: email.as_str().to_owned(),
         ods_code: code.as_str().to_owned(),
@@ -382,18 +399,11 @@ async fn plan_remove(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> 
         subject: Some(subject.clone()),
         failures,
     };
-    let mut failures = Vec::new();
-    let email = parse_email(&target.user, &mut failures);
-    let code = parse_code(&target.ods_code, &mut failures);
-    let (Some(email), Some(code)) = (email, code) else {
-        return Ok(reject(failures));
-    };
-    let actor = ctx.job.actor.clone();
-    if let Some(refused) = authorise(&mut ctx, actor.as_ref(), &code).await? {
-        return Ok(reject(vec![refused]));
-    }
-    roles::lock_ods_code(ctx.tx, code.as_str()).await?;
-    roles::lock_user(ctx.tx, email.as_str()).await?;
+    let (email, code) =
+        match checked_target(&mut ctx, &target.user, &target.ods_code, Vec::new()).await? {
+            Ok(target) => target,
+            Err(failures) => return Ok(reject(failures)),
+        };
     let removed = match roles::role_of(&mut **ctx.tx, email.as_str()).await? {
         // Not held: nothing to change in the desired state; the memberships are still checked.
         None => false,
@@ -435,8 +445,6 @@ async fn plan_change(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> 
         failures,
     };
     let mut failures = Vec::new();
-    let email = parse_email(&change.user, &mut failures);
-    let code = parse_code(&change.ods_code, &mut failures);
     if change.from == change.to {
         failures.push(failure(
             change.user.as_str(),
@@ -444,15 +452,11 @@ async fn plan_change(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> 
             "from and to are the same role",
         ));
     }
-    let (Some(email), Some(code), true) = (email, code, failures.is_empty()) else {
-        return Ok(reject(failures));
-    };
-    let actor = ctx.job.actor.clone();
-    if let Some(refused) = authorise(&mut ctx, actor.as_ref(), &code).await? {
-        return Ok(reject(vec![refused]));
-    }
-    roles::lock_ods_code(ctx.tx, code.as_str()).await?;
-    roles::lock_user(ctx.tx, email.as_str()).await?;
+    let (email, code) =
+        match checked_target(&mut ctx, &change.user, &change.ods_code, failures).await? {
+            Ok(target) => target,
+            Err(failures) => return Ok(reject(failures)),
+        };
     let wanted = RoleRow {
         email: email.as_str().to_owned(),
         ods_code: code.as_str().to_owned(),
