@@ -512,6 +512,22 @@ impl EventQueue {
         serde_json::from_slice(&delivery.data).ok()
     }
 
+    /// The next event of `event_type` about the job of `message_id` (others are passed over),
+    /// within 120 s.
+    pub async fn next_of(&mut self, event_type: &str, message_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self
+                .next(left)
+                .await
+                .unwrap_or_else(|| panic!("no {event_type} for {message_id}"));
+            if event["type"] == event_type && event["source_message_id"] == message_id {
+                return event;
+            }
+        }
+    }
+
     /// Every event arriving within `quiet` of the previous one.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
         let mut events = Vec::new();

@@ -55,17 +55,7 @@ async fn seed_policy(app: &TestApp, events: &mut EventQueue, id: &str) {
 
 /// The `job.completed` of `message_id` (skipping other events).
 async fn completion(events: &mut EventQueue, message_id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let event = events
-            .next(left)
-            .await
-            .unwrap_or_else(|| panic!("no job.completed for {message_id}"));
-        if event["type"] == "job.completed" && event["source_message_id"] == message_id {
-            return event;
-        }
-    }
+    events.next_of("job.completed", message_id).await
 }
 
 #[tokio::test]

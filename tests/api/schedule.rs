@@ -15,15 +15,9 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 async fn next_of(events: &mut EventQueue, event_type: &str, message_id: &Value) -> Value {
-    loop {
-        let event = events
-            .next(Duration::from_secs(120))
-            .await
-            .unwrap_or_else(|| panic!("no {event_type} for {message_id}"));
-        if event["type"] == event_type && event["source_message_id"] == *message_id {
-            return event;
-        }
-    }
+    events
+        .next_of(event_type, message_id.as_str().expect("a message_id"))
+        .await
 }
 
 #[tokio::test]
