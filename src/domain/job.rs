@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::FailureCode;
 
@@ -120,9 +121,10 @@ pub struct Actor {
     pub ods_code: String,
 }
 
-/// A decoded, shape-checked job message.
+/// A decoded, shape-checked job message, borrowing its payload from the body: a
+/// 200,000-member payload (about 6 MB) is checked and stored without being built in memory.
 #[derive(Debug, Clone)]
-pub struct JobMessage {
+pub struct JobMessage<'a> {
     pub message_id: MessageId,
     pub job_type: JobType,
     pub schema_version: u32,
@@ -130,9 +132,18 @@ pub struct JobMessage {
     pub ticket: Option<Ticket>,
     pub actor: Option<Actor>,
     pub dry_run: bool,
-    pub payload: JobPayload,
-    /// The payload exactly as received, stored with the job.
-    pub raw_payload: Value,
+    /// The payload exactly as received (JSON text), stored with the job.
+    pub raw_payload: &'a RawValue,
+}
+
+impl JobMessage<'_> {
+    /// The payload, typed (what the planner works from).
+    pub fn payload(&self) -> Result<JobPayload, serde_json::Error> {
+        decode_with(
+            self.job_type,
+            &mut serde_json::Deserializer::from_str(self.raw_payload.get()),
+        )
+    }
 }
 
 /// The payload of each job type.
@@ -162,21 +173,72 @@ pub struct PolicyDefinition {
     pub toggles: BTreeMap<String, bool>,
 }
 
+/// `L` is the member list: the emails, or at ingest only their shape ([`ListShape`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct PolicyChanged {
+pub struct PolicyChanged<L = Vec<String>> {
     pub policy: PolicyDefinition,
     /// When present, the whole membership (replacing the stored one).
-    #[serde(default)]
-    pub members: Option<Vec<String>>,
+    #[serde(default = "none")]
+    pub members: Option<L>,
     #[serde(default)]
     pub total_members: Option<u64>,
 }
 
+fn none<L>() -> Option<L> {
+    None
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct MembersAdded {
+pub struct MembersAdded<L = Vec<String>> {
     pub policy_id: String,
-    pub members: Vec<String>,
+    pub members: L,
     pub total_members: u64,
+}
+
+/// A list of strings, checked and counted but not kept: how ingest checks a member list
+/// that may hold 200,000 addresses (the planner reads them where they are stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListShape {
+    pub len: usize,
+}
+
+impl<'de> Deserialize<'de> for ListShape {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AString;
+        impl<'de> Deserialize<'de> for AString {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl serde::de::Visitor<'_> for Visit {
+                    type Value = AString;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AString, E> {
+                        Ok(AString)
+                    }
+                }
+                d.deserialize_str(Visit)
+            }
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ListShape;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of strings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ListShape, A::Error> {
+                let mut len = 0;
+                while seq.next_element::<AString>()?.is_some() {
+                    len += 1;
+                }
+                Ok(ListShape { len })
+            }
+        }
+        deserializer.deserialize_seq(Visit)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -292,42 +354,73 @@ struct Envelope {
     dry_run: bool,
 }
 
+/// The fields that identify a job, read leniently (a rejection still resolves its ticket),
+/// and the payload as raw JSON text; every other field is skipped, nothing is copied.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    message_id: Option<Value>,
+    #[serde(rename = "type")]
+    job_type: Option<Value>,
+    schema_version: Option<Value>,
+    sent_at: Option<Value>,
+    ticket: Option<Value>,
+    dry_run: Option<Value>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
 /// Decode a job message. `amqp_message_id` is the AMQP `message_id` property, which must
 /// equal the body's when present.
-pub fn decode_job(body: &[u8], amqp_message_id: Option<&str>) -> Result<JobMessage, Rejection> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection {
+pub fn decode_job<'a>(
+    body: &'a [u8],
+    amqp_message_id: Option<&str>,
+) -> Result<JobMessage<'a>, Rejection> {
+    let anonymous = |detail: String| Rejection {
         code: FailureCode::InvalidMessage,
-        detail: format!("body is not JSON: {e}"),
+        detail,
         message_id: None,
         job_type: None,
         ticket: None,
         dry_run: false,
-    })?;
-    let Value::Object(object) = &value else {
-        return Err(Rejection {
-            code: FailureCode::InvalidMessage,
-            detail: "body is not a JSON object".into(),
-            message_id: None,
-            job_type: None,
-            ticket: None,
-            dry_run: false,
-        });
     };
+    let starts_an_object = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    if !starts_an_object {
+        return Err(anonymous(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => "body is not a JSON object".into(),
+                Err(e) => format!("body is not JSON: {e}"),
+            },
+        ));
+    }
+    let fields: Fields = serde_json::from_slice(body).map_err(|e| {
+        anonymous(if e.is_data() {
+            format!("body: {e}")
+        } else {
+            format!("body is not JSON: {e}")
+        })
+    })?;
 
     // Read what identifies the job first, so that a rejection can still resolve its ticket.
-    let message_id = object
-        .get("message_id")
+    let message_id = fields
+        .message_id
+        .as_ref()
         .and_then(Value::as_str)
         .and_then(|s| MessageId::parse(s).ok());
-    let job_type = object
-        .get("type")
+    let job_type = fields
+        .job_type
+        .as_ref()
         .and_then(Value::as_str)
         .and_then(JobType::parse);
-    let ticket = object
-        .get("ticket")
-        .and_then(|t| serde_json::from_value::<Ticket>(t.clone()).ok());
-    let dry_run = object
-        .get("dry_run")
+    let ticket = fields
+        .ticket
+        .clone()
+        .and_then(|t| serde_json::from_value::<Ticket>(t).ok());
+    let dry_run = fields
+        .dry_run
+        .as_ref()
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let reject = |code: FailureCode, detail: String| Rejection {
@@ -339,16 +432,26 @@ pub fn decode_job(body: &[u8], amqp_message_id: Option<&str>) -> Result<JobMessa
         dry_run,
     };
 
-    for field in ["message_id", "type", "schema_version", "sent_at", "payload"] {
-        if object.get(field).is_none_or(Value::is_null) {
+    let present = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    for (field, given) in [
+        ("message_id", present(&fields.message_id)),
+        ("type", present(&fields.job_type)),
+        ("schema_version", present(&fields.schema_version)),
+        ("sent_at", present(&fields.sent_at)),
+        (
+            "payload",
+            fields.payload.is_some_and(|p| p.get().trim() != "null"),
+        ),
+    ] {
+        if !given {
             return Err(reject(
                 FailureCode::MissingField,
                 format!("missing field `{field}`"),
             ));
         }
     }
-    // Deserialized from a reference: a 200,000-member payload is not copied again.
-    let envelope = Envelope::deserialize(&value)
+    // The payload is skipped here, not built.
+    let envelope: Envelope = serde_json::from_slice(body)
         .map_err(|e| reject(FailureCode::InvalidMessage, format!("envelope: {e}")))?;
     let Some(message_id) = message_id.clone() else {
         return Err(reject(
@@ -383,7 +486,8 @@ pub fn decode_job(body: &[u8], amqp_message_id: Option<&str>) -> Result<JobMessa
         ));
     }
 
-    let payload = decode_payload_ref(job_type, &value["payload"]).map_err(|e| {
+    let raw_payload = fields.payload.expect("checked present");
+    check_payload_shape(job_type, raw_payload).map_err(|e| {
         let text = e.to_string();
         let code = if text.starts_with("missing field") {
             FailureCode::MissingField
@@ -401,17 +505,20 @@ pub fn decode_job(body: &[u8], amqp_message_id: Option<&str>) -> Result<JobMessa
         ticket: envelope.ticket,
         actor: envelope.actor,
         dry_run: envelope.dry_run,
-        payload,
-        raw_payload: match value {
-            Value::Object(mut object) => object.remove("payload").unwrap_or(Value::Null),
-            _ => Value::Null,
-        },
+        raw_payload,
     })
 }
 
-/// Decode a payload without consuming it (the raw form is stored as well).
-fn decode_payload_ref(job_type: JobType, payload: &Value) -> Result<JobPayload, serde_json::Error> {
-    decode_with(job_type, payload)
+/// Check a payload's shape without building it: member lists are only walked (they may
+/// hold 200,000 addresses); the other payloads are small and decoded in full.
+fn check_payload_shape(job_type: JobType, raw: &RawValue) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    match job_type {
+        JobType::PolicyChanged => PolicyChanged::<ListShape>::deserialize(&mut de).map(drop),
+        JobType::PolicyMembersAdded => MembersAdded::<ListShape>::deserialize(&mut de).map(drop),
+        other => decode_with(other, &mut de).map(drop),
+    }?;
+    de.end()
 }
 
 /// Decode the payload of a job of a known type (also used to re-read stored jobs). Taking it
@@ -466,8 +573,9 @@ mod tests {
         })
     }
 
-    fn decode(value: &Value) -> Result<JobMessage, Rejection> {
-        decode_job(value.to_string().as_bytes(), None)
+    fn decode(value: &Value) -> Result<JobMessage<'static>, Rejection> {
+        let body: &'static str = Box::leak(value.to_string().into_boxed_str());
+        decode_job(body.as_bytes(), None)
     }
 
     #[test]

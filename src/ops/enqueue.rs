@@ -322,12 +322,13 @@ mod tests {
         let members = vec!["a@nhs.net".to_owned(), "bad".to_owned()];
         let message = build_message(&request(EnqueueKind::MembersAdded), &members, None).unwrap();
         let id = message["message_id"].as_str().unwrap().to_owned();
-        let job = decode_job(message.to_string().as_bytes(), Some(&id)).unwrap();
+        let body = message.to_string();
+        let job = decode_job(body.as_bytes(), Some(&id)).unwrap();
         assert_eq!(job.job_type, JobType::PolicyMembersAdded);
-        assert_eq!(job.ticket.unwrap().reference, "INC0012345");
+        assert_eq!(job.ticket.as_ref().unwrap().reference, "INC0012345");
         assert!(job.actor.is_none());
         assert!(message.get("actor").is_none());
-        let JobPayload::PolicyMembersAdded(payload) = job.payload else {
+        let JobPayload::PolicyMembersAdded(payload) = job.payload().unwrap() else {
             panic!("wrong payload");
         };
         assert_eq!(payload.members, members);
@@ -350,10 +351,11 @@ mod tests {
         request.actor_ods = Some("RX1".into());
         request.dry_run = true;
         let message = build_message(&request, &["a@nhs.net".into()], Some(&policy)).unwrap();
-        let job = decode_job(message.to_string().as_bytes(), Some("op-1")).unwrap();
+        let body = message.to_string();
+        let job = decode_job(body.as_bytes(), Some("op-1")).unwrap();
         assert!(job.dry_run);
-        assert_eq!(job.actor.unwrap().ods_code, "RX1");
-        let JobPayload::PolicyChanged(payload) = job.payload else {
+        assert_eq!(job.actor.as_ref().unwrap().ods_code, "RX1");
+        let JobPayload::PolicyChanged(payload) = job.payload().unwrap() else {
             panic!("wrong payload");
         };
         assert_eq!(payload.policy.version, 8);

@@ -17,13 +17,13 @@ pub enum Recorded {
 }
 
 /// Store a valid job and its inbox entry in one transaction. Idempotent on `message_id`.
-pub async fn record_job(pool: &PgPool, job: &JobMessage) -> Result<Recorded, StoreError> {
+pub async fn record_job(pool: &PgPool, job: &JobMessage<'_>) -> Result<Recorded, StoreError> {
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO jobs (id, message_id, job_type, schema_version, state, dry_run, ticket,
                            actor, payload, sent_at)
-         VALUES ($1, $2, $3, $4, 'received', $5, $6, $7, $8, $9)
+         VALUES ($1, $2, $3, $4, 'received', $5, $6, $7, $8::jsonb, $9)
          ON CONFLICT (message_id) DO NOTHING
          RETURNING id",
     )
@@ -34,7 +34,7 @@ pub async fn record_job(pool: &PgPool, job: &JobMessage) -> Result<Recorded, Sto
     .bind(job.dry_run)
     .bind(json(&job.ticket)?)
     .bind(json(&job.actor)?)
-    .bind(&job.raw_payload)
+    .bind(job.raw_payload.get())
     .bind(job.sent_at)
     .fetch_optional(&mut *tx)
     .await?;
