@@ -170,6 +170,7 @@ impl Application {
                     instance,
                     pool,
                     health,
+                    jobs_stored: engine.jobs_stored(),
                 };
                 tokio::join!(supervisor.run(token.clone()), engine.run(token));
             }

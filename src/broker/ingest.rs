@@ -28,6 +28,7 @@ use super::topology::long_string;
 use super::{BrokerError, wait_for_recovery};
 use crate::configuration::Topology;
 use crate::domain::{JobMessage, Rejection, decode_job};
+use crate::engine::Wakeup;
 use crate::store::StoreError;
 use crate::store::jobs::{self, Recorded};
 use crate::telemetry::metrics as m;
@@ -62,6 +63,8 @@ pub struct Ingest {
     pub topology: Topology,
     /// Cancelled on shutdown: transient retries stop and the message goes back to the broker.
     pub shutdown: CancellationToken,
+    /// Nudged for every new job, once it is committed.
+    pub jobs_stored: Wakeup,
 }
 
 /// Consume until `stop` is cancelled (then cancel the consumer and let in-flight deliveries
@@ -176,12 +179,13 @@ impl Ingest {
         }
     }
 
-    async fn store(&self, job: &JobMessage) -> Result<IngestOutcome, BrokerError> {
+    async fn store(&self, job: &JobMessage<'_>) -> Result<IngestOutcome, BrokerError> {
         let recorded = self
             .retry_transient(|| jobs::record_job(&self.pool, job))
             .await?;
         Ok(match recorded {
             Recorded::New(id) => {
+                self.jobs_stored.wake();
                 tracing::Span::current().record("job_id", tracing::field::display(id));
                 tracing::info!("job stored");
                 IngestOutcome::Stored

@@ -24,6 +24,7 @@ use super::ingest::{self, Ingest};
 use super::relay::Relay;
 use super::{BrokerError, topology};
 use crate::configuration::{BrokerSettings, OutboxSettings};
+use crate::engine::Wakeup;
 use crate::http::Health;
 use crate::telemetry::metrics as m;
 
@@ -36,6 +37,8 @@ pub struct Supervisor {
     pub instance: String,
     pub pool: PgPool,
     pub health: Arc<Health>,
+    /// Nudged for every job stored, so this replica's planner takes it at once.
+    pub jobs_stored: Wakeup,
 }
 
 impl Supervisor {
@@ -172,6 +175,7 @@ impl Supervisor {
             publisher,
             topology: self.settings.topology.clone(),
             shutdown: shutdown.clone(),
+            jobs_stored: self.jobs_stored.clone(),
         });
         let relay = Relay {
             pool: self.pool.clone(),

@@ -37,7 +37,7 @@ pub enum Plan {
     Accept {
         subject: Value,
         plan: Value,
-        items: Vec<PlannedItem>,
+        items: PlannedItems,
     },
     /// The job is invalid; nothing was written anywhere.
     Reject {
@@ -51,6 +51,37 @@ pub enum Plan {
     },
     /// Not yet: plan again at `until`.
     Wait { until: DateTime<Utc> },
+}
+
+/// The items of an accepted plan.
+#[derive(Debug)]
+pub enum PlannedItems {
+    /// Listed by the planner, in order.
+    Listed(Vec<PlannedItem>),
+    /// Too many to hold in the worker (a policy of 200,000 members): left by the planner in
+    /// a temporary table of its transaction with columns `seq int` (from 0, in item order)
+    /// and `item text`, `count` rows; `table` names it (`store::work::PLANNED_ITEMS`, or
+    /// another table the store defines with that shape).
+    Staged { table: &'static str, count: u64 },
+}
+
+impl PlannedItems {
+    pub fn len(&self) -> u64 {
+        match self {
+            Self::Listed(items) => items.len() as u64,
+            Self::Staged { count, .. } => *count,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<PlannedItem>> for PlannedItems {
+    fn from(items: Vec<PlannedItem>) -> Self {
+        Self::Listed(items)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +201,13 @@ pub struct ApplyContext<'a> {
 pub trait JobKind: Send + Sync {
     /// The job types this kind plans and applies.
     fn job_types(&self) -> &'static [JobType];
+
+    /// A payload field holding a list too long to pass through the worker whole: the planner
+    /// gets the payload with it emptied (`[]`) and reads the list from the stored job in
+    /// the database instead.
+    fn list_left_in_database(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Validate the job, update desired state (unless a dry run) and list its items.
     async fn plan(&self, ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError>;

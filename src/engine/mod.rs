@@ -22,6 +22,7 @@ pub mod policy;
 pub mod portal;
 pub mod roles;
 pub mod schedule;
+pub mod wakeup;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use tracing::Instrument;
 
 pub use kind::{
     ApplyContext, ItemOutcome, ItemResult, JobHeader, JobKind, Plan, PlanContext, PlannedItem,
-    StoredJob, WorkItem,
+    PlannedItems, StoredJob, WorkItem,
 };
 
 use crate::configuration::{EngineSettings, RoleSettings, ScheduleSettings};
@@ -44,6 +45,7 @@ use crate::telemetry::metrics as m;
 use crate::tenant::{Tenant, TenantError};
 use clock::Clock;
 use schedule::OffPeak;
+pub use wakeup::{Waiter, Wakeup};
 
 /// Items a second assumed for the forecast without a configured budget: Graph's own figure
 /// for licence writes (about 20 a second per app and tenant).
@@ -93,6 +95,10 @@ pub struct Engine {
     large_job_threshold: u64,
     /// Items a second the tenant budget allows, for the 24-hour forecast.
     items_per_second: f64,
+    /// Nudged when a job is stored (by this replica's ingest): plan it now.
+    jobs_stored: Wakeup,
+    /// Nudged when a job is planned: its chunks may be claimed now.
+    jobs_planned: Wakeup,
 }
 
 /// The resolution target of the resolver team: every ticket within 24 hours.
@@ -122,7 +128,14 @@ impl Engine {
             off_peak,
             large_job_threshold: schedule.large_job_threshold,
             items_per_second: DEFAULT_ITEMS_PER_SECOND,
+            jobs_stored: Wakeup::default(),
+            jobs_planned: Wakeup::default(),
         })
+    }
+
+    /// What this replica's ingest nudges when it stores a job.
+    pub fn jobs_stored(&self) -> Wakeup {
+        self.jobs_stored.clone()
     }
 
     /// Realise admin roles with these group name templates (`[roles]`) instead of the defaults.
@@ -198,11 +211,21 @@ impl Engine {
         }
     }
 
+    /// Until `shutdown`, the next poll, or a nudge.
+    async fn idle_until_nudged(&self, shutdown: &CancellationToken, waiter: &mut Waiter) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(self.settings.poll_interval()) => {}
+            _ = waiter.wait() => {}
+        }
+    }
+
     async fn planner_loop(&self, shutdown: CancellationToken) {
+        let mut stored = self.jobs_stored.waiter();
         while !shutdown.is_cancelled() {
             match self.plan_next().await {
-                Ok(true) => {}
-                Ok(false) => self.idle(&shutdown, self.settings.poll_interval()).await,
+                Ok(true) => self.jobs_planned.wake(),
+                Ok(false) => self.idle_until_nudged(&shutdown, &mut stored).await,
                 Err(error) => {
                     tracing::warn!(%error, "planning failed; will retry");
                     self.idle(&shutdown, Duration::from_secs(1)).await;
@@ -212,10 +235,11 @@ impl Engine {
     }
 
     async fn executor_loop(&self, shutdown: CancellationToken) {
+        let mut planned = self.jobs_planned.waiter();
         while !shutdown.is_cancelled() {
             match self.run_next_chunk(&shutdown).await {
                 Ok(true) => {}
-                Ok(false) => self.idle(&shutdown, self.settings.poll_interval()).await,
+                Ok(false) => self.idle_until_nudged(&shutdown, &mut planned).await,
                 Err(error) => {
                     tracing::warn!(%error, "chunk failed; will retry");
                     self.idle(&shutdown, Duration::from_secs(1)).await;
@@ -244,6 +268,7 @@ impl Engine {
             if let Ok(at_risk) = self.jobs_at_risk().await {
                 metrics::gauge!(m::JOBS_AT_RISK).set(at_risk as f64);
             }
+            self.complete_orphans().await;
             self.idle(&shutdown, Duration::from_secs(10)).await;
         }
     }
@@ -315,8 +340,8 @@ impl Engine {
             work::defer_planning(&mut **tx, row.id, later).await?;
             return Ok(());
         };
-        let payload = row
-            .payload
+        let payload = work::job_payload(tx, row.id, kind.list_left_in_database())
+            .await?
             .ok_or_else(|| EngineError::Corrupt("job without payload".into()))?;
         let payload = match decode_payload(job_type, payload) {
             Ok(payload) => payload,
@@ -393,24 +418,31 @@ impl Engine {
                 plan,
                 items,
             } => {
-                let (keys, specs): (Vec<String>, Vec<Option<String>>) = items
-                    .into_iter()
-                    .map(|i| (i.key, i.spec.map(|s| s.to_string())))
-                    .unzip();
+                let total = items.len();
                 let now = self.clock.now();
-                let (schedule, earliest_start, label) =
-                    if keys.len() as u64 > self.large_job_threshold {
-                        (Schedule::OffPeak, self.off_peak.next_open(now), "off_peak")
-                    } else {
-                        (Schedule::Immediate, now, "immediate")
-                    };
+                let (schedule, earliest_start, label) = if total > self.large_job_threshold {
+                    (Schedule::OffPeak, self.off_peak.next_open(now), "off_peak")
+                } else {
+                    (Schedule::Immediate, now, "immediate")
+                };
+                let rows = match items {
+                    PlannedItems::Listed(items) => {
+                        let (keys, specs): (Vec<String>, Vec<Option<String>>) = items
+                            .into_iter()
+                            .map(|i| (i.key, i.spec.map(|s| s.to_string())))
+                            .unzip();
+                        work::ItemRows::Listed { keys, specs }
+                    }
+                    PlannedItems::Staged { table, count } => {
+                        work::ItemRows::Staged { table, count }
+                    }
+                };
                 work::accept(
                     tx,
                     &identity,
                     &subject,
                     &plan,
-                    &keys,
-                    &specs,
+                    rows,
                     self.settings.chunk_size,
                     schedule,
                     earliest_start,
@@ -418,8 +450,8 @@ impl Engine {
                 .await?;
                 metrics::counter!(m::JOBS_ACCEPTED_TOTAL, "job_type" => job_type.as_str(), "schedule" => label)
                     .increment(1);
-                tracing::info!(total = keys.len(), schedule = label, %earliest_start, "job accepted");
-                if keys.is_empty() {
+                tracing::info!(total, schedule = label, %earliest_start, "job accepted");
+                if total == 0 {
                     work::complete_now(
                         tx,
                         &identity,
@@ -517,43 +549,72 @@ impl Engine {
         let lease_lost = cancel.is_cancelled() && !shutdown.is_cancelled();
         cancel.cancel();
         let _ = renewal.await;
-        result?;
+        let mut finished = result?;
 
-        if shutdown.is_cancelled() || lease_lost {
-            if !lease_lost {
-                work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
+        if !finished {
+            if shutdown.is_cancelled() || lease_lost {
+                if !lease_lost {
+                    work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
+                }
+                return Ok(());
             }
-            return Ok(());
+            // Nothing was left to record (a chunk taken over after its last round).
+            finished = work::finish_chunk(&self.pool, chunk, &self.owner).await?;
         }
-        if work::finish_chunk(&self.pool, chunk, &self.owner).await? {
+        if finished {
             metrics::histogram!(m::CHUNK_DURATION_SECONDS, "job_type" => job_type.as_str())
                 .record(started.elapsed().as_secs_f64());
-            if let Some((job_type, outcome, counts)) =
-                work::complete_if_done(&self.pool, chunk.job_id).await?
-            {
-                metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => outcome.as_str())
-                    .increment(1);
-                tracing::info!(
-                    outcome = outcome.as_str(),
-                    total = counts.total,
-                    changed = counts.changed,
-                    already_compliant = counts.already_compliant,
-                    failed = counts.failed,
-                    "job completed"
-                );
+            if work::all_chunks_done(&self.pool, chunk.job_id).await? {
+                self.complete(chunk.job_id).await?;
             }
         }
         Ok(())
     }
 
-    /// Apply the chunk's open items round by round, recording outcomes after each round.
+    /// Complete the job if every chunk is done (once, whoever asks).
+    async fn complete(&self, job_id: uuid::Uuid) -> Result<(), EngineError> {
+        if let Some((job_type, outcome, counts)) =
+            work::complete_if_done(&self.pool, job_id).await?
+        {
+            metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => outcome.as_str())
+                .increment(1);
+            tracing::info!(
+                %job_id,
+                outcome = outcome.as_str(),
+                total = counts.total,
+                changed = counts.changed,
+                already_compliant = counts.already_compliant,
+                failed = counts.failed,
+                "job completed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Complete jobs whose last worker stopped between finishing their last chunk and
+    /// completing them (a crash at that point must not leave a ticket open).
+    async fn complete_orphans(&self) {
+        let Ok(jobs) = work::uncompleted_done_jobs(&self.pool).await else {
+            return;
+        };
+        for job_id in jobs {
+            tracing::warn!(%job_id, "every chunk done but the job not completed; completing it");
+            if let Err(error) = self.complete(job_id).await {
+                tracing::warn!(%job_id, %error, "cannot complete the job yet");
+            }
+        }
+    }
+
+    /// Apply the chunk's open items round by round, recording outcomes after each round;
+    /// the last round's outcomes and the chunk's end commit together. Returns whether the
+    /// chunk was finished so.
     async fn apply_rounds(
         &self,
         chunk: &ClaimedChunk,
         kind: &Arc<dyn JobKind>,
         header: &JobHeader,
         cancel: &CancellationToken,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let items: Vec<WorkItem> = work::open_items(&self.pool, chunk)
             .await?
             .into_iter()
@@ -566,13 +627,17 @@ impl Engine {
             job: header,
             cancel,
         };
-        for round in items.chunks(self.settings.round_size as usize) {
+        let rounds: Vec<&[WorkItem]> = items.chunks(self.settings.round_size as usize).collect();
+        let mut finished = false;
+        for (i, round) in rounds.iter().enumerate() {
             if cancel.is_cancelled() {
                 break;
             }
             let results = kind.apply(&ctx, round).await?;
-            self.record(chunk, header.job_type, &results).await?;
-            if results.len() < round.len() && !cancel.is_cancelled() {
+            let settled = results.len() == round.len();
+            let last = i + 1 == rounds.len() && settled && !cancel.is_cancelled();
+            finished = self.record(chunk, header.job_type, &results, last).await?;
+            if !settled && !cancel.is_cancelled() {
                 return Err(EngineError::Corrupt(format!(
                     "applier settled {} of {} items",
                     results.len(),
@@ -580,18 +645,18 @@ impl Engine {
                 )));
             }
         }
-        Ok(())
+        Ok(finished)
     }
 
+    /// Record a round's outcomes (and, when `finish`, end the chunk in the same commit).
+    /// Returns whether the chunk was finished.
     async fn record(
         &self,
         chunk: &ClaimedChunk,
         job_type: JobType,
         results: &[ItemResult],
-    ) -> Result<(), EngineError> {
-        if results.is_empty() {
-            return Ok(());
-        }
+        finish: bool,
+    ) -> Result<bool, EngineError> {
         let seqs: Vec<i32> = results.iter().map(|r| r.seq).collect();
         let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
         // A failed item always has a code; a skipped one keeps its reason's code when it has
@@ -609,19 +674,34 @@ impl Engine {
             &self.pool,
             chunk,
             &self.owner,
-            &seqs,
-            &outcomes,
-            &codes,
-            &details,
+            work::Outcomes {
+                seqs: &seqs,
+                outcomes: &outcomes,
+                codes: &codes,
+                details: &details,
+            },
+            finish,
         )
         .await?;
-        if recorded > 0 {
+        if recorded.items > 0 {
+            let mut by_outcome = [0u64; 4];
             for result in results {
-                metrics::counter!(m::ITEMS_TOTAL, "job_type" => job_type.as_str(), "outcome" => result.outcome.as_str())
-                    .increment(1);
+                by_outcome[result.outcome as usize] += 1;
+            }
+            for outcome in [
+                ItemOutcome::Changed,
+                ItemOutcome::AlreadyCompliant,
+                ItemOutcome::Failed,
+                ItemOutcome::Skipped,
+            ] {
+                let n = by_outcome[outcome as usize];
+                if n > 0 {
+                    metrics::counter!(m::ITEMS_TOTAL, "job_type" => job_type.as_str(), "outcome" => outcome.as_str())
+                        .increment(n);
+                }
             }
         }
-        Ok(())
+        Ok(recorded.finished)
     }
 }
 

@@ -20,10 +20,12 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::kind::{
-    ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItem, WorkItem,
+    ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItems, WorkItem,
 };
 use super::{EngineError, failure_code};
-use crate::domain::{EmailAddress, Failure, FailureCode, JobPayload, JobType, OdsCode};
+use crate::domain::{
+    EmailAddress, Failure, FailureCode, JobPayload, JobType, MAX_FAILURES_LISTED, OdsCode,
+};
 use crate::store::policies::{self, PolicyRow};
 use crate::store::work;
 use crate::telemetry::metrics as m;
@@ -37,6 +39,10 @@ pub struct PolicyKind;
 impl JobKind for PolicyKind {
     fn job_types(&self) -> &'static [JobType] {
         &[JobType::PolicyChanged, JobType::PolicyMembersAdded]
+    }
+
+    fn list_left_in_database(&self) -> Option<&'static str> {
+        Some("members")
     }
 
     async fn plan(&self, ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
@@ -70,44 +76,62 @@ fn subject(policy: &PolicyRow, job_version: i64) -> Value {
     subject
 }
 
-/// Check a member list: well-formed, unique emails, and `total` equal to their number.
-fn check_members(members: &[String], total: Option<u64>) -> (Vec<String>, Vec<Failure>) {
-    let mut failures = Vec::new();
-    let mut seen = HashSet::new();
-    let mut emails = Vec::with_capacity(members.len());
-    for raw in members {
-        match EmailAddress::parse(raw) {
+/// Check the job's member list where it is stored (it is never held whole here: a policy
+/// may have 200,000 members): well-formed, unique emails, and `total` equal to their number.
+/// Leaves the list staged ([`policies::STAGED_MEMBERS`]) for storing and as the plan's
+/// items. Returns how many are listed, and the failures in list order, at most as many as
+/// `job.completed` lists (plus one, so that it says the list was cut).
+async fn check_members(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    job_id: Uuid,
+    total: Option<u64>,
+) -> Result<(u64, Vec<Failure>), EngineError> {
+    let listed = policies::stage_members(tx, job_id).await?;
+    let limit = MAX_FAILURES_LISTED + 1;
+    let mut failures: Vec<(i32, Failure)> = Vec::new();
+    let (mut ords, mut emails) = (Vec::new(), Vec::new());
+    // Addresses PostgreSQL could not pass as plain: the domain's rule decides.
+    for (ord, raw) in policies::unusual_members(tx).await? {
+        match EmailAddress::parse(&raw) {
             Ok(email) => {
-                if !seen.insert(email.as_str().to_owned()) {
-                    failures.push(Failure {
-                        item: email.to_string(),
-                        code: FailureCode::DuplicateEmail,
-                        detail: "listed more than once".into(),
-                    });
-                } else {
-                    emails.push(email.as_str().to_owned());
-                }
+                ords.push(ord);
+                emails.push(email.as_str().to_owned());
             }
-            Err(detail) => failures.push(Failure {
-                item: raw.clone(),
-                code: FailureCode::InvalidEmail,
-                detail,
-            }),
+            Err(detail) if failures.len() < limit => failures.push((
+                ord,
+                Failure {
+                    item: raw,
+                    code: FailureCode::InvalidEmail,
+                    detail,
+                },
+            )),
+            Err(_) => {}
         }
     }
+    policies::set_staged_emails(tx, &ords, &emails).await?;
+    for (ord, email) in policies::repeated_members(tx, limit as i64).await? {
+        failures.push((
+            ord,
+            Failure {
+                item: email,
+                code: FailureCode::DuplicateEmail,
+                detail: "listed more than once".into(),
+            },
+        ));
+    }
+    failures.sort_by_key(|(ord, _)| *ord);
+    failures.truncate(limit);
+    let mut failures: Vec<Failure> = failures.into_iter().map(|(_, f)| f).collect();
     if let Some(total) = total
-        && total != members.len() as u64
+        && total != listed as u64
     {
         failures.push(Failure {
             item: "total_members".into(),
             code: FailureCode::MemberCountMismatch,
-            detail: format!(
-                "total_members is {total} but {} members are listed",
-                members.len()
-            ),
+            detail: format!("total_members is {total} but {listed} members are listed"),
         });
     }
-    (emails, failures)
+    Ok((listed as u64, failures))
 }
 
 /// Check a definition against the tenant's catalogue.
@@ -164,14 +188,15 @@ async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
     let job_subject = subject(&incoming, def.version);
     let catalogue = ctx.tenant.skus().await?;
     let mut failures = check_definition(&incoming, &catalogue);
-    let members = match &payload.members {
-        Some(members) => {
-            let (emails, member_failures) = check_members(members, payload.total_members);
-            failures.extend(member_failures);
-            Some(emails)
-        }
-        None => None,
-    };
+    // The payload's list was left in the database (an empty list here means "given").
+    let listed = payload.members.is_some();
+    let mut listed_count = 0;
+    if listed {
+        let (count, member_failures) =
+            check_members(ctx.tx, ctx.job.id, payload.total_members).await?;
+        listed_count = count;
+        failures.extend(member_failures);
+    }
     if !failures.is_empty() {
         return Ok(Plan::Reject {
             subject: Some(job_subject),
@@ -189,24 +214,27 @@ async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
     } else {
         incoming.clone()
     };
-    let items: Vec<String> = match (members, stale) {
+    let items = match (listed, stale) {
         // The list given is the whole membership: it is what the items are (no re-read).
-        (Some(members), false) => {
+        (true, false) => {
             if !ctx.job.dry_run {
                 policies::upsert(ctx.tx, &incoming, ctx.job.id).await?;
-                policies::replace_members(ctx.tx, &incoming.id, &members).await?;
+                policies::store_staged_members(ctx.tx, &incoming.id, true).await?;
                 supersede_older_jobs(&mut *ctx.tx, &incoming, ctx.job.id).await?;
             }
-            members
+            PlannedItems::Staged {
+                table: policies::STAGED_MEMBERS,
+                count: listed_count,
+            }
         }
-        (None, false) => {
+        (false, false) => {
             if !ctx.job.dry_run {
                 policies::upsert(ctx.tx, &incoming, ctx.job.id).await?;
                 supersede_older_jobs(&mut *ctx.tx, &incoming, ctx.job.id).await?;
             }
-            policies::members(ctx.tx, &incoming.id).await?
+            stored_members(ctx.tx, &incoming.id).await?
         }
-        (_, true) => policies::members(ctx.tx, &incoming.id).await?,
+        (_, true) => stored_members(ctx.tx, &incoming.id).await?,
     };
     if stale {
         tracing::info!(
@@ -218,7 +246,19 @@ async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
     Ok(Plan::Accept {
         subject: subject(&definition, def.version),
         plan: json!({ "policy": definition, "stale": stale }),
-        items: items.into_iter().map(PlannedItem::new).collect(),
+        items,
+    })
+}
+
+/// The policy's stored members as the plan's items.
+async fn stored_members(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    policy_id: &str,
+) -> Result<PlannedItems, EngineError> {
+    let count = policies::stage_items_of_policy(tx, policy_id).await?;
+    Ok(PlannedItems::Staged {
+        table: work::PLANNED_ITEMS,
+        count,
     })
 }
 
@@ -249,7 +289,7 @@ async fn plan_members_added(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineErro
     let JobPayload::PolicyMembersAdded(payload) = &ctx.job.payload else {
         unreachable!("dispatched on the payload");
     };
-    let (emails, failures) = check_members(&payload.members, Some(payload.total_members));
+    let (count, failures) = check_members(ctx.tx, ctx.job.id, Some(payload.total_members)).await?;
     policies::lock(ctx.tx, &payload.policy_id).await?;
     let Some(policy) = policies::get(ctx.tx, &payload.policy_id).await? else {
         let deadline = ctx.job.received_at
@@ -280,12 +320,15 @@ async fn plan_members_added(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineErro
         });
     }
     if !ctx.job.dry_run {
-        policies::add_members(ctx.tx, &policy.id, &emails).await?;
+        policies::store_staged_members(ctx.tx, &policy.id, false).await?;
     }
     Ok(Plan::Accept {
         subject: job_subject,
         plan: json!({ "policy": policy, "stale": false }),
-        items: emails.into_iter().map(PlannedItem::new).collect(),
+        items: PlannedItems::Staged {
+            table: policies::STAGED_MEMBERS,
+            count,
+        },
     })
 }
 
@@ -512,30 +555,6 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn member_checks_report_every_problem() {
-        let members: Vec<String> = [
-            "A.One@nhs.net",
-            "a.one@nhs.net",
-            "not-an-email",
-            "b@nhs.net",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        let (emails, failures) = check_members(&members, Some(3));
-        assert_eq!(emails, vec!["a.one@nhs.net", "b@nhs.net"]);
-        let codes: Vec<_> = failures.iter().map(|f| f.code).collect();
-        assert_eq!(
-            codes,
-            vec![
-                FailureCode::DuplicateEmail,
-                FailureCode::InvalidEmail,
-                FailureCode::MemberCountMismatch
-            ]
-        );
-    }
 
     fn state(licences: Vec<AssignedLicence>) -> UserLicenceState {
         UserLicenceState {

@@ -357,7 +357,7 @@ async fn plan_grant(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
             key: id,
             spec: Some(serde_json::to_value(spec).expect("specs serialize")),
         })
-        .collect();
+        .collect::<Vec<_>>();
     Ok(Plan::Accept {
         subject: json!({
             "batch_label": label,
@@ -366,7 +366,7 @@ async fn plan_grant(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
             "excluded": excluded,
         }),
         plan: json!({ "batch_label": label }),
-        items,
+        items: items.into(),
     })
 }
 
@@ -381,7 +381,11 @@ fn plan_listed(ids: &[String], all_not_activated: bool) -> Plan {
     Plan::Accept {
         subject,
         plan: json!({}),
-        items: ids.into_iter().map(PlannedItem::new).collect(),
+        items: ids
+            .into_iter()
+            .map(PlannedItem::new)
+            .collect::<Vec<_>>()
+            .into(),
     }
 }
 

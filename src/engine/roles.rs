@@ -386,7 +386,7 @@ async fn plan_assign(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> 
     Ok(Plan::Accept {
         subject,
         plan: json!({ "granted": granted }),
-        items: vec![item],
+        items: vec![item].into(),
     })
 }
 
@@ -430,7 +430,7 @@ async fn plan_remove(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> 
     Ok(Plan::Accept {
         subject,
         plan: json!({ "removed": removed }),
-        items: vec![item],
+        items: vec![item].into(),
     })
 }
 
@@ -495,7 +495,7 @@ async fn plan_change(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> 
     Ok(Plan::Accept {
         subject,
         plan: json!({ "granted": granted }),
-        items: vec![item],
+        items: vec![item].into(),
     })
 }
 
@@ -566,11 +566,11 @@ async fn plan_mapping(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
                 .expect("item spec serializes"),
             ),
         })
-        .collect();
+        .collect::<Vec<_>>();
     Ok(Plan::Accept {
         subject,
         plan: json!({ "mapping": new, "previous": old }),
-        items,
+        items: items.into(),
     })
 }
 
@@ -605,7 +605,7 @@ async fn plan_leaver(mut ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> 
         subject: json!({ "user": email.as_str(), "role": held.as_ref().map(|h| h.role),
                          "ods_code": held.as_ref().map(|h| h.ods_code.clone()) }),
         plan: json!({ "removed": held }),
-        items: vec![item],
+        items: vec![item].into(),
     })
 }
 

@@ -66,55 +66,6 @@ pub async fn upsert(
     Ok(())
 }
 
-/// Make `emails` members of `policy_id`, moving them from any other policy.
-pub async fn add_members(
-    tx: &mut Transaction<'_, Postgres>,
-    policy_id: &str,
-    emails: &[String],
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO policy_members (email, policy_id) SELECT e, $1 FROM unnest($2::text[]) AS e
-         ON CONFLICT (email) DO UPDATE SET policy_id = EXCLUDED.policy_id, added_at = now()
-         WHERE policy_members.policy_id <> EXCLUDED.policy_id",
-    )
-    .bind(policy_id)
-    .bind(emails)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Make `emails` the whole membership of `policy_id`.
-pub async fn replace_members(
-    tx: &mut Transaction<'_, Postgres>,
-    policy_id: &str,
-    emails: &[String],
-) -> Result<(), StoreError> {
-    // An anti-join (hashed), not `NOT (email = ANY($2))`, which compares every stored member
-    // with the whole list: quadratic on a re-sent 20,000-member policy.
-    sqlx::query(
-        "DELETE FROM policy_members m WHERE m.policy_id = $1
-           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS k(email) WHERE k.email = m.email)",
-    )
-    .bind(policy_id)
-    .bind(emails)
-    .execute(&mut **tx)
-    .await?;
-    add_members(tx, policy_id, emails).await
-}
-
-pub async fn members(
-    tx: &mut Transaction<'_, Postgres>,
-    policy_id: &str,
-) -> Result<Vec<String>, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT email FROM policy_members WHERE policy_id = $1 ORDER BY email")
-            .bind(policy_id)
-            .fetch_all(&mut **tx)
-            .await?,
-    )
-}
-
 /// The current policy of each of `emails` that has one.
 pub async fn memberships(
     pool: &PgPool,
@@ -126,10 +77,15 @@ pub async fn memberships(
         #[sqlx(flatten)]
         policy: PolicyRow,
     }
+    // One primary-key probe per address, by construction (the LIMIT keeps the planner from
+    // turning the lateral lookup into a join): a membership just grown by a large policy has
+    // no statistics yet, and the planner then scanned the whole policy for every chunk.
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT m.email, p.id, p.name, p.ods_code, p.version, p.licence, p.toggles
-         FROM policy_members m JOIN policies p ON p.id = m.policy_id
-         WHERE m.email = ANY($1)",
+         FROM unnest($1::text[]) AS e(email)
+         CROSS JOIN LATERAL (SELECT x.email, x.policy_id FROM policy_members x
+                             WHERE x.email = e.email LIMIT 1) AS m
+         JOIN policies p ON p.id = m.policy_id",
     )
     .bind(emails)
     .fetch_all(pool)
@@ -142,4 +98,139 @@ pub async fn managed_licences(pool: &PgPool) -> Result<Vec<String>, StoreError> 
     Ok(sqlx::query_scalar("SELECT DISTINCT licence FROM policies")
         .fetch_all(pool)
         .await?)
+}
+
+/// Stage the member list of a stored job for set-wise checks, in `staged_members` (`ord`,
+/// `raw`, `email`), a table of the transaction: the list stays in PostgreSQL and never
+/// passes through the worker whole (a policy may have 200,000 members). `email` is the
+/// normalised address of plain addresses (SQL function `plain_email`, migration 0007) and
+/// NULL for the rest, which [`unusual_members`] hands to the worker's rule. Returns how many
+/// are listed.
+pub async fn stage_members(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+) -> Result<i64, StoreError> {
+    sqlx::query(
+        "CREATE TEMPORARY TABLE staged_members (seq int NOT NULL, raw text NOT NULL, item text)
+         ON COMMIT DROP",
+    )
+    .execute(&mut **tx)
+    .await?;
+    let staged = sqlx::query(
+        "INSERT INTO staged_members (seq, raw, item)
+         SELECT (m.ord - 1)::int, m.raw, plain_email(m.raw)
+         FROM jobs j,
+              jsonb_array_elements_text(j.payload -> 'members') WITH ORDINALITY AS m(raw, ord)
+         WHERE j.id = $1",
+    )
+    .bind(job_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(staged.rows_affected() as i64)
+}
+
+/// Staged members that are not plain addresses, in list order: `(seq, raw)`.
+pub async fn unusual_members(
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<Vec<(i32, String)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT seq, raw FROM staged_members WHERE item IS NULL ORDER BY seq")
+            .fetch_all(&mut **tx)
+            .await?,
+    )
+}
+
+/// Record the normalised address of unusual members the worker's rule accepted.
+pub async fn set_staged_emails(
+    tx: &mut Transaction<'_, Postgres>,
+    seqs: &[i32],
+    emails: &[String],
+) -> Result<(), StoreError> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE staged_members s SET item = u.email
+         FROM unnest($1::int[], $2::text[]) AS u(seq, email) WHERE s.seq = u.seq",
+    )
+    .bind(seqs)
+    .bind(emails)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Staged members listed again after their first appearance (same address, any case), in
+/// list order: `(seq, email)`, at most `limit`.
+pub async fn repeated_members(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<(i32, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "WITH repeated AS (
+             SELECT item, min(seq) AS first FROM staged_members WHERE item IS NOT NULL
+             GROUP BY item HAVING count(*) > 1)
+         SELECT s.seq, s.item FROM staged_members s
+         JOIN repeated r ON r.item = s.item AND s.seq > r.first
+         ORDER BY s.seq LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Make the staged (valid, unique) members the whole membership of `policy_id`, or add them
+/// to it (`replace` false), moving them from any other policy.
+pub async fn store_staged_members(
+    tx: &mut Transaction<'_, Postgres>,
+    policy_id: &str,
+    replace: bool,
+) -> Result<(), StoreError> {
+    if replace {
+        // An anti-join (hashed): a re-sent 20,000-member policy is not compared pairwise.
+        sqlx::query(
+            "DELETE FROM policy_members m WHERE m.policy_id = $1
+               AND NOT EXISTS (SELECT 1 FROM staged_members s WHERE s.item = m.email)",
+        )
+        .bind(policy_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    // Members already in this policy are left out before the insert: a conflict, even one
+    // that updates nothing, locks its row, and a re-sent policy would lock every member.
+    sqlx::query(
+        "INSERT INTO policy_members (email, policy_id)
+         SELECT s.item, $1 FROM staged_members s
+         WHERE s.item IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM policy_members m
+                           WHERE m.email = s.item AND m.policy_id = $1)
+         ON CONFLICT (email) DO UPDATE SET policy_id = EXCLUDED.policy_id, added_at = now()
+         WHERE policy_members.policy_id <> EXCLUDED.policy_id",
+    )
+    .bind(policy_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The staged members as the plan's items, in list order: once checked (every one valid
+/// and unique), `staged_members` has the shape [`super::work::ItemRows::Staged`] reads.
+pub const STAGED_MEMBERS: &str = "staged_members";
+
+/// The stored members of `policy_id` as the plan's items, by address, in table
+/// `planned_items`. Returns how many.
+pub async fn stage_items_of_policy(
+    tx: &mut Transaction<'_, Postgres>,
+    policy_id: &str,
+) -> Result<u64, StoreError> {
+    super::work::create_planned_items(tx).await?;
+    let staged = sqlx::query(
+        "INSERT INTO planned_items (seq, item)
+         SELECT (row_number() OVER (ORDER BY email) - 1)::int, email
+         FROM policy_members WHERE policy_id = $1",
+    )
+    .bind(policy_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(staged.rows_affected())
 }

@@ -24,7 +24,6 @@ pub struct JobToPlan {
     pub dry_run: bool,
     pub ticket: Option<Value>,
     pub actor: Option<Value>,
-    pub payload: Option<Value>,
     pub received_at: DateTime<Utc>,
 }
 
@@ -33,11 +32,30 @@ pub async fn claim_job_to_plan(
     tx: &mut Transaction<'_, Postgres>,
 ) -> Result<Option<JobToPlan>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, message_id, job_type, dry_run, ticket, actor, payload, received_at
+        "SELECT id, message_id, job_type, dry_run, ticket, actor, received_at
          FROM jobs WHERE state = 'received' AND plan_not_before <= now()
          ORDER BY received_at LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// The payload of a stored job, with the list in field `left_out` (if any, and if a list)
+/// emptied: that one stays in the database, for the planner to read set-wise.
+pub async fn job_payload(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    left_out: Option<&str>,
+) -> Result<Option<Value>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT CASE WHEN $2::text IS NOT NULL AND jsonb_typeof(payload -> $2) = 'array'
+                     THEN jsonb_set(payload, ARRAY[$2], '[]'::jsonb)
+                     ELSE payload END
+         FROM jobs WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(left_out)
+    .fetch_one(&mut **tx)
     .await?)
 }
 
@@ -64,6 +82,34 @@ pub struct JobIdentity<'a> {
     pub dry_run: bool,
 }
 
+/// The items of a plan, for [`accept`].
+pub enum ItemRows {
+    /// Keys and specs (JSON text), in order.
+    Listed {
+        keys: Vec<String>,
+        specs: Vec<Option<String>>,
+    },
+    /// In a temporary table of the transaction with columns `seq int` (counting from 0) and
+    /// `item text`: the planner left them in the database. `table` is one of the names the
+    /// store defines for this (`planned_items`, `staged_members`), never input.
+    Staged { table: &'static str, count: u64 },
+}
+
+/// The temporary table a planner may fill with its items ([`ItemRows::Staged`]).
+pub const PLANNED_ITEMS: &str = "planned_items";
+
+/// Create the transaction's `planned_items` table, for a planner to fill
+/// ([`ItemRows::Staged`]).
+pub async fn create_planned_items(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    sqlx::query(
+        "CREATE TEMPORARY TABLE planned_items (seq int NOT NULL, item text NOT NULL)
+         ON COMMIT DROP",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Store the plan: items split into chunks of `chunk_size` claimable from `earliest_start`,
 /// the job `accepted`, and its `job.accepted` event; all in `tx`.
 #[allow(clippy::too_many_arguments)]
@@ -72,25 +118,39 @@ pub async fn accept(
     job: &JobIdentity<'_>,
     subject: &Value,
     plan: &Value,
-    keys: &[String],
-    specs: &[Option<String>],
+    items: ItemRows,
     chunk_size: u32,
     schedule: Schedule,
     earliest_start: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let total = keys.len() as i64;
     let chunk_size = i64::from(chunk_size.max(1));
-    sqlx::query(
-        "INSERT INTO job_items (job_id, seq, chunk, item, spec)
-         SELECT $1, (s.ord - 1)::int, ((s.ord - 1) / $4)::int, s.item, s.spec::jsonb
-         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS s(item, spec, ord)",
-    )
-    .bind(job.id)
-    .bind(keys)
-    .bind(specs)
-    .bind(chunk_size)
-    .execute(&mut **tx)
-    .await?;
+    let total = match items {
+        ItemRows::Listed { keys, specs } => {
+            sqlx::query(
+                "INSERT INTO job_items (job_id, seq, chunk, item, spec)
+                 SELECT $1, (s.ord - 1)::int, ((s.ord - 1) / $4)::int, s.item, s.spec::jsonb
+                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS s(item, spec, ord)",
+            )
+            .bind(job.id)
+            .bind(&keys)
+            .bind(&specs)
+            .bind(chunk_size)
+            .execute(&mut **tx)
+            .await?;
+            keys.len() as i64
+        }
+        ItemRows::Staged { table, count } => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO job_items (job_id, seq, chunk, item)
+                 SELECT $1, seq, (seq / $2)::int, item FROM {table}"
+            )))
+            .bind(job.id)
+            .bind(chunk_size)
+            .execute(&mut **tx)
+            .await?;
+            count as i64
+        }
+    };
     let chunks = (total + chunk_size - 1) / chunk_size;
     sqlx::query(
         "INSERT INTO job_chunks (job_id, chunk, state, not_before)
@@ -237,18 +297,12 @@ pub async fn claim_chunk(
     lease_seconds: u64,
     limits: ClaimLimits,
 ) -> Result<Option<ClaimedChunk>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_relaxed(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('reconciler:claim', 0))")
         .execute(&mut *tx)
         .await?;
-    let running: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM job_chunks WHERE state = 'running' AND lease_expires_at > now()",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if running >= i64::from(limits.max_running) {
-        return Ok(None);
-    }
+    // One statement after the lock (so its snapshot sees every claim committed before it):
+    // the cap, the claim, and the job marked running.
     let claimed: Option<ClaimedChunk> = sqlx::query_as(
         "WITH next AS (
              SELECT c.job_id, c.chunk, c.state = 'running' AS reclaimed
@@ -257,33 +311,47 @@ pub async fn claim_chunk(
                AND (c.not_before <= $3 OR j.expedited)
                AND (j.schedule IS DISTINCT FROM 'off_peak' OR j.expedited OR $4)
                AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_expires_at < now()))
+               AND (SELECT count(*) FROM job_chunks r
+                    WHERE r.state = 'running' AND r.lease_expires_at > now()) < $5
              ORDER BY c.chunk, j.accepted_at, c.job_id
-             LIMIT 1 FOR UPDATE OF c SKIP LOCKED)
-         UPDATE job_chunks c
-         SET state = 'running', lease_owner = $1,
-             lease_expires_at = now() + make_interval(secs => $2), claims = c.claims + 1
-         FROM next WHERE c.job_id = next.job_id AND c.chunk = next.chunk
-         RETURNING c.job_id, c.chunk, next.reclaimed",
+             LIMIT 1 FOR UPDATE OF c SKIP LOCKED),
+         claimed AS (
+             UPDATE job_chunks c
+             SET state = 'running', lease_owner = $1,
+                 lease_expires_at = now() + make_interval(secs => $2), claims = c.claims + 1
+             FROM next WHERE c.job_id = next.job_id AND c.chunk = next.chunk
+             RETURNING c.job_id, c.chunk, next.reclaimed),
+         started AS (
+             UPDATE jobs j SET state = 'running', started_at = coalesce(j.started_at, $3),
+                    updated_at = now()
+             FROM claimed WHERE j.id = claimed.job_id AND j.state = 'accepted')
+         SELECT job_id, chunk, reclaimed FROM claimed",
     )
     .bind(owner)
     .bind(lease_seconds as f64)
     .bind(limits.now)
     .bind(limits.window_open)
+    .bind(i64::from(limits.max_running))
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(chunk) = &claimed {
-        sqlx::query(
-            "UPDATE jobs SET state = 'running', started_at = coalesce(started_at, $2),
-                    updated_at = now()
-             WHERE id = $1 AND state = 'accepted'",
-        )
-        .bind(chunk.job_id)
-        .bind(limits.now)
-        .execute(&mut *tx)
-        .await?;
-    }
     tx.commit().await?;
     Ok(claimed)
+}
+
+/// Begin a transaction whose commit does not wait for its WAL to reach disk.
+///
+/// Only for a chunk's bookkeeping (claims, leases, outcomes, finishing), where the flush
+/// would be most of the cost (each is a few milliseconds of `fdatasync`, four of them a
+/// chunk). What it risks is small and safe: a PostgreSQL crash (not a worker crash) may lose
+/// the last fraction of a second of such commits, which only means a chunk is claimed again
+/// and some items are read again and found compliant; reconciliation is idempotent. Ingest,
+/// planning, completion and the outbox keep synchronous commits, and since WAL is flushed in
+/// order, a synchronous commit also makes every earlier relaxed one durable: a job is never
+/// completed on the strength of bookkeeping that could still be lost.
+async fn begin_relaxed(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+    Ok(pool
+        .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+        .await?)
 }
 
 /// Extend the lease; false when it is no longer ours.
@@ -293,6 +361,7 @@ pub async fn renew_lease(
     owner: &str,
     lease_seconds: u64,
 ) -> Result<bool, StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
     let renewed = sqlx::query(
         "UPDATE job_chunks SET lease_expires_at = now() + make_interval(secs => $4)
          WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
@@ -301,8 +370,9 @@ pub async fn renew_lease(
     .bind(chunk.chunk)
     .bind(owner)
     .bind(lease_seconds as f64)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(renewed.rows_affected() == 1)
 }
 
@@ -314,6 +384,7 @@ pub async fn release_chunk(
     owner: &str,
     not_before: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
     sqlx::query(
         "UPDATE job_chunks SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
                 not_before = $4
@@ -323,8 +394,9 @@ pub async fn release_chunk(
     .bind(chunk.chunk)
     .bind(owner)
     .bind(not_before)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -361,40 +433,66 @@ pub async fn open_items(
     .await?)
 }
 
-/// Record item outcomes, only while the lease is ours. Returns how many were recorded.
+/// A round's outcomes, one entry per item in each list.
+pub struct Outcomes<'a> {
+    pub seqs: &'a [i32],
+    pub outcomes: &'a [&'a str],
+    pub codes: &'a [Option<&'a str>],
+    pub details: &'a [Option<String>],
+}
+
+/// What [`record_outcomes`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    pub items: u64,
+    /// The chunk was marked done with them.
+    pub finished: bool,
+}
+
+/// Record item outcomes, only while the lease is ours, and with `finish` mark the chunk done
+/// in the same commit (its last round). Returns how many were recorded.
+///
+/// The chunk is named in the condition although the sequence numbers alone identify the
+/// items: it keeps the statement to the chunk's rows whatever the planner believes of a
+/// table that has just grown by a 20,000-item job and not been analysed yet (without it,
+/// it hashed every item of the job, on every chunk).
 pub async fn record_outcomes(
     pool: &PgPool,
     chunk: &ClaimedChunk,
     owner: &str,
-    seqs: &[i32],
-    outcomes: &[&str],
-    codes: &[Option<&str>],
-    details: &[Option<String>],
-) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "UPDATE job_items i
-         SET outcome = u.outcome, failure_code = u.code, detail = u.detail, finished_at = now()
-         FROM unnest($4::int[], $5::text[], $6::text[], $7::text[]) AS u(seq, outcome, code, detail)
-         WHERE i.job_id = $1 AND i.seq = u.seq AND i.outcome IS NULL
-           AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = $1 AND c.chunk = $2
-                       AND c.lease_owner = $3 AND c.state = 'running')",
-    )
-    .bind(chunk.job_id)
-    .bind(chunk.chunk)
-    .bind(owner)
-    .bind(seqs)
-    .bind(outcomes)
-    .bind(codes)
-    .bind(details)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
+    round: Outcomes<'_>,
+    finish: bool,
+) -> Result<Recorded, StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
+    let items = if round.seqs.is_empty() {
+        0
+    } else {
+        sqlx::query(
+            "UPDATE job_items i
+             SET outcome = u.outcome, failure_code = u.code, detail = u.detail, finished_at = now()
+             FROM unnest($4::int[], $5::text[], $6::text[], $7::text[]) AS u(seq, outcome, code, detail)
+             WHERE i.job_id = $1 AND i.chunk = $2 AND i.seq = u.seq AND i.outcome IS NULL
+               AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = $1 AND c.chunk = $2
+                           AND c.lease_owner = $3 AND c.state = 'running')",
+        )
+        .bind(chunk.job_id)
+        .bind(chunk.chunk)
+        .bind(owner)
+        .bind(round.seqs)
+        .bind(round.outcomes)
+        .bind(round.codes)
+        .bind(round.details)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    };
+    let finished = finish && mark_done(&mut tx, chunk, owner).await?;
+    tx.commit().await?;
+    Ok(Recorded { items, finished })
 }
 
-/// Mark the chunk done (if the lease is still ours); true when it was. The owner stays on
-/// record: which replica did which chunk.
-pub async fn finish_chunk(
-    pool: &PgPool,
+async fn mark_done(
+    tx: &mut Transaction<'_, Postgres>,
     chunk: &ClaimedChunk,
     owner: &str,
 ) -> Result<bool, StoreError> {
@@ -405,9 +503,49 @@ pub async fn finish_chunk(
     .bind(chunk.job_id)
     .bind(chunk.chunk)
     .bind(owner)
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Mark the chunk done (if the lease is still ours); true when it was. The owner stays on
+/// record: which replica did which chunk.
+pub async fn finish_chunk(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+) -> Result<bool, StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
+    let done = mark_done(&mut tx, chunk, owner).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Whether every chunk of the job is done: asked after finishing a chunk has committed (so
+/// that of two workers finishing the last two chunks at once, at least the later one sees
+/// both), before taking the job's lock to complete it. Most chunks are not the last, and
+/// this costs them one read instead of a locking transaction.
+pub async fn all_chunks_done(pool: &PgPool, job_id: Uuid) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM job_chunks WHERE job_id = $1 AND state <> 'done')",
+    )
+    .bind(job_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Jobs whose chunks are all done but which were not completed: their last worker stopped
+/// between finishing its chunk and completing the job. [`complete_if_done`] completes them.
+pub async fn uncompleted_done_jobs(pool: &PgPool) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT j.id FROM jobs j
+         WHERE j.state IN ('accepted', 'running')
+           AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = j.id)
+           AND NOT EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = j.id AND c.state <> 'done')
+         LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Complete the job if every chunk is done: counts and failures from its items, state

@@ -494,3 +494,121 @@ async fn a_second_worker_finishes_the_job_of_a_worker_killed_mid_way() {
     seen.extend(events.drain(Duration::from_secs(1)).await);
     assert_eq!(completions_of(&seen, &job["message_id"]), 1);
 }
+
+/// The planner lets PostgreSQL pass plain addresses (`plain_email`, migration 0007) and asks
+/// the domain's rule about the rest: the fast path must never accept what the rule refuses,
+/// nor normalise differently.
+#[tokio::test]
+async fn the_databases_fast_path_for_addresses_is_never_wider_than_the_rule() {
+    let app = spawn_app().await;
+    let long_local = format!("{}@nhs.net", "a".repeat(65));
+    let long_total = format!("a@{}.net", "b".repeat(250));
+    let corpus: Vec<&str> = vec![
+        "a.one@nhs.net",
+        "A.One@NHS.net",
+        "o'brien@nhs.net",
+        "first+tag@sub.nhs.net",
+        "x-y_z%1@a-b.c-d.uk",
+        "@nhs.net",
+        "a@",
+        "a@nhs",
+        "a@.nhs.net",
+        "a@nhs.net.",
+        "a@nhs..net",
+        "a b@nhs.net",
+        " a@nhs.net",
+        "a@nhs.net ",
+        "a@b@nhs.net",
+        "a,b@nhs.net",
+        "a;b@nhs.net",
+        "a<b>@nhs.net",
+        "a(b)@nhs.net",
+        "a[b]@nhs.net",
+        "a\\b@nhs.net",
+        "a\"b@nhs.net",
+        "a@nhs_net.uk",
+        "a@nhs!net.uk",
+        "jos\u{e9}@nhs.net",
+        "a@b\u{fc}cher.de",
+        "a\u{0}@nhs.net",
+        "a\t@nhs.net",
+        "",
+        "not an email",
+        &long_local,
+        &long_total,
+    ];
+    let mut passed = 0;
+    for raw in corpus {
+        let fast: Option<String> = sqlx::query_scalar("SELECT plain_email($1)")
+            .bind(raw.replace('\u{0}', "?"))
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let Some(fast) = fast else { continue };
+        passed += 1;
+        let rule = policy_reconciler::domain::EmailAddress::parse(&raw.replace('\u{0}', "?"))
+            .unwrap_or_else(|e| panic!("{raw:?} passed the fast path but the rule says: {e}"));
+        assert_eq!(rule.as_str(), fast, "{raw:?} normalised differently");
+    }
+    // The fast path is used: every plain address above passes it.
+    assert_eq!(passed, 5);
+}
+
+/// An address the database's fast path does not pass (spaces around it, capitals) is checked
+/// by the domain's rule, normalised, and reconciled like any other; duplicates of it count.
+#[tokio::test]
+async fn members_the_fast_path_leaves_to_the_rule_are_normalised_and_reconciled() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("odd", 3);
+    let listed = vec![
+        members[0].clone(),
+        format!("  {}  ", members[1].to_uppercase()),
+        format!("\t{}", members[2]),
+    ];
+    let job = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy("rx1-odd", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            &listed,
+        ),
+    )
+    .await;
+    let done = completion(&mut events, &job["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 3, "{done}");
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", &["TEAMS1"]);
+    for upn in &members {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
+    }
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT email FROM policy_members WHERE policy_id = 'rx1-odd' ORDER BY email",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut normalised = members.clone();
+    normalised.sort();
+    assert_eq!(stored, normalised);
+
+    // The same address twice, once plain and once only the rule accepts: a duplicate.
+    let twice = vec![
+        members[0].clone(),
+        format!(" {} ", members[0].to_uppercase()),
+    ];
+    let job = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy("rx1-odd", 2, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            &twice,
+        ),
+    )
+    .await;
+    let done = completion(&mut events, &job["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "rejected", "{done}");
+    assert_eq!(done["failures"][0]["code"], "duplicate_email", "{done}");
+    assert_eq!(done["failures"][0]["item"], members[0].as_str(), "{done}");
+}
