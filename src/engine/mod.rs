@@ -224,7 +224,7 @@ impl Engine {
         let mut stored = self.jobs_stored.waiter();
         while !shutdown.is_cancelled() {
             match self.plan_next().await {
-                Ok(true) => self.jobs_planned.wake(),
+                Ok(true) => {}
                 Ok(false) => self.idle_until_nudged(&shutdown, &mut stored).await,
                 Err(error) => {
                     tracing::warn!(%error, "planning failed; will retry");
@@ -295,10 +295,14 @@ impl Engine {
             .map_or("unknown", JobType::as_str);
         let result = self.plan_job(&mut tx, row).instrument(span).await;
         match result {
-            Ok(()) => {
+            Ok(chunks_planned) => {
                 tx.commit().await?;
                 metrics::histogram!(m::PLAN_DURATION_SECONDS, "job_type" => job_type_label)
                     .record(started.elapsed().as_secs_f64());
+                // Only now can executors see the chunks (and only then is there a point).
+                if chunks_planned {
+                    self.jobs_planned.wake();
+                }
                 Ok(true)
             }
             Err(error) => {
@@ -315,7 +319,7 @@ impl Engine {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         row: work::JobToPlan,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let job_type = row
             .job_type
             .as_deref()
@@ -338,7 +342,7 @@ impl Engine {
             tracing::warn!("no planner for this job type in this release; kept for later");
             let later = Utc::now() + chrono::Duration::hours(1);
             work::defer_planning(&mut **tx, row.id, later).await?;
-            return Ok(());
+            return Ok(false);
         };
         let payload = work::job_payload(tx, row.id, kind.list_left_in_database())
             .await?
@@ -360,7 +364,7 @@ impl Engine {
                     vec![failure],
                 )
                 .await?;
-                return Ok(());
+                return Ok(false);
             }
         };
         let job = StoredJob {
@@ -464,9 +468,10 @@ impl Engine {
                     metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => "succeeded")
                         .increment(1);
                 }
+                return Ok(total > 0);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Claim and process one chunk. Returns whether there was one.

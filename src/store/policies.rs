@@ -126,6 +126,11 @@ pub async fn stage_members(
     .bind(job_id)
     .execute(&mut **tx)
     .await?;
+    // Autovacuum never sees a temporary table: without statistics the planner takes it for
+    // a few rows and compares a 20,000-member policy with it row by row (quadratic; 25 s).
+    sqlx::query("ANALYZE staged_members (item)")
+        .execute(&mut **tx)
+        .await?;
     Ok(staged.rows_affected() as i64)
 }
 
@@ -186,11 +191,16 @@ pub async fn store_staged_members(
     policy_id: &str,
     replace: bool,
 ) -> Result<(), StoreError> {
+    // Both differences are set operations (EXCEPT), which PostgreSQL can only hash or sort,
+    // never compare pairwise: with statistics that do not know this policy yet (a new one,
+    // on an analysed table), an anti-join was planned as a nested loop over both lists,
+    // quadratic on a 20,000-member policy (21 s measured).
     if replace {
-        // An anti-join (hashed): a re-sent 20,000-member policy is not compared pairwise.
         sqlx::query(
-            "DELETE FROM policy_members m WHERE m.policy_id = $1
-               AND NOT EXISTS (SELECT 1 FROM staged_members s WHERE s.item = m.email)",
+            "DELETE FROM policy_members m
+             USING (SELECT email FROM policy_members WHERE policy_id = $1
+                    EXCEPT SELECT item FROM staged_members) AS gone
+             WHERE m.email = gone.email",
         )
         .bind(policy_id)
         .execute(&mut **tx)
@@ -200,10 +210,9 @@ pub async fn store_staged_members(
     // that updates nothing, locks its row, and a re-sent policy would lock every member.
     sqlx::query(
         "INSERT INTO policy_members (email, policy_id)
-         SELECT s.item, $1 FROM staged_members s
-         WHERE s.item IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM policy_members m
-                           WHERE m.email = s.item AND m.policy_id = $1)
+         SELECT item, $1 FROM (SELECT item FROM staged_members WHERE item IS NOT NULL
+                               EXCEPT SELECT email FROM policy_members WHERE policy_id = $1)
+                              AS new
          ON CONFLICT (email) DO UPDATE SET policy_id = EXCLUDED.policy_id, added_at = now()
          WHERE policy_members.policy_id <> EXCLUDED.policy_id",
     )

@@ -612,3 +612,56 @@ async fn members_the_fast_path_leaves_to_the_rule_are_normalised_and_reconciled(
     assert_eq!(done["failures"][0]["code"], "duplicate_email", "{done}");
     assert_eq!(done["failures"][0]["item"], members[0].as_str(), "{done}");
 }
+
+/// A worker that stops between finishing a job's last chunk and completing the job leaves
+/// every chunk done and the job open: the next replica's monitor completes it.
+#[tokio::test]
+async fn a_job_left_with_every_chunk_done_is_completed_by_the_monitor() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("gap", 3);
+    let job = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy("rx1-gap", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            &members,
+        ),
+    )
+    .await;
+    let first = completion(&mut events, &job["message_id"], &mut seen).await;
+
+    // The state that stop leaves: chunks and items done, the job not completed.
+    app.kill_worker(0);
+    let reopened = sqlx::query(
+        "UPDATE jobs SET state = 'running', outcome = NULL, counts = NULL, completed_at = NULL
+         WHERE message_id = $1",
+    )
+    .bind(job["message_id"].as_str().unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reopened.rows_affected(), 1);
+    seen.clear();
+
+    app.start_worker().await;
+    // (The first completion may arrive again: delivery is at least once, and the worker was
+    // killed around its publication.)
+    let done = loop {
+        let event = events
+            .next_of("job.completed", job["message_id"].as_str().unwrap())
+            .await;
+        if event["event_id"] != first["event_id"] {
+            break event;
+        }
+    };
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 3, "{done}");
+    let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE message_id = $1")
+        .bind(job["message_id"].as_str().unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "completed");
+}
