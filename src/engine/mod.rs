@@ -101,6 +101,27 @@ pub struct Engine {
     jobs_planned: Wakeup,
 }
 
+/// What claiming a chunk came to.
+enum Next {
+    /// Nothing to claim.
+    Idle,
+    /// A chunk was worked on and needs nothing more (released, or already ended).
+    Done,
+    /// A chunk was applied; its last outcomes are still to be recorded.
+    Tail(Tail),
+}
+
+/// A chunk whose items are all settled in the tenant, with the last round's outcomes still
+/// to record: they and the chunk's end commit together, after the lease renewal has
+/// stopped (the lease has most of its time left), while the executor takes the next chunk.
+struct Tail {
+    chunk: ClaimedChunk,
+    job_type: JobType,
+    results: Vec<ItemResult>,
+    /// When the chunk's work began (for the chunk-duration histogram).
+    started: Instant,
+}
+
 /// The resolution target of the resolver team: every ticket within 24 hours.
 pub const RESOLUTION_TARGET: chrono::Duration = chrono::Duration::hours(24);
 
@@ -236,15 +257,55 @@ impl Engine {
 
     async fn executor_loop(&self, shutdown: CancellationToken) {
         let mut planned = self.jobs_planned.waiter();
+        let mut tail: Option<Tail> = None;
         while !shutdown.is_cancelled() {
-            match self.run_next_chunk(&shutdown).await {
-                Ok(true) => {}
-                Ok(false) => self.idle_until_nudged(&shutdown, &mut planned).await,
+            // The previous chunk's last outcomes are recorded while the next chunk is claimed
+            // and applied: a chunk's own bookkeeping stays off the tenant's path.
+            let had_tail = tail.is_some();
+            let (_, next) = tokio::join!(self.settle(tail.take()), self.run_next_chunk(&shutdown));
+            match next {
+                Ok(Next::Tail(next)) => tail = Some(next),
+                Ok(Next::Done) => {}
+                // The cap may have counted the chunk that was being settled: claim again.
+                Ok(Next::Idle) if had_tail => {}
+                Ok(Next::Idle) => self.idle_until_nudged(&shutdown, &mut planned).await,
                 Err(error) => {
                     tracing::warn!(%error, "chunk failed; will retry");
                     self.idle(&shutdown, Duration::from_secs(1)).await;
                 }
             }
+        }
+        self.settle(tail.take()).await;
+    }
+
+    /// Record a chunk's last outcomes and end it (see [`Tail`]); then complete the job if
+    /// that was its last chunk. On failure the chunk is given back (after a pause) rather
+    /// than left to its lease.
+    async fn settle(&self, tail: Option<Tail>) {
+        let Some(tail) = tail else { return };
+        let settled = async {
+            let recorded = self
+                .record(&tail.chunk, tail.job_type, &tail.results, true)
+                .await?;
+            if recorded.finished {
+                metrics::histogram!(m::CHUNK_DURATION_SECONDS, "job_type" => tail.job_type.as_str())
+                    .record(tail.started.elapsed().as_secs_f64());
+                if !recorded.others_pending
+                    && work::all_chunks_done(&self.pool, tail.chunk.job_id).await?
+                {
+                    self.complete(tail.chunk.job_id).await?;
+                }
+            }
+            Ok::<_, EngineError>(())
+        }
+        .instrument(
+            tracing::info_span!("chunk", job_id = %tail.chunk.job_id, chunk = tail.chunk.chunk),
+        )
+        .await;
+        if let Err(error) = settled {
+            let retry_at = self.clock.now() + chrono::Duration::seconds(5);
+            let _ = work::release_chunk(&self.pool, &tail.chunk, &self.owner, retry_at).await;
+            tracing::warn!(%error, job_id = %tail.chunk.job_id, chunk = tail.chunk.chunk, "chunk released after an error");
         }
     }
 
@@ -474,8 +535,9 @@ impl Engine {
         Ok(false)
     }
 
-    /// Claim and process one chunk. Returns whether there was one.
-    pub async fn run_next_chunk(&self, shutdown: &CancellationToken) -> Result<bool, EngineError> {
+    /// Claim and process one chunk, but for its last round's bookkeeping (returned as its
+    /// [`Tail`], for [`Engine::settle`]).
+    async fn run_next_chunk(&self, shutdown: &CancellationToken) -> Result<Next, EngineError> {
         let now = self.clock.now();
         let limits = work::ClaimLimits {
             now,
@@ -485,7 +547,7 @@ impl Engine {
         let Some(chunk) =
             work::claim_chunk(&self.pool, &self.owner, self.settings.lease_seconds, limits).await?
         else {
-            return Ok(false);
+            return Ok(Next::Idle);
         };
         if chunk.reclaimed {
             metrics::counter!(m::CHUNKS_RECLAIMED_TOTAL).increment(1);
@@ -499,16 +561,19 @@ impl Engine {
             let _ = work::release_chunk(&self.pool, &chunk, &self.owner, retry_at).await;
             tracing::warn!(%error, "chunk released after an error");
         }
-        result.map(|_| true)
+        result.map(|tail| tail.map_or(Next::Done, Next::Tail))
     }
 
     async fn process_chunk(
         &self,
         chunk: &ClaimedChunk,
         shutdown: &CancellationToken,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<Tail>, EngineError> {
         let started = Instant::now();
-        let job = work::chunk_job(&self.pool, chunk.job_id).await?;
+        let (job, items) = tokio::try_join!(
+            work::chunk_job(&self.pool, chunk.job_id),
+            work::open_items(&self.pool, chunk)
+        )?;
         let job_type = JobType::parse(&job.job_type)
             .ok_or_else(|| EngineError::Corrupt(format!("unknown job type {}", job.job_type)))?;
         let kind = self
@@ -550,30 +615,35 @@ impl Engine {
                 }
             })
         };
-        let result = self.apply_rounds(chunk, &kind, &header, &cancel).await;
+        let result = self
+            .apply_rounds(chunk, items, &kind, &header, &cancel)
+            .await;
         let lease_lost = cancel.is_cancelled() && !shutdown.is_cancelled();
         cancel.cancel();
         let _ = renewal.await;
-        let mut finished = result?;
-
-        if !finished {
-            if shutdown.is_cancelled() || lease_lost {
-                if !lease_lost {
-                    work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
-                }
-                return Ok(());
-            }
-            // Nothing was left to record (a chunk taken over after its last round).
-            finished = work::finish_chunk(&self.pool, chunk, &self.owner).await?;
+        if let Some(results) = result? {
+            return Ok(Some(Tail {
+                chunk: chunk.clone(),
+                job_type,
+                results,
+                started,
+            }));
         }
-        if finished {
+        if shutdown.is_cancelled() || lease_lost {
+            if !lease_lost {
+                work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
+            }
+            return Ok(None);
+        }
+        // Nothing was left to do (a chunk taken over after its last round was recorded).
+        if work::finish_chunk(&self.pool, chunk, &self.owner).await? {
             metrics::histogram!(m::CHUNK_DURATION_SECONDS, "job_type" => job_type.as_str())
                 .record(started.elapsed().as_secs_f64());
             if work::all_chunks_done(&self.pool, chunk.job_id).await? {
                 self.complete(chunk.job_id).await?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Complete the job if every chunk is done (once, whoever asks).
@@ -610,18 +680,18 @@ impl Engine {
         }
     }
 
-    /// Apply the chunk's open items round by round, recording outcomes after each round;
-    /// the last round's outcomes and the chunk's end commit together. Returns whether the
-    /// chunk was finished so.
+    /// Apply the chunk's open items round by round, recording outcomes after each round but
+    /// the last: when every item of that one is settled, its results are returned instead,
+    /// to be recorded together with the chunk's end ([`Engine::settle`]).
     async fn apply_rounds(
         &self,
         chunk: &ClaimedChunk,
+        items: Vec<(i32, String, Option<serde_json::Value>)>,
         kind: &Arc<dyn JobKind>,
         header: &JobHeader,
         cancel: &CancellationToken,
-    ) -> Result<bool, EngineError> {
-        let items: Vec<WorkItem> = work::open_items(&self.pool, chunk)
-            .await?
+    ) -> Result<Option<Vec<ItemResult>>, EngineError> {
+        let items: Vec<WorkItem> = items
             .into_iter()
             .map(|(seq, key, spec)| WorkItem { seq, key, spec })
             .collect();
@@ -633,15 +703,18 @@ impl Engine {
             cancel,
         };
         let rounds: Vec<&[WorkItem]> = items.chunks(self.settings.round_size as usize).collect();
-        let mut finished = false;
         for (i, round) in rounds.iter().enumerate() {
             if cancel.is_cancelled() {
                 break;
             }
             let results = kind.apply(&ctx, round).await?;
             let settled = results.len() == round.len();
-            let last = i + 1 == rounds.len() && settled && !cancel.is_cancelled();
-            finished = self.record(chunk, header.job_type, &results, last).await?;
+            if i + 1 == rounds.len() && settled && !cancel.is_cancelled() {
+                return Ok(Some(results));
+            }
+            if !results.is_empty() {
+                self.record(chunk, header.job_type, &results, false).await?;
+            }
             if !settled && !cancel.is_cancelled() {
                 return Err(EngineError::Corrupt(format!(
                     "applier settled {} of {} items",
@@ -650,18 +723,17 @@ impl Engine {
                 )));
             }
         }
-        Ok(finished)
+        Ok(None)
     }
 
     /// Record a round's outcomes (and, when `finish`, end the chunk in the same commit).
-    /// Returns whether the chunk was finished.
     async fn record(
         &self,
         chunk: &ClaimedChunk,
         job_type: JobType,
         results: &[ItemResult],
         finish: bool,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<work::Recorded, EngineError> {
         let seqs: Vec<i32> = results.iter().map(|r| r.seq).collect();
         let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
         // A failed item always has a code; a skipped one keeps its reason's code when it has
@@ -706,7 +778,7 @@ impl Engine {
                 }
             }
         }
-        Ok(recorded.finished)
+        Ok(recorded)
     }
 }
 

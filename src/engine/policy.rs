@@ -379,15 +379,33 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
     // The desired definition of each item, read now (see the module docs).
     let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
     let mut desired: Vec<Option<AssignedLicence>> = vec![None; items.len()];
-    let current: HashMap<String, PolicyRow> = if ctx.job.dry_run {
-        HashMap::new()
+    // The desired state (two reads, on two connections) and the users' current state (the
+    // first round's read) at once: they are on every chunk's path, and independent.
+    let emails: Vec<String> = if ctx.job.dry_run {
+        vec![]
     } else {
-        let emails: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
-        policies::memberships(ctx.pool, &emails)
-            .await?
-            .into_iter()
-            .collect()
+        items.iter().map(|i| i.key.clone()).collect()
     };
+    let everyone: Vec<UserRef> = items.iter().map(|i| UserRef::Upn(i.key.clone())).collect();
+    let (desired_state, first_read) = tokio::join!(
+        async {
+            tokio::try_join!(
+                async {
+                    if emails.is_empty() {
+                        Ok(vec![])
+                    } else {
+                        policies::memberships(ctx.pool, &emails).await
+                    }
+                },
+                policies::managed_licences(ctx.pool)
+            )
+        },
+        ctx.tenant.get_users(&everyone)
+    );
+    let (current, managed_parts) = desired_state?;
+    let mut first_read: Vec<Option<Result<UserLicenceState, TenantError>>> =
+        first_read.into_iter().map(Some).collect();
+    let current: HashMap<String, PolicyRow> = current.into_iter().collect();
     let mut assignments: HashMap<(String, i64), Result<AssignedLicence, TenantError>> =
         HashMap::new();
     for (i, item) in items.iter().enumerate() {
@@ -428,8 +446,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
             }
         }
     }
-    let mut managed: HashSet<Uuid> = policies::managed_licences(ctx.pool)
-        .await?
+    let mut managed: HashSet<Uuid> = managed_parts
         .iter()
         .chain(std::iter::once(&snapshot.licence))
         .filter_map(|part| catalogue.by_part_number(part).ok().map(|sku| sku.sku_id))
@@ -456,11 +473,23 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
                 _ = tokio::time::sleep(pause) => {}
             }
         }
-        let refs: Vec<UserRef> = pending
-            .iter()
-            .map(|&i| UserRef::Upn(items[i].key.clone()))
-            .collect();
-        let states = ctx.tenant.get_users(&refs).await;
+        let states = if round == 0 {
+            // Read already, beside the desired state.
+            pending
+                .iter()
+                .map(|&i| {
+                    first_read[i]
+                        .take()
+                        .expect("each user is read once in the first round")
+                })
+                .collect()
+        } else {
+            let refs: Vec<UserRef> = pending
+                .iter()
+                .map(|&i| UserRef::Upn(items[i].key.clone()))
+                .collect();
+            ctx.tenant.get_users(&refs).await
+        };
         let mut retry = Vec::new();
         troubled = false;
         let mut writes: Vec<(usize, LicenceChange)> = Vec::new();

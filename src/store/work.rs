@@ -297,9 +297,12 @@ pub async fn claim_chunk(
     lease_seconds: u64,
     limits: ClaimLimits,
 ) -> Result<Option<ClaimedChunk>, StoreError> {
-    let mut tx = begin_relaxed(pool).await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('reconciler:claim', 0))")
-        .execute(&mut *tx)
+    // The advisory lock is taken in the same round trip as BEGIN.
+    let mut tx = pool
+        .begin_with(
+            "BEGIN; SET LOCAL synchronous_commit = off;
+             SELECT pg_advisory_xact_lock(hashtextextended('reconciler:claim', 0))",
+        )
         .await?;
     // One statement after the lock (so its snapshot sees every claim committed before it):
     // the cap, the claim, and the job marked running.
@@ -447,10 +450,13 @@ pub struct Recorded {
     pub items: u64,
     /// The chunk was marked done with them.
     pub finished: bool,
+    /// Other chunks of the job were still pending: this one cannot have been the last, and
+    /// whoever finishes those will look at completing the job.
+    pub others_pending: bool,
 }
 
 /// Record item outcomes, only while the lease is ours, and with `finish` mark the chunk done
-/// in the same commit (its last round). Returns how many were recorded.
+/// in the same statement (its last round). Returns how many were recorded.
 ///
 /// The chunk is named in the condition although the sequence numbers alone identify the
 /// items: it keeps the statement to the chunk's rows whatever the planner believes of a
@@ -464,31 +470,44 @@ pub async fn record_outcomes(
     finish: bool,
 ) -> Result<Recorded, StoreError> {
     let mut tx = begin_relaxed(pool).await?;
-    let items = if round.seqs.is_empty() {
-        0
-    } else {
-        sqlx::query(
-            "UPDATE job_items i
-             SET outcome = u.outcome, failure_code = u.code, detail = u.detail, finished_at = now()
-             FROM unnest($4::int[], $5::text[], $6::text[], $7::text[]) AS u(seq, outcome, code, detail)
+    let (items, finished, others_pending): (i64, bool, bool) = sqlx::query_as(
+        "WITH lease AS (
+             SELECT 1 FROM job_chunks c WHERE c.job_id = $1 AND c.chunk = $2
+                AND c.lease_owner = $3 AND c.state = 'running'),
+         recorded AS (
+             UPDATE job_items i
+             SET outcome = u.outcome, failure_code = u.code, detail = u.detail,
+                 finished_at = now()
+             FROM unnest($4::int[], $5::text[], $6::text[], $7::text[])
+                  AS u(seq, outcome, code, detail)
              WHERE i.job_id = $1 AND i.chunk = $2 AND i.seq = u.seq AND i.outcome IS NULL
-               AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = $1 AND c.chunk = $2
-                           AND c.lease_owner = $3 AND c.state = 'running')",
-        )
-        .bind(chunk.job_id)
-        .bind(chunk.chunk)
-        .bind(owner)
-        .bind(round.seqs)
-        .bind(round.outcomes)
-        .bind(round.codes)
-        .bind(round.details)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-    };
-    let finished = finish && mark_done(&mut tx, chunk, owner).await?;
+               AND EXISTS (SELECT 1 FROM lease)
+             RETURNING 1),
+         finished AS (
+             UPDATE job_chunks SET state = 'done', finished_at = now(), lease_expires_at = NULL
+             WHERE $8 AND job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM recorded),
+                EXISTS (SELECT 1 FROM finished),
+                EXISTS (SELECT 1 FROM job_chunks o
+                        WHERE o.job_id = $1 AND o.chunk <> $2 AND o.state = 'pending')",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(round.seqs)
+    .bind(round.outcomes)
+    .bind(round.codes)
+    .bind(round.details)
+    .bind(finish)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(Recorded { items, finished })
+    Ok(Recorded {
+        items: items as u64,
+        finished,
+        others_pending,
+    })
 }
 
 async fn mark_done(
