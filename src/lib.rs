@@ -17,7 +17,8 @@
 //! | [`domain`] | the contract's language: job messages, events, failure codes, value types |
 //! | [`configuration`] | layered, typed, validated settings (`config/*.toml`, `RECONCILER__…`) |
 //! | [`telemetry`] | tracing (JSON logs) and every metric name ([`telemetry::metrics`]) |
-//! | [`store`] | PostgreSQL: pool, migrations, inbox and jobs, outbox |
+//! | [`store`] | PostgreSQL: pool, migrations, inbox and jobs, outbox, planned work, desired state, the shared write budget |
+//! | [`engine`] | one pipeline for every job kind: plan, claim leased chunks, apply, settle, complete; off-peak windows; a file per kind |
 //! | [`broker`] | RabbitMQ: topology, supervised connection, ingest, outbox relay |
 //! | [`tenant`] | the `Tenant` trait and its Microsoft Graph client |
 //! | [`simulator`] | a Graph-compatible tenant simulator (tests, demos, benchmarks) |
