@@ -173,7 +173,7 @@ pub struct PolicyDefinition {
     pub toggles: BTreeMap<String, bool>,
 }
 
-/// `L` is the member list: the emails, or at ingest only their shape ([`ListShape`]).
+/// `L` is the member list: the emails, or at ingest only their shape (`ListShape`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PolicyChanged<L = Vec<String>> {
     pub policy: PolicyDefinition,

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use uuid::{Uuid, uuid};
 
-/// Everything a seed file (or [`super::SimulatorHandle::seed`]) can put into the simulator.
+/// Everything a seed file (or [`super::Shared::seed`]) can put into the simulator.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Seed {
