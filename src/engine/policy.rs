@@ -89,16 +89,16 @@ async fn check_members(
     let listed = policies::stage_members(tx, job_id).await?;
     let limit = MAX_FAILURES_LISTED + 1;
     let mut failures: Vec<(i32, Failure)> = Vec::new();
-    let (mut ords, mut emails) = (Vec::new(), Vec::new());
+    let (mut seqs, mut emails) = (Vec::new(), Vec::new());
     // Addresses PostgreSQL could not pass as plain: the domain's rule decides.
-    for (ord, raw) in policies::unusual_members(tx).await? {
+    for (seq, raw) in policies::unusual_members(tx).await? {
         match EmailAddress::parse(&raw) {
             Ok(email) => {
-                ords.push(ord);
+                seqs.push(seq);
                 emails.push(email.as_str().to_owned());
             }
             Err(detail) if failures.len() < limit => failures.push((
-                ord,
+                seq,
                 Failure {
                     item: raw,
                     code: FailureCode::InvalidEmail,
@@ -108,10 +108,10 @@ async fn check_members(
             Err(_) => {}
         }
     }
-    policies::set_staged_emails(tx, &ords, &emails).await?;
-    for (ord, email) in policies::repeated_members(tx, limit as i64).await? {
+    policies::set_staged_emails(tx, &seqs, &emails).await?;
+    for (seq, email) in policies::repeated_members(tx, limit as i64).await? {
         failures.push((
-            ord,
+            seq,
             Failure {
                 item: email,
                 code: FailureCode::DuplicateEmail,
@@ -119,7 +119,7 @@ async fn check_members(
             },
         ));
     }
-    failures.sort_by_key(|(ord, _)| *ord);
+    failures.sort_by_key(|(seq, _)| *seq);
     failures.truncate(limit);
     let mut failures: Vec<Failure> = failures.into_iter().map(|(_, f)| f).collect();
     if let Some(total) = total

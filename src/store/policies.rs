@@ -100,12 +100,12 @@ pub async fn managed_licences(pool: &PgPool) -> Result<Vec<String>, StoreError> 
         .await?)
 }
 
-/// Stage the member list of a stored job for set-wise checks, in `staged_members` (`ord`,
-/// `raw`, `email`), a table of the transaction: the list stays in PostgreSQL and never
-/// passes through the worker whole (a policy may have 200,000 members). `email` is the
-/// normalised address of plain addresses (SQL function `plain_email`, migration 0007) and
-/// NULL for the rest, which [`unusual_members`] hands to the worker's rule. Returns how many
-/// are listed.
+/// Stage the member list of a stored job for set-wise checks, in `staged_members` (`seq`
+/// from 0 in list order, `raw`, `item`), a table of the transaction: the list stays in
+/// PostgreSQL and never passes through the worker whole (a policy may have 200,000
+/// members). `item` is the normalised address of plain addresses (SQL function
+/// `plain_email`, migration 0007) and NULL for the rest, which [`unusual_members`] hands to
+/// the worker's rule. Returns how many are listed.
 pub async fn stage_members(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
