@@ -279,8 +279,7 @@ impl Engine {
     }
 
     /// Record a chunk's last outcomes and end it (see [`Tail`]); then complete the job if
-    /// that was its last chunk. On failure the chunk is given back (after a pause) rather
-    /// than left to its lease.
+    /// that was its last chunk. On failure the chunk is given back.
     async fn settle(&self, tail: Option<Tail>) {
         let Some(tail) = tail else { return };
         let settled = async {
@@ -303,10 +302,16 @@ impl Engine {
         )
         .await;
         if let Err(error) = settled {
-            let retry_at = self.clock.now() + chrono::Duration::seconds(5);
-            let _ = work::release_chunk(&self.pool, &tail.chunk, &self.owner, retry_at).await;
-            tracing::warn!(%error, job_id = %tail.chunk.job_id, chunk = tail.chunk.chunk, "chunk released after an error");
+            self.give_back(&tail.chunk, &error).await;
         }
+    }
+
+    /// Give a chunk back after an error, claimable again after a pause, rather than leave
+    /// it to its lease.
+    async fn give_back(&self, chunk: &ClaimedChunk, error: &EngineError) {
+        let retry_at = self.clock.now() + chrono::Duration::seconds(5);
+        let _ = work::release_chunk(&self.pool, chunk, &self.owner, retry_at).await;
+        tracing::warn!(%error, job_id = %chunk.job_id, chunk = chunk.chunk, "chunk released after an error");
     }
 
     async fn monitor_loop(&self, shutdown: CancellationToken) {
@@ -556,10 +561,7 @@ impl Engine {
         let span = tracing::info_span!("chunk", job_id = %chunk.job_id, chunk = chunk.chunk);
         let result = self.process_chunk(&chunk, shutdown).instrument(span).await;
         if let Err(error) = &result {
-            // Give it back at once (after a pause), rather than waiting for the lease.
-            let retry_at = self.clock.now() + chrono::Duration::seconds(5);
-            let _ = work::release_chunk(&self.pool, &chunk, &self.owner, retry_at).await;
-            tracing::warn!(%error, "chunk released after an error");
+            self.give_back(&chunk, error).await;
         }
         result.map(|tail| tail.map_or(Next::Done, Next::Tail))
     }
@@ -621,29 +623,24 @@ impl Engine {
         let lease_lost = cancel.is_cancelled() && !shutdown.is_cancelled();
         cancel.cancel();
         let _ = renewal.await;
-        if let Some(results) = result? {
-            return Ok(Some(Tail {
-                chunk: chunk.clone(),
-                job_type,
-                results,
-                started,
-            }));
-        }
-        if shutdown.is_cancelled() || lease_lost {
-            if !lease_lost {
-                work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
+        let results = match result? {
+            Some(results) => results,
+            None if shutdown.is_cancelled() || lease_lost => {
+                if !lease_lost {
+                    work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
+                }
+                return Ok(None);
             }
-            return Ok(None);
-        }
-        // Nothing was left to do (a chunk taken over after its last round was recorded).
-        if work::finish_chunk(&self.pool, chunk, &self.owner).await? {
-            metrics::histogram!(m::CHUNK_DURATION_SECONDS, "job_type" => job_type.as_str())
-                .record(started.elapsed().as_secs_f64());
-            if work::all_chunks_done(&self.pool, chunk.job_id).await? {
-                self.complete(chunk.job_id).await?;
-            }
-        }
-        Ok(None)
+            // Nothing was left to apply (a chunk taken over after its last round was
+            // recorded): it only needs ending, like any other.
+            None => Vec::new(),
+        };
+        Ok(Some(Tail {
+            chunk: chunk.clone(),
+            job_type,
+            results,
+            started,
+        }))
     }
 
     /// Complete the job if every chunk is done (once, whoever asks).

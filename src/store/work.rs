@@ -456,7 +456,8 @@ pub struct Recorded {
 }
 
 /// Record item outcomes, only while the lease is ours, and with `finish` mark the chunk done
-/// in the same statement (its last round). Returns how many were recorded.
+/// in the same statement (its last round; the owner stays on record: which replica did
+/// which chunk). Returns how many were recorded.
 ///
 /// The chunk is named in the condition although the sequence numbers alone identify the
 /// items: it keeps the statement to the chunk's rows whatever the planner believes of a
@@ -508,36 +509,6 @@ pub async fn record_outcomes(
         finished,
         others_pending,
     })
-}
-
-async fn mark_done(
-    tx: &mut Transaction<'_, Postgres>,
-    chunk: &ClaimedChunk,
-    owner: &str,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE job_chunks SET state = 'done', finished_at = now(), lease_expires_at = NULL
-         WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
-    )
-    .bind(chunk.job_id)
-    .bind(chunk.chunk)
-    .bind(owner)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Mark the chunk done (if the lease is still ours); true when it was. The owner stays on
-/// record: which replica did which chunk.
-pub async fn finish_chunk(
-    pool: &PgPool,
-    chunk: &ClaimedChunk,
-    owner: &str,
-) -> Result<bool, StoreError> {
-    let mut tx = begin_relaxed(pool).await?;
-    let done = mark_done(&mut tx, chunk, owner).await?;
-    tx.commit().await?;
-    Ok(done)
 }
 
 /// Whether every chunk of the job is done: asked after finishing a chunk has committed (so
