@@ -528,6 +528,31 @@ impl EventQueue {
         }
     }
 
+    /// The `job.completed` of `message_id`: found among `seen`, or awaited within `timeout`
+    /// while every event received is kept in `seen` (for checks on the other events).
+    pub async fn completion_keeping(
+        &mut self,
+        message_id: &Value,
+        seen: &mut Vec<Value>,
+        timeout: Duration,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(event) = seen
+                .iter()
+                .find(|e| e["type"] == "job.completed" && e["source_message_id"] == *message_id)
+            {
+                return event.clone();
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self
+                .next(left)
+                .await
+                .unwrap_or_else(|| panic!("no job.completed for {message_id}"));
+            seen.push(event);
+        }
+    }
+
     /// Every event arriving within `quiet` of the previous one.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
         let mut events = Vec::new();
@@ -680,19 +705,7 @@ impl SimThread {
 
     /// The licences `user` holds, as (skuId, sorted disabledPlans), sorted.
     pub fn licences(&self, user: &str) -> Vec<(Uuid, Vec<Uuid>)> {
-        let u = self.state.user(user).expect("user exists");
-        let mut licences: Vec<(Uuid, Vec<Uuid>)> = u["assignedLicenses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                let mut d: Vec<Uuid> = serde_json::from_value(l["disabledPlans"].clone()).unwrap();
-                d.sort();
-                (serde_json::from_value(l["skuId"].clone()).unwrap(), d)
-            })
-            .collect();
-        licences.sort();
-        licences
+        crate::sim_helpers::licences_in(&self.state, user)
     }
 
     /// The licence a policy with `toggles` gives: (skuId, sorted disabled plan ids).

@@ -20,24 +20,9 @@ fn changed(policy: Value, members: &[String]) -> Value {
 
 /// Wait for the `job.completed` of `message_id`, keeping every event seen in `seen`.
 async fn completion(events: &mut EventQueue, message_id: &Value, seen: &mut Vec<Value>) -> Value {
-    if let Some(event) = seen
-        .iter()
-        .find(|e| e["type"] == "job.completed" && e["source_message_id"] == *message_id)
-    {
-        return event.clone();
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let event = events
-            .next(left)
-            .await
-            .unwrap_or_else(|| panic!("no job.completed for {message_id}"));
-        seen.push(event.clone());
-        if event["type"] == "job.completed" && event["source_message_id"] == *message_id {
-            return event;
-        }
-    }
+    events
+        .completion_keeping(message_id, seen, Duration::from_secs(90))
+        .await
 }
 
 fn completions_of(seen: &[Value], message_id: &Value) -> usize {

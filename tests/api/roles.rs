@@ -29,24 +29,9 @@ impl Events {
 
     /// The `job.completed` of `job`.
     async fn completion(&mut self, job: &Value) -> Value {
-        let id = &job["message_id"];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(event) = self
-                .seen
-                .iter()
-                .find(|e| e["type"] == "job.completed" && e["source_message_id"] == *id)
-            {
-                return event.clone();
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let event = self
-                .queue
-                .next(left)
-                .await
-                .unwrap_or_else(|| panic!("no job.completed for {id}"));
-            self.seen.push(event);
-        }
+        self.queue
+            .completion_keeping(&job["message_id"], &mut self.seen, Duration::from_secs(60))
+            .await
     }
 
     /// Every event of `job` of type `event_type`, after the events in flight have arrived.

@@ -1,5 +1,5 @@
 //! Helpers for tests against the in-process tenant simulator.
-use policy_reconciler::simulator::{self, Seed, SimulatorHandle, SimulatorSettings};
+use policy_reconciler::simulator::{self, Seed, Shared, SimulatorHandle, SimulatorSettings};
 use policy_reconciler::tenant::{GraphClient, TenantSettings};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -46,10 +46,15 @@ pub fn seed_users(sim: &SimulatorHandle, prefix: &str, n: usize) -> Vec<Uuid> {
     ids
 }
 
-/// The licences a user holds in the simulator, as (skuId, sorted disabledPlans).
+/// The licences a user holds in the simulator, as (skuId, sorted disabledPlans), sorted.
 pub fn licences(sim: &SimulatorHandle, user: &str) -> Vec<(Uuid, Vec<Uuid>)> {
-    let u = sim.state().user(user).expect("user exists");
-    u["assignedLicenses"]
+    licences_in(sim.state(), user)
+}
+
+/// [`licences`], from the simulator's state itself (for a simulator on a thread of its own).
+pub fn licences_in(state: &Shared, user: &str) -> Vec<(Uuid, Vec<Uuid>)> {
+    let u = state.user(user).expect("user exists");
+    let mut licences: Vec<(Uuid, Vec<Uuid>)> = u["assignedLicenses"]
         .as_array()
         .unwrap()
         .iter()
@@ -58,7 +63,9 @@ pub fn licences(sim: &SimulatorHandle, user: &str) -> Vec<(Uuid, Vec<Uuid>)> {
             d.sort();
             (serde_json::from_value(l["skuId"].clone()).unwrap(), d)
         })
-        .collect()
+        .collect();
+    licences.sort();
+    licences
 }
 
 /// An access token from the simulator's token endpoint, fetched like any client would.

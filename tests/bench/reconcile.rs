@@ -219,18 +219,9 @@ impl Bench {
             .unwrap();
         let t = &settings.broker.topology;
         // Declare what the worker declares, so that nothing published before it starts is lost.
-        channel
-            .exchange_declare(
-                t.events_exchange.as_str().into(),
-                lapin::ExchangeKind::Topic,
-                lapin::options::ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        policy_reconciler::broker::topology::declare(&channel, t, settings.broker.delivery_limit)
             .await
-            .unwrap();
+            .expect("topology");
         let events_queue = format!("bench.{id}.events");
         channel
             .queue_declare(
