@@ -1,6 +1,10 @@
-//! Logs (tracing, JSON or pretty) and metrics (Prometheus).
+//! Logs (tracing, JSON or pretty), metrics (Prometheus), and the internal-event pattern that
+//! writes both together ([`event`]).
 
+pub mod event;
 pub mod metrics;
+
+pub use event::{InternalEvent, emit};
 
 use std::io::IsTerminal;
 
