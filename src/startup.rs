@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Supervisor;
 use crate::configuration::Settings;
-use crate::engine::Engine;
 use crate::engine::clock::{Clock, SystemClock};
+use crate::engine::{Engine, Kinds, policy, portal, roles};
 use crate::http::{self, Health};
 use crate::store::budget::PgWriteBudget;
 use crate::store::{self, StoreError};
@@ -149,16 +149,15 @@ impl Application {
                 let engine = match Engine::new(
                     pool.clone(),
                     tenant,
+                    job_kinds(&settings),
                     settings.engine.clone(),
                     &settings.schedule,
                     &instance,
                     clock,
                 ) {
-                    Ok(engine) => Arc::new(
-                        engine
-                            .with_items_per_second(settings.tenant.writes_per_second)
-                            .with_roles(&settings.roles),
-                    ),
+                    Ok(engine) => {
+                        Arc::new(engine.with_items_per_second(settings.tenant.writes_per_second))
+                    }
                     Err(error) => {
                         tracing::error!(%error, "cannot start the engine");
                         return;
@@ -194,6 +193,23 @@ impl Application {
         upkeep.abort();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.pool.close()).await;
     }
+}
+
+/// Every job kind this release plans and applies: one line each (see the README's checklist
+/// for adding one).
+pub fn job_kinds(settings: &Settings) -> Kinds {
+    Kinds::builder()
+        .register(policy::PolicyChangedKind)
+        .register(policy::MembersAddedKind)
+        .register(portal::GrantKind)
+        .register(portal::ActivatedKind)
+        .register(portal::RemindKind)
+        .register(roles::AssignKind::new(&settings.roles))
+        .register(roles::RemoveKind::new(&settings.roles))
+        .register(roles::ChangeKind::new(&settings.roles))
+        .register(roles::MappingKind::new(&settings.roles))
+        .register(roles::LeaverKind::new(&settings.roles))
+        .build()
 }
 
 /// Create the database if allowed and apply migrations, retrying while the database is

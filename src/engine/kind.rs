@@ -1,23 +1,69 @@
-//! What a job kind provides to the engine: a planner and an applier.
+//! What a job kind provides to the engine: a typed planner and a typed applier.
 //!
-//! The engine owns everything else (claiming jobs and chunks, leases, recording outcomes,
-//! completion events), so a new job kind is a new [`JobKind`], not a new pipeline.
+//! A kind is one job type (as river's and underway's job arguments are): its payload, the plan
+//! it hands its applier and the instructions of each item are Rust types. The engine owns
+//! everything else (claiming jobs and chunks, leases, recording outcomes, completion events)
+//! and stores plans and item specs as JSON: they are serialised only at the store boundary
+//! ([`super::registry`]), so a kind never sees `serde_json::Value` but for the event subject,
+//! which is free-form by contract.
+//!
+//! Kinds that share an applier (the two policy jobs, the five admin-role jobs) share it as a
+//! function or a value of their module, not by dispatching on the job type.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::EngineError;
+use super::clock::Clock;
+use super::retry::ItemRetry;
 use crate::configuration::EngineSettings;
-use crate::domain::{Actor, Failure, FailureCode, JobPayload, JobType, Ticket};
+use crate::domain::{Actor, Failure, FailureCode, JobType, Ticket};
 use crate::tenant::Tenant;
 
-/// A stored job, as the planner sees it.
+/// A job kind: the planner and applier of one job type.
+#[async_trait]
+pub trait JobKind: Send + Sync + 'static {
+    /// The job message's payload, as the contract defines it for [`JobKind::JOB_TYPE`].
+    type Payload: DeserializeOwned + Send + Sync;
+    /// What the planner hands the applier for the whole job (stored in `jobs.plan`).
+    type Plan: Serialize + DeserializeOwned + Send + Sync;
+    /// An item's instructions (stored in `job_items.spec`); `()` for kinds whose items are
+    /// their keys alone.
+    type Spec: Serialize + DeserializeOwned + Send + Sync;
+
+    /// The job type this kind plans and applies.
+    const JOB_TYPE: JobType;
+
+    /// A payload field holding a list too long to pass through the worker whole: the planner
+    /// gets the payload with it emptied (`[]`) and reads the list from the stored job in
+    /// the database instead.
+    const LIST_LEFT_IN_DATABASE: Option<&'static str> = None;
+
+    /// Validate the job, update desired state (unless a dry run) and list its items.
+    async fn plan(
+        &self,
+        ctx: PlanContext<'_, '_>,
+        payload: Self::Payload,
+    ) -> Result<Plan<Self::Plan, Self::Spec>, EngineError>;
+
+    /// Bring `items` to their desired state in the tenant and verify it; one result per item
+    /// that was settled (items left out are retried with the chunk).
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_, Self::Plan>,
+        items: &[WorkItem<Self::Spec>],
+    ) -> Result<Vec<ItemResult>, EngineError>;
+}
+
+/// A stored job, as the planner sees it (its payload is given beside it, typed).
 #[derive(Debug, Clone)]
 pub struct StoredJob {
     pub id: Uuid,
@@ -26,18 +72,18 @@ pub struct StoredJob {
     pub dry_run: bool,
     pub ticket: Option<Ticket>,
     pub actor: Option<Actor>,
-    pub payload: JobPayload,
     pub received_at: DateTime<Utc>,
 }
 
-/// What the planner decided.
+/// What the planner decided. `P` is the kind's plan, `S` its item spec.
 #[derive(Debug)]
-pub enum Plan {
-    /// Work to do: `items` in order, with the kind's plan snapshot for the applier.
+pub enum Plan<P, S> {
+    /// Work to do: `items` in order, with the kind's plan for the applier. `subject` is the
+    /// free-form subject of the job's events.
     Accept {
         subject: Value,
-        plan: Value,
-        items: PlannedItems,
+        plan: P,
+        items: PlannedItems<S>,
     },
     /// The job is invalid; nothing was written anywhere.
     Reject {
@@ -49,23 +95,23 @@ pub enum Plan {
         subject: Option<Value>,
         failures: Vec<Failure>,
     },
-    /// Not yet: plan again at `until`.
+    /// Not yet: plan again at `until` (on the engine's clock).
     Wait { until: DateTime<Utc> },
 }
 
 /// The items of an accepted plan.
 #[derive(Debug)]
-pub enum PlannedItems {
+pub enum PlannedItems<S> {
     /// Listed by the planner, in order.
-    Listed(Vec<PlannedItem>),
+    Listed(Vec<PlannedItem<S>>),
     /// Too many to hold in the worker (a policy of 200,000 members): left by the planner in
     /// a temporary table of its transaction with columns `seq int` (from 0, in item order)
     /// and `item text`, `count` rows; `table` names it (`store::work::PLANNED_ITEMS`, or
-    /// another table the store defines with that shape).
+    /// another table the store defines with that shape). Such items have no spec.
     Staged { table: &'static str, count: u64 },
 }
 
-impl PlannedItems {
+impl<S> PlannedItems<S> {
     pub fn len(&self) -> u64 {
         match self {
             Self::Listed(items) => items.len() as u64,
@@ -78,35 +124,43 @@ impl PlannedItems {
     }
 }
 
-impl From<Vec<PlannedItem>> for PlannedItems {
-    fn from(items: Vec<PlannedItem>) -> Self {
+impl<S> From<Vec<PlannedItem<S>>> for PlannedItems<S> {
+    fn from(items: Vec<PlannedItem<S>>) -> Self {
         Self::Listed(items)
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct PlannedItem {
+pub struct PlannedItem<S> {
     /// What the item is about, as reported in failures (an email address, a contact id).
     pub key: String,
     /// Item-specific instructions for the applier.
-    pub spec: Option<Value>,
+    pub spec: Option<S>,
 }
 
-impl PlannedItem {
+impl<S> PlannedItem<S> {
     pub fn new(key: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             spec: None,
         }
     }
+
+    pub fn with_spec(key: impl Into<String>, spec: S) -> Self {
+        Self {
+            key: key.into(),
+            spec: Some(spec),
+        }
+    }
 }
 
 /// The planner's view: the job, its transaction (desired-state changes commit together with
-/// the plan), and the tenant for validation.
+/// the plan), the tenant for validation, and the engine's clock.
 pub struct PlanContext<'a, 'c> {
     pub tx: &'a mut Transaction<'c, Postgres>,
     pub tenant: &'a Arc<dyn Tenant>,
     pub settings: &'a EngineSettings,
+    pub clock: &'a dyn Clock,
     pub job: &'a StoredJob,
 }
 
@@ -116,15 +170,14 @@ pub struct JobHeader {
     pub id: Uuid,
     pub job_type: JobType,
     pub dry_run: bool,
-    pub plan: Value,
 }
 
 /// One item of a chunk, not yet done.
 #[derive(Debug, Clone)]
-pub struct WorkItem {
+pub struct WorkItem<S> {
     pub seq: i32,
     pub key: String,
-    pub spec: Option<Value>,
+    pub spec: Option<S>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +192,13 @@ pub enum ItemOutcome {
 }
 
 impl ItemOutcome {
+    pub const ALL: [ItemOutcome; 4] = [
+        Self::Changed,
+        Self::AlreadyCompliant,
+        Self::Failed,
+        Self::Skipped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Changed => "changed",
@@ -187,36 +247,16 @@ impl ItemResult {
     }
 }
 
-/// The applier's view.
-pub struct ApplyContext<'a> {
+/// The applier's view. `P` is the kind's plan.
+pub struct ApplyContext<'a, P> {
     pub pool: &'a PgPool,
     pub tenant: &'a Arc<dyn Tenant>,
     pub settings: &'a EngineSettings,
+    pub clock: &'a dyn Clock,
+    /// How items are retried and verified: the one policy of every kind.
+    pub retry: &'a ItemRetry,
     pub job: &'a JobHeader,
+    pub plan: &'a P,
     /// Cancelled when the chunk's lease is lost or the worker stops: stop at the next safe point.
     pub cancel: &'a CancellationToken,
-}
-
-#[async_trait]
-pub trait JobKind: Send + Sync {
-    /// The job types this kind plans and applies.
-    fn job_types(&self) -> &'static [JobType];
-
-    /// A payload field holding a list too long to pass through the worker whole: the planner
-    /// gets the payload with it emptied (`[]`) and reads the list from the stored job in
-    /// the database instead.
-    fn list_left_in_database(&self) -> Option<&'static str> {
-        None
-    }
-
-    /// Validate the job, update desired state (unless a dry run) and list its items.
-    async fn plan(&self, ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError>;
-
-    /// Bring `items` to their desired state in the tenant and verify it; one result per item
-    /// that was settled (items left out are retried with the chunk).
-    async fn apply(
-        &self,
-        ctx: &ApplyContext<'_>,
-        items: &[WorkItem],
-    ) -> Result<Vec<ItemResult>, EngineError>;
 }

@@ -12,53 +12,89 @@
 //! the definition snapshotted in the plan, as they write no desired state.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::events::JobCompleted;
 use super::kind::{
     ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItems, WorkItem,
 };
+use super::retry::ItemRetry;
 use super::{EngineError, failure_code};
 use crate::domain::{
-    EmailAddress, Failure, FailureCode, JobPayload, JobType, MAX_FAILURES_LISTED, OdsCode,
+    EmailAddress, Failure, FailureCode, JobType, MAX_FAILURES_LISTED, MembersAdded, OdsCode,
+    PolicyChanged,
 };
 use crate::store::policies::{self, PolicyRow};
 use crate::store::work;
-use crate::telemetry::metrics as m;
+use crate::telemetry::emit;
 use crate::tenant::{
     AssignedLicence, LicenceChange, SkuCatalogue, TenantError, UserLicenceState, UserRef,
 };
 
-pub struct PolicyKind;
+/// What both policy jobs hand their applier: the definition to reconcile members to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyPlan {
+    /// The definition as planned (the applier reads the current one; dry runs apply this).
+    pub policy: PolicyRow,
+    /// The job carried an older version than the one stored.
+    pub stale: bool,
+}
+
+/// `policy.changed`: a new definition, and optionally the whole membership.
+pub struct PolicyChangedKind;
 
 #[async_trait]
-impl JobKind for PolicyKind {
-    fn job_types(&self) -> &'static [JobType] {
-        &[JobType::PolicyChanged, JobType::PolicyMembersAdded]
-    }
+impl JobKind for PolicyChangedKind {
+    type Payload = PolicyChanged;
+    type Plan = PolicyPlan;
+    type Spec = ();
+    const JOB_TYPE: JobType = JobType::PolicyChanged;
+    const LIST_LEFT_IN_DATABASE: Option<&'static str> = Some("members");
 
-    fn list_left_in_database(&self) -> Option<&'static str> {
-        Some("members")
-    }
-
-    async fn plan(&self, ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
-        match &ctx.job.payload {
-            JobPayload::PolicyChanged(_) => plan_changed(ctx).await,
-            JobPayload::PolicyMembersAdded(_) => plan_members_added(ctx).await,
-            other => Err(EngineError::Corrupt(format!(
-                "policy planner given {other:?}"
-            ))),
-        }
+    async fn plan(
+        &self,
+        ctx: PlanContext<'_, '_>,
+        payload: PolicyChanged,
+    ) -> Result<Plan<PolicyPlan, ()>, EngineError> {
+        plan_changed(ctx, payload).await
     }
 
     async fn apply(
         &self,
-        ctx: &ApplyContext<'_>,
-        items: &[WorkItem],
+        ctx: &ApplyContext<'_, PolicyPlan>,
+        items: &[WorkItem<()>],
+    ) -> Result<Vec<ItemResult>, EngineError> {
+        apply(ctx, items).await
+    }
+}
+
+/// `policy.members_added`: members added to a stored policy.
+pub struct MembersAddedKind;
+
+#[async_trait]
+impl JobKind for MembersAddedKind {
+    type Payload = MembersAdded;
+    type Plan = PolicyPlan;
+    type Spec = ();
+    const JOB_TYPE: JobType = JobType::PolicyMembersAdded;
+    const LIST_LEFT_IN_DATABASE: Option<&'static str> = Some("members");
+
+    async fn plan(
+        &self,
+        ctx: PlanContext<'_, '_>,
+        payload: MembersAdded,
+    ) -> Result<Plan<PolicyPlan, ()>, EngineError> {
+        plan_members_added(ctx, payload).await
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_, PolicyPlan>,
+        items: &[WorkItem<()>],
     ) -> Result<Vec<ItemResult>, EngineError> {
         apply(ctx, items).await
     }
@@ -172,10 +208,10 @@ fn check_definition(policy: &PolicyRow, catalogue: &SkuCatalogue) -> Vec<Failure
     failures
 }
 
-async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
-    let JobPayload::PolicyChanged(payload) = &ctx.job.payload else {
-        unreachable!("dispatched on the payload");
-    };
+async fn plan_changed(
+    ctx: PlanContext<'_, '_>,
+    payload: PolicyChanged,
+) -> Result<Plan<PolicyPlan, ()>, EngineError> {
     let def = &payload.policy;
     let incoming = PolicyRow {
         id: def.id.clone(),
@@ -245,7 +281,10 @@ async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
     }
     Ok(Plan::Accept {
         subject: subject(&definition, def.version),
-        plan: json!({ "policy": definition, "stale": stale }),
+        plan: PolicyPlan {
+            policy: definition,
+            stale,
+        },
         items,
     })
 }
@@ -254,7 +293,7 @@ async fn plan_changed(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
 async fn stored_members(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     policy_id: &str,
-) -> Result<PlannedItems, EngineError> {
+) -> Result<PlannedItems<()>, EngineError> {
     let count = policies::stage_items_of_policy(tx, policy_id).await?;
     Ok(PlannedItems::Staged {
         table: work::PLANNED_ITEMS,
@@ -276,25 +315,30 @@ async fn supersede_older_jobs(
     );
     for older in work::older_policy_jobs(tx, &policy.id, policy.version, job_id).await? {
         let ended = work::end_early_in(tx, older, FailureCode::Superseded, &reason).await?;
-        if let Some((job_type, outcome, _)) = work::complete_if_done_in(tx, older).await? {
-            metrics::counter!(m::JOBS_COMPLETED_TOTAL, "job_type" => job_type.as_str(), "outcome" => outcome.as_str())
-                .increment(1);
+        if let Some((job_type, outcome, counts)) = work::complete_if_done_in(tx, older).await? {
+            emit(JobCompleted {
+                job_id: older,
+                job_type,
+                outcome,
+                counts: &counts,
+                failures: 0,
+            });
         }
         tracing::info!(%older, skipped = ended.items_skipped, "older job superseded");
     }
     Ok(())
 }
 
-async fn plan_members_added(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
-    let JobPayload::PolicyMembersAdded(payload) = &ctx.job.payload else {
-        unreachable!("dispatched on the payload");
-    };
+async fn plan_members_added(
+    ctx: PlanContext<'_, '_>,
+    payload: MembersAdded,
+) -> Result<Plan<PolicyPlan, ()>, EngineError> {
     let (count, failures) = check_members(ctx.tx, ctx.job.id, Some(payload.total_members)).await?;
     policies::lock(ctx.tx, &payload.policy_id).await?;
     let Some(policy) = policies::get(ctx.tx, &payload.policy_id).await? else {
         let deadline = ctx.job.received_at
             + chrono::Duration::seconds(ctx.settings.unknown_policy_wait_seconds as i64);
-        let now = Utc::now();
+        let now = ctx.clock.now();
         if now < deadline {
             tracing::info!(policy_id = %payload.policy_id, "policy not known yet; waiting");
             let recheck = (now + chrono::Duration::seconds(1)).min(deadline);
@@ -324,7 +368,10 @@ async fn plan_members_added(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineErro
     }
     Ok(Plan::Accept {
         subject: job_subject,
-        plan: json!({ "policy": policy, "stale": false }),
+        plan: PolicyPlan {
+            policy,
+            stale: false,
+        },
         items: PlannedItems::Staged {
             table: policies::STAGED_MEMBERS,
             count,
@@ -362,18 +409,14 @@ fn change_for(
     })
 }
 
-/// An item given up on after its attempts: the last tenant error's code, else `fallback`
-/// under `tenant_unavailable`.
-fn gave_up(seq: i32, last_error: Option<TenantError>, fallback: &str) -> ItemResult {
-    match last_error {
-        Some(error) => ItemResult::failed(seq, failure_code(&error), error.to_string()),
-        None => ItemResult::failed(seq, FailureCode::TenantUnavailable, fallback),
-    }
-}
-
-async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemResult>, EngineError> {
-    let snapshot: PolicyRow = serde_json::from_value(ctx.job.plan["policy"].clone())
-        .map_err(|e| EngineError::Corrupt(format!("policy plan: {e}")))?;
+/// Reconcile a round of members (see the module docs), under the item retry policy: each
+/// attempt reads the users (the previous attempt's read-back), writes what differs in one
+/// batch, and the next attempt verifies it.
+async fn apply(
+    ctx: &ApplyContext<'_, PolicyPlan>,
+    items: &[WorkItem<()>],
+) -> Result<Vec<ItemResult>, EngineError> {
+    let snapshot = &ctx.plan.policy;
     let catalogue = ctx.tenant.skus().await?;
 
     // The desired definition of each item, read now (see the module docs).
@@ -410,7 +453,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
         HashMap::new();
     for (i, item) in items.iter().enumerate() {
         let policy = if ctx.job.dry_run {
-            &snapshot
+            snapshot
         } else {
             match current.get(&item.key) {
                 Some(policy) if policy.id == snapshot.id => policy,
@@ -458,7 +501,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
     let mut pending: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
     let mut written: HashSet<usize> = HashSet::new();
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
-    let attempts = ctx.settings.item_attempts as usize;
+    let attempts = ctx.retry.attempts() as usize;
     // Pause before a round only when the previous one met transient failures: reading back
     // what was just written successfully needs no wait.
     let mut troubled = false;
@@ -466,12 +509,8 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
         if pending.is_empty() || ctx.cancel.is_cancelled() {
             break;
         }
-        if troubled {
-            let pause = Duration::from_millis(200 * round as u64);
-            tokio::select! {
-                _ = ctx.cancel.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
-            }
+        if troubled && !ctx.retry.wait(round as u32, ctx.cancel).await {
+            break;
         }
         let states = if round == 0 {
             // Read already, beside the desired state.
@@ -496,7 +535,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
         for (&i, state) in pending.iter().zip(states) {
             let seq = items[i].seq;
             match state {
-                Err(error) if error.is_transient() => {
+                Err(error) if ItemRetry::is_retryable(&error) => {
                     last_error.insert(i, error);
                     retry.push(i);
                     troubled = true;
@@ -526,13 +565,16 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
                         }
                         Some(_) if round == attempts => {
                             results[i] = Some(if written.contains(&i) {
-                                ItemResult::failed(
+                                ItemRetry::unverified(
                                     seq,
-                                    FailureCode::VerificationFailed,
                                     "the tenant does not show the licence just assigned",
                                 )
                             } else {
-                                gave_up(seq, last_error.remove(&i), "no write succeeded")
+                                ItemRetry::exhausted(
+                                    seq,
+                                    last_error.remove(&i),
+                                    "no write succeeded",
+                                )
                             });
                         }
                         Some(change) => writes.push((i, change)),
@@ -549,10 +591,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
                         written.insert(i);
                         retry.push(i);
                     }
-                    Err(error)
-                        if error.is_transient()
-                            || matches!(error, TenantError::NotConverged(_)) =>
-                    {
+                    Err(error) if ItemRetry::is_retryable(&error) => {
                         last_error.insert(i, error);
                         retry.push(i);
                         troubled = true;
@@ -571,7 +610,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
     }
     if !ctx.cancel.is_cancelled() {
         for i in pending {
-            results[i] = Some(gave_up(
+            results[i] = Some(ItemRetry::exhausted(
                 items[i].seq,
                 last_error.remove(&i),
                 "the tenant kept failing",

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
@@ -39,8 +39,8 @@ use super::kind::{
     ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItem, WorkItem,
 };
 use crate::domain::{
-    Contact, ContactKind, EmailAddress, EventHeader, Failure, FailureCode, JobPayload, JobType,
-    NotificationEmail, Ticket,
+    Contact, ContactKind, EmailAddress, EventHeader, Failure, FailureCode, JobType,
+    NotificationEmail, PortalAccessContacts, PortalAccessGrant, Ticket,
 };
 use crate::store::outbox;
 use crate::store::portal::{self, ContactData, ContactState};
@@ -61,53 +61,107 @@ pub const EXCLUSIONS: &[FailureCode] = &[
     FailureCode::AlreadyHasAccess,
 ];
 
-pub struct PortalAccessKind;
+/// A grant's plan: the batch, for the invitations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantPlan {
+    pub batch_label: String,
+}
+
+/// The plan of jobs that need nothing beyond their items.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NoPlan {}
+
+/// `portal_access.grant`: invite a batch's eligible contacts.
+pub struct GrantKind;
 
 #[async_trait]
-impl JobKind for PortalAccessKind {
-    fn job_types(&self) -> &'static [JobType] {
-        &[
-            JobType::PortalAccessGrant,
-            JobType::PortalAccessActivated,
-            JobType::PortalAccessRemind,
-        ]
+impl JobKind for GrantKind {
+    type Payload = PortalAccessGrant;
+    type Plan = GrantPlan;
+    type Spec = GrantSpec;
+    const JOB_TYPE: JobType = JobType::PortalAccessGrant;
+
+    async fn plan(
+        &self,
+        ctx: PlanContext<'_, '_>,
+        payload: PortalAccessGrant,
+    ) -> Result<Plan<GrantPlan, GrantSpec>, EngineError> {
+        plan_grant(ctx, payload).await
     }
 
-    async fn plan(&self, ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
-        match &ctx.job.payload {
-            JobPayload::PortalAccessGrant(_) => plan_grant(ctx).await,
-            JobPayload::PortalAccessActivated(p) => Ok(plan_listed(&p.contact_ids, false)),
-            JobPayload::PortalAccessRemind(p) if p.contact_ids.is_empty() => {
-                let ids = portal::not_activated(&mut **ctx.tx).await?;
-                Ok(plan_listed(&ids, true))
-            }
-            JobPayload::PortalAccessRemind(p) => Ok(plan_listed(&p.contact_ids, false)),
-            other => Err(EngineError::Corrupt(format!(
-                "portal access planner given {other:?}"
-            ))),
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_, GrantPlan>,
+        items: &[WorkItem<GrantSpec>],
+    ) -> Result<Vec<ItemResult>, EngineError> {
+        apply_grant(ctx, items).await
+    }
+}
+
+/// `portal_access.activated`: record that contacts activated their access.
+pub struct ActivatedKind;
+
+#[async_trait]
+impl JobKind for ActivatedKind {
+    type Payload = PortalAccessContacts;
+    type Plan = NoPlan;
+    type Spec = ();
+    const JOB_TYPE: JobType = JobType::PortalAccessActivated;
+
+    async fn plan(
+        &self,
+        _ctx: PlanContext<'_, '_>,
+        payload: PortalAccessContacts,
+    ) -> Result<Plan<NoPlan, ()>, EngineError> {
+        Ok(plan_listed(&payload.contact_ids, false))
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_, NoPlan>,
+        items: &[WorkItem<()>],
+    ) -> Result<Vec<ItemResult>, EngineError> {
+        apply_activated(ctx, items).await
+    }
+}
+
+/// `portal_access.remind`: re-send invitations (to the contacts listed, or to every invited
+/// contact that has not activated when none is).
+pub struct RemindKind;
+
+#[async_trait]
+impl JobKind for RemindKind {
+    type Payload = PortalAccessContacts;
+    type Plan = NoPlan;
+    type Spec = ();
+    const JOB_TYPE: JobType = JobType::PortalAccessRemind;
+
+    async fn plan(
+        &self,
+        ctx: PlanContext<'_, '_>,
+        payload: PortalAccessContacts,
+    ) -> Result<Plan<NoPlan, ()>, EngineError> {
+        if payload.contact_ids.is_empty() {
+            let ids = portal::not_activated(&mut **ctx.tx).await?;
+            Ok(plan_listed(&ids, true))
+        } else {
+            Ok(plan_listed(&payload.contact_ids, false))
         }
     }
 
     async fn apply(
         &self,
-        ctx: &ApplyContext<'_>,
-        items: &[WorkItem],
+        ctx: &ApplyContext<'_, NoPlan>,
+        items: &[WorkItem<()>],
     ) -> Result<Vec<ItemResult>, EngineError> {
-        match ctx.job.job_type {
-            JobType::PortalAccessGrant => apply_grant(ctx, items).await,
-            JobType::PortalAccessActivated => apply_activated(ctx, items).await,
-            JobType::PortalAccessRemind => apply_remind(ctx, items).await,
-            other => Err(EngineError::Corrupt(format!(
-                "portal access applier given {other}"
-            ))),
-        }
+        apply_remind(ctx, items).await
     }
 }
 
 /// What the grant decided for one contact (a grant item's spec).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum GrantSpec {
+pub enum GrantSpec {
     Invite {
         email: String,
         name: String,
@@ -237,17 +291,15 @@ fn classify(contacts: &[Contact], known: &Known, today: NaiveDate) -> Vec<GrantS
         .collect()
 }
 
-/// Today's date in Europe/London (the organisations' calendar).
-fn today() -> NaiveDate {
-    Utc::now()
-        .with_timezone(&chrono_tz::Europe::London)
-        .date_naive()
+/// The date at `now` in Europe/London (the organisations' calendar).
+fn london_date(now: DateTime<Utc>) -> NaiveDate {
+    now.with_timezone(&chrono_tz::Europe::London).date_naive()
 }
 
-async fn plan_grant(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
-    let JobPayload::PortalAccessGrant(payload) = &ctx.job.payload else {
-        unreachable!("dispatched on the payload");
-    };
+async fn plan_grant(
+    ctx: PlanContext<'_, '_>,
+    payload: PortalAccessGrant,
+) -> Result<Plan<GrantPlan, GrantSpec>, EngineError> {
     let label = payload.batch_label.as_str();
 
     // A batch must name each contact once: the items are keyed by contact id.
@@ -309,7 +361,7 @@ async fn plan_grant(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
         known.others.entry(email).or_default().push((id, council));
     }
 
-    let specs = classify(&payload.contacts, &known, today());
+    let specs = classify(&payload.contacts, &known, london_date(ctx.clock.now()));
 
     if !ctx.job.dry_run {
         let rows: Vec<ContactData<'_>> = payload
@@ -353,10 +405,7 @@ async fn plan_grant(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
     let items = ids
         .into_iter()
         .zip(specs)
-        .map(|(id, spec)| PlannedItem {
-            key: id,
-            spec: Some(serde_json::to_value(spec).expect("specs serialize")),
-        })
+        .map(|(id, spec)| PlannedItem::with_spec(id, spec))
         .collect::<Vec<_>>();
     Ok(Plan::Accept {
         subject: json!({
@@ -365,13 +414,15 @@ async fn plan_grant(ctx: PlanContext<'_, '_>) -> Result<Plan, EngineError> {
             "invited": invited,
             "excluded": excluded,
         }),
-        plan: json!({ "batch_label": label }),
+        plan: GrantPlan {
+            batch_label: label.to_owned(),
+        },
         items: items.into(),
     })
 }
 
 /// `activated` and `remind`: one item per listed contact (each once, in the order given).
-fn plan_listed(ids: &[String], all_not_activated: bool) -> Plan {
+fn plan_listed(ids: &[String], all_not_activated: bool) -> Plan<NoPlan, ()> {
     let mut seen = HashSet::new();
     let ids: Vec<&String> = ids.iter().filter(|id| seen.insert(id.as_str())).collect();
     let mut subject = json!({ "contacts": ids.len() });
@@ -380,7 +431,7 @@ fn plan_listed(ids: &[String], all_not_activated: bool) -> Plan {
     }
     Plan::Accept {
         subject,
-        plan: json!({}),
+        plan: NoPlan {},
         items: ids
             .into_iter()
             .map(PlannedItem::new)
@@ -439,22 +490,18 @@ async fn notify(
 /// `invited_by_job`), and `already_compliant` when another job did (a batch re-sent under a
 /// new `message_id` and planned before this one applied).
 async fn apply_grant(
-    ctx: &ApplyContext<'_>,
-    items: &[WorkItem],
+    ctx: &ApplyContext<'_, GrantPlan>,
+    items: &[WorkItem<GrantSpec>],
 ) -> Result<Vec<ItemResult>, EngineError> {
     let job = ctx.job;
-    let batch_label = job.plan["batch_label"].as_str().unwrap_or_default();
+    let batch_label = ctx.plan.batch_label.as_str();
     let mut results = Vec::with_capacity(items.len());
     let mut invites = Vec::new();
     for item in items {
-        let spec: GrantSpec = item
+        let spec = item
             .spec
             .clone()
-            .ok_or_else(|| EngineError::Corrupt(format!("grant item {} has no spec", item.key)))
-            .and_then(|s| {
-                serde_json::from_value(s)
-                    .map_err(|e| EngineError::Corrupt(format!("grant item {}: {e}", item.key)))
-            })?;
+            .ok_or_else(|| EngineError::Corrupt(format!("grant item {} has no spec", item.key)))?;
         match spec {
             GrantSpec::Excluded { code, detail } => {
                 results.push(ItemResult::skipped(item.seq, code_named(&code)?, detail));
@@ -511,8 +558,8 @@ async fn apply_grant(
 
 /// Record activations (a dry run only reports them).
 async fn apply_activated(
-    ctx: &ApplyContext<'_>,
-    items: &[WorkItem],
+    ctx: &ApplyContext<'_, NoPlan>,
+    items: &[WorkItem<()>],
 ) -> Result<Vec<ItemResult>, EngineError> {
     let job = ctx.job;
     let mut results = Vec::with_capacity(items.len());
@@ -548,8 +595,8 @@ async fn apply_activated(
 /// contact: the reminder's event and `last_reminded_by_job` commit together, so a retried
 /// chunk finds the contact reminded by this job and sends nothing again.
 async fn apply_remind(
-    ctx: &ApplyContext<'_>,
-    items: &[WorkItem],
+    ctx: &ApplyContext<'_, NoPlan>,
+    items: &[WorkItem<()>],
 ) -> Result<Vec<ItemResult>, EngineError> {
     let job = ctx.job;
     let source = portal::job_source(ctx.pool, job.id).await?;

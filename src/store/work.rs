@@ -59,17 +59,21 @@ pub async fn job_payload(
     .await?)
 }
 
-/// Plan `job` again no earlier than `at`.
+/// Plan `job` again no earlier than `delay` from now.
 pub async fn defer_planning(
     executor: impl sqlx::PgExecutor<'_>,
     job_id: Uuid,
-    at: DateTime<Utc>,
+    delay: chrono::Duration,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET plan_not_before = $2, updated_at = now() WHERE id = $1")
-        .bind(job_id)
-        .bind(at)
-        .execute(executor)
-        .await?;
+    // Measured on the database's clock, which the planner's claim compares with.
+    sqlx::query(
+        "UPDATE jobs SET plan_not_before = now() + make_interval(secs => $2), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(delay.num_milliseconds() as f64 / 1000.0)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 

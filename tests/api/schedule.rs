@@ -90,7 +90,7 @@ async fn a_large_job_accepted_at_ten_waits_for_seven_while_a_small_one_runs_at_o
 
 #[tokio::test]
 async fn jobs_that_would_miss_the_24_hour_target_are_counted_at_risk() {
-    use policy_reconciler::engine::Engine;
+    use policy_reconciler::engine::{Engine, Kinds};
     use policy_reconciler::tenant::{GraphClient, Tenant};
 
     let app = crate::helpers::spawn_app().await;
@@ -126,6 +126,7 @@ async fn jobs_that_would_miss_the_24_hour_target_are_counted_at_risk() {
     let engine = Engine::new(
         app.pool.clone(),
         tenant,
+        Kinds::default(),
         app.settings.engine.clone(),
         &app.settings.schedule,
         "forecast-test",

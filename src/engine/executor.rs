@@ -1,0 +1,331 @@
+//! Applying: claim a chunk under a lease, apply its items round by round, record outcomes,
+//! and complete the job after its last chunk.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::events::{
+    ChunkFinished, ChunkGivenBack, ChunkReclaimed, ItemsRecorded, JobCompleted, LeaseLost,
+};
+use super::kind::{ApplyContext, ItemOutcome, ItemResult, JobHeader, WorkItem};
+use super::registry::AnyKind;
+use super::{Engine, EngineError, Waiter};
+use crate::domain::{FailureCode, JobType};
+use crate::store::work::{self, ClaimedChunk};
+use crate::telemetry::emit;
+
+/// How long a chunk given back after an error waits before it may be claimed again.
+const RETRY_AFTER_ERROR: chrono::Duration = chrono::Duration::seconds(5);
+
+/// What claiming a chunk came to.
+enum Next {
+    /// Nothing to claim.
+    Idle,
+    /// A chunk was worked on and needs nothing more (released, or already ended).
+    Done,
+    /// A chunk was applied; its last outcomes are still to be recorded.
+    Tail(Tail),
+}
+
+/// A chunk whose items are all settled in the tenant, with the last round's outcomes still
+/// to record: they and the chunk's end commit together, after the lease renewal has
+/// stopped (the lease has most of its time left), while the executor takes the next chunk.
+struct Tail {
+    chunk: ClaimedChunk,
+    job_type: JobType,
+    results: Vec<ItemResult>,
+    /// When the chunk's work began (for the chunk-duration histogram).
+    started: Instant,
+}
+
+impl Engine {
+    pub(super) async fn executor_loop(&self, shutdown: CancellationToken) {
+        let mut planned: Waiter = self.jobs_planned.waiter();
+        let mut tail: Option<Tail> = None;
+        while !shutdown.is_cancelled() {
+            // The previous chunk's last outcomes are recorded while the next chunk is claimed
+            // and applied: a chunk's own bookkeeping stays off the tenant's path.
+            let had_tail = tail.is_some();
+            let (_, next) = tokio::join!(self.settle(tail.take()), self.run_next_chunk(&shutdown));
+            match next {
+                Ok(Next::Tail(next)) => tail = Some(next),
+                Ok(Next::Done) => {}
+                // The cap may have counted the chunk that was being settled: claim again.
+                Ok(Next::Idle) if had_tail => {}
+                Ok(Next::Idle) => self.idle_until_nudged(&shutdown, &mut planned).await,
+                Err(error) => {
+                    tracing::warn!(%error, "chunk failed; will retry");
+                    self.idle(&shutdown, Duration::from_secs(1)).await;
+                }
+            }
+        }
+        self.settle(tail.take()).await;
+    }
+
+    /// Record a chunk's last outcomes and end it (see [`Tail`]); then complete the job if
+    /// that was its last chunk. On failure the chunk is given back.
+    async fn settle(&self, tail: Option<Tail>) {
+        let Some(tail) = tail else { return };
+        let settled = async {
+            let recorded = self
+                .record(&tail.chunk, tail.job_type, &tail.results, true)
+                .await?;
+            if recorded.finished {
+                emit(ChunkFinished {
+                    job_type: tail.job_type,
+                    took: tail.started.elapsed(),
+                });
+                if !recorded.others_pending
+                    && work::all_chunks_done(&self.pool, tail.chunk.job_id).await?
+                {
+                    self.complete(tail.chunk.job_id).await?;
+                }
+            }
+            Ok::<_, EngineError>(())
+        }
+        .instrument(
+            tracing::info_span!("chunk", job_id = %tail.chunk.job_id, chunk = tail.chunk.chunk),
+        )
+        .await;
+        if let Err(error) = settled {
+            self.give_back(&tail.chunk, &error).await;
+        }
+    }
+
+    /// Give a chunk back after an error, claimable again after a pause, rather than leave
+    /// it to its lease.
+    async fn give_back(&self, chunk: &ClaimedChunk, error: &EngineError) {
+        let retry_at = self.clock.now() + RETRY_AFTER_ERROR;
+        let _ = work::release_chunk(&self.pool, chunk, &self.owner, retry_at).await;
+        emit(ChunkGivenBack {
+            job_id: chunk.job_id,
+            chunk: chunk.chunk,
+            error,
+        });
+    }
+
+    /// Claim and process one chunk, but for its last round's bookkeeping (returned as its
+    /// [`Tail`], for [`Engine::settle`]).
+    async fn run_next_chunk(&self, shutdown: &CancellationToken) -> Result<Next, EngineError> {
+        let now = self.clock.now();
+        let limits = work::ClaimLimits {
+            now,
+            window_open: self.off_peak.is_open(now),
+            max_running: self.settings.max_running_chunks,
+        };
+        let Some(chunk) =
+            work::claim_chunk(&self.pool, &self.owner, self.settings.lease_seconds, limits).await?
+        else {
+            return Ok(Next::Idle);
+        };
+        if chunk.reclaimed {
+            emit(ChunkReclaimed {
+                job_id: chunk.job_id,
+                chunk: chunk.chunk,
+            });
+        }
+        let span = tracing::info_span!("chunk", job_id = %chunk.job_id, chunk = chunk.chunk);
+        let result = self.process_chunk(&chunk, shutdown).instrument(span).await;
+        if let Err(error) = &result {
+            self.give_back(&chunk, error).await;
+        }
+        result.map(|tail| tail.map_or(Next::Done, Next::Tail))
+    }
+
+    async fn process_chunk(
+        &self,
+        chunk: &ClaimedChunk,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Tail>, EngineError> {
+        let started = Instant::now();
+        let (job, items) = tokio::try_join!(
+            work::chunk_job(&self.pool, chunk.job_id),
+            work::open_items(&self.pool, chunk)
+        )?;
+        let job_type = JobType::parse(&job.job_type)
+            .ok_or_else(|| EngineError::Corrupt(format!("unknown job type {}", job.job_type)))?;
+        let kind = self
+            .kinds
+            .get(job_type)
+            .cloned()
+            .ok_or_else(|| EngineError::Corrupt(format!("no applier for {job_type}")))?;
+        let header = JobHeader {
+            id: chunk.job_id,
+            job_type,
+            dry_run: job.dry_run,
+        };
+        let plan = job.plan.unwrap_or_default();
+
+        // The lease is renewed in the background; losing it (or shutdown) cancels the work
+        // at the next safe point.
+        let cancel = shutdown.child_token();
+        let renewal = self.renew_lease_until(chunk, &cancel);
+        let items: Vec<WorkItem<serde_json::Value>> = items
+            .into_iter()
+            .map(|(seq, key, spec)| WorkItem { seq, key, spec })
+            .collect();
+        let ctx = ApplyContext {
+            pool: &self.pool,
+            tenant: &self.tenant,
+            settings: &self.settings,
+            clock: self.clock.as_ref(),
+            retry: &self.retry,
+            job: &header,
+            plan: &plan,
+            cancel: &cancel,
+        };
+        let result = self.apply_rounds(chunk, items, &kind, &ctx).await;
+        let lease_lost = cancel.is_cancelled() && !shutdown.is_cancelled();
+        cancel.cancel();
+        let _ = renewal.await;
+        let results = match result? {
+            Some(results) => results,
+            None if shutdown.is_cancelled() || lease_lost => {
+                if !lease_lost {
+                    work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
+                }
+                return Ok(None);
+            }
+            // Nothing was left to apply (a chunk taken over after its last round was
+            // recorded): it only needs ending, like any other.
+            None => Vec::new(),
+        };
+        Ok(Some(Tail {
+            chunk: chunk.clone(),
+            job_type,
+            results,
+            started,
+        }))
+    }
+
+    /// Renew `chunk`'s lease every third of it until `cancel`; cancel when it is lost.
+    fn renew_lease_until(
+        &self,
+        chunk: &ClaimedChunk,
+        cancel: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let pool = self.pool.clone();
+        let chunk = chunk.clone();
+        let owner = self.owner.clone();
+        let lease = self.settings.lease_seconds;
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_millis((lease * 1000 / 3).max(100));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match work::renew_lease(&pool, &chunk, &owner, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        emit(LeaseLost {
+                            job_id: chunk.job_id,
+                            chunk: chunk.chunk,
+                        });
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, job_id = %chunk.job_id, chunk = chunk.chunk, "lease renewal failed; retrying")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Complete the job if every chunk is done (once, whoever asks).
+    pub(super) async fn complete(&self, job_id: uuid::Uuid) -> Result<(), EngineError> {
+        if let Some((job_type, outcome, counts)) =
+            work::complete_if_done(&self.pool, job_id).await?
+        {
+            emit(JobCompleted {
+                job_id,
+                job_type,
+                outcome,
+                counts: &counts,
+                failures: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Apply the chunk's open items round by round, recording outcomes after each round but
+    /// the last: when every item of that one is settled, its results are returned instead,
+    /// to be recorded together with the chunk's end ([`Engine::settle`]).
+    async fn apply_rounds(
+        &self,
+        chunk: &ClaimedChunk,
+        items: Vec<WorkItem<serde_json::Value>>,
+        kind: &Arc<dyn AnyKind>,
+        ctx: &ApplyContext<'_, serde_json::Value>,
+    ) -> Result<Option<Vec<ItemResult>>, EngineError> {
+        let rounds: Vec<&[WorkItem<serde_json::Value>]> =
+            items.chunks(self.settings.round_size as usize).collect();
+        for (i, round) in rounds.iter().enumerate() {
+            if ctx.cancel.is_cancelled() {
+                break;
+            }
+            let results = kind.apply(ctx, round).await?;
+            let settled = results.len() == round.len();
+            if i + 1 == rounds.len() && settled && !ctx.cancel.is_cancelled() {
+                return Ok(Some(results));
+            }
+            if !results.is_empty() {
+                self.record(chunk, ctx.job.job_type, &results, false)
+                    .await?;
+            }
+            if !settled && !ctx.cancel.is_cancelled() {
+                return Err(EngineError::Corrupt(format!(
+                    "applier settled {} of {} items",
+                    results.len(),
+                    round.len()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Record a round's outcomes (and, when `finish`, end the chunk in the same commit).
+    async fn record(
+        &self,
+        chunk: &ClaimedChunk,
+        job_type: JobType,
+        results: &[ItemResult],
+        finish: bool,
+    ) -> Result<work::Recorded, EngineError> {
+        let seqs: Vec<i32> = results.iter().map(|r| r.seq).collect();
+        let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
+        // A failed item always has a code; a skipped one keeps its reason's code when it has
+        // one (job.completed lists both in `failures`); other outcomes have none.
+        let codes: Vec<Option<&str>> = results
+            .iter()
+            .map(|r| match r.outcome {
+                ItemOutcome::Failed => Some(r.code.unwrap_or(FailureCode::TenantRejected).as_str()),
+                ItemOutcome::Skipped => r.code.map(FailureCode::as_str),
+                _ => None,
+            })
+            .collect();
+        let details: Vec<Option<String>> = results.iter().map(|r| r.detail.clone()).collect();
+        let recorded = work::record_outcomes(
+            &self.pool,
+            chunk,
+            &self.owner,
+            work::Outcomes {
+                seqs: &seqs,
+                outcomes: &outcomes,
+                codes: &codes,
+                details: &details,
+            },
+            finish,
+        )
+        .await?;
+        if recorded.items > 0 {
+            emit(ItemsRecorded { job_type, results });
+        }
+        Ok(recorded)
+    }
+}

@@ -1,0 +1,68 @@
+//! The monitor: backlog gauges, the 24-hour forecast, and completing jobs whose last worker
+//! stopped between finishing their last chunk and completing them.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::events::{BacklogMeasured, JobsAtRisk, OrphanCompleting};
+use super::{Engine, EngineError, RESOLUTION_TARGET};
+use crate::store::work;
+use crate::telemetry::emit;
+
+/// How often each replica measures (the figures are the same on every replica).
+const EVERY: Duration = Duration::from_secs(10);
+
+impl Engine {
+    pub(super) async fn monitor_loop(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Ok(backlog) = work::backlog(&self.pool).await {
+                emit(BacklogMeasured {
+                    backlog: &backlog,
+                    now: self.clock.now(),
+                });
+            }
+            if let Ok(at_risk) = self.jobs_at_risk().await {
+                emit(JobsAtRisk(at_risk));
+            }
+            self.complete_orphans().await;
+            self.idle(&shutdown, EVERY).await;
+        }
+    }
+
+    /// Unfinished jobs that cannot finish within the target at the budgeted rate, given the
+    /// window time left before their deadline (off-peak jobs run only in windows).
+    pub async fn jobs_at_risk(&self) -> Result<usize, EngineError> {
+        let now = self.clock.now();
+        let jobs = work::unfinished_jobs(&self.pool).await?;
+        Ok(jobs
+            .iter()
+            .filter(|job| {
+                let deadline = job.received_at + RESOLUTION_TARGET;
+                let available = if job.schedule.as_deref() == Some("off_peak") && !job.expedited {
+                    self.off_peak.open_between(now, deadline)
+                } else {
+                    (deadline - now).max(chrono::Duration::zero())
+                };
+                let needed = chrono::Duration::milliseconds(
+                    (job.remaining as f64 / self.items_per_second * 1000.0) as i64,
+                );
+                needed > available || (job.remaining > 0 && available.is_zero())
+            })
+            .count())
+    }
+
+    /// Complete jobs whose last worker stopped between finishing their last chunk and
+    /// completing them (a crash at that point must not leave a ticket open).
+    async fn complete_orphans(&self) {
+        let Ok(jobs) = work::uncompleted_done_jobs(&self.pool).await else {
+            return;
+        };
+        for job_id in jobs {
+            emit(OrphanCompleting { job_id });
+            if let Err(error) = self.complete(job_id).await {
+                tracing::warn!(%job_id, %error, "cannot complete the job yet");
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Planning: claim a received job, have its kind plan it, store the plan, in one transaction.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::events::{JobAccepted, JobCompleted, JobPlanned, PlanningDeferred};
+use super::kind::{Plan, PlanContext, PlannedItems, StoredJob};
+use super::{Engine, EngineError};
+use crate::domain::{Counts, Failure, FailureCode, JobType, Outcome, Schedule};
+use crate::store::work::{self, JobIdentity};
+use crate::telemetry::emit;
+
+/// How long a job waits after its planning failed for a transient reason: a tenant outage
+/// must not spin the planner.
+const RETRY_AFTER_FAILURE: chrono::Duration = chrono::Duration::seconds(5);
+/// How long a job of a type this release has no kind for waits before it is looked at again.
+const RETRY_UNKNOWN_TYPE: chrono::Duration = chrono::Duration::hours(1);
+
+impl Engine {
+    pub(super) async fn planner_loop(&self, shutdown: CancellationToken) {
+        let mut stored = self.jobs_stored.waiter();
+        while !shutdown.is_cancelled() {
+            match self.plan_next().await {
+                Ok(true) => {}
+                Ok(false) => self.idle_until_nudged(&shutdown, &mut stored).await,
+                Err(error) => {
+                    emit(PlanningDeferred { error: &error });
+                    self.idle(&shutdown, Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Plan the oldest job waiting for it. Returns whether there was one.
+    pub async fn plan_next(&self) -> Result<bool, EngineError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = work::claim_job_to_plan(&mut tx).await? else {
+            return Ok(false);
+        };
+        let job_id = row.id;
+        let job_type = row.job_type.as_deref().and_then(JobType::parse);
+        let span = tracing::info_span!(
+            "plan",
+            job_id = %row.id,
+            message_id = %row.message_id,
+            job_type = job_type.map_or("?", JobType::as_str),
+            ticket = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self.plan_job(&mut tx, row).instrument(span).await;
+        match result {
+            Ok(chunks_planned) => {
+                tx.commit().await?;
+                emit(JobPlanned {
+                    job_type,
+                    took: started.elapsed(),
+                });
+                // Only now can executors see the chunks (and only then is there a point).
+                if chunks_planned {
+                    self.jobs_planned.wake();
+                }
+                Ok(true)
+            }
+            Err(error) => {
+                drop(tx);
+                let _ = work::defer_planning(&self.pool, job_id, RETRY_AFTER_FAILURE).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Plan one claimed job in `tx`. Returns whether chunks were stored.
+    async fn plan_job(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        row: work::JobToPlan,
+    ) -> Result<bool, EngineError> {
+        let job_type = row
+            .job_type
+            .as_deref()
+            .and_then(JobType::parse)
+            .ok_or_else(|| EngineError::Corrupt(format!("job {} has no known type", row.id)))?;
+        let ticket = work::ticket(row.ticket);
+        if let Some(t) = &ticket {
+            tracing::Span::current().record("ticket", t.reference.as_str());
+        }
+        let identity = JobIdentity {
+            id: row.id,
+            message_id: &row.message_id,
+            job_type,
+            ticket: ticket.clone(),
+            dry_run: row.dry_run,
+        };
+        let Some(kind) = self.kinds.get(job_type).cloned() else {
+            // A type this release does not plan waits, stored, for the release that does,
+            // without blocking the planner.
+            tracing::warn!("no planner for this job type in this release; kept for later");
+            work::defer_planning(&mut **tx, row.id, RETRY_UNKNOWN_TYPE).await?;
+            return Ok(false);
+        };
+        let payload = work::job_payload(tx, row.id, kind.list_left_in_database())
+            .await?
+            .ok_or_else(|| EngineError::Corrupt("job without payload".into()))?;
+        let job = StoredJob {
+            id: row.id,
+            message_id: row.message_id.clone(),
+            job_type,
+            dry_run: row.dry_run,
+            ticket,
+            actor: work::actor(row.actor),
+            received_at: row.received_at,
+        };
+        let ctx = PlanContext {
+            tx,
+            tenant: &self.tenant,
+            settings: &self.settings,
+            clock: self.clock.as_ref(),
+            job: &job,
+        };
+        let plan = match kind.plan(ctx, payload).await? {
+            Ok(plan) => plan,
+            Err(error) => Plan::Reject {
+                subject: None,
+                failures: vec![Failure {
+                    item: row.message_id.clone(),
+                    code: FailureCode::InvalidMessage,
+                    detail: format!("payload: {error}"),
+                }],
+            },
+        };
+        let (outcome, subject, failures) = match plan {
+            Plan::Wait { until } => {
+                let delay = (until - self.clock.now()).max(chrono::Duration::zero());
+                work::defer_planning(&mut **tx, job.id, delay).await?;
+                return Ok(false);
+            }
+            Plan::Reject { subject, failures } => (Outcome::Rejected, subject, failures),
+            Plan::Fail { subject, failures } => (Outcome::Failed, subject, failures),
+            Plan::Accept {
+                subject,
+                plan,
+                items,
+            } => {
+                let total = items.len();
+                let now = self.clock.now();
+                let (schedule, earliest_start) = if total > self.large_job_threshold {
+                    (Schedule::OffPeak, self.off_peak.next_open(now))
+                } else {
+                    (Schedule::Immediate, now)
+                };
+                let rows = match items {
+                    PlannedItems::Listed(items) => {
+                        let (keys, specs) = items.into_iter().map(|i| (i.key, i.spec)).unzip();
+                        work::ItemRows::Listed { keys, specs }
+                    }
+                    PlannedItems::Staged { table, count } => {
+                        work::ItemRows::Staged { table, count }
+                    }
+                };
+                work::accept(
+                    tx,
+                    &identity,
+                    &subject,
+                    &plan,
+                    rows,
+                    self.settings.chunk_size,
+                    schedule,
+                    earliest_start,
+                )
+                .await?;
+                emit(JobAccepted {
+                    job_type,
+                    schedule,
+                    total,
+                    earliest_start,
+                });
+                if total > 0 {
+                    return Ok(true);
+                }
+                (Outcome::Succeeded, Some(subject), vec![])
+            }
+        };
+        let failures_listed = failures.len();
+        work::complete_now(
+            tx,
+            &identity,
+            subject.as_ref(),
+            outcome,
+            Counts::default(),
+            failures,
+        )
+        .await?;
+        emit(JobCompleted {
+            job_id: job.id,
+            job_type,
+            outcome,
+            counts: &Counts::default(),
+            failures: failures_listed,
+        });
+        Ok(false)
+    }
+}
