@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::events::{MessageDeadLettered, MessageIngested};
 use super::topology::long_string;
 use super::{BrokerError, wait_for_recovery};
 use crate::configuration::Topology;
@@ -31,13 +32,13 @@ use crate::domain::{JobMessage, Rejection, decode_job};
 use crate::engine::Wakeup;
 use crate::store::StoreError;
 use crate::store::jobs::{self, Recorded};
-use crate::telemetry::metrics as m;
+use crate::telemetry::emit;
 
 /// Longest `x-reconciler-detail` header; details are diagnostics, not payloads.
 const MAX_DETAIL_LEN: usize = 1_000;
 
 /// What ingesting one delivery did (the `outcome` label of
-/// [`m::MESSAGES_RECEIVED_TOTAL`]).
+/// [`crate::telemetry::metrics::MESSAGES_RECEIVED_TOTAL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
     Stored,
@@ -156,11 +157,10 @@ impl Ingest {
                     // and the inbox recognises it as a duplicate.
                     tracing::warn!(%error, "ack failed after commit; the redelivery will be a duplicate");
                 }
-                metrics::counter!(m::MESSAGES_RECEIVED_TOTAL, "outcome" => outcome.as_str())
-                    .increment(1);
-                metrics::histogram!(m::INGEST_DURATION_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
-                tracing::debug!(outcome = outcome.as_str(), "message ingested");
+                emit(MessageIngested {
+                    outcome,
+                    took: started.elapsed(),
+                });
             }
             Err(error) if self.shutdown.is_cancelled() => {
                 tracing::info!(%error, "shutting down; message left to the broker");
@@ -260,7 +260,9 @@ impl Ingest {
         if !confirmation.is_ack() {
             return Err(BrokerError::Nacked);
         }
-        metrics::counter!(m::DEAD_LETTERS_TOTAL, "code" => rejection.code.as_str()).increment(1);
+        emit(MessageDeadLettered {
+            code: rejection.code,
+        });
         if rejection.message_id.is_some() {
             let recorded = self
                 .retry_transient(|| jobs::record_rejection(&self.pool, rejection))

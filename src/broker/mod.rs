@@ -8,6 +8,7 @@
 //!   with coded headers.
 //! * [`relay`] publishes the outbox with publisher confirms.
 
+mod events;
 pub mod ingest;
 pub mod relay;
 pub mod supervisor;

@@ -15,10 +15,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use super::events::{OutboxBacklog, OutboxPublishFailed, OutboxPublished};
 use super::{BrokerError, wait_for_recovery};
 use crate::configuration::OutboxSettings;
 use crate::store::outbox;
-use crate::telemetry::metrics as m;
+use crate::telemetry::emit;
 
 /// The Postgres notification channel the outbox trigger signals.
 const NOTIFY_CHANNEL: &str = "reconciler_outbox";
@@ -71,11 +72,11 @@ impl Relay {
                     return Ok(());
                 }
                 Err(BrokerError::Connection(error)) => {
-                    metrics::counter!(m::OUTBOX_PUBLISH_FAILURES_TOTAL).increment(1);
+                    emit(OutboxPublishFailed);
                     wait_for_recovery(&self.channel, error, self.recovery_timeout).await?;
                 }
                 Err(error) => {
-                    metrics::counter!(m::OUTBOX_PUBLISH_FAILURES_TOTAL).increment(1);
+                    emit(OutboxPublishFailed);
                     return Err(error);
                 }
             }
@@ -133,25 +134,22 @@ impl Relay {
         }
         outbox::mark_published(&mut tx, &ids).await?;
         tx.commit().await.map_err(crate::store::StoreError::from)?;
-        for event in &events {
-            let label = m::EVENT_TYPES
-                .iter()
-                .find(|t| **t == event.event_type)
-                .copied()
-                .unwrap_or("other");
-            metrics::counter!(m::OUTBOX_PUBLISHED_TOTAL, "type" => label).increment(1);
-        }
-        tracing::debug!(count = events.len(), "events published");
+        let event_types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        emit(OutboxPublished {
+            event_types: &event_types,
+        });
         Ok(events.len())
     }
 
     async fn report_backlog(&self) {
         if let Ok((pending, oldest)) = outbox::backlog(&self.pool).await {
-            metrics::gauge!(m::OUTBOX_PENDING).set(pending as f64);
-            let age = oldest
-                .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
-                .unwrap_or(0.0);
-            metrics::gauge!(m::OUTBOX_OLDEST_PENDING_AGE_SECONDS).set(age);
+            let oldest_age = oldest
+                .and_then(|t| (Utc::now() - t).to_std().ok())
+                .unwrap_or_default();
+            emit(OutboxBacklog {
+                pending,
+                oldest_age,
+            });
         }
     }
 

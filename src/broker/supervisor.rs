@@ -20,13 +20,14 @@ use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::events::{BrokerConnection, BrokerReconnected, QueueDepth};
 use super::ingest::{self, Ingest};
 use super::relay::Relay;
 use super::{BrokerError, topology};
 use crate::configuration::{BrokerSettings, OutboxSettings};
 use crate::engine::Wakeup;
 use crate::http::Health;
-use crate::telemetry::metrics as m;
+use crate::telemetry::emit;
 
 /// How often the queue depths are read for the metrics.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(10);
@@ -42,6 +43,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Readiness and the connection gauge follow the broker connection.
+    fn set_connected(&self, connected: bool) {
+        self.health.set_broker_connected(connected);
+        emit(BrokerConnection { connected });
+    }
+
     /// Keep a session running until `shutdown` is cancelled; then let the session finish its
     /// in-flight work and flush the outbox, and return.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -53,7 +60,7 @@ impl Supervisor {
             };
             sessions += 1;
             if sessions > 1 {
-                metrics::counter!(m::BROKER_RECONNECTS_TOTAL).increment(1);
+                emit(BrokerReconnected);
             }
             match self.session(&connection, &shutdown).await {
                 Ok(()) if shutdown.is_cancelled() => {
@@ -66,7 +73,7 @@ impl Supervisor {
                 Ok(()) => tracing::warn!("broker session ended; reconnecting"),
                 Err(error) => tracing::warn!(%error, "broker session failed; reconnecting"),
             }
-            self.health.set_broker_connected(false);
+            self.set_connected(false);
             if !shutdown.is_cancelled() {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
@@ -75,7 +82,7 @@ impl Supervisor {
                 .await;
             }
         }
-        self.health.set_broker_connected(false);
+        self.set_connected(false);
     }
 
     /// Connect and declare the topology, retrying with exponential backoff and jitter for as
@@ -163,7 +170,7 @@ impl Supervisor {
             )
             .await
             .map_err(BrokerError::Connection)?;
-        self.health.set_broker_connected(true);
+        self.set_connected(true);
 
         // `session_stop` ends this session (shutdown, or a failed part); `relay_stop` lets the
         // relay flush only after ingest has drained, so rejections stored during the drain
@@ -233,8 +240,10 @@ impl Supervisor {
                 )
                 .await;
             match declared {
-                Ok(queue) => metrics::gauge!(m::QUEUE_MESSAGES, "queue" => label)
-                    .set(f64::from(queue.message_count())),
+                Ok(queue) => emit(QueueDepth {
+                    queue: label,
+                    messages: queue.message_count(),
+                }),
                 Err(_) => break,
             }
         }
@@ -256,7 +265,7 @@ impl Supervisor {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
             let connected = connection.status().connected();
-            self.health.set_broker_connected(connected);
+            self.set_connected(connected);
             if connected {
                 down_since = None;
                 if last_depth_check.is_none_or(|t| t.elapsed() >= QUEUE_DEPTH_INTERVAL) {

@@ -38,11 +38,6 @@ impl Health {
 
     pub fn set_broker_connected(&self, connected: bool) {
         self.broker_connected.store(connected, Ordering::Relaxed);
-        metrics::gauge!(crate::telemetry::metrics::BROKER_CONNECTED).set(if connected {
-            1.0
-        } else {
-            0.0
-        });
     }
 
     pub fn broker_connected(&self) -> bool {

@@ -220,6 +220,11 @@ fn describe() {
     describe_counter!(JOBS_COMPLETED_TOTAL, "Jobs completed, by type and outcome.");
     describe_counter!(ITEMS_TOTAL, "Items finished, by job type and outcome.");
     describe_histogram!(
+        PLAN_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to plan one job (validate, store desired state, items and chunks), by job type."
+    );
+    describe_histogram!(
         CHUNK_DURATION_SECONDS,
         Unit::Seconds,
         "Time to process one chunk, by job type."

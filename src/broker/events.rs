@@ -1,0 +1,109 @@
+//! What happens at the broker edge, each logged and counted together (see
+//! [`crate::telemetry::event`]).
+
+use std::time::Duration;
+
+use super::ingest::IngestOutcome;
+use crate::domain::FailureCode;
+use crate::telemetry::InternalEvent;
+use crate::telemetry::metrics as m;
+
+/// A job message was taken from the queue and acknowledged.
+pub struct MessageIngested {
+    pub outcome: IngestOutcome,
+    pub took: Duration,
+}
+
+impl InternalEvent for MessageIngested {
+    fn emit(self) {
+        tracing::debug!(outcome = self.outcome.as_str(), "message ingested");
+        metrics::counter!(m::MESSAGES_RECEIVED_TOTAL, "outcome" => self.outcome.as_str())
+            .increment(1);
+        metrics::histogram!(m::INGEST_DURATION_SECONDS).record(self.took.as_secs_f64());
+    }
+}
+
+/// The worker dead-lettered a message it cannot process (confirmed by the broker).
+pub struct MessageDeadLettered {
+    pub code: FailureCode,
+}
+
+impl InternalEvent for MessageDeadLettered {
+    fn emit(self) {
+        metrics::counter!(m::DEAD_LETTERS_TOTAL, "code" => self.code.as_str()).increment(1);
+    }
+}
+
+/// Publishing outbox events failed; they stay pending.
+pub struct OutboxPublishFailed;
+
+impl InternalEvent for OutboxPublishFailed {
+    fn emit(self) {
+        metrics::counter!(m::OUTBOX_PUBLISH_FAILURES_TOTAL).increment(1);
+    }
+}
+
+/// The broker confirmed a batch of events, by event type.
+pub struct OutboxPublished<'a> {
+    pub event_types: &'a [&'a str],
+}
+
+impl InternalEvent for OutboxPublished<'_> {
+    fn emit(self) {
+        for event_type in self.event_types {
+            let label = m::EVENT_TYPES
+                .iter()
+                .find(|t| *t == event_type)
+                .copied()
+                .unwrap_or("other");
+            metrics::counter!(m::OUTBOX_PUBLISHED_TOTAL, "type" => label).increment(1);
+        }
+        tracing::debug!(count = self.event_types.len(), "events published");
+    }
+}
+
+/// The outbox backlog as the relay measured it.
+pub struct OutboxBacklog {
+    pub pending: i64,
+    pub oldest_age: Duration,
+}
+
+impl InternalEvent for OutboxBacklog {
+    fn emit(self) {
+        metrics::gauge!(m::OUTBOX_PENDING).set(self.pending as f64);
+        metrics::gauge!(m::OUTBOX_OLDEST_PENDING_AGE_SECONDS).set(self.oldest_age.as_secs_f64());
+    }
+}
+
+/// The supervisor rebuilt the broker connection after a loss.
+pub struct BrokerReconnected;
+
+impl InternalEvent for BrokerReconnected {
+    fn emit(self) {
+        metrics::counter!(m::BROKER_RECONNECTS_TOTAL).increment(1);
+    }
+}
+
+/// A queue's depth, read passively.
+pub struct QueueDepth {
+    /// One of [`m::QUEUES`].
+    pub queue: &'static str,
+    pub messages: u32,
+}
+
+impl InternalEvent for QueueDepth {
+    fn emit(self) {
+        metrics::gauge!(m::QUEUE_MESSAGES, "queue" => self.queue).set(f64::from(self.messages));
+    }
+}
+
+/// The broker connection came up or went away (readiness follows it).
+pub struct BrokerConnection {
+    pub connected: bool,
+}
+
+impl InternalEvent for BrokerConnection {
+    fn emit(self) {
+        metrics::gauge!(m::BROKER_CONNECTED).set(if self.connected { 1.0 } else { 0.0 });
+    }
+}
