@@ -28,7 +28,7 @@ async fn health_readiness_and_metrics_answer() {
     assert!(text.contains(policy_reconciler::telemetry::metrics::BROKER_CONNECTED));
 
     // Queue depths are read from the broker shortly after connecting.
-    crate::helpers::wait_until(
+    crate::kit::wait_until(
         std::time::Duration::from_secs(5),
         "queue depth gauges",
         || async {

@@ -1,10 +1,16 @@
 //! The one integration-test binary. Worker tests talk to the real PostgreSQL and RabbitMQ, each
 //! in its own database and with its own queue names; tenant and simulator tests run the
-//! simulator in-process on port 0.
+//! simulator in-process on port 0. What they share with the benchmark is in the test kit
+//! (`tests/kit`); `helpers` holds the API tests' own harness on top of it.
 mod deploy;
 mod health;
 mod helpers;
 mod ingest;
+// Shared with the benchmark (`tests/bench`), which uses other parts of it: what one of the two
+// targets leaves unused is not dead.
+#[allow(dead_code)]
+#[path = "../kit/mod.rs"]
+mod kit;
 mod ops;
 mod outbox;
 mod policy;
@@ -13,7 +19,6 @@ mod reconnect;
 mod roles;
 mod schedule;
 mod shutdown;
-mod sim_helpers;
 mod simulator;
 mod tenant;
 mod throttle;

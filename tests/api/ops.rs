@@ -11,7 +11,9 @@ use policy_reconciler::simulator::SimulatorSettings;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, EventQueue, TestApp, spawn_app, spawn_app_with, wait_until};
+use crate::helpers::{AppOptions, TestApp, spawn_app, spawn_app_with};
+use crate::kit::broker::EventQueue;
+use crate::kit::wait_until;
 
 const TICKET: &str = "INC0099001";
 const CANCELLED: &str = "cancelled by an operator";

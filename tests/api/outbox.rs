@@ -6,7 +6,8 @@ use policy_reconciler::domain::{EventHeader, JobAccepted, JobType, Schedule};
 use policy_reconciler::store::outbox;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, wait_until};
+use crate::helpers::spawn_app;
+use crate::kit::wait_until;
 
 #[tokio::test]
 async fn a_stored_event_reaches_a_queue_bound_to_the_events_exchange() {

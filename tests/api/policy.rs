@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{AppOptions, EventQueue, TestApp, spawn_app, spawn_app_with, wait_until};
+use crate::helpers::{AppOptions, TestApp, spawn_app, spawn_app_with};
+use crate::kit::broker::EventQueue;
+use crate::kit::wait_until;
 
 const E3_ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
 

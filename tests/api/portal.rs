@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{EventQueue, TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app};
+use crate::kit::broker::EventQueue;
 
 fn contact(id: &str, name: &str, email: Option<&str>, council: &str) -> Value {
     json!({ "contact_id": id, "name": name, "type": "individual", "email": email,

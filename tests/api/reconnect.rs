@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{AMQP_URI_HOST_PORT, AppOptions, TcpProxy, spawn_app_with, wait_until};
+use crate::helpers::{AppOptions, TcpProxy, spawn_app_with};
+use crate::kit::broker::AMQP_URI_HOST_PORT;
+use crate::kit::wait_until;
 
 #[tokio::test]
 async fn the_worker_reconnects_after_its_connection_is_cut() {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use policy_reconciler::tenant::{GraphClient, Tenant, TenantSettings};
 use serde_json::{Value, json};
 
-use crate::helpers::{EventQueue, TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app};
+use crate::kit::broker::EventQueue;
 
 const PRIMARY: &str = "phone_system_primary_admin";
 const LOCAL: &str = "phone_system_local_admin";

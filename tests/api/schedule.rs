@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use policy_reconciler::engine::clock::ManualClock;
 use serde_json::{Value, json};
 
-use crate::helpers::{AppOptions, EventQueue, spawn_app_with};
+use crate::helpers::{AppOptions, spawn_app_with};
+use crate::kit::broker::EventQueue;
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -3,7 +3,19 @@ use policy_reconciler::simulator::{USAGE_LOCATION_MESSAGE, sku_ids};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::sim_helpers::{licences, seed, start, start_with, token};
+use crate::kit::simulator::{licences, seed, sku, start, start_with, token_response};
+
+/// An access token from the simulator's token endpoint, fetched like any client would; its
+/// answer has the shape of Entra ID's.
+async fn token(
+    http: &reqwest::Client,
+    sim: &policy_reconciler::simulator::SimulatorHandle,
+) -> String {
+    let resp = token_response(http, &sim.base_url(), "any-tenant").await;
+    assert_eq!(resp["token_type"], "Bearer");
+    assert!(resp["expires_in"].as_u64().unwrap() > 0);
+    resp["access_token"].as_str().unwrap().to_owned()
+}
 
 struct Raw {
     http: reqwest::Client,
@@ -87,12 +99,7 @@ async fn subscribed_skus_and_user_select_have_graph_shapes() {
         .call(reqwest::Method::GET, "/subscribedSkus", None)
         .await;
     assert_eq!(status, 200);
-    let e3 = skus["value"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["skuPartNumber"] == "ENTERPRISEPACK")
-        .unwrap();
+    let e3 = sku(&skus, "ENTERPRISEPACK");
     assert_eq!(e3["skuId"], sku_ids::ENTERPRISEPACK.to_string());
     assert!(e3["prepaidUnits"]["enabled"].as_u64().unwrap() > 0);
     assert_eq!(e3["consumedUnits"], 0);

@@ -8,7 +8,7 @@ use policy_reconciler::tenant::{
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::sim_helpers::{client, client_with, licences, seed, seed_users, start, start_with};
+use crate::kit::simulator::{client, client_with, licences, seed, seed_users, start, start_with};
 
 fn e3_change(catalogue: &policy_reconciler::tenant::SkuCatalogue, user: UserRef) -> LicenceChange {
     let toggles = [

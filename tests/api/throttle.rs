@@ -114,7 +114,7 @@ async fn the_shared_rate_drops_on_429_and_recovers() {
     assert_eq!(factor().await, 1.0);
 
     budget.throttled();
-    crate::helpers::wait_until(Duration::from_secs(5), "the rate to drop", || async {
+    crate::kit::wait_until(Duration::from_secs(5), "the rate to drop", || async {
         factor().await < 0.75
     })
     .await;

@@ -5,10 +5,12 @@
 //! (release build) against the local PostgreSQL and RabbitMQ, in a database and with queue
 //! names of its own, runs the scenarios, prints one markdown table and writes the same figures
 //! as JSON (`bench-results/reconcile.json` by default). Everything it creates is removed.
+//! Its database, queue names, simulator, worker process and event queue come from the test kit
+//! it shares with `tests/api` (`tests/kit`).
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,19 +18,26 @@ use clap::Parser;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use policy_reconciler::configuration::{ConfigSources, Settings};
-use policy_reconciler::simulator::{Seed, Shared, SimulatorSettings, default_catalogue};
+use lapin::{BasicProperties, Channel, Connection};
+use policy_reconciler::configuration::Settings;
+use policy_reconciler::simulator::{Seed, SimulatorSettings, default_catalogue};
 use policy_reconciler::tenant::{GraphClient, LicenceChange, Tenant, TenantSettings, UserRef};
 use serde_json::{Value, json};
 use sqlx::{Connection as _, Executor, PgConnection};
-use tokio::net::TcpListener;
 use uuid::Uuid;
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+// Shared with the API tests (`tests/api`), which use other parts of it: what one of the two
+// targets leaves unused is not dead.
+#[allow(dead_code)]
+#[path = "../kit/mod.rs"]
+mod kit;
+
+use kit::broker::{self, EventQueue};
+use kit::simulator::SimThread;
+use kit::{env, worker};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Benchmarks of policy-reconciler")]
@@ -78,74 +87,29 @@ struct Figure {
     met: Option<bool>,
 }
 
-/// The simulator on a runtime of its own (it must not share the measuring thread).
-struct Sim {
-    base_url: String,
-    state: Arc<Shared>,
+/// The simulator on a runtime of its own (it must not share the measuring thread), with two
+/// runtime threads and seats for every scenario: the built-in catalogue with a million of each.
+fn start_simulator() -> SimThread {
+    let sim = SimThread::start_on(SimulatorSettings::for_tests(), 2);
+    let mut skus = default_catalogue();
+    for sku in &mut skus {
+        sku.prepaid_units.enabled = 1_000_000;
+    }
+    sim.state
+        .seed(&Seed {
+            skus: Some(skus),
+            users: vec![],
+            groups: vec![],
+        })
+        .unwrap();
+    sim
 }
 
-impl Sim {
-    fn start() -> Self {
-        let mut settings = SimulatorSettings::for_tests();
-        settings.listen_address = "127.0.0.1:0".into();
-        let state = Arc::new(Shared::from_settings(&settings).expect("simulator state"));
-        // Its own thread and runtime (two workers): it lives until the process ends.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap();
-        let served = state.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let listener = TcpListener::from_std(listener).unwrap();
-                    let _ = policy_reconciler::simulator::serve_shared(
-                        listener,
-                        served,
-                        std::future::pending::<()>(),
-                    )
-                    .await;
-                });
-        });
-        // Seats for every scenario: the built-in catalogue with a million of each.
-        let mut skus = default_catalogue();
-        for sku in &mut skus {
-            sku.prepaid_units.enabled = 1_000_000;
-        }
-        state
-            .seed(&Seed {
-                skus: Some(skus),
-                users: vec![],
-                groups: vec![],
-            })
-            .unwrap();
-        Self {
-            base_url: format!("http://{address}"),
-            state,
-        }
-    }
+/// How the simulated tenant behaves in a scenario (its statistics start again).
+trait Behaviour {
+    fn behave(&self, patch: Value);
 
-    fn seed_users(&self, prefix: &str, n: usize) -> Vec<String> {
-        let upns: Vec<String> = (0..n).map(|i| format!("{prefix}{i}@nhs.net")).collect();
-        for part in upns.chunks(20_000) {
-            let users: Vec<Value> = part
-                .iter()
-                .map(|upn| json!({ "userPrincipalName": upn, "usageLocation": "GB" }))
-                .collect();
-            let seed: Seed = serde_json::from_value(json!({ "users": users })).unwrap();
-            self.state.seed(&seed).unwrap();
-        }
-        upns
-    }
-
-    fn behave(&self, patch: Value) {
-        self.state.set_behaviour(&patch).expect("valid behaviour");
-        self.state.reset_stats();
-    }
-
+    /// No latency and no limits.
     fn unlimited(&self) {
         self.behave(
             json!({ "latency_ms": 0, "latency_jitter_ms": 0, "writes_per_window": 0,
@@ -154,15 +118,22 @@ impl Sim {
     }
 }
 
+impl Behaviour for SimThread {
+    fn behave(&self, patch: Value) {
+        self.state.set_behaviour(&patch).expect("valid behaviour");
+        self.state.reset_stats();
+    }
+}
+
 /// A worker process and what it needs.
 struct Bench {
     id: String,
     env: HashMap<String, String>,
     settings: Settings,
-    sim: Sim,
+    sim: SimThread,
     amqp: Connection,
     channel: Channel,
-    events: lapin::Consumer,
+    events: EventQueue,
     worker: Option<Child>,
     /// The worker's /metrics port.
     worker_port: u16,
@@ -170,48 +141,22 @@ struct Bench {
 
 impl Bench {
     async fn new() -> Self {
-        let id = Uuid::new_v4().simple().to_string()[..10].to_owned();
-        let sim = Sim::start();
-        let env: HashMap<String, String> = [
-            ("DATABASE__DATABASE_NAME", format!("pr_bench_{id}")),
-            ("HTTP__LISTEN_ADDRESS", "127.0.0.1:0".into()),
-            ("LOG__LEVEL", "warn".into()),
-            ("LOG__FORMAT", "json".into()),
-            (
-                "BROKER__TOPOLOGY__JOBS_EXCHANGE",
-                format!("bench.{id}.jobs"),
-            ),
-            ("BROKER__TOPOLOGY__JOBS_QUEUE", format!("bench.{id}.jobs")),
-            (
-                "BROKER__TOPOLOGY__DEAD_LETTER_EXCHANGE",
-                format!("bench.{id}.dlx"),
-            ),
-            (
-                "BROKER__TOPOLOGY__DEAD_LETTER_QUEUE",
-                format!("bench.{id}.jobs.dead"),
-            ),
-            (
-                "BROKER__TOPOLOGY__EVENTS_EXCHANGE",
-                format!("bench.{id}.events"),
-            ),
-            ("OUTBOX__POLL_INTERVAL_MS", "100".into()),
-            ("ENGINE__POLL_INTERVAL_MS", "50".into()),
-            ("TENANT__GRAPH_BASE_URL", sim.base_url.clone()),
-            ("TENANT__LOGIN_BASE_URL", sim.base_url.clone()),
-            ("TENANT__WRITES_PER_SECOND", "0".into()),
-            ("SCHEDULE__LARGE_JOB_THRESHOLD", "100000000".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("RECONCILER__{k}"), v))
-        .collect();
-        let settings = Settings::load_with(
-            &ConfigSources::default(),
-            config::Environment::default().source(Some(env.clone())),
-        )
-        .expect("bench settings");
-        let amqp = Connection::connect(AMQP, ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672");
+        let id = kit::run_id();
+        let sim = start_simulator();
+        let mut env = env::isolated("bench", &id);
+        env.extend(env::variables(
+            [
+                ("LOG__LEVEL", "warn".into()),
+                ("LOG__FORMAT", "json".into()),
+                ("OUTBOX__POLL_INTERVAL_MS", "100".into()),
+                ("ENGINE__POLL_INTERVAL_MS", "50".into()),
+                ("SCHEDULE__LARGE_JOB_THRESHOLD", "100000000".into()),
+            ]
+            .into_iter()
+            .chain(env::simulated_tenant(&sim.base_url)),
+        ));
+        let settings = env::settings(&env);
+        let amqp = broker::connect().await;
         let channel = amqp.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -222,37 +167,13 @@ impl Bench {
         policy_reconciler::broker::topology::declare(&channel, t, settings.broker.delivery_limit)
             .await
             .expect("topology");
-        let events_queue = format!("bench.{id}.events");
-        channel
-            .queue_declare(
-                events_queue.as_str().into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                events_queue.as_str().into(),
-                t.events_exchange.as_str().into(),
-                "job.completed".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let events = amqp
-            .create_channel()
-            .await
-            .unwrap()
-            .basic_consume(
-                events_queue.as_str().into(),
-                "bench".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let events = EventQueue::declare(
+            &amqp,
+            &events_queue(&id),
+            &t.events_exchange,
+            "job.completed",
+        )
+        .await;
         Self {
             id,
             env,
@@ -269,16 +190,9 @@ impl Bench {
     /// (Re)start the worker process with `extra` settings; wait until it is ready.
     async fn start_worker(&mut self, extra: &[(&str, String)]) {
         self.stop_worker();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_policy-reconciler"));
+        let port = worker::free_port();
+        let mut command = worker::command(&self.env);
         command
-            .arg("run")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .envs(&self.env)
             .env(
                 "RECONCILER__HTTP__LISTEN_ADDRESS",
                 format!("127.0.0.1:{port}"),
@@ -290,30 +204,12 @@ impl Bench {
         }
         self.worker = Some(command.spawn().expect("worker binary"));
         self.worker_port = port;
-        let client = reqwest::Client::new();
-        let url = format!("http://127.0.0.1:{port}/readyz");
-        for _ in 0..600 {
-            if matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the worker did not become ready");
+        worker::wait_ready(&format!("127.0.0.1:{port}")).await;
     }
 
     fn stop_worker(&mut self) {
         if let Some(mut child) = self.worker.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            for _ in 0..400 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            worker::terminate(&mut child, Duration::from_secs(20));
         }
     }
 
@@ -361,21 +257,12 @@ impl Bench {
                            "sent_at": chrono::Utc::now().to_rfc3339(), "dry_run": false,
                            "ticket": { "reference": "INC-BENCH", "originator": "bench@nhs.net" },
                            "payload": payload });
-        self.channel
-            .basic_publish(
-                self.settings.broker.topology.jobs_exchange.as_str().into(),
-                job_type.into(),
-                BasicPublishOptions::default(),
-                body.to_string().as_bytes(),
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into())
-                    .with_message_id(message_id.as_str().into()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        broker::publish_job(
+            &self.channel,
+            &self.settings.broker.topology.jobs_exchange,
+            &body,
+        )
+        .await;
         message_id
     }
 
@@ -394,13 +281,11 @@ impl Bench {
                               "members": members, "total_members": members.len() });
         let message_id = self.publish("policy.changed", payload).await;
         loop {
-            let delivery = tokio::time::timeout(Duration::from_secs(900), self.events.next())
+            let event = self
+                .events
+                .next(Duration::from_secs(900))
                 .await
-                .expect("job.completed within 15 minutes")
-                .unwrap()
-                .unwrap();
-            delivery.ack(BasicAckOptions::default()).await.unwrap();
-            let event: Value = serde_json::from_slice(&delivery.data).unwrap();
+                .expect("job.completed within 15 minutes");
             if event["source_message_id"] == message_id.as_str() {
                 assert_eq!(event["outcome"], "succeeded", "{event}");
                 let elapsed = started.elapsed();
@@ -463,34 +348,22 @@ impl Bench {
 
     async fn cleanup(mut self) {
         self.stop_worker();
-        let t = self.settings.broker.topology.clone();
-        if let Ok(channel) = self.amqp.create_channel().await {
-            for queue in [
-                t.jobs_queue,
-                t.dead_letter_queue,
-                format!("bench.{}.events", self.id),
-                format!("bench.{}.bare", self.id),
-            ] {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in [t.jobs_exchange, t.dead_letter_exchange, t.events_exchange] {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
-        if let Ok(mut conn) = PgConnection::connect_with(&self.settings.database.without_db()).await
-        {
-            let _ = conn
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.settings.database.database_name
-                )))
-                .await;
-        }
+        kit::remove_run(
+            &self.settings,
+            &[events_queue(&self.id), bare_queue(&self.id)],
+        )
+        .await;
     }
+}
+
+/// The queue of the `job.completed` events the bench waits for.
+fn events_queue(id: &str) -> String {
+    format!("bench.{id}.events")
+}
+
+/// The queue of the bare-consumer baseline of the ingest scenario.
+fn bare_queue(id: &str) -> String {
+    format!("bench.{id}.bare")
 }
 
 /// The median (the mean of the middle two for an even count).
@@ -589,7 +462,7 @@ fn figure(
 
 /// The engine's work without broker, database or engine: the same client, the same rounds
 /// (read, write what differs, read back), the same chunking and concurrency.
-async fn direct_loop(sim: &Sim, members: &[String], settings: &Settings) -> Duration {
+async fn direct_loop(sim: &SimThread, members: &[String], settings: &Settings) -> Duration {
     let mut tenant = TenantSettings::for_simulator(&sim.base_url);
     tenant.batch_size = settings.tenant.batch_size;
     tenant.batch_concurrency = settings.tenant.batch_concurrency;
@@ -640,22 +513,9 @@ async fn direct_loop(sim: &Sim, members: &[String], settings: &Settings) -> Dura
 }
 
 /// What a resolver's script does today: for each user, read, then assign; one at a time.
-async fn manual_script(sim: &Sim, members: &[String]) -> Duration {
+async fn manual_script(sim: &SimThread, members: &[String]) -> Duration {
     let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{}/tenant/oauth2/v2.0/token", sim.base_url))
-        .form(&[
-            ("client_id", "policy-reconciler-dev"),
-            ("client_secret", "simulator-secret"),
-            ("scope", "https://graph.microsoft.com/.default"),
-            ("grant_type", "client_credentials"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = kit::simulator::token_response(&http, &sim.base_url, "tenant").await;
     let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
     let skus: Value = http
         .get(format!("{}/v1.0/subscribedSkus", sim.base_url))
@@ -666,12 +526,7 @@ async fn manual_script(sim: &Sim, members: &[String]) -> Duration {
         .json()
         .await
         .unwrap();
-    let sku = skus["value"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["skuPartNumber"] == "ENTERPRISEPACK")
-        .unwrap();
+    let sku = kit::simulator::sku(&skus, "ENTERPRISEPACK");
     let disabled: Vec<Value> = sku["servicePlans"]
         .as_array()
         .unwrap()
@@ -704,7 +559,7 @@ async fn manual_script(sim: &Sim, members: &[String]) -> Duration {
 
 /// A consumer that only acknowledges: the ceiling of ingest on this machine.
 async fn bare_consumer(bench: &Bench, messages: usize) -> Duration {
-    let queue = format!("bench.{}.bare", bench.id);
+    let queue = bare_queue(&bench.id);
     let channel = bench.amqp.create_channel().await.unwrap();
     let mut args = FieldTable::default();
     args.insert(
