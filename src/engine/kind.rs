@@ -47,6 +47,11 @@ pub trait JobKind: Send + Sync + 'static {
     /// the database instead.
     const LIST_LEFT_IN_DATABASE: Option<&'static str> = None;
 
+    /// Whether applying writes to the tenant. Only such jobs wait for the off-peak windows
+    /// when large: the windows protect the tenant's write budget and its daytime users, and a
+    /// kind that writes only to our own store (portal access) has nothing to protect them from.
+    const WRITES_TO_TENANT: bool = true;
+
     /// Validate the job, update desired state (unless a dry run) and list its items.
     async fn plan(
         &self,

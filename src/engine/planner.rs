@@ -12,6 +12,18 @@ use crate::domain::{Counts, Failure, FailureCode, JobType, Outcome, Schedule};
 use crate::store::work::{self, JobIdentity};
 use crate::telemetry::emit;
 
+/// Whether a planning failure will happen again however often the job is planned: the
+/// database refused what the job holds (a value too large for an index, say) or stored data
+/// does not decode. Such a job is rejected rather than planned again forever. Tenant trouble
+/// is never permanent here: the job waits for the tenant.
+fn is_permanent(error: &EngineError) -> bool {
+    match error {
+        EngineError::Store(e) => !e.is_transient(),
+        EngineError::Corrupt(_) => true,
+        EngineError::Tenant(_) => false,
+    }
+}
+
 /// How long a job waits after its planning failed for a transient reason: a tenant outage
 /// must not spin the planner.
 const RETRY_AFTER_FAILURE: chrono::Duration = chrono::Duration::seconds(5);
@@ -49,8 +61,62 @@ impl Engine {
             ticket = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = self.plan_job(&mut tx, row).instrument(span).await;
+        // What a rejection needs, should planning fail for good.
+        let message_id = row.message_id.clone();
+        let ticket = row.ticket.clone();
+        let dry_run = row.dry_run;
+        // A savepoint: a permanent failure undoes the kind's work but keeps the job's lock.
+        let mut attempt = sqlx::Acquire::begin(&mut *tx).await?;
+        let result = self
+            .plan_job(&mut attempt, row)
+            .instrument(span.clone())
+            .await;
+        let result = match result {
+            Ok(planned) => attempt.commit().await.map(|()| planned).map_err(Into::into),
+            Err(error) => {
+                attempt.rollback().await?;
+                Err(error)
+            }
+        };
         match result {
+            Err(error) if is_permanent(&error) => {
+                let Some(job_type) = job_type else {
+                    return Err(error);
+                };
+                let identity = JobIdentity {
+                    id: job_id,
+                    message_id: &message_id,
+                    job_type,
+                    ticket: work::ticket(ticket),
+                    dry_run,
+                };
+                let failure = Failure {
+                    item: message_id.clone(),
+                    code: FailureCode::InvalidMessage,
+                    detail: format!("the job cannot be planned: {error}"),
+                };
+                let _entered = span.enter();
+                tracing::error!(%error, "planning failed for good; the job is rejected");
+                drop(_entered);
+                work::complete_now(
+                    &mut tx,
+                    &identity,
+                    None,
+                    Outcome::Rejected,
+                    Counts::default(),
+                    vec![failure],
+                )
+                .await?;
+                tx.commit().await?;
+                emit(JobCompleted {
+                    job_id,
+                    job_type,
+                    outcome: Outcome::Rejected,
+                    counts: &Counts::default(),
+                    failures: 1,
+                });
+                Ok(true)
+            }
             Ok(chunks_planned) => {
                 tx.commit().await?;
                 emit(JobPlanned {
@@ -145,7 +211,8 @@ impl Engine {
             } => {
                 let total = items.len();
                 let now = self.clock.now();
-                let (schedule, earliest_start) = if total > self.large_job_threshold {
+                let large = total > self.large_job_threshold && kind.writes_to_tenant();
+                let (schedule, earliest_start) = if large {
                     (Schedule::OffPeak, self.off_peak.next_open(now))
                 } else {
                     (Schedule::Immediate, now)

@@ -80,6 +80,7 @@ impl JobKind for GrantKind {
     type Plan = GrantPlan;
     type Spec = GrantSpec;
     const JOB_TYPE: JobType = JobType::PortalAccessGrant;
+    const WRITES_TO_TENANT: bool = false;
 
     async fn plan(
         &self,
@@ -107,6 +108,7 @@ impl JobKind for ActivatedKind {
     type Plan = NoPlan;
     type Spec = ();
     const JOB_TYPE: JobType = JobType::PortalAccessActivated;
+    const WRITES_TO_TENANT: bool = false;
 
     async fn plan(
         &self,
@@ -135,6 +137,7 @@ impl JobKind for RemindKind {
     type Plan = NoPlan;
     type Spec = ();
     const JOB_TYPE: JobType = JobType::PortalAccessRemind;
+    const WRITES_TO_TENANT: bool = false;
 
     async fn plan(
         &self,

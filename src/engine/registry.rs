@@ -27,6 +27,8 @@ pub(crate) type StoredPlan = Plan<Value, String>;
 pub(crate) trait AnyKind: Send + Sync {
     fn list_left_in_database(&self) -> Option<&'static str>;
 
+    fn writes_to_tenant(&self) -> bool;
+
     /// Plan the job whose stored payload is `payload`; `Ok(Err(_))` when the payload is not
     /// one of this kind.
     async fn plan(
@@ -53,6 +55,10 @@ fn corrupt(what: &str, error: serde_json::Error) -> EngineError {
 impl<K: JobKind> AnyKind for Registered<K> {
     fn list_left_in_database(&self) -> Option<&'static str> {
         K::LIST_LEFT_IN_DATABASE
+    }
+
+    fn writes_to_tenant(&self) -> bool {
+        K::WRITES_TO_TENANT
     }
 
     async fn plan(

@@ -652,3 +652,39 @@ async fn a_job_left_with_every_chunk_done_is_completed_by_the_monitor() {
         .unwrap();
     assert_eq!(state, "completed");
 }
+
+/// A job the database cannot store the desired state of (a policy id of 8 KB is too large for
+/// its index) is rejected once, with a code: never planned again and again.
+#[tokio::test]
+async fn a_job_that_can_never_be_planned_is_rejected_not_retried() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let members = app.sim.seed_users("big-id", 2);
+    // Random, so that PostgreSQL cannot compress it below its index's limit.
+    let id: String = (0..228)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    let job = publish(
+        &app,
+        "policy.changed",
+        changed(policy(&id, 1, "ENTERPRISEPACK", json!({})), &members),
+    )
+    .await;
+    let done = completion(&mut events, &job["message_id"], &mut seen).await;
+    let failure = &done["failures"][0];
+    assert_eq!(done["outcome"], "rejected", "{failure}");
+    assert_eq!(failure["code"], "invalid_message", "{failure}");
+    assert_eq!(app.sim.licence_writes(), 0);
+    // No second completion, and the job is not planned again.
+    for event in events.drain(Duration::from_secs(2)).await {
+        assert_ne!(event["type"], "job.completed", "{event}");
+    }
+    let planned_again: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE state <> 'completed' OR plan_not_before > now()",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(planned_again, 0);
+}

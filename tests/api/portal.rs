@@ -618,3 +618,41 @@ async fn a_batch_naming_a_contact_twice_is_rejected_and_stores_nothing() {
     assert!(of_job.is_empty(), "{of_job:?}");
     assert!(stored(&app).await.is_empty());
 }
+
+/// Portal access writes nothing to the tenant, so a batch larger than the off-peak threshold
+/// still runs at once (at 10:00 on a Tuesday, with every window closed).
+#[tokio::test]
+async fn a_large_portal_batch_runs_at_once_in_the_daytime() {
+    use policy_reconciler::engine::clock::ManualClock;
+    use std::sync::Arc;
+
+    let clock = Arc::new(ManualClock::new(
+        "2026-11-24T10:00:00Z".parse().expect("a time"),
+    ));
+    let mut app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        clock: Some(clock),
+        ..Default::default()
+    })
+    .await;
+    let mut events = app.event_queue().await;
+    let batch: Vec<Value> = (0..1_500)
+        .map(|i| {
+            contact(
+                &format!("c-{i:04}"),
+                &format!("Clerk {i}"),
+                Some(&format!("clerk{i}@p{i}.gov.uk")),
+                &format!("P{i} PC"),
+            )
+        })
+        .collect();
+    let job = app.job("portal_access.grant", grant("Large", &batch));
+    let (done, of_job) = run(&app, &mut events, &job).await;
+    let accepted = of_job
+        .iter()
+        .find(|e| e["type"] == "job.accepted")
+        .expect("a job.accepted");
+    assert_eq!(accepted["schedule"], "immediate", "{accepted}");
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 1_500, "{done}");
+    assert_eq!(emails(&of_job, "portal_invitation").len(), 1_500);
+}
