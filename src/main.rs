@@ -1,5 +1,7 @@
 //! The `policy-reconciler` binary: parse the command line and hand over to the library.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use policy_reconciler::cli::{Cli, Command, JobsCommand};
@@ -7,9 +9,35 @@ use policy_reconciler::configuration::Settings;
 use policy_reconciler::startup::{Application, shutdown_signal};
 use policy_reconciler::{ops, simulator, store, telemetry};
 
+/// Runs the command; a failure is printed once, as one line of causes (no backtrace, even
+/// with `RUST_BACKTRACE` set: these are operator mistakes and outages, not bugs), and the
+/// process exits 1.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", causes(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, joined with `: `, each said once: a cause whose text its
+/// parent already quotes is left out.
+fn causes(error: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if said.last().is_some_and(|parent| parent.contains(&text)) {
+            continue;
+        }
+        said.push(text);
+    }
+    said.join(": ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Permissions = cli.command {
         // Needs no configuration. A closed pipe (`| head`) is not an error worth a panic.
         use std::io::Write;

@@ -45,3 +45,23 @@ async fn run_stops_cleanly_with_exit_code_0_on_sigterm() {
     cleanup(&settings, &[]);
     assert_eq!(exit.code(), Some(0), "{exit:?}");
 }
+
+/// A configuration mistake is one line naming the key, each cause once, and no backtrace even
+/// with `RUST_BACKTRACE=1`; the exit code is 1.
+#[test]
+fn a_configuration_mistake_is_one_clear_line() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_policy-reconciler"))
+        .arg("check-config")
+        .env("RUST_BACKTRACE", "1")
+        .env("RECONCILER__ENGINE__CHUNK_SIZE", "0")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains("engine.chunk_size"), "{stderr}");
+    assert_eq!(lines[0].matches("engine.chunk_size").count(), 1, "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
