@@ -3,7 +3,7 @@
 
 pub mod budget;
 mod error;
-pub mod jobs;
+pub mod inbox;
 pub mod outbox;
 pub mod policies;
 pub mod portal;
