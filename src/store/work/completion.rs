@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::JobIdentity;
+use super::{JobIdentity, JobState};
 use crate::domain::{
     Counts, EventHeader, Failure, FailureCode, JobCompleted, JobType, MAX_FAILURES_LISTED, Outcome,
     Ticket,
@@ -139,7 +139,7 @@ pub async fn complete_if_done_in(
 ) -> Result<Option<(JobType, Outcome, Counts)>, StoreError> {
     #[derive(sqlx::FromRow)]
     struct Row {
-        state: String,
+        state: JobState,
         message_id: String,
         job_type: Option<String>,
         dry_run: bool,
@@ -167,7 +167,7 @@ pub async fn complete_if_done_in(
     else {
         return Ok(None);
     };
-    if state == "completed" {
+    if state == JobState::Completed {
         return Ok(None);
     }
     let open: i64 =

@@ -24,9 +24,13 @@ mod monitor;
 mod planning;
 
 use serde_json::Value;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Type};
 use uuid::Uuid;
 
-use crate::domain::{Actor, JobType, Ticket};
+use crate::domain::{Actor, JobType, Schedule, Ticket};
 
 pub use chunks::{
     ChunkJob, ClaimLimits, ClaimedChunk, Outcomes, Recorded, chunk_job, claim_chunk, open_items,
@@ -60,3 +64,99 @@ pub fn actor(value: Option<Value>) -> Option<Actor> {
 pub fn ticket(value: Option<Value>) -> Option<Ticket> {
     value.and_then(|v| serde_json::from_value(v).ok())
 }
+
+/// Where a job is in its life (`jobs.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    /// Stored by the inbox, waiting to be planned.
+    Received,
+    /// Planned: its items are in chunks, none claimed yet.
+    Accepted,
+    /// A chunk has been claimed.
+    Running,
+    /// Done, with an outcome and its `job.completed` event.
+    Completed,
+}
+
+impl JobState {
+    pub const ALL: [Self; 4] = [
+        Self::Received,
+        Self::Accepted,
+        Self::Running,
+        Self::Completed,
+    ];
+
+    /// The label in the database and in the operators' output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Accepted => "accepted",
+            Self::Running => "running",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+/// Where a chunk is (`job_chunks.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChunkState {
+    /// Claimable once due (never claimed, or given back).
+    Pending,
+    /// Leased by a worker (claimable again once the lease expires).
+    Running,
+    /// Every item has an outcome (or the job ended early).
+    Done,
+}
+
+impl ChunkState {
+    pub const ALL: [Self; 3] = [Self::Pending, Self::Running, Self::Done];
+
+    /// The label in the database and in the operators' output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+        }
+    }
+}
+
+/// Map an enum to a `text` column (whose CHECK lists the labels) through its `as_str`: it is
+/// bound as a plain `text` parameter, as a string was, so statements and their plans are
+/// unchanged; a label the enum does not know fails to decode.
+macro_rules! text_column {
+    ($type:ty, $what:literal, $all:expr) => {
+        impl Type<Postgres> for $type {
+            fn type_info() -> PgTypeInfo {
+                <str as Type<Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &PgTypeInfo) -> bool {
+                <str as Type<Postgres>>::compatible(ty)
+            }
+        }
+
+        impl Encode<'_, Postgres> for $type {
+            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> Decode<'r, Postgres> for $type {
+            fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+                let label = <&str as Decode<Postgres>>::decode(value)?;
+                $all.into_iter()
+                    .find(|known| known.as_str() == label)
+                    .ok_or_else(|| format!("unknown {} {label:?}", $what).into())
+            }
+        }
+    };
+}
+
+text_column!(JobState, "job state", JobState::ALL);
+text_column!(ChunkState, "chunk state", ChunkState::ALL);
+text_column!(
+    Schedule,
+    "schedule",
+    [Schedule::Immediate, Schedule::OffPeak]
+);

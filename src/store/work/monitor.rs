@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::domain::Schedule;
 use crate::store::StoreError;
 
 /// Figures for the operators' gauges.
@@ -48,7 +49,7 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
 pub struct UnfinishedJob {
     pub id: Uuid,
     pub received_at: DateTime<Utc>,
-    pub schedule: Option<String>,
+    pub schedule: Option<Schedule>,
     pub expedited: bool,
     /// Items without an outcome (all of them before planning: unknown, counted as 0).
     pub remaining: i64,

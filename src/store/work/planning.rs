@@ -147,10 +147,6 @@ pub async fn accept(
     .bind(chunks as i32)
     .execute(&mut **tx)
     .await?;
-    let schedule_text = match schedule {
-        Schedule::Immediate => "immediate",
-        Schedule::OffPeak => "off_peak",
-    };
     sqlx::query(
         "UPDATE jobs SET state = 'accepted', plan = $2, subject = $3, total_items = $4,
                 schedule = $5, earliest_start = $6, accepted_at = now(), updated_at = now()
@@ -160,7 +156,7 @@ pub async fn accept(
     .bind(plan)
     .bind(subject)
     .bind(total)
-    .bind(schedule_text)
+    .bind(schedule)
     .bind(earliest_start)
     .execute(&mut **tx)
     .await?;
