@@ -64,6 +64,14 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// One round trip to the database (readiness).
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(pool)
+        .await?;
+    Ok(())
+}
+
 /// Whether every embedded migration is applied (readiness).
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, StoreError> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);

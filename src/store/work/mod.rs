@@ -12,7 +12,12 @@
 //! * completion: [`complete_now`], [`all_chunks_done`], [`complete_if_done`],
 //!   [`complete_if_done_in`], [`uncompleted_done_jobs`], and ending a job early
 //!   ([`end_early_in`], [`older_policy_jobs`] for supersession);
-//! * the monitor's reads: [`backlog`], [`unfinished_jobs`].
+//! * the monitor's reads: [`backlog`], [`unfinished_jobs`];
+//! * the operators' reads ([`views`]: the job list, a job in detail) and controls
+//!   ([`controls`]: pause, resume, expedite, cancel), naming a job by a [`JobRef`].
+//!
+//! States are enums ([`JobState`], [`ChunkState`], and [`Schedule`]) mapped to the
+//! `text` columns that hold their labels.
 //!
 //! Every claim uses `FOR UPDATE SKIP LOCKED`, so any number of replicas share the work
 //! without blocking each other; every write by a chunk's worker is guarded by its lease, so a
@@ -20,8 +25,10 @@
 
 mod chunks;
 mod completion;
+pub mod controls;
 mod monitor;
 mod planning;
+pub mod views;
 
 use serde_json::Value;
 use sqlx::encode::IsNull;
@@ -63,6 +70,24 @@ pub fn actor(value: Option<Value>) -> Option<Actor> {
 /// Decode a stored ticket.
 pub fn ticket(value: Option<Value>) -> Option<Ticket> {
     value.and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// An operator's name for a job: its `id` (a UUID) or its `message_id`, whichever they have
+/// (the ticket shows the latter). A `message_id` may itself be a UUID, so both are tried.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRef<'a> {
+    id: Option<Uuid>,
+    message_id: &'a str,
+}
+
+impl<'a> JobRef<'a> {
+    /// `job` as typed, surrounding blanks aside.
+    pub fn parse(job: &'a str) -> Self {
+        Self {
+            id: Uuid::parse_str(job.trim()).ok(),
+            message_id: job.trim(),
+        }
+    }
 }
 
 /// Where a job is in its life (`jobs.state`).
