@@ -3,6 +3,7 @@
 
 pub mod budget;
 mod error;
+mod events;
 pub mod inbox;
 pub mod outbox;
 pub mod policies;
@@ -16,6 +17,8 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 pub use error::StoreError;
 
 use crate::configuration::DatabaseSettings;
+use crate::telemetry::emit;
+use events::DatabaseCreated;
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -43,7 +46,9 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), StoreErr
                 return Err(error.into());
             }
         }
-        tracing::info!(database = %settings.database_name, "created database");
+        emit(DatabaseCreated {
+            database: &settings.database_name,
+        });
     }
     conn.close().await.ok();
     Ok(())
