@@ -1,5 +1,22 @@
-//! PostgreSQL, the source of truth: connection pool, embedded migrations, and the tables each
-//! part owns (the inbox and jobs, the outbox).
+//! PostgreSQL, the source of truth: connection pool, embedded migrations, and every query
+//! the service makes. No SQL lives outside this module (and `migrations/`).
+//!
+//! What the store holds, by module:
+//!
+//! | Module | Tables | What for |
+//! |---|---|---|
+//! | [`inbox`] | `inbox`, `jobs` (new rows) | a received message recorded once: a job, a rejection, or a duplicate |
+//! | [`work`] | `jobs`, `job_chunks`, `job_items` | the job lifecycle: planning, chunks and leases, completion, the monitor's reads, and (in [`work::views`] and [`work::controls`]) the operators' reads and controls |
+//! | [`outbox`] | `outbox` | events written with the state they report, for the relay to publish |
+//! | [`policies`] | `policies`, `policy_members` | desired state of user policies |
+//! | [`roles`] | `admin_roles`, `ods_mappings`, `admin_role_notifications` | desired state of Phone System admin roles |
+//! | [`portal`] | `portal_contacts` | contacts granted portal access, and what was done about them |
+//! | [`budget`] | `write_budget` | the tenant write budget shared by every replica |
+//!
+//! Here: creating the database, the pool, migrations, and the readiness checks ([`ping`],
+//! [`migrations_applied`]). Job, chunk and schedule states are Rust enums
+//! ([`work::JobState`], [`work::ChunkState`], [`crate::domain::Schedule`]) mapped to their
+//! `text` columns. What happens here is logged and counted through `store::events`.
 
 pub mod budget;
 mod error;
