@@ -31,7 +31,7 @@ use crate::configuration::Topology;
 use crate::domain::{JobMessage, Rejection, decode_job};
 use crate::engine::Wakeup;
 use crate::store::StoreError;
-use crate::store::jobs::{self, Recorded};
+use crate::store::inbox::{self, Recorded};
 use crate::telemetry::emit;
 
 /// Longest `x-reconciler-detail` header; details are diagnostics, not payloads.
@@ -181,7 +181,7 @@ impl Ingest {
 
     async fn store(&self, job: &JobMessage<'_>) -> Result<IngestOutcome, BrokerError> {
         let recorded = self
-            .retry_transient(|| jobs::record_job(&self.pool, job))
+            .retry_transient(|| inbox::record_job(&self.pool, job))
             .await?;
         Ok(match recorded {
             Recorded::New(id) => {
@@ -205,7 +205,7 @@ impl Ingest {
     ) -> Result<IngestOutcome, BrokerError> {
         if let Some(message_id) = &rejection.message_id {
             let seen = self
-                .retry_transient(|| jobs::seen(&self.pool, message_id.as_str()))
+                .retry_transient(|| inbox::seen(&self.pool, message_id.as_str()))
                 .await?;
             if seen {
                 tracing::info!("rejected message with a message_id seen before; acknowledged");
@@ -265,7 +265,7 @@ impl Ingest {
         });
         if rejection.message_id.is_some() {
             let recorded = self
-                .retry_transient(|| jobs::record_rejection(&self.pool, rejection))
+                .retry_transient(|| inbox::record_rejection(&self.pool, rejection))
                 .await?;
             let (Recorded::New(id) | Recorded::Duplicate(id)) = recorded;
             tracing::Span::current().record("job_id", tracing::field::display(id));

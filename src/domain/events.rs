@@ -52,6 +52,16 @@ pub enum Schedule {
     OffPeak,
 }
 
+impl Schedule {
+    /// The label in events, metrics and the `jobs.schedule` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Immediate => "immediate",
+            Self::OffPeak => "off_peak",
+        }
+    }
+}
+
 /// Published once the job is planned.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobAccepted {

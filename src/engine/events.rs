@@ -11,13 +11,6 @@ use crate::store::work::Backlog;
 use crate::telemetry::InternalEvent;
 use crate::telemetry::metrics as m;
 
-fn schedule_label(schedule: Schedule) -> &'static str {
-    match schedule {
-        Schedule::Immediate => "immediate",
-        Schedule::OffPeak => "off_peak",
-    }
-}
-
 /// A job was planned and its chunks stored.
 pub struct JobAccepted {
     pub job_type: JobType,
@@ -28,7 +21,7 @@ pub struct JobAccepted {
 
 impl InternalEvent for JobAccepted {
     fn emit(self) {
-        let schedule = schedule_label(self.schedule);
+        let schedule = self.schedule.as_str();
         tracing::info!(total = self.total, schedule, earliest_start = %self.earliest_start, "job accepted");
         metrics::counter!(m::JOBS_ACCEPTED_TOTAL, "job_type" => self.job_type.as_str(), "schedule" => schedule)
             .increment(1);

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{BacklogMeasured, JobsAtRisk, OrphanCompleting};
 use super::{Engine, EngineError, RESOLUTION_TARGET};
+use crate::domain::Schedule;
 use crate::store::work;
 use crate::telemetry::emit;
 
@@ -39,7 +40,7 @@ impl Engine {
             .iter()
             .filter(|job| {
                 let deadline = job.received_at + RESOLUTION_TARGET;
-                let available = if job.schedule.as_deref() == Some("off_peak") && !job.expedited {
+                let available = if job.schedule == Some(Schedule::OffPeak) && !job.expedited {
                     self.off_peak.open_between(now, deadline)
                 } else {
                     (deadline - now).max(chrono::Duration::zero())

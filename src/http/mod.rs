@@ -46,12 +46,9 @@ impl Health {
 
     /// Check every dependency; returns each check's result.
     pub async fn check(&self) -> Readiness {
-        let database = tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
+        let database = tokio::time::timeout(Duration::from_secs(2), store::ping(&self.pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
         let migrations = if self.migrations_applied.load(Ordering::Relaxed) {
             true
         } else if database {

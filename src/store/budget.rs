@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sqlx::PgPool;
 
-use crate::telemetry::metrics as m;
+use super::events::{
+    WriteBudgetTaken, WriteBudgetUnavailable, WriteBudgetWaited, WriteRateLowered,
+    WriteRateNotLowered,
+};
+use crate::telemetry::emit;
 use crate::tenant::WriteBudget;
 
 /// Lowest share of the configured rate after repeated 429s.
@@ -72,23 +76,28 @@ impl WriteBudget for PgWriteBudget {
         let started = Instant::now();
         let wait = match self.take(n).await {
             Ok((tokens, rate)) if tokens < 0.0 && rate > 0.0 => {
-                metrics::gauge!(m::TENANT_WRITE_RATE_FACTOR).set(rate / self.rate);
+                emit(WriteBudgetTaken {
+                    factor: rate / self.rate,
+                });
                 Duration::from_secs_f64(-tokens / rate)
             }
             Ok((_, rate)) => {
-                metrics::gauge!(m::TENANT_WRITE_RATE_FACTOR).set(rate / self.rate);
+                emit(WriteBudgetTaken {
+                    factor: rate / self.rate,
+                });
                 Duration::ZERO
             }
             Err(error) => {
                 // Without the database the budget cannot be shared: stay safely under the
                 // rate on our own rather than stop writing.
-                tracing::warn!(%error, "shared write budget unavailable; pacing locally");
+                emit(WriteBudgetUnavailable { error: &error });
                 Duration::from_secs_f64(f64::from(n) / self.rate)
             }
         };
         tokio::time::sleep(wait).await;
-        metrics::histogram!(m::TENANT_WRITE_BUDGET_WAIT_SECONDS)
-            .record(started.elapsed().as_secs_f64());
+        emit(WriteBudgetWaited {
+            waited: started.elapsed(),
+        });
     }
 
     fn throttled(&self) {
@@ -106,11 +115,9 @@ impl WriteBudget for PgWriteBudget {
             .execute(&this.pool)
             .await;
             match result {
-                Ok(done) if done.rows_affected() > 0 => {
-                    tracing::info!("tenant throttled us: shared write rate lowered")
-                }
+                Ok(done) if done.rows_affected() > 0 => emit(WriteRateLowered),
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "cannot lower the shared write rate"),
+                Err(error) => emit(WriteRateNotLowered { error: &error }),
             }
         });
     }

@@ -1,9 +1,27 @@
-//! PostgreSQL, the source of truth: connection pool, embedded migrations, and the tables each
-//! part owns (the inbox and jobs, the outbox).
+//! PostgreSQL, the source of truth: connection pool, embedded migrations, and every query
+//! the service makes. No SQL lives outside this module (and `migrations/`).
+//!
+//! What the store holds, by module:
+//!
+//! | Module | Tables | What for |
+//! |---|---|---|
+//! | [`inbox`] | `inbox`, `jobs` (new rows) | a received message recorded once: a job, a rejection, or a duplicate |
+//! | [`work`] | `jobs`, `job_chunks`, `job_items` | the job lifecycle: planning, chunks and leases, completion, the monitor's reads, and (in [`work::views`] and [`work::controls`]) the operators' reads and controls |
+//! | [`outbox`] | `outbox` | events written with the state they report, for the relay to publish |
+//! | [`policies`] | `policies`, `policy_members` | desired state of user policies |
+//! | [`roles`] | `admin_roles`, `ods_mappings`, `admin_role_notifications` | desired state of Phone System admin roles |
+//! | [`portal`] | `portal_contacts` | contacts granted portal access, and what was done about them |
+//! | [`budget`] | `write_budget` | the tenant write budget shared by every replica |
+//!
+//! Here: creating the database, the pool, migrations, and the readiness checks ([`ping`],
+//! [`migrations_applied`]). Job, chunk and schedule states are Rust enums
+//! ([`work::JobState`], [`work::ChunkState`], [`crate::domain::Schedule`]) mapped to their
+//! `text` columns. What happens here is logged and counted through `store::events`.
 
 pub mod budget;
 mod error;
-pub mod jobs;
+mod events;
+pub mod inbox;
 pub mod outbox;
 pub mod policies;
 pub mod portal;
@@ -16,6 +34,8 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 pub use error::StoreError;
 
 use crate::configuration::DatabaseSettings;
+use crate::telemetry::emit;
+use events::DatabaseCreated;
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -43,7 +63,9 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), StoreErr
                 return Err(error.into());
             }
         }
-        tracing::info!(database = %settings.database_name, "created database");
+        emit(DatabaseCreated {
+            database: &settings.database_name,
+        });
     }
     conn.close().await.ok();
     Ok(())
@@ -61,6 +83,14 @@ pub fn pool(settings: &DatabaseSettings) -> PgPool {
 /// Apply every pending migration. Safe with many replicas (sqlx takes an advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// One round trip to the database (readiness).
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(pool)
+        .await?;
     Ok(())
 }
 

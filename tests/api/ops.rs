@@ -200,7 +200,7 @@ async fn list_and_show_report_progress_and_failures() {
     let job = &jobs[0];
     assert_eq!(job.message_id, enqueued.message_id);
     assert_eq!(job.job_type.as_deref(), Some("policy.members_added"));
-    assert_eq!(job.state, "completed");
+    assert_eq!(job.state.as_str(), "completed");
     assert_eq!(job.outcome.as_deref(), Some("partially_succeeded"));
     assert_eq!((job.done, job.total), (5, Some(5)));
     assert_eq!(job.ticket_reference.as_deref(), Some(TICKET));
@@ -225,9 +225,9 @@ async fn list_and_show_report_progress_and_failures() {
     let detail = ops::show(&app.pool, &enqueued.message_id).await.unwrap();
     let by_id = ops::show(&app.pool, &job.id.to_string()).await.unwrap();
     assert_eq!(by_id.message_id, detail.message_id);
-    assert_eq!(detail.state, "completed");
+    assert_eq!(detail.state.as_str(), "completed");
     assert_eq!(detail.outcome.as_deref(), Some("partially_succeeded"));
-    assert_eq!(detail.schedule.as_deref(), Some("immediate"));
+    assert_eq!(detail.schedule.map(|s| s.as_str()), Some("immediate"));
     assert!(detail.earliest_start.is_some());
     assert!(detail.accepted_at.is_some() && detail.started_at.is_some());
     assert!(detail.completed_at.is_some());
@@ -263,7 +263,7 @@ async fn controls_refuse_completed_and_unknown_jobs() {
     let mut events = app.event_queue().await;
     seed_policy(&app, &mut events, "rx1-done").await;
     let seed = ops::list(&app.pool, None, 1).await.unwrap().remove(0);
-    assert_eq!(seed.state, "completed");
+    assert_eq!(seed.state.as_str(), "completed");
     let id = seed.id.to_string();
     for result in [
         ops::cancel(&app.pool, &id).await.map(|_| ()),
@@ -302,14 +302,14 @@ async fn a_job_not_yet_planned_is_cancelled_with_no_items() {
     .unwrap();
     app.wait_for_jobs(1).await;
     let report = ops::cancel(&app.pool, &enqueued.message_id).await.unwrap();
-    assert_eq!(report.previous_state, "received");
+    assert_eq!(report.previous_state.as_str(), "received");
     assert_eq!((report.items_skipped, report.counts.total), (0, 0));
     let done = completion(&mut events, &enqueued.message_id).await;
     assert_eq!(done["counts"]["total"], 0);
     assert_eq!(done["subject"]["ended_early"], CANCELLED);
     assert_eq!(done["ticket"]["reference"], TICKET);
     let detail = ops::show(&app.pool, &enqueued.message_id).await.unwrap();
-    assert_eq!(detail.state, "completed");
+    assert_eq!(detail.state.as_str(), "completed");
     assert_eq!(detail.ended_early.as_deref(), Some(CANCELLED));
     let _ = std::fs::remove_file(csv);
 }
@@ -435,7 +435,7 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
         "a second job.completed: {more:?}"
     );
     let detail = ops::show(&app.pool, &message_id).await.unwrap();
-    assert_eq!(detail.state, "completed");
+    assert_eq!(detail.state.as_str(), "completed");
     assert_eq!(detail.outcome.as_deref(), Some("succeeded"));
     assert_eq!(detail.ended_early.as_deref(), Some(CANCELLED));
     assert_eq!(detail.items.pending, 0);

@@ -1,4 +1,10 @@
-//! The inbox and the jobs table: taking responsibility for a message exactly once.
+//! The inbox: taking responsibility for a received job message exactly once.
+//!
+//! A valid message becomes a job in state `received` ([`record_job`]); a rejected one whose
+//! `message_id` is known becomes a completed, `rejected` job with its `job.completed` event
+//! ([`record_rejection`]); a message seen before changes nothing ([`Recorded::Duplicate`]).
+//! Each is recorded with its `inbox` row in one transaction, keyed on `message_id`. From
+//! `received` on, a job belongs to [`super::work`].
 
 use chrono::Utc;
 use sqlx::PgPool;

@@ -1,0 +1,258 @@
+//! Chunks and their leases: claiming a chunk, renewing and giving back its lease, reading its
+//! open items, and recording their outcomes (the chunk done with its last round).
+//!
+//! Every write by a chunk's worker is guarded by its lease, so a worker that lost its lease
+//! (it stalled and another took over) changes nothing.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::store::StoreError;
+
+/// A chunk claimed by this worker.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedChunk {
+    pub job_id: Uuid,
+    pub chunk: i32,
+    /// True when the chunk was taken over from a worker whose lease expired.
+    pub reclaimed: bool,
+}
+
+/// What a claim may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    /// The scheduler's now: chunks due by then may start.
+    pub now: DateTime<Utc>,
+    /// Whether an off-peak window is open now (else only immediate or expedited jobs run).
+    pub window_open: bool,
+    /// Chunks running at once across every replica.
+    pub max_running: u32,
+}
+
+/// Claim the next claimable chunk: pending, or running with an expired lease, of an
+/// accepted or running job that is not paused, due by `limits.now`, of an immediate or
+/// expedited job or within an open window; and only while fewer than `limits.max_running`
+/// chunks hold live leases across all replicas (the claim is serialised by an advisory
+/// lock, so the cap holds). Lower chunk numbers first across jobs, so that many jobs
+/// progress together and a small job is never stuck behind a large one.
+pub async fn claim_chunk(
+    pool: &PgPool,
+    owner: &str,
+    lease_seconds: u64,
+    limits: ClaimLimits,
+) -> Result<Option<ClaimedChunk>, StoreError> {
+    // The advisory lock is taken in the same round trip as BEGIN.
+    let mut tx = pool
+        .begin_with(
+            "BEGIN; SET LOCAL synchronous_commit = off;
+             SELECT pg_advisory_xact_lock(hashtextextended('reconciler:claim', 0))",
+        )
+        .await?;
+    // One statement after the lock (so its snapshot sees every claim committed before it):
+    // the cap, the claim, and the job marked running.
+    let claimed: Option<ClaimedChunk> = sqlx::query_as(
+        "WITH next AS (
+             SELECT c.job_id, c.chunk, c.state = 'running' AS reclaimed
+             FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE j.state IN ('accepted', 'running') AND NOT j.paused
+               AND (c.not_before <= $3 OR j.expedited)
+               AND (j.schedule IS DISTINCT FROM 'off_peak' OR j.expedited OR $4)
+               AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_expires_at < now()))
+               AND (SELECT count(*) FROM job_chunks r
+                    WHERE r.state = 'running' AND r.lease_expires_at > now()) < $5
+             ORDER BY c.chunk, j.accepted_at, c.job_id
+             LIMIT 1 FOR UPDATE OF c SKIP LOCKED),
+         claimed AS (
+             UPDATE job_chunks c
+             SET state = 'running', lease_owner = $1,
+                 lease_expires_at = now() + make_interval(secs => $2), claims = c.claims + 1
+             FROM next WHERE c.job_id = next.job_id AND c.chunk = next.chunk
+             RETURNING c.job_id, c.chunk, next.reclaimed),
+         started AS (
+             UPDATE jobs j SET state = 'running', started_at = coalesce(j.started_at, $3),
+                    updated_at = now()
+             FROM claimed WHERE j.id = claimed.job_id AND j.state = 'accepted')
+         SELECT job_id, chunk, reclaimed FROM claimed",
+    )
+    .bind(owner)
+    .bind(lease_seconds as f64)
+    .bind(limits.now)
+    .bind(limits.window_open)
+    .bind(i64::from(limits.max_running))
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Begin a transaction whose commit does not wait for its WAL to reach disk.
+///
+/// Only for a chunk's bookkeeping (claims, leases, outcomes, finishing), where the flush
+/// would be most of the cost (each is a few milliseconds of `fdatasync`, four of them a
+/// chunk). What it risks is small and safe: a PostgreSQL crash (not a worker crash) may lose
+/// the last fraction of a second of such commits, which only means a chunk is claimed again
+/// and some items are read again and found compliant; reconciliation is idempotent. Ingest,
+/// planning, completion and the outbox keep synchronous commits, and since WAL is flushed in
+/// order, a synchronous commit also makes every earlier relaxed one durable: a job is never
+/// completed on the strength of bookkeeping that could still be lost.
+async fn begin_relaxed(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+    Ok(pool
+        .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+        .await?)
+}
+
+/// Extend the lease; false when it is no longer ours.
+pub async fn renew_lease(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    lease_seconds: u64,
+) -> Result<bool, StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
+    let renewed = sqlx::query(
+        "UPDATE job_chunks SET lease_expires_at = now() + make_interval(secs => $4)
+         WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(lease_seconds as f64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// Give a chunk back before its lease expires (shutdown, or a transient failure), to be
+/// claimed again no earlier than `not_before`.
+pub async fn release_chunk(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    not_before: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
+    sqlx::query(
+        "UPDATE job_chunks SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                not_before = $4
+         WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(not_before)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The job of a claimed chunk.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ChunkJob {
+    pub job_type: String,
+    pub dry_run: bool,
+    pub plan: Option<Value>,
+}
+
+pub async fn chunk_job(pool: &PgPool, job_id: Uuid) -> Result<ChunkJob, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT job_type, dry_run, plan FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Items of the chunk still without an outcome (a chunk taken over resumes where its
+/// previous worker stopped).
+pub async fn open_items(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+) -> Result<Vec<(i32, String, Option<Value>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT seq, item, spec FROM job_items
+         WHERE job_id = $1 AND chunk = $2 AND outcome IS NULL ORDER BY seq",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A round's outcomes, one entry per item in each list.
+pub struct Outcomes<'a> {
+    pub seqs: &'a [i32],
+    pub outcomes: &'a [&'a str],
+    pub codes: &'a [Option<&'a str>],
+    pub details: &'a [Option<String>],
+}
+
+/// What [`record_outcomes`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    pub items: u64,
+    /// The chunk was marked done with them.
+    pub finished: bool,
+    /// Other chunks of the job were still pending: this one cannot have been the last, and
+    /// whoever finishes those will look at completing the job.
+    pub others_pending: bool,
+}
+
+/// Record item outcomes, only while the lease is ours, and with `finish` mark the chunk done
+/// in the same statement (its last round; the owner stays on record: which replica did
+/// which chunk). Returns how many were recorded.
+///
+/// The chunk is named in the condition although the sequence numbers alone identify the
+/// items: it keeps the statement to the chunk's rows whatever the planner believes of a
+/// table that has just grown by a 20,000-item job and not been analysed yet (without it,
+/// it hashed every item of the job, on every chunk).
+pub async fn record_outcomes(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    round: Outcomes<'_>,
+    finish: bool,
+) -> Result<Recorded, StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
+    let (items, finished, others_pending): (i64, bool, bool) = sqlx::query_as(
+        "WITH lease AS (
+             SELECT 1 FROM job_chunks c WHERE c.job_id = $1 AND c.chunk = $2
+                AND c.lease_owner = $3 AND c.state = 'running'),
+         recorded AS (
+             UPDATE job_items i
+             SET outcome = u.outcome, failure_code = u.code, detail = u.detail,
+                 finished_at = now()
+             FROM unnest($4::int[], $5::text[], $6::text[], $7::text[])
+                  AS u(seq, outcome, code, detail)
+             WHERE i.job_id = $1 AND i.chunk = $2 AND i.seq = u.seq AND i.outcome IS NULL
+               AND EXISTS (SELECT 1 FROM lease)
+             RETURNING 1),
+         finished AS (
+             UPDATE job_chunks SET state = 'done', finished_at = now(), lease_expires_at = NULL
+             WHERE $8 AND job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM recorded),
+                EXISTS (SELECT 1 FROM finished),
+                EXISTS (SELECT 1 FROM job_chunks o
+                        WHERE o.job_id = $1 AND o.chunk <> $2 AND o.state = 'pending')",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(round.seqs)
+    .bind(round.outcomes)
+    .bind(round.codes)
+    .bind(round.details)
+    .bind(finish)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Recorded {
+        items: items as u64,
+        finished,
+        others_pending,
+    })
+}

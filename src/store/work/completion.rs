@@ -1,0 +1,338 @@
+//! Completion: a job completed at once by its planner, or when its last chunk is done (counts
+//! and failures from its items, one `job.completed` event); a job ended early (cancelled by an
+//! operator, or superseded by a newer policy definition).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{JobIdentity, JobState};
+use crate::domain::{
+    Counts, EventHeader, Failure, FailureCode, JobCompleted, JobType, MAX_FAILURES_LISTED, Outcome,
+    Ticket,
+};
+use crate::store::{StoreError, outbox};
+
+/// Complete a job at once, from the planner (rejected, failed, or nothing to do).
+pub async fn complete_now(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &JobIdentity<'_>,
+    subject: Option<&Value>,
+    outcome: Outcome,
+    counts: Counts,
+    failures: Vec<Failure>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let started_at: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT coalesce(started_at, accepted_at) FROM jobs WHERE id = $1")
+            .bind(job.id)
+            .fetch_one(&mut **tx)
+            .await?;
+    finish(
+        tx,
+        job,
+        subject.cloned(),
+        outcome,
+        counts,
+        failures,
+        started_at.unwrap_or(now),
+    )
+    .await
+}
+
+async fn finish(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &JobIdentity<'_>,
+    subject: Option<Value>,
+    outcome: Outcome,
+    counts: Counts,
+    failures: Vec<Failure>,
+    started_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    sqlx::query(
+        "UPDATE jobs SET state = 'completed', outcome = $2, subject = coalesce($3, subject),
+                counts = $4, completed_at = $5, updated_at = $5
+         WHERE id = $1",
+    )
+    .bind(job.id)
+    .bind(outcome.as_str())
+    .bind(&subject)
+    .bind(serde_json::to_value(counts).expect("counts serialize"))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let header = EventHeader::new(
+        JobCompleted::TYPE,
+        job.id,
+        job.message_id.to_owned(),
+        job.ticket.clone(),
+    );
+    let event = JobCompleted {
+        header: header.clone(),
+        job_type: Some(job.job_type),
+        subject,
+        outcome,
+        dry_run: job.dry_run,
+        counts,
+        failures: vec![],
+        failures_truncated: false,
+        started_at,
+        finished_at: now,
+    }
+    .with_failures(failures);
+    outbox::enqueue(tx, &header, &event).await
+}
+
+/// Whether every chunk of the job is done: asked after finishing a chunk has committed (so
+/// that of two workers finishing the last two chunks at once, at least the later one sees
+/// both), before taking the job's lock to complete it. Most chunks are not the last, and
+/// this costs them one read instead of a locking transaction.
+pub async fn all_chunks_done(pool: &PgPool, job_id: Uuid) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM job_chunks WHERE job_id = $1 AND state <> 'done')",
+    )
+    .bind(job_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Jobs whose chunks are all done but which were not completed: their last worker stopped
+/// between finishing its chunk and completing the job. [`complete_if_done`] completes them.
+pub async fn uncompleted_done_jobs(pool: &PgPool) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT j.id FROM jobs j
+         WHERE j.state IN ('accepted', 'running')
+           AND EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = j.id)
+           AND NOT EXISTS (SELECT 1 FROM job_chunks c WHERE c.job_id = j.id AND c.state <> 'done')
+         LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Complete the job if every chunk is done: counts and failures from its items, state
+/// `completed`, and its one `job.completed` event, in one transaction under the job's row
+/// lock (so two workers finishing the last chunks at once complete it once). Returns the
+/// outcome when this call completed it. `failures` lists failed items and skipped items with
+/// a reason code, in item order; the outcome considers failed items only.
+pub async fn complete_if_done(
+    pool: &PgPool,
+    job_id: Uuid,
+) -> Result<Option<(JobType, Outcome, Counts)>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let completed = complete_if_done_in(&mut tx, job_id).await?;
+    // Nothing changed when nothing completed; committing the empty transaction is harmless
+    // and releases the row lock as a rollback would.
+    tx.commit().await?;
+    Ok(completed)
+}
+
+/// [`complete_if_done`] inside the caller's transaction: takes the job's row lock (a no-op
+/// when the caller already holds it) and neither begins nor commits, so that an operator's
+/// cancel can close the job's items and chunks and complete it in one transaction, with the
+/// engine's own completion rules.
+pub async fn complete_if_done_in(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+) -> Result<Option<(JobType, Outcome, Counts)>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        state: JobState,
+        message_id: String,
+        job_type: Option<String>,
+        dry_run: bool,
+        ticket: Option<Value>,
+        subject: Option<Value>,
+        started_at: Option<DateTime<Utc>>,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT state, message_id, job_type, dry_run, ticket, subject,
+                coalesce(started_at, accepted_at) AS started_at
+         FROM jobs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(Row {
+        state,
+        message_id,
+        job_type,
+        dry_run,
+        ticket,
+        subject,
+        started_at,
+    }) = row
+    else {
+        return Ok(None);
+    };
+    if state == JobState::Completed {
+        return Ok(None);
+    }
+    let open: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_chunks WHERE job_id = $1 AND state <> 'done'")
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    if open > 0 {
+        return Ok(None);
+    }
+    let job_type = job_type
+        .as_deref()
+        .and_then(JobType::parse)
+        .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no known type")))?;
+    let mut counts = Counts::default();
+    let by_outcome: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT outcome, count(*) FROM job_items WHERE job_id = $1 GROUP BY outcome",
+    )
+    .bind(job_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (outcome, n) in by_outcome {
+        let n = n as u64;
+        counts.total += n;
+        match outcome.as_deref() {
+            Some("changed") => counts.changed += n,
+            Some("already_compliant") => counts.already_compliant += n,
+            Some("failed") => counts.failed += n,
+            Some("skipped") => counts.skipped += n,
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "job {job_id} has items without an outcome in done chunks"
+                )));
+            }
+        }
+    }
+    let failures: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT item, failure_code, detail FROM job_items
+         WHERE job_id = $1 AND failure_code IS NOT NULL ORDER BY seq LIMIT $2",
+    )
+    .bind(job_id)
+    .bind(MAX_FAILURES_LISTED as i64 + 1)
+    .fetch_all(&mut **tx)
+    .await?;
+    let failures = failures
+        .into_iter()
+        .map(|(item, code, detail)| Failure {
+            item,
+            code: FailureCode::ALL
+                .iter()
+                .copied()
+                .find(|c| c.as_str() == code)
+                .unwrap_or(FailureCode::TenantRejected),
+            detail: detail.unwrap_or_default(),
+        })
+        .collect();
+    let outcome = if counts.failed == 0 {
+        Outcome::Succeeded
+    } else if counts.failed == counts.total {
+        Outcome::Failed
+    } else {
+        Outcome::PartiallySucceeded
+    };
+    let ticket = ticket
+        .map(serde_json::from_value::<Ticket>)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let identity = JobIdentity {
+        id: job_id,
+        message_id: &message_id,
+        job_type,
+        ticket,
+        dry_run,
+    };
+    finish(
+        tx,
+        &identity,
+        subject,
+        outcome,
+        counts,
+        failures,
+        started_at.unwrap_or_else(Utc::now),
+    )
+    .await?;
+    Ok(Some((job_type, outcome, counts)))
+}
+
+/// What ending a job early did.
+#[derive(Debug, Clone, Copy)]
+pub struct EndedEarly {
+    pub items_skipped: u64,
+    pub chunks_closed: u64,
+}
+
+/// End an unfinished job now, in `tx` (whose caller holds or takes the job's row lock): every
+/// item without an outcome is skipped with `code` (`cancelled`, `superseded`) and detail `reason`, so the ticket lists what was not done; every open chunk is
+/// closed, and `ended_early` is recorded and merged into the subject, so the completion the
+/// caller then makes (`complete_if_done_in`) tells the ticket why. A worker still inside one
+/// of the chunks can record nothing more: its writes are guarded by `outcome IS NULL` and by
+/// the chunk still running under its lease.
+pub async fn end_early_in(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    code: FailureCode,
+    reason: &str,
+) -> Result<EndedEarly, StoreError> {
+    // The subject is merged, not replaced, so the ticket still says what the job was about;
+    // a job not yet planned has none and gets one saying only why it ended.
+    sqlx::query(
+        "UPDATE jobs SET ended_early = $2,
+                subject = CASE WHEN jsonb_typeof(subject) = 'object'
+                               THEN subject || jsonb_build_object('ended_early', $2::text)
+                               ELSE jsonb_build_object('ended_early', $2::text) END,
+                updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    let items_skipped = sqlx::query(
+        "UPDATE job_items SET outcome = 'skipped', failure_code = $3, detail = $2,
+                finished_at = now()
+         WHERE job_id = $1 AND outcome IS NULL",
+    )
+    .bind(job_id)
+    .bind(reason)
+    .bind(code.as_str())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let chunks_closed = sqlx::query(
+        "UPDATE job_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
+                finished_at = now()
+         WHERE job_id = $1 AND state <> 'done'",
+    )
+    .bind(job_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(EndedEarly {
+        items_skipped,
+        chunks_closed,
+    })
+}
+
+/// Unfinished jobs of `policy_id` planned for a version older than `version` (not dry runs),
+/// locked for update: the work a newer definition supersedes.
+pub async fn older_policy_jobs(
+    tx: &mut Transaction<'_, Postgres>,
+    policy_id: &str,
+    version: i64,
+    except: Uuid,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM jobs
+         WHERE state IN ('accepted', 'running') AND id <> $3 AND NOT dry_run
+           AND job_type IN ('policy.changed', 'policy.members_added')
+           AND plan -> 'policy' ->> 'id' = $1
+           AND (plan -> 'policy' ->> 'version')::bigint < $2
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(policy_id)
+    .bind(version)
+    .bind(except)
+    .fetch_all(&mut **tx)
+    .await?)
+}

@@ -1,0 +1,188 @@
+//! The operator controls: pause, resume, expedite and cancel an unfinished job. The engine
+//! honours the flags: it claims no chunk of a paused job, and lets an expedited job's chunks
+//! run at once, outside the off-peak windows.
+
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{JobRef, JobState, complete_if_done_in, end_early_in};
+use crate::domain::{Counts, FailureCode, JobType, Outcome};
+use crate::store::StoreError;
+
+/// Why a cancelled job ended early: stored in `jobs.ended_early`, in the completed event's
+/// `subject`, and (prefixed `cancelled: `) on each skipped item.
+pub const CANCELLED_BY_OPERATOR: &str = "cancelled by an operator";
+
+/// Why a control changed nothing, or could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No job has this id or `message_id`.
+    #[error("no such job")]
+    NotFound,
+    /// The job is completed; controls apply to unfinished jobs only.
+    #[error("the job is already completed")]
+    AlreadyCompleted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ControlError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+/// The job a control changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controlled {
+    pub id: Uuid,
+    pub message_id: String,
+}
+
+/// Set `paused`: while it is set the engine claims no new chunk of the job (chunks running
+/// finish).
+pub async fn set_paused(
+    pool: &PgPool,
+    job: JobRef<'_>,
+    paused: bool,
+) -> Result<Controlled, ControlError> {
+    let updated: Option<(Uuid, String)> = sqlx::query_as(
+        "UPDATE jobs SET paused = $3, updated_at = now()
+         WHERE (id = $1 OR message_id = $2) AND state <> 'completed'
+         RETURNING id, message_id",
+    )
+    .bind(job.id)
+    .bind(job.message_id)
+    .bind(paused)
+    .fetch_optional(pool)
+    .await?;
+    let Some((id, message_id)) = updated else {
+        return Err(why_unchanged(pool, job).await);
+    };
+    Ok(Controlled { id, message_id })
+}
+
+/// Set `expedited`, and make every chunk not done claimable now: the job runs at once,
+/// outside the off-peak windows. Returns the job and how many chunks were rescheduled.
+pub async fn expedite(pool: &PgPool, job: JobRef<'_>) -> Result<(Controlled, u64), ControlError> {
+    let mut tx = pool.begin().await?;
+    let updated: Option<(Uuid, String)> = sqlx::query_as(
+        "UPDATE jobs SET expedited = true, updated_at = now()
+         WHERE (id = $1 OR message_id = $2) AND state <> 'completed'
+         RETURNING id, message_id",
+    )
+    .bind(job.id)
+    .bind(job.message_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, message_id)) = updated else {
+        drop(tx);
+        return Err(why_unchanged(pool, job).await);
+    };
+    let rescheduled = sqlx::query(
+        "UPDATE job_chunks SET not_before = now() WHERE job_id = $1 AND state <> 'done'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok((Controlled { id, message_id }, rescheduled))
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelReport {
+    pub id: Uuid,
+    pub message_id: String,
+    /// The state the job was in.
+    pub previous_state: JobState,
+    /// Items without an outcome, now `skipped`.
+    pub items_skipped: u64,
+    /// Chunks not done, now done.
+    pub chunks_closed: u64,
+    /// The completion, as published in `job.completed`.
+    pub outcome: Outcome,
+    pub counts: Counts,
+}
+
+/// Cancel an unfinished job: items without an outcome become `skipped`, chunks not done
+/// become done, and the job completes as the engine completes it (counts from items, the
+/// outcome rules, one `job.completed` whose `subject` says `ended_early`); all in one
+/// transaction under the job's row lock.
+///
+/// Work already running is not interrupted in the tenant, but it can no longer record
+/// anything: the engine writes outcomes only under a running chunk's lease, and the chunk is
+/// done. A worker's claim of a chunk of an `accepted` job can deadlock with this transaction
+/// (chunk then job, against job then chunk); PostgreSQL aborts one of the two, and a
+/// transient failure here is retried.
+pub async fn cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, ControlError> {
+    let mut attempt = 1;
+    loop {
+        match try_cancel(pool, job).await {
+            Err(ControlError::Store(error)) if error.is_transient() && attempt < 3 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn try_cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, ControlError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(Uuid, String, JobState)> = sqlx::query_as(
+        "SELECT id, message_id, state FROM jobs WHERE id = $1 OR message_id = $2
+         ORDER BY (id = $1) DESC NULLS LAST LIMIT 1 FOR UPDATE",
+    )
+    .bind(job.id)
+    .bind(job.message_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, message_id, previous_state)) = row else {
+        return Err(ControlError::NotFound);
+    };
+    if previous_state == JobState::Completed {
+        return Err(ControlError::AlreadyCompleted);
+    }
+    let ended = end_early_in(&mut tx, id, FailureCode::Cancelled, CANCELLED_BY_OPERATOR).await?;
+    let (items_skipped, chunks_closed) = (ended.items_skipped, ended.chunks_closed);
+    let (_, outcome, counts) = complete(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(CancelReport {
+        id,
+        message_id,
+        previous_state,
+        items_skipped,
+        chunks_closed,
+        outcome,
+        counts,
+    })
+}
+
+async fn complete(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+) -> Result<(JobType, Outcome, Counts), ControlError> {
+    complete_if_done_in(tx, id).await?.ok_or_else(|| {
+        // Every chunk is done and the job is unfinished under our lock, so this cannot be.
+        ControlError::Store(StoreError::Corrupt(format!(
+            "job {id} did not complete after its chunks were closed"
+        )))
+    })
+}
+
+/// Why an update guarded by `state <> 'completed'` changed nothing.
+async fn why_unchanged(pool: &PgPool, job: JobRef<'_>) -> ControlError {
+    let exists: Result<bool, sqlx::Error> =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 OR message_id = $2)")
+            .bind(job.id)
+            .bind(job.message_id)
+            .fetch_one(pool)
+            .await;
+    match exists {
+        Ok(true) => ControlError::AlreadyCompleted,
+        Ok(false) => ControlError::NotFound,
+        Err(error) => error.into(),
+    }
+}
