@@ -15,17 +15,25 @@
 //! | module | part |
 //! |---|---|
 //! | [`domain`] | the contract's language: job messages, events, failure codes, value types |
-//! | [`configuration`] | layered, typed, validated settings (`config/*.toml`, `RECONCILER__…`) |
-//! | [`telemetry`] | tracing (JSON logs) and every metric name ([`telemetry::metrics`]) |
-//! | [`store`] | PostgreSQL: pool, migrations, inbox and jobs, outbox, planned work, desired state, the shared write budget |
-//! | [`engine`] | one pipeline for every job kind: plan, claim leased chunks, apply, settle, complete; off-peak windows; a file per kind |
+//! | [`configuration`] | layered settings (`config/*.toml`, `RECONCILER__…`), parsed into their final types |
+//! | [`telemetry`] | tracing (JSON logs), every metric name, and the internal-event trait that logs and counts together |
+//! | [`store`] | PostgreSQL and every query: the inbox, the job lifecycle (planning, chunks and leases, completion, operator controls), the outbox, desired state, the shared write budget |
+//! | [`engine`] | one pipeline for every job kind: planner, executor (leased chunks), monitor, the one item retry policy, and the typed kinds (a file per kind) registered in [`startup`] |
 //! | [`broker`] | RabbitMQ: topology, supervised connection, ingest, outbox relay |
-//! | [`tenant`] | the `Tenant` trait and its Microsoft Graph client |
+//! | [`tenant`] | the `Tenant` trait and its Microsoft Graph client (transport, `$batch`, calls) |
 //! | [`simulator`] | a Graph-compatible tenant simulator (tests, demos, benchmarks) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`ops`] | operator commands: enqueue from a CSV export, list and show jobs, pause, resume, expedite, cancel |
-//! | [`startup`] | wiring the parts into a running worker, graceful shutdown |
+//! | [`startup`] | wiring the parts into a running worker (the job kinds' registration), graceful shutdown |
 //! | [`cli`] | the command line |
+//!
+//! ## Which way the arrows point
+//!
+//! `domain`, `configuration` and `telemetry` depend on no other part. `store` and `tenant`
+//! build on them; the `engine` on the store and the tenant; `broker` and `http` on the store
+//! (and the engine's wake-ups); `ops` and `startup` on everything. Each part declares its own
+//! internal events (`*/events.rs`); nothing points back up. Adding a job kind is a checklist in
+//! the README ("Adding a job kind").
 
 pub mod broker;
 pub mod cli;

@@ -26,10 +26,10 @@
 pub mod clock;
 mod error;
 mod events;
-mod executor;
+pub mod executor;
 pub mod kind;
-mod monitor;
-mod planner;
+pub mod monitor;
+pub mod planner;
 pub mod policy;
 pub mod portal;
 pub mod registry;

@@ -1,7 +1,7 @@
 //! The job kinds of a release, registered once in `startup.rs`, and the one place where a
 //! kind's typed payload, plan and item specs meet the store's JSON.
 //!
-//! The engine holds each registered [`JobKind`] behind [`AnyKind`], which decodes the stored
+//! The engine holds each registered [`JobKind`] behind `AnyKind`, which decodes the stored
 //! payload into the kind's payload type, and serialises its plan and specs on the way into the
 //! store (and back on the way out). A stored value that no longer decodes is corrupt data,
 //! reported as [`EngineError::Corrupt`]; a payload that does not decode is the job's own fault
