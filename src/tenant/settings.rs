@@ -1,4 +1,6 @@
 //! Settings of the Graph client (`[tenant]` in `config/default.toml`).
+use std::num::{NonZeroU32, NonZeroUsize};
+
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -28,11 +30,12 @@ pub struct TenantSettings {
     /// Timeout of establishing a connection.
     pub connect_timeout_ms: u64,
     /// Requests per `$batch` (Graph allows at most 20).
-    pub batch_size: usize,
+    pub batch_size: NonZeroUsize,
     /// `$batch` calls in flight at once for one operation.
-    pub batch_concurrency: usize,
-    /// Attempts per request or item, the first included.
-    pub max_attempts: u32,
+    pub batch_concurrency: NonZeroUsize,
+    /// Sends of one request (or inner request of a `$batch`), the first included; which
+    /// failures are sent again is in [`crate::tenant::graph`]'s docs.
+    pub max_attempts: NonZeroU32,
     /// First back-off delay after a transient failure (exponential with jitter after that).
     pub retry_min_delay_ms: u64,
     /// Longest back-off delay after a transient failure.
@@ -43,7 +46,7 @@ pub struct TenantSettings {
     pub writes_per_second: f64,
     /// Writes that may be sent at once (bucket capacity). Write `$batch` calls hold at most this
     /// many requests, so a batch never exceeds the budget on its own.
-    pub write_burst: u32,
+    pub write_burst: NonZeroU32,
     /// Enforce `writes_per_second` across all worker replicas together (a token bucket in
     /// PostgreSQL, adaptive to 429s) instead of per process.
     pub shared_write_budget: bool,
@@ -63,14 +66,14 @@ impl Default for TenantSettings {
             token_refresh_margin_seconds: 300,
             request_timeout_ms: 30_000,
             connect_timeout_ms: 5_000,
-            batch_size: 20,
-            batch_concurrency: 4,
-            max_attempts: 6,
+            batch_size: NonZeroUsize::new(20).expect("not zero"),
+            batch_concurrency: NonZeroUsize::new(4).expect("not zero"),
+            max_attempts: NonZeroU32::new(6).expect("not zero"),
             retry_min_delay_ms: 200,
             retry_max_delay_ms: 30_000,
             max_retry_after_seconds: 300,
             writes_per_second: 18.0,
-            write_burst: 20,
+            write_burst: NonZeroU32::new(20).expect("not zero"),
             shared_write_budget: true,
             sku_cache_ttl_seconds: 3_600,
         }
