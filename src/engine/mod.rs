@@ -134,7 +134,7 @@ impl Engine {
         instance: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, EngineError> {
-        let off_peak = OffPeak::new(schedule).map_err(EngineError::Corrupt)?;
+        let off_peak = OffPeak::new(schedule);
         Ok(Self {
             pool,
             tenant,
@@ -212,7 +212,7 @@ impl Engine {
             let shutdown = shutdown.clone();
             tasks.spawn(async move { engine.planner_loop(shutdown).await });
         }
-        for _ in 0..self.settings.chunk_concurrency {
+        for _ in 0..self.settings.chunk_concurrency.get() {
             let engine = self.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move { engine.executor_loop(shutdown).await });
@@ -513,7 +513,7 @@ impl Engine {
                     &subject,
                     &plan,
                     rows,
-                    self.settings.chunk_size,
+                    self.settings.chunk_size.get(),
                     schedule,
                     earliest_start,
                 )
@@ -547,10 +547,15 @@ impl Engine {
         let limits = work::ClaimLimits {
             now,
             window_open: self.off_peak.is_open(now),
-            max_running: self.settings.max_running_chunks,
+            max_running: self.settings.max_running_chunks.get(),
         };
-        let Some(chunk) =
-            work::claim_chunk(&self.pool, &self.owner, self.settings.lease_seconds, limits).await?
+        let Some(chunk) = work::claim_chunk(
+            &self.pool,
+            &self.owner,
+            self.settings.lease_seconds.get(),
+            limits,
+        )
+        .await?
         else {
             return Ok(Next::Idle);
         };
@@ -596,7 +601,7 @@ impl Engine {
             let pool = self.pool.clone();
             let chunk = chunk.clone();
             let owner = self.owner.clone();
-            let lease = self.settings.lease_seconds;
+            let lease = self.settings.lease_seconds.get();
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 let every = Duration::from_millis((lease * 1000 / 3).max(100));
@@ -699,7 +704,9 @@ impl Engine {
             job: header,
             cancel,
         };
-        let rounds: Vec<&[WorkItem]> = items.chunks(self.settings.round_size as usize).collect();
+        let rounds: Vec<&[WorkItem]> = items
+            .chunks(self.settings.round_size.get() as usize)
+            .collect();
         for (i, round) in rounds.iter().enumerate() {
             if cancel.is_cancelled() {
                 break;

@@ -458,7 +458,7 @@ async fn apply(ctx: &ApplyContext<'_>, items: &[WorkItem]) -> Result<Vec<ItemRes
     let mut pending: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
     let mut written: HashSet<usize> = HashSet::new();
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
-    let attempts = ctx.settings.item_attempts as usize;
+    let attempts = ctx.settings.item_attempts.get() as usize;
     // Pause before a round only when the previous one met transient failures: reading back
     // what was just written successfully needs no wait.
     let mut troubled = false;

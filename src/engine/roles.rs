@@ -690,7 +690,7 @@ impl RolesKind {
             .collect();
         candidates.extend(desired.iter().cloned());
 
-        let attempts = ctx.settings.item_attempts.max(1);
+        let attempts = ctx.settings.item_attempts.get();
         let mut wrote = false;
         let mut last_error = None;
         let mut ended = None;

@@ -2,7 +2,7 @@
 //! answer handled on its own and results returned in input order.
 //!
 //! The middle layer of the client (see [`super::transport`] for the picture): it sends through
-//! [`Transport`] and knows nothing of what the requests mean; [`super::graph`] builds them.
+//! `Transport` and knows nothing of what the requests mean; [`super::graph`] builds them.
 use std::collections::HashMap;
 
 use futures_util::StreamExt;

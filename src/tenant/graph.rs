@@ -1,7 +1,7 @@
 //! [`GraphClient`]: the [`Tenant`] over Microsoft Graph v1.0 (or the simulator) with reqwest.
 //!
 //! The top layer of the client: it builds each operation's requests, sends them through
-//! [`super::batch`] (many users) or [`Transport::call`] (one request), and reads the answers
+//! [`super::batch`] (many users) or `Transport::call` (one request), and reads the answers
 //! (see [`super::transport`] for the layering).
 //!
 //! # What the client sends again

@@ -20,9 +20,9 @@
 //! `model.rs` uses only the URL encoding here. Nothing here knows about batching or the
 //! [`Tenant`](super::Tenant) trait.
 //!
-//! Every failed exchange is a [`Failure`]: the [`TenantError`] the caller sees, and a [`Fault`]
+//! Every failed exchange is a `Failure`: the [`TenantError`] the caller sees, and a `Fault`
 //! saying whether the request may have reached Graph, which is what decides a retry (see
-//! [`Fault::is_retried`] and the table in [`GraphClient`](super::GraphClient)'s docs).
+//! `Fault::is_retried` and the table in [`graph`](super::graph)'s docs).
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
