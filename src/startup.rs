@@ -63,16 +63,16 @@ impl Application {
             } else {
                 Arc::new(GraphClient::new(settings.tenant.clone())?)
             };
-        let listener = TcpListener::bind(&settings.http.listen_address)
+        let listener = TcpListener::bind(settings.http.listen_address)
             .await
             .map_err(|source| StartupError::Listen {
-                address: settings.http.listen_address.clone(),
+                address: settings.http.listen_address.to_string(),
                 source,
             })?;
         let address = listener
             .local_addr()
             .map_err(|source| StartupError::Listen {
-                address: settings.http.listen_address.clone(),
+                address: settings.http.listen_address.to_string(),
                 source,
             })?;
         Ok(Self {

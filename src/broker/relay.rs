@@ -65,7 +65,7 @@ impl Relay {
     async fn drain(&self) -> Result<(), BrokerError> {
         loop {
             match self.publish_batch().await {
-                Ok(n) if n < self.settings.batch_size as usize => return Ok(()),
+                Ok(n) if n < self.settings.batch_size.get() as usize => return Ok(()),
                 Ok(_) => continue,
                 Err(BrokerError::Store(error)) => {
                     tracing::warn!(%error, "outbox relay cannot read the outbox; will retry");
@@ -90,7 +90,7 @@ impl Relay {
             .begin()
             .await
             .map_err(crate::store::StoreError::from)?;
-        let events = outbox::claim(&mut tx, self.settings.batch_size).await?;
+        let events = outbox::claim(&mut tx, self.settings.batch_size.get()).await?;
         if events.is_empty() {
             return Ok(0);
         }

@@ -123,7 +123,7 @@ impl Supervisor {
         topology::declare(
             &channel,
             &self.settings.topology,
-            self.settings.delivery_limit,
+            self.settings.delivery_limit.get(),
         )
         .await?;
         let _ = channel.close(200, "topology declared".into()).await;
@@ -157,7 +157,10 @@ impl Supervisor {
             .await
             .map_err(BrokerError::Connection)?;
         consuming
-            .basic_qos(self.settings.prefetch_count, BasicQosOptions::default())
+            .basic_qos(
+                self.settings.prefetch_count.get(),
+                BasicQosOptions::default(),
+            )
             .await
             .map_err(BrokerError::Connection)?;
         let tag = format!("{}-{}", self.instance, uuid::Uuid::new_v4().simple());

@@ -1,11 +1,13 @@
 //! `[broker]`: RabbitMQ connection, consumption and topology names.
 
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::parse::at_least_one;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,16 +19,20 @@ pub struct BrokerSettings {
     /// Virtual host, unescaped (`/` is the default vhost).
     pub vhost: String,
     /// Unacknowledged deliveries a replica holds at once; also how many it ingests concurrently.
-    pub prefetch_count: u16,
+    #[serde(deserialize_with = "at_least_one")]
+    pub prefetch_count: NonZeroU16,
     /// Deliveries of one message before the quorum queue dead-letters it on its own
     /// (a message that crashes workers; ordinary bad input is dead-lettered by the worker).
-    pub delivery_limit: u32,
+    #[serde(deserialize_with = "at_least_one")]
+    pub delivery_limit: NonZeroU32,
     /// First delay of the supervisor's reconnect backoff.
-    pub reconnect_min_delay_ms: u64,
+    #[serde(deserialize_with = "at_least_one")]
+    pub reconnect_min_delay_ms: NonZeroU64,
     /// Longest delay of the supervisor's reconnect backoff.
     pub reconnect_max_delay_ms: u64,
     /// How long the supervisor lets lapin's own recovery try before rebuilding the connection.
-    pub recovery_timeout_seconds: u64,
+    #[serde(deserialize_with = "at_least_one")]
+    pub recovery_timeout_seconds: NonZeroU64,
     /// AMQP heartbeat; a dead peer is noticed after about twice this.
     pub heartbeat_seconds: u16,
     pub topology: Topology,
@@ -60,7 +66,7 @@ impl BrokerSettings {
     }
 
     pub fn reconnect_min_delay(&self) -> Duration {
-        Duration::from_millis(self.reconnect_min_delay_ms)
+        Duration::from_millis(self.reconnect_min_delay_ms.get())
     }
 
     pub fn reconnect_max_delay(&self) -> Duration {
@@ -68,34 +74,14 @@ impl BrokerSettings {
     }
 
     pub fn recovery_timeout(&self) -> Duration {
-        Duration::from_secs(self.recovery_timeout_seconds)
+        Duration::from_secs(self.recovery_timeout_seconds.get())
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.prefetch_count == 0 {
-            return Err(ConfigError::invalid(
-                "broker.prefetch_count",
-                "must be at least 1",
-            ));
-        }
-        if self.delivery_limit == 0 {
-            return Err(ConfigError::invalid(
-                "broker.delivery_limit",
-                "must be at least 1",
-            ));
-        }
-        if self.reconnect_min_delay_ms == 0
-            || self.reconnect_min_delay_ms > self.reconnect_max_delay_ms
-        {
+        if self.reconnect_min_delay_ms.get() > self.reconnect_max_delay_ms {
             return Err(ConfigError::invalid(
                 "broker.reconnect_min_delay_ms",
-                "must be at least 1 and not above broker.reconnect_max_delay_ms",
-            ));
-        }
-        if self.recovery_timeout_seconds == 0 {
-            return Err(ConfigError::invalid(
-                "broker.recovery_timeout_seconds",
-                "must be at least 1",
+                "must not be above broker.reconnect_max_delay_ms",
             ));
         }
         let t = &self.topology;

@@ -1,5 +1,6 @@
 //! `[database]`: the PostgreSQL that holds jobs, desired state and the outbox.
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -7,6 +8,7 @@ use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 
 use super::ConfigError;
+use super::parse::at_least_one;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +22,8 @@ pub struct DatabaseSettings {
     /// Pool size per replica. Each in-flight message and each claimed chunk holds one briefly.
     pub max_connections: u32,
     /// How long a caller waits for a pooled connection before the attempt counts as transient.
-    pub acquire_timeout_seconds: u64,
+    #[serde(deserialize_with = "at_least_one")]
+    pub acquire_timeout_seconds: NonZeroU64,
     /// Apply embedded migrations at start-up (`migrate` does it on demand either way).
     pub migrate_on_start: bool,
     /// Create `database_name` when it does not exist (development convenience; production
@@ -48,7 +51,7 @@ impl DatabaseSettings {
     }
 
     pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_secs(self.acquire_timeout_seconds)
+        Duration::from_secs(self.acquire_timeout_seconds.get())
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -62,12 +65,6 @@ impl DatabaseSettings {
             return Err(ConfigError::invalid(
                 "database.database_name",
                 "must not be empty",
-            ));
-        }
-        if self.acquire_timeout_seconds == 0 {
-            return Err(ConfigError::invalid(
-                "database.acquire_timeout_seconds",
-                "must be at least 1",
             ));
         }
         Ok(())

@@ -2,17 +2,29 @@
 //!
 //! Sources, later ones winning: `config/default.toml` (every key, documented), the optional
 //! `config/local.toml`, an optional file named with `--config`, then `RECONCILER__SECTION__KEY`
-//! environment variables. Everything is parsed into [`Settings`] with `deny_unknown_fields`, and
-//! [`Settings::validate`] rejects bad values at load time with a message that names the key.
+//! environment variables. Everything is parsed into [`Settings`] with `deny_unknown_fields`.
+//! Values are parsed into their final types as they are read (`NonZero…` for counts and
+//! durations that must be at least 1, [`SocketAddr`] for the listen address, the off-peak
+//! windows and their time zone), so a bad value fails the load with a message naming its key,
+//! and no code re-checks them. [`Settings::validate`] then checks what involves several keys.
 //! Secrets are [`secrecy::SecretString`], so `Debug` (and therefore logs and `check-config`)
 //! never shows them.
+//!
+//! This module holds the settings of every part (one file per `[section]`), and depends on no
+//! other part of the crate: parts use their settings from here (`tenant` and `simulator`
+//! re-export theirs), so every arrow points into `configuration`, none out of it.
 
 mod broker;
 mod database;
 mod engine;
+mod parse;
 mod roles;
 mod schedule;
+mod simulator;
+mod tenant;
 
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,10 +34,11 @@ pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
 pub use engine::EngineSettings;
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
-pub use schedule::{OffPeakWindow, ScheduleSettings};
+pub use schedule::{OffPeakWindow, ScheduleSettings, TimeOfDay};
+pub use simulator::{SimulatorBehaviour, SimulatorSettings};
+pub use tenant::TenantSettings;
 
-use crate::simulator::SimulatorSettings;
-use crate::tenant::TenantSettings;
+use parse::{at_least_one, socket_address};
 
 /// The whole configuration of a worker process.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,7 +65,8 @@ pub struct WorkerSettings {
     pub instance_name: String,
     /// How long a SIGTERM may take: in-flight messages finish or go back to the broker, the
     /// outbox is flushed, then the process exits 0. Kubernetes' termination grace must be longer.
-    pub shutdown_grace_seconds: u64,
+    #[serde(deserialize_with = "at_least_one")]
+    pub shutdown_grace_seconds: NonZeroU64,
 }
 
 /// Log output.
@@ -79,8 +93,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
-    /// `host:port`; port 0 picks a free port (tests).
-    pub listen_address: String,
+    /// `host:port` (an IP address); port 0 picks a free port (tests).
+    #[serde(deserialize_with = "socket_address")]
+    pub listen_address: SocketAddr,
 }
 
 /// The relay that publishes stored events.
@@ -89,20 +104,22 @@ pub struct HttpSettings {
 pub struct OutboxSettings {
     /// Upper bound on the delay between an event's commit and its publication when no
     /// notification arrives (a notification wakes the relay at once).
-    pub poll_interval_ms: u64,
+    #[serde(deserialize_with = "at_least_one")]
+    pub poll_interval_ms: NonZeroU64,
     /// Events published per transaction; each batch waits for the broker's confirms.
-    pub batch_size: u32,
+    #[serde(deserialize_with = "at_least_one")]
+    pub batch_size: NonZeroU32,
 }
 
 impl OutboxSettings {
     pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.poll_interval_ms)
+        Duration::from_millis(self.poll_interval_ms.get())
     }
 }
 
 impl WorkerSettings {
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_seconds)
+        Duration::from_secs(self.shutdown_grace_seconds.get())
     }
 
     /// The configured instance name, or the host name, or `worker`.
@@ -192,41 +209,11 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Reject values that parse but cannot work, naming the key.
+    /// Reject values that parse but cannot work together, naming the key (single values were
+    /// checked as they were read).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.worker.shutdown_grace_seconds == 0 {
-            return Err(ConfigError::invalid(
-                "worker.shutdown_grace_seconds",
-                "must be at least 1",
-            ));
-        }
-        if self.outbox.batch_size == 0 {
-            return Err(ConfigError::invalid(
-                "outbox.batch_size",
-                "must be at least 1",
-            ));
-        }
-        if self.outbox.poll_interval_ms == 0 {
-            return Err(ConfigError::invalid(
-                "outbox.poll_interval_ms",
-                "must be at least 1",
-            ));
-        }
-        if self
-            .http
-            .listen_address
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-        {
-            return Err(ConfigError::invalid(
-                "http.listen_address",
-                format!("is not host:port ({:?})", self.http.listen_address),
-            ));
-        }
         self.database.validate()?;
         self.broker.validate()?;
-        self.engine.validate()?;
-        self.schedule.validate()?;
         self.roles.validate()?;
         Ok(())
     }
@@ -265,7 +252,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(settings.broker.prefetch_count, 7);
+        assert_eq!(settings.broker.prefetch_count.get(), 7);
         assert_eq!(settings.broker.topology.jobs_queue, "other.jobs");
     }
 
@@ -287,6 +274,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("http.listen_address"), "{error}");
+        assert!(error.to_string().contains("is not host:port"), "{error}");
+
+        for key in [
+            "ENGINE__CHUNK_SIZE",
+            "OUTBOX__BATCH_SIZE",
+            "TENANT__MAX_ATTEMPTS",
+        ] {
+            let error = Settings::load_with(
+                &ConfigSources::default(),
+                env(&[(&format!("RECONCILER__{key}"), "0")]),
+            )
+            .unwrap_err()
+            .to_string();
+            let name = key.to_lowercase().replace("__", ".");
+            assert!(error.contains(&format!("`{name}`")), "{error}");
+            assert!(error.contains("must be at least 1"), "{error}");
+        }
+
+        let error = Settings::load_with(
+            &ConfigSources::default(),
+            env(&[("RECONCILER__SCHEDULE__TIME_ZONE", "Mars/Olympus")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("schedule.time_zone"), "{error}");
+        assert!(error.contains("is not an IANA time zone"), "{error}");
     }
 
     #[test]

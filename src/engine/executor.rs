@@ -114,10 +114,15 @@ impl Engine {
         let limits = work::ClaimLimits {
             now,
             window_open: self.off_peak.is_open(now),
-            max_running: self.settings.max_running_chunks,
+            max_running: self.settings.max_running_chunks.get(),
         };
-        let Some(chunk) =
-            work::claim_chunk(&self.pool, &self.owner, self.settings.lease_seconds, limits).await?
+        let Some(chunk) = work::claim_chunk(
+            &self.pool,
+            &self.owner,
+            self.settings.lease_seconds.get(),
+            limits,
+        )
+        .await?
         else {
             return Ok(Next::Idle);
         };
@@ -210,7 +215,7 @@ impl Engine {
         let pool = self.pool.clone();
         let chunk = chunk.clone();
         let owner = self.owner.clone();
-        let lease = self.settings.lease_seconds;
+        let lease = self.settings.lease_seconds.get();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let every = Duration::from_millis((lease * 1000 / 3).max(100));
@@ -263,8 +268,9 @@ impl Engine {
         kind: &Arc<dyn AnyKind>,
         ctx: &ApplyContext<'_, serde_json::Value>,
     ) -> Result<Option<Vec<ItemResult>>, EngineError> {
-        let rounds: Vec<&[WorkItem<serde_json::Value>]> =
-            items.chunks(self.settings.round_size as usize).collect();
+        let rounds: Vec<&[WorkItem<serde_json::Value>]> = items
+            .chunks(self.settings.round_size.get() as usize)
+            .collect();
         for (i, round) in rounds.iter().enumerate() {
             if ctx.cancel.is_cancelled() {
                 break;

@@ -100,7 +100,7 @@ impl Engine {
         instance: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, EngineError> {
-        let off_peak = OffPeak::new(schedule).map_err(EngineError::Corrupt)?;
+        let off_peak = OffPeak::new(schedule);
         Ok(Self {
             pool,
             tenant,
@@ -139,7 +139,7 @@ impl Engine {
             let shutdown = shutdown.clone();
             tasks.spawn(async move { engine.planner_loop(shutdown).await });
         }
-        for _ in 0..self.settings.chunk_concurrency {
+        for _ in 0..self.settings.chunk_concurrency.get() {
             let engine = self.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move { engine.executor_loop(shutdown).await });

@@ -18,6 +18,7 @@
 //! `item_attempts` additions per Phone System group involved. A chunk claimed again after its
 //! worker died starts again from a read, so it writes nothing that is already done.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -50,9 +51,9 @@ pub struct ItemRetry {
 }
 
 impl ItemRetry {
-    pub fn new(attempts: u32) -> Self {
+    pub fn new(attempts: NonZeroU32) -> Self {
         Self {
-            attempts: attempts.max(1),
+            attempts: attempts.get(),
             backoff: ExponentialBuilder::new()
                 .with_min_delay(FIRST_PAUSE)
                 .with_factor(2.0)
@@ -116,7 +117,7 @@ mod tests {
 
     #[test]
     fn pauses_double_from_200_ms_up_to_5_s() {
-        let retry = ItemRetry::new(3);
+        let retry = ItemRetry::new(NonZeroU32::new(3).unwrap());
         let pauses: Vec<u128> = (1..=7).map(|n| retry.pause(n).as_millis()).collect();
         assert_eq!(pauses, vec![200, 400, 800, 1600, 3200, 5000, 5000]);
     }
@@ -135,6 +136,5 @@ mod tests {
             ItemRetry::verdict(TenantError::UserNotFound("x".into())),
             Verdict::Fail(FailureCode::UserNotFound, _)
         ));
-        assert_eq!(ItemRetry::new(0).attempts(), 1);
     }
 }

@@ -16,6 +16,7 @@
 //!
 //! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).
 pub mod catalogue;
+mod events;
 mod routes;
 pub mod settings;
 pub mod state;

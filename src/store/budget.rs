@@ -8,6 +8,7 @@
 //! second, down to `MIN_FACTOR`) and recovers by `RECOVERY_PER_SECOND` back to 1: the workers slow down on
 //! their own when the tenant pushes back, and speed up again afterwards.
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -39,12 +40,12 @@ pub struct PgWriteBudget {
 impl PgWriteBudget {
     /// A budget of `rate` writes a second and at most `burst` at once, shared under `name`.
     /// Touches no database until the first write (the row is created then).
-    pub fn new(pool: PgPool, name: &str, rate: f64, burst: u32) -> Self {
+    pub fn new(pool: PgPool, name: &str, rate: f64, burst: NonZeroU32) -> Self {
         Self {
             pool,
             name: name.to_owned(),
             rate,
-            burst: f64::from(burst.max(1)),
+            burst: f64::from(burst.get()),
         }
     }
 

@@ -6,8 +6,9 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::error::TenantError;
+use super::events::{TokenEndpointAnswered, TokenEndpointUnreachable, TokenFetched, TokenRefused};
 use super::settings::TenantSettings;
-use crate::telemetry::metrics as m;
+use crate::telemetry::emit;
 
 #[derive(Deserialize)]
 struct TokenAnswer {
@@ -90,18 +91,20 @@ impl TokenSource {
             ("grant_type", "client_credentials"),
         ];
         let result = self.http.post(&self.url).form(&form).send().await;
-        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => "token")
-            .record(started.elapsed().as_secs_f64());
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
-                metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => "token", "status" => "network").increment(1);
+                emit(TokenEndpointUnreachable {
+                    elapsed: started.elapsed(),
+                });
                 return Err(TenantError::Transient(format!("token endpoint: {e}")));
             }
         };
         let status = resp.status().as_u16();
-        metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => "token", "status" => m::status_class(status))
-            .increment(1);
+        emit(TokenEndpointAnswered {
+            status,
+            elapsed: started.elapsed(),
+        });
         let body = resp
             .bytes()
             .await
@@ -116,7 +119,10 @@ impl TokenSource {
                 error: format!("http_{status}"),
                 error_description: String::new(),
             });
-            tracing::warn!(status, error = %e.error, "access token refused");
+            emit(TokenRefused {
+                status,
+                error: &e.error,
+            });
             return Err(TenantError::Auth(format!(
                 "{}: {}",
                 e.error, e.error_description
@@ -124,8 +130,9 @@ impl TokenSource {
         }
         let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|e| TenantError::Auth(format!("unreadable token answer: {e}")))?;
-        metrics::counter!(m::TENANT_TOKEN_REFRESHES_TOTAL).increment(1);
-        tracing::debug!(expires_in = answer.expires_in, "access token fetched");
+        emit(TokenFetched {
+            expires_in: answer.expires_in,
+        });
         let lifetime = Duration::from_secs(answer.expires_in);
         // With a lifetime shorter than the margin, use the token for half its life.
         let usable = lifetime.checked_sub(self.margin).unwrap_or(lifetime / 2);

@@ -1,15 +1,18 @@
 //! JSON batching: up to 20 requests per `POST /$batch`, several batches in flight, every inner
 //! answer handled on its own and results returned in input order.
+//!
+//! The middle layer of the client (see [`super::transport`] for the picture): it sends through
+//! `Transport` and knows nothing of what the requests mean; [`super::graph`] builds them.
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::Method;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::error::{Operation, TenantError};
-use super::graph::{GraphClient, count_retry, parse_retry_after, record};
+use super::events::{BatchRetrying, InnerAnswered};
+use super::transport::{Failure, Raw, Transport, parse_retry_after};
+use crate::telemetry::emit;
 
 /// Graph's limit of requests per `$batch`.
 pub const MAX_BATCH_SIZE: usize = 20;
@@ -58,99 +61,24 @@ impl Inner {
     }
 }
 
-/// An HTTP answer (of a single call or of one inner request).
-#[derive(Debug, Clone)]
-pub(crate) struct Raw {
-    pub(crate) status: u16,
-    pub(crate) retry_after: Option<Duration>,
-    /// The JSON body, `Null` when empty or not JSON.
-    pub(crate) body: Value,
-}
-
-impl Raw {
-    pub(crate) fn new(status: u16, retry_after: Option<Duration>, bytes: &[u8]) -> Self {
-        Self {
-            status,
-            retry_after,
-            body: serde_json::from_slice(bytes).unwrap_or(Value::Null),
-        }
-    }
-
-    pub(crate) fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-
-    /// The error this (non-2xx) answer means for `op`.
-    pub(crate) fn error(&self, op: Operation) -> TenantError {
-        let e = self.body.get("error");
-        let field = |k: &str| {
-            e.and_then(|e| e.get(k))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-        };
-        TenantError::from_graph(
-            op,
-            self.status,
-            field("code"),
-            field("message"),
-            self.retry_after,
-        )
-    }
-
-    pub(crate) fn invalid(&self, what: &str) -> TenantError {
-        TenantError::Other {
-            status: self.status,
-            code: "invalid_response".to_owned(),
-            message: what.to_owned(),
-        }
-    }
-
-    /// The body as `T`.
-    pub(crate) fn parse<T: DeserializeOwned>(self, op: Operation) -> Result<T, TenantError> {
-        let status = self.status;
-        serde_json::from_value(self.body).map_err(|e| TenantError::Other {
-            status,
-            code: "invalid_response".to_owned(),
-            message: format!("{}: {e}", op.as_str()),
-        })
-    }
-
-    /// The `value` array of a collection answer as `Vec<T>`.
-    pub(crate) fn value_list<T: DeserializeOwned>(
-        &self,
-        op: Operation,
-    ) -> Result<Vec<T>, TenantError> {
-        let value = self
-            .body
-            .get("value")
-            .cloned()
-            .unwrap_or(Value::Array(Vec::new()));
-        serde_json::from_value(value).map_err(|e| TenantError::Other {
-            status: self.status,
-            code: "invalid_response".to_owned(),
-            message: format!("{}: {e}", op.as_str()),
-        })
-    }
-}
-
-impl GraphClient {
+impl Transport {
     fn chunk_size(&self, op: Operation) -> usize {
-        let mut size = self.settings.batch_size.clamp(1, MAX_BATCH_SIZE);
+        let mut size = self.settings.batch_size.get().min(MAX_BATCH_SIZE);
         if op.is_write() && self.write_limited() {
-            size = size.min(self.settings.write_burst.max(1) as usize);
+            size = size.min(self.settings.write_burst.get() as usize);
         }
         size
     }
 
     /// Sends `items` once, in `$batch` chunks, several at a time. Each item's result is `Ok` for a
-    /// 2xx answer and the mapped error otherwise (an envelope failure fails all of its items).
+    /// 2xx answer and its [`Failure`] otherwise (an envelope failure fails all of its items).
     pub(crate) async fn batch_round(
         &self,
         op: Operation,
         items: Vec<(usize, Inner)>,
-    ) -> Vec<(usize, Result<Raw, TenantError>)> {
+    ) -> Vec<(usize, Result<Raw, Failure>)> {
         let size = self.chunk_size(op);
-        let concurrency = self.settings.batch_concurrency.max(1);
+        let concurrency = self.settings.batch_concurrency.get();
         // Owned chunks: borrowed items in the stream trip the compiler's Send inference.
         let mut chunks: Vec<Vec<(usize, Inner)>> = Vec::new();
         for item in items {
@@ -171,20 +99,20 @@ impl GraphClient {
         &self,
         op: Operation,
         chunk: Vec<(usize, Inner)>,
-    ) -> Vec<(usize, Result<Raw, TenantError>)> {
+    ) -> Vec<(usize, Result<Raw, Failure>)> {
         if op.is_write() {
             self.acquire_budget(chunk.len() as u32).await;
         }
         let body = json!({ "requests": chunk.iter().map(|(i, r)| r.json(*i)).collect::<Vec<_>>() });
         let url = format!("{}/$batch", self.root);
-        let all = |e: TenantError| chunk.iter().map(|(i, _)| (*i, Err(e.clone()))).collect();
+        let all = |f: Failure| chunk.iter().map(|(i, _)| (*i, Err(f.clone()))).collect();
         let raw = match self
             .send(Operation::Batch, Method::POST, &url, Some(&body))
             .await
         {
             Ok(raw) if raw.is_success() => raw,
-            Ok(raw) => return all(raw.error(Operation::Batch)),
-            Err(e) => return all(e),
+            Ok(raw) => return all(raw.failure(Operation::Batch)),
+            Err(f) => return all(f),
         };
         let mut answers: HashMap<usize, Raw> = HashMap::with_capacity(chunk.len());
         for r in raw
@@ -215,7 +143,7 @@ impl GraphClient {
                         .or_else(|| v.as_u64().map(|n| n.to_string()))
                 })
                 .and_then(|v| parse_retry_after(&v));
-            record(op, status);
+            emit(InnerAnswered { op, status });
             if status == 429 {
                 self.budget.throttled();
             }
@@ -233,8 +161,8 @@ impl GraphClient {
             .map(|(i, _)| {
                 let result = match answers.remove(i) {
                     Some(raw) if raw.is_success() => Ok(raw),
-                    Some(raw) => Err(raw.error(op)),
-                    None => Err(TenantError::Transient(format!(
+                    Some(raw) => Err(raw.failure(op)),
+                    None => Err(Failure::unavailable(format!(
                         "request {i} missing from the $batch answer"
                     ))),
                 };
@@ -243,17 +171,21 @@ impl GraphClient {
             .collect()
     }
 
-    /// Sends every item, retrying the transient failures of each (as they are) until they succeed
-    /// or attempts run out. Results are in input order.
+    /// Sends every item, sending again those whose fault [`Fault::is_retried`] allows for `op`
+    /// (as they are, after the longest `Retry-After` or a back-off step) until they succeed or
+    /// `max_attempts` sends are spent. For reads and membership changes; licence writes have
+    /// their own loop. Results are in input order.
+    ///
+    /// [`Fault::is_retried`]: super::transport::Fault::is_retried
     pub(crate) async fn batch_with_retry(
         &self,
         op: Operation,
         inners: &[Inner],
     ) -> Vec<Result<Raw, TenantError>> {
-        let mut results: Vec<Option<Result<Raw, TenantError>>> = vec![None; inners.len()];
+        let mut results: Vec<Option<Result<Raw, Failure>>> = vec![None; inners.len()];
         let mut pending: Vec<usize> = (0..inners.len()).collect();
         let mut backoff = self.backoff();
-        let max = self.settings.max_attempts.max(1);
+        let max = self.max_attempts();
         for attempt in 1..=max {
             let round = self
                 .batch_round(
@@ -263,35 +195,35 @@ impl GraphClient {
                 .await;
             pending.clear();
             for (i, r) in round {
-                if let Err(e) = &r
-                    && e.is_transient()
+                if let Err(f) = &r
+                    && f.fault.is_retried(op)
                     && attempt < max
                 {
-                    count_retry(op, e);
                     pending.push(i);
                 }
                 results[i] = Some(r);
             }
-            let wait = self.round_delay(
-                pending
-                    .iter()
-                    .filter_map(|&i| results[i].as_ref().and_then(|r| r.as_ref().err())),
-                &mut backoff,
-            );
             if pending.is_empty() {
                 break;
             }
-            tracing::debug!(
-                operation = op.as_str(),
-                items = pending.len(),
-                ?wait,
-                "retrying batched requests"
-            );
+            let failures: Vec<&Failure> = pending
+                .iter()
+                .filter_map(|&i| results[i].as_ref().and_then(|r| r.as_ref().err()))
+                .collect();
+            let wait = self.round_delay(failures.iter().map(|f| f.fault), &mut backoff);
+            emit(BatchRetrying {
+                op,
+                errors: failures.iter().map(|f| &f.error),
+                wait,
+            });
             tokio::time::sleep(wait).await;
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(TenantError::Transient("no answer".to_owned()))))
+            .map(|r| match r {
+                Some(r) => r.map_err(|f| f.error),
+                None => Err(TenantError::Transient("no answer".to_owned())),
+            })
             .collect()
     }
 }

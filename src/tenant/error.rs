@@ -132,6 +132,26 @@ impl Operation {
                 | Self::CreateUser
         )
     }
+
+    /// Whether sending the request twice leaves the tenant as sending it once, with a second
+    /// answer the callers understand: reads, and membership changes (a repeated add answers
+    /// [`TenantError::AlreadyMember`], a repeated remove [`TenantError::NotMember`], both of
+    /// which callers treat as done).
+    ///
+    /// Not licence writes (a repeated swap fails: the removed SKU is gone) and not creations
+    /// (a repeated create conflicts with what the first one made).
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Self::Token
+                | Self::ListSkus
+                | Self::GetUser
+                | Self::FindGroup
+                | Self::ListMembers
+                | Self::AddMember
+                | Self::RemoveMember
+        )
+    }
 }
 
 impl TenantError {

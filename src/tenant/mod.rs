@@ -3,16 +3,25 @@
 //! - [`GraphClient`] implements [`Tenant`] over Graph v1.0 (or the simulator, same code).
 //! - Reads and writes of many users go through `$batch` (≤ 20 per call, several in flight),
 //!   each inner answer handled on its own; results come back in input order.
+//! - The client retries transport faults only (throttling, connections, and requests that are
+//!   safe to repeat); the table is in [`graph`]'s docs. Trying an item again is the engine's.
 //! - Failures are a bounded [`TenantError`] with stable [`TenantError::code`]s.
 //! - Writes spend a [`WriteBudget`] (one token per write, also inside a `$batch`).
+//!
+//! The client is layered with every arrow pointing down: [`graph`] (the [`Tenant`] impl) →
+//! [`batch`] (`$batch`) → [`transport`] (one request: token, status, `Retry-After`, back-off)
+//! → [`auth`], [`rate`], [`error`], [`events`]. [`model`] uses only [`transport`]'s URL
+//! encoding.
 pub mod auth;
 pub mod batch;
 pub mod error;
+pub mod events;
 pub mod graph;
 pub mod model;
 pub mod rate;
 pub mod settings;
 pub mod skus;
+pub mod transport;
 
 use std::sync::Arc;
 
@@ -43,10 +52,12 @@ pub trait Tenant: Send + Sync {
 
     /// Sends one `assignLicense` per change (a swap is one change); one result per input.
     ///
-    /// A write that is throttled or fails transiently may have been applied by Graph anyway, so
-    /// it is not simply repeated: after waiting (`Retry-After` or back-off) the user is re-read;
-    /// if the state already matches, the result is [`LicenceOutcome::AlreadyHeld`], otherwise the
-    /// write is sent again (up to `max_attempts` writes). [`LicenceOutcome::Applied`] means Graph
+    /// A throttled write may have been applied by Graph anyway, so it is not simply repeated:
+    /// after waiting (`Retry-After` or back-off) the user is re-read; if the state already
+    /// matches, the result is [`LicenceOutcome::AlreadyHeld`], otherwise the write is sent again
+    /// (up to `max_attempts` writes). A write that fails otherwise (5xx, timeout, dropped
+    /// connection: it may have been applied) is returned at once as [`TenantError::Transient`];
+    /// the caller re-reads before writing again. [`LicenceOutcome::Applied`] means Graph
     /// accepted a write. Nothing is read before the first write: use [`Tenant::ensure_licences`]
     /// to skip users that are already compliant.
     async fn assign_licences(

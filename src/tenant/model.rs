@@ -18,7 +18,7 @@ impl UserRef {
     pub fn path_segment(&self) -> String {
         match self {
             Self::Id(id) => id.to_string(),
-            Self::Upn(upn) => crate::tenant::graph::encode_path_segment(upn),
+            Self::Upn(upn) => super::transport::encode_path_segment(upn),
         }
     }
 

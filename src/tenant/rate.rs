@@ -3,6 +3,7 @@
 //! [`WriteBudget`] is the seam for a coordinated (cluster-wide) budget; [`LocalTokenBucket`] is
 //! the in-process one.
 use std::fmt::Debug;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -41,8 +42,8 @@ pub struct LocalTokenBucket {
 
 impl LocalTokenBucket {
     /// A full bucket of `burst` tokens refilled at `rate` per second (`rate` must be > 0).
-    pub fn new(rate: f64, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
+    pub fn new(rate: f64, burst: NonZeroU32) -> Self {
+        let burst = f64::from(burst.get());
         Self {
             rate: rate.max(f64::MIN_POSITIVE),
             burst,
@@ -81,7 +82,7 @@ mod tests {
 
     #[test]
     fn debt_is_spread_at_the_rate() {
-        let b = LocalTokenBucket::new(10.0, 2);
+        let b = LocalTokenBucket::new(10.0, NonZeroU32::new(2).unwrap());
         assert_eq!(b.reserve(2), Duration::ZERO);
         let w = b.reserve(1);
         assert!(

@@ -1,4 +1,5 @@
 //! Graph client tests against the simulator.
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use policy_reconciler::simulator::sku_ids;
@@ -196,7 +197,7 @@ async fn throttling_without_retries_left_reports_retry_after() {
     })
     .await;
     let ids = seed_users(&sim, "t", 2);
-    let tenant = client_with(&sim, |t| t.max_attempts = 1);
+    let tenant = client_with(&sim, |t| t.max_attempts = NonZeroU32::MIN);
     let changes: Vec<LicenceChange> = ids
         .iter()
         .map(|id| LicenceChange {
@@ -249,7 +250,7 @@ async fn transient_failures_are_retried_then_reported() {
     );
 
     // Failing beyond the attempts: reported as tenant_unavailable.
-    let impatient = client_with(&sim, |t| t.max_attempts = 2);
+    let impatient = client_with(&sim, |t| t.max_attempts = NonZeroU32::new(2).unwrap());
     sim.state().fail_next(100, 500);
     let out = impatient.get_users(&refs[..1]).await;
     let e = out[0].as_ref().unwrap_err();
@@ -257,6 +258,47 @@ async fn transient_failures_are_retried_then_reported() {
     assert_eq!(e.code(), "tenant_unavailable");
     assert!(e.is_transient());
     sim.state().fail_next(0, 500);
+}
+
+#[tokio::test]
+async fn writes_that_may_have_been_applied_are_returned_not_repeated() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "m", 1);
+    let tenant = client(&sim);
+    let change = LicenceChange {
+        user: UserRef::Id(ids[0]),
+        add: vec![AssignedLicence {
+            sku_id: sku_ids::MCOEV,
+            disabled_plans: vec![],
+        }],
+        remove: vec![],
+    };
+    sim.state().fail_next(1, 500);
+    let out = tenant.assign_licences(std::slice::from_ref(&change)).await;
+    let e = out[0].as_ref().unwrap_err();
+    assert!(matches!(e, TenantError::Transient(_)), "{e:?}");
+    let stats = sim.state().stats();
+    assert_eq!(stats.count("assign_license", 500), 1);
+    assert_eq!(stats.count("assign_license", 200), 0, "not sent again");
+    assert_eq!(
+        stats.count("get_user", 200),
+        0,
+        "the caller re-reads, not the client"
+    );
+    // What the engine does next: read, write what still differs, read back.
+    let ensured = tenant.ensure_licences(&[change]).await;
+    assert!(ensured[0].as_ref().unwrap().changed);
+
+    // A creation that may have been applied is not sent again either.
+    sim.state().fail_next(1, 503);
+    let group = NewGroup {
+        display_name: "Maybe".into(),
+        mail_nickname: "maybe".into(),
+    };
+    let e = tenant.create_group(&group).await.unwrap_err();
+    assert_eq!(e.code(), "tenant_unavailable");
+    assert_eq!(sim.state().stats().count("create_group", 503), 1);
+    assert_eq!(sim.state().stats().count("create_group", 201), 0);
 }
 
 #[tokio::test]
@@ -404,7 +446,7 @@ async fn client_write_budget_limits_the_write_rate() {
     let ids = seed_users(&sim, "w", 15);
     let tenant = client_with(&sim, |t| {
         t.writes_per_second = 5.0;
-        t.write_burst = 5;
+        t.write_burst = NonZeroU32::new(5).unwrap();
     });
     let changes: Vec<LicenceChange> = ids
         .iter()

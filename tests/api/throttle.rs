@@ -103,7 +103,12 @@ async fn the_shared_rate_drops_on_429_and_recovers() {
     use policy_reconciler::tenant::WriteBudget;
 
     let app = crate::helpers::spawn_app().await;
-    let budget = PgWriteBudget::new(app.pool.clone(), "adaptive-test", 100.0, 10);
+    let budget = PgWriteBudget::new(
+        app.pool.clone(),
+        "adaptive-test",
+        100.0,
+        std::num::NonZeroU32::new(10).unwrap(),
+    );
     budget.acquire(1).await;
     let factor = || async {
         sqlx::query_scalar::<_, f64>("SELECT factor FROM write_budget WHERE name = 'adaptive-test'")

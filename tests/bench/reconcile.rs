@@ -164,9 +164,13 @@ impl Bench {
             .unwrap();
         let t = &settings.broker.topology;
         // Declare what the worker declares, so that nothing published before it starts is lost.
-        policy_reconciler::broker::topology::declare(&channel, t, settings.broker.delivery_limit)
-            .await
-            .expect("topology");
+        policy_reconciler::broker::topology::declare(
+            &channel,
+            t,
+            settings.broker.delivery_limit.get(),
+        )
+        .await
+        .expect("topology");
         let events = EventQueue::declare(
             &amqp,
             &events_queue(&id),
@@ -473,16 +477,16 @@ async fn direct_loop(sim: &SimThread, members: &[String], settings: &Settings) -
         .unwrap();
     let started = Instant::now();
     let chunks: Vec<Vec<String>> = members
-        .chunks(settings.engine.chunk_size as usize)
+        .chunks(settings.engine.chunk_size.get() as usize)
         .map(|c| c.to_vec())
         .collect();
     let queue = Arc::new(tokio::sync::Mutex::new(chunks.into_iter()));
     let mut tasks = Vec::new();
-    for _ in 0..settings.engine.chunk_concurrency {
+    for _ in 0..settings.engine.chunk_concurrency.get() {
         let queue = queue.clone();
         let client = client.clone();
         let desired = desired.clone();
-        let round = settings.engine.round_size as usize;
+        let round = settings.engine.round_size.get() as usize;
         tasks.push(tokio::spawn(async move {
             loop {
                 let Some(chunk) = queue.lock().await.next() else {
@@ -591,7 +595,10 @@ async fn bare_consumer(bench: &Bench, messages: usize) -> Duration {
     channel.wait_for_confirms().await.unwrap();
     let consuming = bench.amqp.create_channel().await.unwrap();
     consuming
-        .basic_qos(bench.settings.broker.prefetch_count, Default::default())
+        .basic_qos(
+            bench.settings.broker.prefetch_count.get(),
+            Default::default(),
+        )
         .await
         .unwrap();
     let mut consumer = consuming

@@ -109,11 +109,11 @@ pub async fn accept(
     subject: &Value,
     plan: &Value,
     items: ItemRows,
-    chunk_size: u32,
+    chunk_size: std::num::NonZeroU32,
     schedule: Schedule,
     earliest_start: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let chunk_size = i64::from(chunk_size.max(1));
+    let chunk_size = i64::from(chunk_size.get());
     let total = match items {
         ItemRows::Listed { keys, specs } => {
             sqlx::query(

@@ -1,0 +1,143 @@
+//! `[tenant]`: settings of the Graph client ([`crate::tenant::GraphClient`]).
+use std::num::{NonZeroU32, NonZeroUsize};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::parse::at_least_one;
+
+/// Where and how the reconciler talks to Microsoft Graph (or the simulator).
+///
+/// Missing keys take the defaults of [`TenantSettings::default`], which match `config/default.toml`
+/// and point at a local simulator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    /// Base URL of Graph, without `/v1.0` (`https://graph.microsoft.com` for real Graph).
+    pub graph_base_url: String,
+    /// Base URL of the identity platform (`https://login.microsoftonline.com` for real Entra ID).
+    pub login_base_url: String,
+    /// Directory (tenant) id or domain used in the token URL.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Client secret; redacted in `Debug`.
+    pub client_secret: SecretString,
+    /// OAuth2 scope requested (client credentials need the `/.default` form).
+    pub scope: String,
+    /// A token is renewed this long before it expires, so no request carries an expiring token.
+    pub token_refresh_margin_seconds: u64,
+    /// Timeout of one HTTP request.
+    pub request_timeout_ms: u64,
+    /// Timeout of establishing a connection.
+    pub connect_timeout_ms: u64,
+    /// Requests per `$batch` (Graph allows at most 20).
+    #[serde(deserialize_with = "at_least_one")]
+    pub batch_size: NonZeroUsize,
+    /// `$batch` calls in flight at once for one operation.
+    #[serde(deserialize_with = "at_least_one")]
+    pub batch_concurrency: NonZeroUsize,
+    /// Sends of one request (or inner request of a `$batch`), the first included; which
+    /// failures are sent again is in [`crate::tenant::graph`]'s docs.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_attempts: NonZeroU32,
+    /// First back-off delay after a transient failure (exponential with jitter after that).
+    pub retry_min_delay_ms: u64,
+    /// Longest back-off delay after a transient failure.
+    pub retry_max_delay_ms: u64,
+    /// Longest `Retry-After` honoured; longer ones are capped (the request then may be throttled again).
+    pub max_retry_after_seconds: u64,
+    /// Writes per second this process sends (token bucket); 0 disables the limit.
+    pub writes_per_second: f64,
+    /// Writes that may be sent at once (bucket capacity). Write `$batch` calls hold at most this
+    /// many requests, so a batch never exceeds the budget on its own.
+    #[serde(deserialize_with = "at_least_one")]
+    pub write_burst: NonZeroU32,
+    /// Enforce `writes_per_second` across all worker replicas together (a token bucket in
+    /// PostgreSQL, adaptive to 429s) instead of per process.
+    pub shared_write_budget: bool,
+    /// How long the SKU catalogue is cached before it is read again.
+    pub sku_cache_ttl_seconds: u64,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        Self {
+            graph_base_url: "http://127.0.0.1:8900".to_owned(),
+            login_base_url: "http://127.0.0.1:8900".to_owned(),
+            tenant_id: "simulated-tenant".to_owned(),
+            client_id: "policy-reconciler-dev".to_owned(),
+            client_secret: SecretString::from("simulator-secret"),
+            scope: "https://graph.microsoft.com/.default".to_owned(),
+            token_refresh_margin_seconds: 300,
+            request_timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+            batch_size: NonZeroUsize::new(20).expect("not zero"),
+            batch_concurrency: NonZeroUsize::new(4).expect("not zero"),
+            max_attempts: NonZeroU32::new(6).expect("not zero"),
+            retry_min_delay_ms: 200,
+            retry_max_delay_ms: 30_000,
+            max_retry_after_seconds: 300,
+            writes_per_second: 18.0,
+            write_burst: NonZeroU32::new(20).expect("not zero"),
+            shared_write_budget: true,
+            sku_cache_ttl_seconds: 3_600,
+        }
+    }
+}
+
+impl TenantSettings {
+    /// Settings for a client of a simulator at `base_url` (Graph and login), with fast retries
+    /// and no write limit: what tests want.
+    pub fn for_simulator(base_url: &str) -> Self {
+        Self {
+            graph_base_url: base_url.to_owned(),
+            login_base_url: base_url.to_owned(),
+            retry_min_delay_ms: 10,
+            retry_max_delay_ms: 200,
+            writes_per_second: 0.0,
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn default_toml_matches_the_defaults() {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(
+                include_str!("../../config/default.toml"),
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap();
+        let s: TenantSettings = cfg.get("tenant").unwrap();
+        let d = TenantSettings::default();
+        assert_eq!(s.graph_base_url, d.graph_base_url);
+        assert_eq!(s.login_base_url, d.login_base_url);
+        assert_eq!(s.client_id, d.client_id);
+        assert_eq!(
+            s.client_secret.expose_secret(),
+            d.client_secret.expose_secret()
+        );
+        assert_eq!(
+            s.token_refresh_margin_seconds,
+            d.token_refresh_margin_seconds
+        );
+        assert_eq!(s.batch_size, d.batch_size);
+        assert_eq!(s.batch_concurrency, d.batch_concurrency);
+        assert_eq!(s.max_attempts, d.max_attempts);
+        assert_eq!(s.writes_per_second, d.writes_per_second);
+        assert_eq!(s.write_burst, d.write_burst);
+        assert_eq!(s.sku_cache_ttl_seconds, d.sku_cache_ttl_seconds);
+        assert!(
+            !format!("{s:?}").contains("simulator-secret"),
+            "Debug redacts the secret"
+        );
+    }
+}

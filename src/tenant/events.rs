@@ -1,0 +1,256 @@
+//! What happens in the tenant client, each as one [`InternalEvent`] that writes its log line and
+//! updates its metrics together.
+//!
+//! Label values come from [`Operation::as_str`], [`RetryReason::as_str`] and
+//! [`m::status_class`], never from input.
+use std::time::Duration;
+
+use super::error::{Operation, TenantError};
+use crate::telemetry::event::InternalEvent;
+use crate::telemetry::metrics as m;
+
+/// Why a request is sent again (the `reason` label of [`m::TENANT_RETRIES_TOTAL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// Graph throttled it (429).
+    Throttled,
+    /// Any other fault worth another attempt.
+    Transient,
+    /// Graph refused the token (401): sent again with a new one.
+    Unauthorized,
+}
+
+impl RetryReason {
+    /// The metric label (one of [`m::TENANT_RETRY_REASONS`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Transient => "transient",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// The reason for retrying after `error`.
+    pub fn of(error: &TenantError) -> Self {
+        if matches!(error, TenantError::Throttled { .. }) {
+            Self::Throttled
+        } else {
+            Self::Transient
+        }
+    }
+}
+
+/// Counts answers by operation and status class, and 429s on their own.
+fn count_answer(op: Operation, status: u16) {
+    metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => op.as_str(), "status" => m::status_class(status))
+        .increment(1);
+    if status == 429 {
+        metrics::counter!(m::TENANT_THROTTLED_TOTAL, "operation" => op.as_str()).increment(1);
+    }
+}
+
+fn count_retries<'a>(op: Operation, errors: impl IntoIterator<Item = &'a TenantError>) -> usize {
+    let mut n = 0;
+    for error in errors {
+        metrics::counter!(m::TENANT_RETRIES_TOTAL, "operation" => op.as_str(), "reason" => RetryReason::of(error).as_str())
+            .increment(1);
+        n += 1;
+    }
+    n
+}
+
+/// Graph answered an HTTP request (any status).
+pub(crate) struct GraphAnswered {
+    pub op: Operation,
+    pub status: u16,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for GraphAnswered {
+    fn emit(self) {
+        let elapsed = self.elapsed.as_secs_f64();
+        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => self.op.as_str())
+            .record(elapsed);
+        count_answer(self.op, self.status);
+        tracing::debug!(
+            operation = self.op.as_str(),
+            status = self.status,
+            elapsed,
+            "graph request"
+        );
+    }
+}
+
+/// An HTTP request to Graph got no answer (connection, timeout, body).
+pub(crate) struct GraphUnreachable<'a> {
+    pub op: Operation,
+    pub elapsed: Duration,
+    pub error: &'a reqwest::Error,
+}
+
+impl InternalEvent for GraphUnreachable<'_> {
+    fn emit(self) {
+        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => self.op.as_str())
+            .record(self.elapsed.as_secs_f64());
+        metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => self.op.as_str(), "status" => "network")
+            .increment(1);
+        tracing::debug!(operation = self.op.as_str(), error = %self.error, "graph request failed");
+    }
+}
+
+/// One inner request of a `$batch` was answered.
+pub(crate) struct InnerAnswered {
+    pub op: Operation,
+    pub status: u16,
+}
+
+impl InternalEvent for InnerAnswered {
+    fn emit(self) {
+        count_answer(self.op, self.status);
+    }
+}
+
+/// Graph refused the token (401): the request is sent once more with a new one.
+pub(crate) struct RetryingWithNewToken {
+    pub op: Operation,
+}
+
+impl InternalEvent for RetryingWithNewToken {
+    fn emit(self) {
+        metrics::counter!(m::TENANT_RETRIES_TOTAL, "operation" => self.op.as_str(), "reason" => RetryReason::Unauthorized.as_str())
+            .increment(1);
+    }
+}
+
+/// A single request is sent again after `wait`.
+pub(crate) struct Retrying<'a> {
+    pub op: Operation,
+    pub error: &'a TenantError,
+    pub wait: Duration,
+}
+
+impl InternalEvent for Retrying<'_> {
+    fn emit(self) {
+        count_retries(self.op, [self.error]);
+        tracing::debug!(operation = self.op.as_str(), wait = ?self.wait, error = %self.error, "retrying");
+    }
+}
+
+/// Inner requests of a `$batch` operation are sent again after `wait`, one for each error.
+pub(crate) struct BatchRetrying<'a, I: Iterator<Item = &'a TenantError>> {
+    pub op: Operation,
+    pub errors: I,
+    pub wait: Duration,
+}
+
+impl<'a, I: Iterator<Item = &'a TenantError>> InternalEvent for BatchRetrying<'a, I> {
+    fn emit(self) {
+        let items = count_retries(self.op, self.errors);
+        tracing::debug!(
+            operation = self.op.as_str(),
+            items,
+            wait = ?self.wait,
+            "retrying batched requests"
+        );
+    }
+}
+
+/// Throttled licence writes: their users are re-read after `wait`, and written again where
+/// they still differ.
+pub(crate) struct LicenceWritesThrottled<'a, I: Iterator<Item = &'a TenantError>> {
+    pub errors: I,
+    pub wait: Duration,
+}
+
+impl<'a, I: Iterator<Item = &'a TenantError>> InternalEvent for LicenceWritesThrottled<'a, I> {
+    fn emit(self) {
+        let items = count_retries(Operation::AssignLicence, self.errors);
+        tracing::debug!(
+            items,
+            wait = ?self.wait,
+            "licence writes throttled; re-reading before retrying"
+        );
+    }
+}
+
+/// A write waited for the write budget.
+pub(crate) struct WriteBudgetWaited {
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for WriteBudgetWaited {
+    fn emit(self) {
+        metrics::histogram!(m::TENANT_WRITE_BUDGET_WAIT_SECONDS).record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// The token endpoint answered (any status).
+pub(crate) struct TokenEndpointAnswered {
+    pub status: u16,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for TokenEndpointAnswered {
+    fn emit(self) {
+        let op = Operation::Token.as_str();
+        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => op)
+            .record(self.elapsed.as_secs_f64());
+        metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => op, "status" => m::status_class(self.status))
+            .increment(1);
+    }
+}
+
+/// The token endpoint could not be reached.
+pub(crate) struct TokenEndpointUnreachable {
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for TokenEndpointUnreachable {
+    fn emit(self) {
+        let op = Operation::Token.as_str();
+        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => op)
+            .record(self.elapsed.as_secs_f64());
+        metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => op, "status" => "network")
+            .increment(1);
+    }
+}
+
+/// The token endpoint refused to issue a token (4xx other than 429).
+pub(crate) struct TokenRefused<'a> {
+    pub status: u16,
+    pub error: &'a str,
+}
+
+impl InternalEvent for TokenRefused<'_> {
+    fn emit(self) {
+        tracing::warn!(status = self.status, error = %self.error, "access token refused");
+    }
+}
+
+/// A new access token was fetched.
+pub(crate) struct TokenFetched {
+    pub expires_in: u64,
+}
+
+impl InternalEvent for TokenFetched {
+    fn emit(self) {
+        metrics::counter!(m::TENANT_TOKEN_REFRESHES_TOTAL).increment(1);
+        tracing::debug!(expires_in = self.expires_in, "access token fetched");
+    }
+}
+
+/// `find_group` found several groups of one display name and uses the first.
+pub(crate) struct SeveralGroupsShareAName<'a> {
+    pub display_name: &'a str,
+    pub count: usize,
+}
+
+impl InternalEvent for SeveralGroupsShareAName<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            display_name = self.display_name,
+            count = self.count,
+            "several groups share a display name; using the first"
+        );
+    }
+}
