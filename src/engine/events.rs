@@ -121,6 +121,18 @@ impl InternalEvent for ChunkGivenBack<'_> {
     }
 }
 
+/// A running chunk of an ended job stopped: what it wrote is recorded, the rest skipped.
+pub struct ChunkEndedEarly {
+    pub job_id: Uuid,
+    pub chunk: i32,
+}
+
+impl InternalEvent for ChunkEndedEarly {
+    fn emit(self) {
+        tracing::info!(job_id = %self.job_id, chunk = self.chunk, "chunk of an ended job stopped; its remaining items are skipped");
+    }
+}
+
 /// A chunk's lease could not be renewed: another worker may hold it now.
 pub struct LeaseLost {
     pub job_id: Uuid,
@@ -137,6 +149,9 @@ impl InternalEvent for LeaseLost {
 pub struct ItemsRecorded<'a> {
     pub job_type: JobType,
     pub results: &'a [ItemResult],
+    /// Of the `already_compliant` ones, recorded `changed`: this job's write, sent before a
+    /// crash or an outage, was what made them compliant.
+    pub promoted: u64,
 }
 
 impl InternalEvent for ItemsRecorded<'_> {
@@ -145,6 +160,11 @@ impl InternalEvent for ItemsRecorded<'_> {
         for result in self.results {
             by_outcome[result.outcome as usize] += 1;
         }
+        let promoted = self
+            .promoted
+            .min(by_outcome[ItemOutcome::AlreadyCompliant as usize]);
+        by_outcome[ItemOutcome::AlreadyCompliant as usize] -= promoted;
+        by_outcome[ItemOutcome::Changed as usize] += promoted;
         for outcome in ItemOutcome::ALL {
             let n = by_outcome[outcome as usize];
             if n > 0 {

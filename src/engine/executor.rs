@@ -8,13 +8,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::events::{
-    ChunkFinished, ChunkGivenBack, ChunkReclaimed, ItemsRecorded, JobCompleted, LeaseLost,
+    ChunkEndedEarly, ChunkFinished, ChunkGivenBack, ChunkReclaimed, ItemsRecorded, JobCompleted,
+    LeaseLost,
 };
+use super::gate::ChunkWrites;
 use super::kind::{ApplyContext, ItemOutcome, ItemResult, JobHeader, WorkItem};
 use super::registry::AnyKind;
 use super::{Engine, EngineError, Waiter};
 use crate::domain::{FailureCode, JobType};
-use crate::store::work::{self, ClaimedChunk};
+use crate::store::work::{self, ChunkFate, ClaimedChunk};
 use crate::telemetry::emit;
 
 /// How long a chunk given back after an error waits before it may be claimed again.
@@ -162,11 +164,24 @@ impl Engine {
             job_type,
             dry_run: job.dry_run,
         };
+        if job.ended {
+            // Taken over from a worker that died after its job ended: nothing to apply.
+            self.end_early(chunk).await?;
+            return Ok(None);
+        }
         let plan = job.plan.unwrap_or_default();
 
-        // The lease is renewed in the background; losing it (or shutdown) cancels the work
-        // at the next safe point.
+        // The lease is renewed in the background; losing it, the job's end, or shutdown
+        // cancels the work at the next safe point (at the latest, the next write batch: the
+        // gate refuses it).
         let cancel = shutdown.child_token();
+        let _watch = self.job_ends.watch(chunk.job_id, cancel.clone());
+        let writes = ChunkWrites::new(
+            self.pool.clone(),
+            chunk.clone(),
+            self.owner.clone(),
+            cancel.clone(),
+        );
         let renewal = self.renew_lease_until(chunk, &cancel);
         let items: Vec<WorkItem<serde_json::Value>> = items
             .into_iter()
@@ -181,16 +196,29 @@ impl Engine {
             job: &header,
             plan: &plan,
             cancel: &cancel,
+            stop: shutdown,
+            writes: &writes,
         };
         let result = self.apply_rounds(chunk, items, &kind, &ctx).await;
-        let lease_lost = cancel.is_cancelled() && !shutdown.is_cancelled();
+        let interrupted = cancel.is_cancelled();
         cancel.cancel();
         let _ = renewal.await;
         let results = match result? {
             Some(results) => results,
-            None if shutdown.is_cancelled() || lease_lost => {
-                if !lease_lost {
-                    work::release_chunk(&self.pool, chunk, &self.owner, self.clock.now()).await?;
+            // What was done is recorded; the rest goes by where the chunk stands.
+            None if interrupted => {
+                match work::chunk_fate(&self.pool, chunk, &self.owner).await? {
+                    ChunkFate::Lost => {}
+                    ChunkFate::JobEnded => self.end_early(chunk).await?,
+                    // Stopping (or the database refused a write's intent): hand it back now.
+                    ChunkFate::Held => {
+                        let not_before = if shutdown.is_cancelled() {
+                            self.clock.now()
+                        } else {
+                            self.clock.now() + RETRY_AFTER_ERROR
+                        };
+                        work::release_chunk(&self.pool, chunk, &self.owner, not_before).await?;
+                    }
                 }
                 return Ok(None);
             }
@@ -240,6 +268,21 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// End a held chunk of an ended job (its open items skipped with the job's code), and
+    /// complete the job if that was its last running chunk.
+    async fn end_early(&self, chunk: &ClaimedChunk) -> Result<(), EngineError> {
+        if work::end_chunk_early(&self.pool, chunk, &self.owner).await? {
+            emit(ChunkEndedEarly {
+                job_id: chunk.job_id,
+                chunk: chunk.chunk,
+            });
+            if work::all_chunks_done(&self.pool, chunk.job_id).await? {
+                self.complete(chunk.job_id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Complete the job if every chunk is done (once, whoever asks).
@@ -330,7 +373,11 @@ impl Engine {
         )
         .await?;
         if recorded.items > 0 {
-            emit(ItemsRecorded { job_type, results });
+            emit(ItemsRecorded {
+                job_type,
+                results,
+                promoted: recorded.promoted,
+            });
         }
         Ok(recorded)
     }

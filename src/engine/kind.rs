@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::EngineError;
 use super::clock::Clock;
+use super::gate::ChunkWrites;
 use super::retry::ItemRetry;
 use crate::configuration::EngineSettings;
 use crate::domain::{Actor, Failure, FailureCode, JobType, Ticket};
@@ -262,6 +263,13 @@ pub struct ApplyContext<'a, P> {
     pub retry: &'a ItemRetry,
     pub job: &'a JobHeader,
     pub plan: &'a P,
-    /// Cancelled when the chunk's lease is lost or the worker stops: stop at the next safe point.
+    /// Cancelled when the chunk's lease is lost, its job ends, or the worker stops: stop at
+    /// the next safe point, and report what was done.
     pub cancel: &'a CancellationToken,
+    /// Cancelled when the worker stops: a tenant call in flight may then be abandoned (its
+    /// writes' intents are recorded, so the chunk's next worker finds them: see
+    /// [`super::gate`]).
+    pub stop: &'a CancellationToken,
+    /// The chunk's write gates: pass `writes.gate(seqs)` to every tenant write call.
+    pub writes: &'a ChunkWrites,
 }

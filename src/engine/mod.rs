@@ -24,9 +24,11 @@
 //! timestamps use the database's `now()`: liveness is measured where the lease is held.
 
 pub mod clock;
+mod ends;
 mod error;
 mod events;
 pub mod executor;
+pub mod gate;
 pub mod kind;
 pub mod monitor;
 pub mod planner;
@@ -55,6 +57,7 @@ pub use retry::ItemRetry;
 use crate::configuration::{EngineSettings, ScheduleSettings};
 use crate::tenant::Tenant;
 use clock::Clock;
+use ends::JobEnds;
 use schedule::OffPeak;
 pub use wakeup::{Waiter, Wakeup};
 
@@ -88,6 +91,8 @@ pub struct Engine {
     jobs_stored: Wakeup,
     /// Nudged when a job is planned: its chunks may be claimed now.
     jobs_planned: Wakeup,
+    /// This replica's running chunks by job, stopped when their job ends.
+    job_ends: Arc<JobEnds>,
 }
 
 impl Engine {
@@ -114,6 +119,7 @@ impl Engine {
             items_per_second: DEFAULT_ITEMS_PER_SECOND,
             jobs_stored: Wakeup::default(),
             jobs_planned: Wakeup::default(),
+            job_ends: Arc::default(),
         })
     }
 
@@ -149,6 +155,11 @@ impl Engine {
             let shutdown = shutdown.clone();
             tasks.spawn(async move { engine.monitor_loop(shutdown).await });
         }
+        tasks.spawn(
+            self.job_ends
+                .clone()
+                .listen(self.pool.clone(), shutdown.clone()),
+        );
         while tasks.join_next().await.is_some() {}
     }
 

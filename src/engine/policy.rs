@@ -314,7 +314,8 @@ async fn supersede_older_jobs(
         policy.version, policy.id
     );
     for older in work::older_policy_jobs(tx, &policy.id, policy.version, job_id).await? {
-        let ended = work::end_early_in(tx, older, FailureCode::Superseded, &reason).await?;
+        let ended =
+            work::end_early_in(tx, older, FailureCode::Superseded, &reason, Some(job_id)).await?;
         if let Some((job_type, outcome, counts)) = work::complete_if_done_in(tx, older).await? {
             emit(JobCompleted {
                 job_id: older,
@@ -324,7 +325,12 @@ async fn supersede_older_jobs(
                 failures: 0,
             });
         }
-        tracing::info!(%older, skipped = ended.items_skipped, "older job superseded");
+        tracing::info!(
+            %older,
+            skipped = ended.items_skipped,
+            chunks_running = ended.chunks_running,
+            "older job superseded"
+        );
     }
     Ok(())
 }
@@ -500,6 +506,8 @@ async fn apply(
     // previous round's writes; the last round only reads).
     let mut pending: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
     let mut written: HashSet<usize> = HashSet::new();
+    // Writes that failed in a way Graph may have applied anyway (a 5xx, a timeout).
+    let mut maybe_applied: HashSet<usize> = HashSet::new();
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
     let attempts = ctx.retry.attempts() as usize;
     // Pause before a round only when the previous one met transient failures: reading back
@@ -584,15 +592,26 @@ async fn apply(
         }
         if !writes.is_empty() {
             let changes: Vec<LicenceChange> = writes.iter().map(|(_, c)| c.clone()).collect();
-            let outcomes = ctx.tenant.assign_licences(&changes).await;
+            let gate = ctx
+                .writes
+                .gate(writes.iter().map(|(i, _)| items[*i].seq).collect());
+            let outcomes = tokio::select! {
+                outcomes = ctx.tenant.assign_licences_gated(&changes, &gate) => outcomes,
+                // Stopping: abandon the call. Its writes' intents are recorded, so the chunk's
+                // next worker, reading the users back, reports them as this job's changes.
+                _ = ctx.stop.cancelled() => return Ok(results.into_iter().flatten().collect()),
+            };
             for ((i, _), outcome) in writes.into_iter().zip(outcomes) {
                 match outcome {
                     Ok(_) => {
                         written.insert(i);
                         retry.push(i);
                     }
+                    // Not sent: the chunk is stopping (its token is cancelled).
+                    Err(TenantError::Withheld(_)) => {}
                     Err(error) if ItemRetry::is_retryable(&error) => {
                         last_error.insert(i, error);
+                        maybe_applied.insert(i);
                         retry.push(i);
                         troubled = true;
                     }
@@ -615,6 +634,34 @@ async fn apply(
                 last_error.remove(&i),
                 "the tenant kept failing",
             ));
+        }
+    } else if !ctx.stop.is_cancelled() {
+        // The job ended (or the chunk was lost) mid-way: report what reached the tenant. A
+        // write Graph accepted is `changed`; one that failed in a way that may have been
+        // applied (a 5xx, a timeout) is read once. The rest is left to be skipped.
+        let mut uncertain = Vec::new();
+        for i in pending {
+            if written.contains(&i) {
+                results[i] = Some(ItemResult::ok(items[i].seq, ItemOutcome::Changed));
+            } else if maybe_applied.contains(&i) {
+                uncertain.push(i);
+            }
+        }
+        if !uncertain.is_empty() {
+            let refs: Vec<UserRef> = uncertain
+                .iter()
+                .map(|&i| UserRef::Upn(items[i].key.clone()))
+                .collect();
+            for (&i, state) in uncertain.iter().zip(ctx.tenant.get_users(&refs).await) {
+                let want = desired[i]
+                    .as_ref()
+                    .expect("written items have a desired licence");
+                if let Ok(state) = state
+                    && change_for(&state, want, &managed).is_none()
+                {
+                    results[i] = Some(ItemResult::ok(items[i].seq, ItemOutcome::Changed));
+                }
+            }
         }
     }
     Ok(results.into_iter().flatten().collect())

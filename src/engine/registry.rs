@@ -137,6 +137,8 @@ impl<K: JobKind> AnyKind for Registered<K> {
             job: ctx.job,
             plan: &plan,
             cancel: ctx.cancel,
+            stop: ctx.stop,
+            writes: ctx.writes,
         };
         self.0.apply(&typed, &items).await
     }

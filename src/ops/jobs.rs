@@ -275,21 +275,30 @@ pub fn render_control(report: &ControlReport) -> String {
 
 /// What `cancel` prints.
 pub fn render_cancel(report: &CancelReport) -> String {
-    let c = &report.counts;
-    format!(
-        "job {} (message_id {}) cancelled (was {}): {} item(s) skipped, {} chunk(s) closed\n\
-         completed {}: total {}, changed {}, already compliant {}, failed {}, skipped {}\n\
-         job.completed queued in the outbox\n",
+    let mut out = format!(
+        "job {} (message_id {}) cancelled (was {}): {} item(s) skipped, {} chunk(s) closed\n",
         report.id,
         report.message_id,
         report.previous_state.as_str(),
         report.items_skipped,
         report.chunks_closed,
-        report.outcome.as_str(),
-        c.total,
-        c.changed,
-        c.already_compliant,
-        c.failed,
-        c.skipped,
-    )
+    );
+    match &report.completed {
+        Some((outcome, c)) => out.push_str(&format!(
+            "completed {}: total {}, changed {}, already compliant {}, failed {}, skipped {}\n\
+             job.completed queued in the outbox\n",
+            outcome.as_str(),
+            c.total,
+            c.changed,
+            c.already_compliant,
+            c.failed,
+            c.skipped,
+        )),
+        None => out.push_str(&format!(
+            "{} chunk(s) still running stop at their next write batch and record what they \
+             wrote; the job completes then (job.completed counts every write made)\n",
+            report.chunks_running
+        )),
+    }
+    out
 }

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use super::error::{Operation, TenantError};
 use super::events::{BatchRetrying, InnerAnswered};
-use super::transport::{Failure, Raw, Transport, parse_retry_after};
+use super::transport::{Failure, Fault, Raw, Transport, parse_retry_after};
+use super::{Ungated, WriteGate};
 use crate::telemetry::emit;
 
 /// Graph's limit of requests per `$batch`.
@@ -77,6 +78,16 @@ impl Transport {
         op: Operation,
         items: Vec<(usize, Inner)>,
     ) -> Vec<(usize, Result<Raw, Failure>)> {
+        self.batch_round_gated(op, items, &Ungated).await
+    }
+
+    /// [`Transport::batch_round`], asking `gate` before each `$batch` of writes is sent.
+    pub(crate) async fn batch_round_gated(
+        &self,
+        op: Operation,
+        items: Vec<(usize, Inner)>,
+        gate: &dyn WriteGate,
+    ) -> Vec<(usize, Result<Raw, Failure>)> {
         let size = self.chunk_size(op);
         let concurrency = self.settings.batch_concurrency.get();
         // Owned chunks: borrowed items in the stream trip the compiler's Send inference.
@@ -88,7 +99,7 @@ impl Transport {
             }
         }
         futures_util::stream::iter(chunks)
-            .map(|chunk| self.send_batch(op, chunk))
+            .map(|chunk| self.send_batch(op, chunk, gate))
             .buffer_unordered(concurrency)
             .flat_map(futures_util::stream::iter)
             .collect()
@@ -99,13 +110,22 @@ impl Transport {
         &self,
         op: Operation,
         chunk: Vec<(usize, Inner)>,
+        gate: &dyn WriteGate,
     ) -> Vec<(usize, Result<Raw, Failure>)> {
+        let all = |f: Failure| chunk.iter().map(|(i, _)| (*i, Err(f.clone()))).collect();
         if op.is_write() {
             self.acquire_budget(chunk.len() as u32).await;
+            // Asked last, right before sending: the budget wait may have been long.
+            let positions: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
+            if !gate.admit(&positions).await {
+                return all(Failure {
+                    error: TenantError::Withheld("refused by the write gate".into()),
+                    fault: Fault::Final,
+                });
+            }
         }
         let body = json!({ "requests": chunk.iter().map(|(i, r)| r.json(*i)).collect::<Vec<_>>() });
         let url = format!("{}/$batch", self.root);
-        let all = |f: Failure| chunk.iter().map(|(i, _)| (*i, Err(f.clone()))).collect();
         let raw = match self
             .send(Operation::Batch, Method::POST, &url, Some(&body))
             .await

@@ -46,6 +46,10 @@ pub enum TenantError {
     /// A write succeeded but reading the user back did not show the desired state.
     #[error("tenant state did not converge: {0}")]
     NotConverged(String),
+    /// A write not sent because its [`WriteGate`](super::WriteGate) refused it (the job
+    /// ended, the chunk's lease was lost, the worker is stopping). Certainly not applied.
+    #[error("write withheld: {0}")]
+    Withheld(String),
     /// Anything else Graph answered.
     #[error("graph error {status} {code}: {message}")]
     Other {
@@ -73,6 +77,7 @@ pub const TENANT_ERROR_CODES: &[&str] = &[
     "tenant_auth_failed",
     "forbidden",
     "tenant_state_mismatch",
+    "write_withheld",
     "tenant_error",
 ];
 
@@ -176,6 +181,7 @@ impl TenantError {
             Self::Auth(_) => "tenant_auth_failed",
             Self::Forbidden(_) => "forbidden",
             Self::NotConverged(_) => "tenant_state_mismatch",
+            Self::Withheld(_) => "write_withheld",
             Self::Other { .. } => "tenant_error",
         }
     }

@@ -33,7 +33,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Tenant;
 use super::batch::Inner;
 use super::error::{Operation, TenantError};
 use super::events::{LicenceWritesThrottled, SeveralGroupsShareAName};
@@ -44,6 +43,7 @@ use super::rate::{LocalTokenBucket, Unlimited, WriteBudget};
 use super::settings::TenantSettings;
 use super::skus::{Sku, SkuCatalogue};
 use super::transport::{Failure, Fault, Transport, encode_query_value, odata_string};
+use super::{Tenant, WriteGate};
 use crate::telemetry::emit;
 
 /// The `$select` of every user read: exactly what licence reconciliation needs.
@@ -139,9 +139,10 @@ impl Tenant for GraphClient {
     }
 
     #[tracing::instrument(skip_all, fields(changes = changes.len()))]
-    async fn assign_licences(
+    async fn assign_licences_gated(
         &self,
         changes: &[LicenceChange],
+        gate: &dyn WriteGate,
     ) -> Vec<Result<LicenceOutcome, TenantError>> {
         let op = Operation::AssignLicence;
         let inners: Vec<Inner> = changes
@@ -160,9 +161,10 @@ impl Tenant for GraphClient {
         for attempt in 1..=max {
             let round = self
                 .transport
-                .batch_round(
+                .batch_round_gated(
                     op,
                     to_write.iter().map(|&i| (i, inners[i].clone())).collect(),
+                    gate,
                 )
                 .await;
             to_write.clear();

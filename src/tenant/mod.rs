@@ -38,6 +38,27 @@ pub use rate::{LocalTokenBucket, Unlimited, WriteBudget};
 pub use settings::TenantSettings;
 pub use skus::{ServicePlan, Sku, SkuCatalogue};
 
+/// Asked right before a `$batch` of writes is sent, after the write budget for it is spent:
+/// may the writes at these positions (indices into the caller's list) go out now? The engine's
+/// gate checks that the job still runs and that its chunk is still its own, and records that
+/// the writes are about to be made. A refused batch is not sent; its writes fail with
+/// [`TenantError::Withheld`].
+#[async_trait]
+pub trait WriteGate: Send + Sync {
+    async fn admit(&self, positions: &[usize]) -> bool;
+}
+
+/// A gate that admits every write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ungated;
+
+#[async_trait]
+impl WriteGate for Ungated {
+    async fn admit(&self, _positions: &[usize]) -> bool {
+        true
+    }
+}
+
 /// What the engine needs of a Microsoft 365 tenant. Object-safe: use it as `Arc<dyn Tenant>`.
 #[async_trait]
 pub trait Tenant: Send + Sync {
@@ -63,6 +84,16 @@ pub trait Tenant: Send + Sync {
     async fn assign_licences(
         &self,
         changes: &[LicenceChange],
+    ) -> Vec<Result<LicenceOutcome, TenantError>> {
+        self.assign_licences_gated(changes, &Ungated).await
+    }
+
+    /// [`Tenant::assign_licences`], asking `gate` before each `$batch` is sent (also before a
+    /// throttled write is sent again).
+    async fn assign_licences_gated(
+        &self,
+        changes: &[LicenceChange],
+        gate: &dyn WriteGate,
     ) -> Vec<Result<LicenceOutcome, TenantError>>;
 
     /// Reads every user first, writes only the changes not yet satisfied, and reads those back to

@@ -36,7 +36,9 @@ pub struct ClaimLimits {
 /// expedited job or within an open window; and only while fewer than `limits.max_running`
 /// chunks hold live leases across all replicas (the claim is serialised by an advisory
 /// lock, so the cap holds). Lower chunk numbers first across jobs, so that many jobs
-/// progress together and a small job is never stuck behind a large one.
+/// progress together and a small job is never stuck behind a large one. A job that superseded
+/// another waits while a chunk of that one still runs (it stops at its next write batch), so
+/// no write of the older definition lands after the newer one's.
 pub async fn claim_chunk(
     pool: &PgPool,
     owner: &str,
@@ -60,6 +62,10 @@ pub async fn claim_chunk(
                AND (c.not_before <= $3 OR j.expedited)
                AND (j.schedule IS DISTINCT FROM 'off_peak' OR j.expedited OR $4)
                AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_expires_at < now()))
+               AND NOT EXISTS (
+                   SELECT 1 FROM jobs o JOIN job_chunks oc ON oc.job_id = o.id
+                   WHERE o.superseded_by = j.id AND oc.state = 'running'
+                     AND oc.lease_expires_at > now())
                AND (SELECT count(*) FROM job_chunks r
                     WHERE r.state = 'running' AND r.lease_expires_at > now()) < $5
              ORDER BY c.chunk, j.accepted_at, c.job_id
@@ -155,15 +161,115 @@ pub struct ChunkJob {
     pub job_type: String,
     pub dry_run: bool,
     pub plan: Option<Value>,
+    /// The job was ended (cancelled, superseded): its chunks only record what they did.
+    pub ended: bool,
 }
 
 pub async fn chunk_job(pool: &PgPool, job_id: Uuid) -> Result<ChunkJob, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT job_type, dry_run, plan FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_as(
+        "SELECT job_type, dry_run, plan, ended_early IS NOT NULL AS ended FROM jobs WHERE id = $1",
     )
+    .bind(job_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Record that writes for the items `seqs` of the chunk are about to be sent to the tenant,
+/// if and only if the chunk is still this worker's and its job has not ended. Returns whether
+/// they may be sent. Asked before every write batch: an ended job stops writing within one
+/// batch per running chunk, and a write's item is known to be this job's change even if its
+/// outcome is never recorded (a crash, an outage): see [`record_outcomes`].
+pub async fn intend_writes(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    seqs: &[i32],
+) -> Result<bool, StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
+    let marked = sqlx::query(
+        "UPDATE job_items i SET write_intended = true
+         FROM job_chunks c, jobs j
+         WHERE i.job_id = $1 AND i.chunk = $2 AND i.seq = ANY($4)
+           AND c.job_id = $1 AND c.chunk = $2 AND c.lease_owner = $3 AND c.state = 'running'
+           AND j.id = $1 AND j.ended_early IS NULL",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(seqs)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(marked.rows_affected() == seqs.len() as u64)
+}
+
+/// Where a chunk whose work was interrupted stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkFate {
+    /// Still this worker's, and its job goes on (the worker is stopping, or hit an error).
+    Held,
+    /// Still this worker's, but its job has ended: record what was done, skip the rest.
+    JobEnded,
+    /// Another worker's now (or done): nothing more to record here.
+    Lost,
+}
+
+pub async fn chunk_fate(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+) -> Result<ChunkFate, StoreError> {
+    let ended: Option<bool> = sqlx::query_scalar(
+        "SELECT j.ended_early IS NOT NULL FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+         WHERE c.job_id = $1 AND c.chunk = $2 AND c.lease_owner = $3 AND c.state = 'running'",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match ended {
+        None => ChunkFate::Lost,
+        Some(true) => ChunkFate::JobEnded,
+        Some(false) => ChunkFate::Held,
+    })
+}
+
+/// End a held chunk of an ended job: its items without an outcome are skipped with the
+/// job's `ended_code` and reason, and the chunk is done. Returns whether it was ours to end.
+pub async fn end_chunk_early(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    let ended: bool = sqlx::query_scalar(
+        // No FOR UPDATE in `held`: a row this statement also updates (`finished`) would be
+        // skipped by it, and the items with it.
+        "WITH held AS (
+             SELECT 1 FROM job_chunks c WHERE c.job_id = $1 AND c.chunk = $2
+                AND c.lease_owner = $3 AND c.state = 'running'),
+         skipped AS (
+             UPDATE job_items i SET outcome = 'skipped',
+                    failure_code = coalesce(j.ended_code, 'cancelled'), detail = j.ended_early,
+                    finished_at = now()
+             FROM jobs j
+             WHERE j.id = $1 AND i.job_id = $1 AND i.chunk = $2 AND i.outcome IS NULL
+               AND EXISTS (SELECT 1 FROM held)
+             RETURNING 1),
+         finished AS (
+             UPDATE job_chunks SET state = 'done', finished_at = now(), lease_expires_at = NULL
+             WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'
+             RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM finished)",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ended)
 }
 
 /// Items of the chunk still without an outcome (a chunk taken over resumes where its
@@ -194,6 +300,9 @@ pub struct Outcomes<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Recorded {
     pub items: u64,
+    /// Of them, found compliant by a read after a write of this job that was sent but not
+    /// recorded (a crash, an outage): recorded `changed`.
+    pub promoted: u64,
     /// The chunk was marked done with them.
     pub finished: bool,
     /// Other chunks of the job were still pending: this one cannot have been the last, and
@@ -217,24 +326,27 @@ pub async fn record_outcomes(
     finish: bool,
 ) -> Result<Recorded, StoreError> {
     let mut tx = begin_relaxed(pool).await?;
-    let (items, finished, others_pending): (i64, bool, bool) = sqlx::query_as(
+    let (items, promoted, finished, others_pending): (i64, i64, bool, bool) = sqlx::query_as(
         "WITH lease AS (
              SELECT 1 FROM job_chunks c WHERE c.job_id = $1 AND c.chunk = $2
                 AND c.lease_owner = $3 AND c.state = 'running'),
          recorded AS (
              UPDATE job_items i
-             SET outcome = u.outcome, failure_code = u.code, detail = u.detail,
+             SET outcome = CASE WHEN u.outcome = 'already_compliant' AND i.write_intended
+                                THEN 'changed' ELSE u.outcome END,
+                 failure_code = u.code, detail = u.detail,
                  finished_at = now()
              FROM unnest($4::int[], $5::text[], $6::text[], $7::text[])
                   AS u(seq, outcome, code, detail)
              WHERE i.job_id = $1 AND i.chunk = $2 AND i.seq = u.seq AND i.outcome IS NULL
                AND EXISTS (SELECT 1 FROM lease)
-             RETURNING 1),
+             RETURNING u.outcome = 'already_compliant' AND i.write_intended AS promoted),
          finished AS (
              UPDATE job_chunks SET state = 'done', finished_at = now(), lease_expires_at = NULL
              WHERE $8 AND job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'
              RETURNING 1)
          SELECT (SELECT count(*) FROM recorded),
+                (SELECT count(*) FROM recorded WHERE promoted),
                 EXISTS (SELECT 1 FROM finished),
                 EXISTS (SELECT 1 FROM job_chunks o
                         WHERE o.job_id = $1 AND o.chunk <> $2 AND o.state = 'pending')",
@@ -252,6 +364,7 @@ pub async fn record_outcomes(
     tx.commit().await?;
     Ok(Recorded {
         items: items as u64,
+        promoted: promoted as u64,
         finished,
         others_pending,
     })

@@ -260,24 +260,35 @@ pub async fn complete_if_done_in(
 pub struct EndedEarly {
     pub items_skipped: u64,
     pub chunks_closed: u64,
+    /// Chunks a worker still holds: they end when it stops them, and the job with them.
+    pub chunks_running: u64,
 }
 
-/// End an unfinished job now, in `tx` (whose caller holds or takes the job's row lock): every
-/// item without an outcome is skipped with `code` (`cancelled`, `superseded`) and detail `reason`, so the ticket lists what was not done; every open chunk is
-/// closed, and `ended_early` is recorded and merged into the subject, so the completion the
-/// caller then makes (`complete_if_done_in`) tells the ticket why. A worker still inside one
-/// of the chunks can record nothing more: its writes are guarded by `outcome IS NULL` and by
-/// the chunk still running under its lease.
+/// The channel a job's end is announced on (`NOTIFY`), with the job's id as payload: every
+/// replica stops its running chunks of that job at once.
+pub const JOB_ENDED_CHANNEL: &str = "reconciler_job_ended";
+
+/// End an unfinished job, in `tx` (whose caller holds or takes the job's row lock), by an
+/// operator's cancel or a newer job (`superseded_by`): `ended_early` and `ended_code` are
+/// recorded and `ended_early` merged into the subject, so the completion tells the ticket why.
+///
+/// Chunks nobody works on (pending, or whose lease expired) end now: their items without an
+/// outcome are skipped with `code` and detail `reason`. A chunk a worker holds is left to it:
+/// the worker is told (`NOTIFY`, [`JOB_ENDED_CHANNEL`]), its write gate refuses the next batch
+/// ([`intend_writes`](super::intend_writes)), it records what it did write and skips the rest
+/// ([`end_chunk_early`](super::end_chunk_early)). The job completes when its last chunk is
+/// done, so `job.completed` counts every write that reached the tenant.
 pub async fn end_early_in(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
     code: FailureCode,
     reason: &str,
+    superseded_by: Option<Uuid>,
 ) -> Result<EndedEarly, StoreError> {
     // The subject is merged, not replaced, so the ticket still says what the job was about;
     // a job not yet planned has none and gets one saying only why it ended.
     sqlx::query(
-        "UPDATE jobs SET ended_early = $2,
+        "UPDATE jobs SET ended_early = $2, ended_code = $3, superseded_by = $4,
                 subject = CASE WHEN jsonb_typeof(subject) = 'object'
                                THEN subject || jsonb_build_object('ended_early', $2::text)
                                ELSE jsonb_build_object('ended_early', $2::text) END,
@@ -286,31 +297,43 @@ pub async fn end_early_in(
     )
     .bind(job_id)
     .bind(reason)
+    .bind(code.as_str())
+    .bind(superseded_by)
     .execute(&mut **tx)
     .await?;
-    let items_skipped = sqlx::query(
-        "UPDATE job_items SET outcome = 'skipped', failure_code = $3, detail = $2,
-                finished_at = now()
-         WHERE job_id = $1 AND outcome IS NULL",
+    let (items_skipped, chunks_closed, chunks_running): (i64, i64, i64) = sqlx::query_as(
+        "WITH idle AS (
+             SELECT chunk FROM job_chunks
+             WHERE job_id = $1 AND state <> 'done'
+               AND NOT (state = 'running' AND lease_expires_at > now())),
+         skipped AS (
+             UPDATE job_items SET outcome = 'skipped', failure_code = $3, detail = $2,
+                    finished_at = now()
+             WHERE job_id = $1 AND outcome IS NULL AND chunk IN (SELECT chunk FROM idle)
+             RETURNING 1),
+         closed AS (
+             UPDATE job_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
+                    finished_at = now()
+             WHERE job_id = $1 AND chunk IN (SELECT chunk FROM idle)
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM closed),
+                (SELECT count(*) FROM job_chunks
+                 WHERE job_id = $1 AND state = 'running' AND lease_expires_at > now())",
     )
     .bind(job_id)
     .bind(reason)
     .bind(code.as_str())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    let chunks_closed = sqlx::query(
-        "UPDATE job_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
-                finished_at = now()
-         WHERE job_id = $1 AND state <> 'done'",
-    )
-    .bind(job_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(JOB_ENDED_CHANNEL)
+        .bind(job_id.to_string())
+        .execute(&mut **tx)
+        .await?;
     Ok(EndedEarly {
-        items_skipped,
-        chunks_closed,
+        items_skipped: items_skipped as u64,
+        chunks_closed: chunks_closed as u64,
+        chunks_running: chunks_running as u64,
     })
 }
 
@@ -335,4 +358,11 @@ pub async fn older_policy_jobs(
     .bind(except)
     .fetch_all(&mut **tx)
     .await?)
+}
+
+/// A listener for [`JOB_ENDED_CHANNEL`] (a connection of its own).
+pub async fn job_end_listener(pool: &PgPool) -> Result<sqlx::postgres::PgListener, StoreError> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(JOB_ENDED_CHANNEL).await?;
+    Ok(listener)
 }

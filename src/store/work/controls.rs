@@ -101,19 +101,21 @@ pub struct CancelReport {
     pub items_skipped: u64,
     /// Chunks not done, now done.
     pub chunks_closed: u64,
-    /// The completion, as published in `job.completed`.
-    pub outcome: Outcome,
-    pub counts: Counts,
+    /// Chunks a worker holds: it stops them at its next write batch, records what it wrote,
+    /// and then the job completes.
+    pub chunks_running: u64,
+    /// The completion, as published in `job.completed`, when no chunk was running.
+    pub completed: Option<(Outcome, Counts)>,
 }
 
-/// Cancel an unfinished job: items without an outcome become `skipped`, chunks not done
-/// become done, and the job completes as the engine completes it (counts from items, the
-/// outcome rules, one `job.completed` whose `subject` says `ended_early`); all in one
-/// transaction under the job's row lock.
+/// Cancel an unfinished job ([`end_early_in`]): items of chunks nobody works on become
+/// `skipped`, and their chunks done; chunks a worker holds stop at their next write batch and
+/// record what they wrote. The job completes as the engine completes it (counts from items,
+/// the outcome rules, one `job.completed` whose `subject` says `ended_early`): now, in this
+/// transaction under the job's row lock, when no chunk was running, else when the last
+/// running chunk has stopped.
 ///
-/// Work already running is not interrupted in the tenant, but it can no longer record
-/// anything: the engine writes outcomes only under a running chunk's lease, and the chunk is
-/// done. A worker's claim of a chunk of an `accepted` job can deadlock with this transaction
+/// A worker's claim of a chunk of an `accepted` job can deadlock with this transaction
 /// (chunk then job, against job then chunk); PostgreSQL aborts one of the two, and a
 /// transient failure here is retried.
 pub async fn cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, ControlError> {
@@ -145,18 +147,29 @@ async fn try_cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, Cont
     if previous_state == JobState::Completed {
         return Err(ControlError::AlreadyCompleted);
     }
-    let ended = end_early_in(&mut tx, id, FailureCode::Cancelled, CANCELLED_BY_OPERATOR).await?;
-    let (items_skipped, chunks_closed) = (ended.items_skipped, ended.chunks_closed);
-    let (_, outcome, counts) = complete(&mut tx, id).await?;
+    let ended = end_early_in(
+        &mut tx,
+        id,
+        FailureCode::Cancelled,
+        CANCELLED_BY_OPERATOR,
+        None,
+    )
+    .await?;
+    let completed = if ended.chunks_running == 0 {
+        let (_, outcome, counts) = complete(&mut tx, id).await?;
+        Some((outcome, counts))
+    } else {
+        None
+    };
     tx.commit().await?;
     Ok(CancelReport {
         id,
         message_id,
         previous_state,
-        items_skipped,
-        chunks_closed,
-        outcome,
-        counts,
+        items_skipped: ended.items_skipped,
+        chunks_closed: ended.chunks_closed,
+        chunks_running: ended.chunks_running,
+        completed,
     })
 }
 

@@ -40,12 +40,13 @@ use uuid::Uuid;
 use crate::domain::{Actor, JobType, Schedule, Ticket};
 
 pub use chunks::{
-    ChunkJob, ClaimLimits, ClaimedChunk, Outcomes, Recorded, chunk_job, claim_chunk, open_items,
-    record_outcomes, release_chunk, renew_lease,
+    ChunkFate, ChunkJob, ClaimLimits, ClaimedChunk, Outcomes, Recorded, chunk_fate, chunk_job,
+    claim_chunk, end_chunk_early, intend_writes, open_items, record_outcomes, release_chunk,
+    renew_lease,
 };
 pub use completion::{
-    EndedEarly, all_chunks_done, complete_if_done, complete_if_done_in, complete_now, end_early_in,
-    older_policy_jobs, uncompleted_done_jobs,
+    EndedEarly, JOB_ENDED_CHANNEL, all_chunks_done, complete_if_done, complete_if_done_in,
+    complete_now, end_early_in, job_end_listener, older_policy_jobs, uncompleted_done_jobs,
 };
 pub use monitor::{Backlog, UnfinishedJob, backlog, unfinished_jobs};
 pub use planning::{
