@@ -42,7 +42,7 @@ use super::EngineError;
 use super::kind::{ApplyContext, ItemResult, JobKind, Plan, PlanContext, WorkItem};
 use crate::configuration::{ODS_CODE_PLACEHOLDER, RoleSettings};
 use crate::domain::{
-    AdminRole, AdminRoleChange, AdminRoleTarget, JobType, OdsMappingChanged, UserLeaver,
+    AdminRole, AdminRoleChange, AdminRoleTarget, JobType, OdsCode, OdsMappingChanged, UserLeaver,
 };
 use crate::store::roles::{MappingRow, RoleRow};
 
@@ -72,6 +72,31 @@ impl GroupNames {
         };
         template.replace(ODS_CODE_PLACEHOLDER, ods_code)
     }
+
+    /// Whether `display_name` is a Phone System group: a template's name for some ODS code,
+    /// compared without regard to case (as Graph compares display names).
+    pub fn is_phone_system(&self, display_name: &str) -> bool {
+        [&self.primary, &self.local].into_iter().any(|template| {
+            let prefix = template.split(ODS_CODE_PLACEHOLDER).next().unwrap_or_default();
+            let Some(rest) = display_name
+                .get(..prefix.len())
+                .filter(|p| p.eq_ignore_ascii_case(prefix))
+                .and_then(|_| display_name.get(prefix.len()..))
+            else {
+                return false;
+            };
+            // The code follows the prefix (3 to 6 characters); the template decides the rest.
+            (3..=6).any(|len| {
+                rest.get(..len).is_some_and(|code| {
+                    let code = code.to_ascii_uppercase();
+                    OdsCode::parse(&code).is_ok()
+                        && template
+                            .replace(ODS_CODE_PLACEHOLDER, &code)
+                            .eq_ignore_ascii_case(display_name)
+                })
+            })
+        })
+    }
 }
 
 /// What a user should hold in the tenant.
@@ -98,20 +123,15 @@ impl Holding {
     }
 }
 
-/// The role a job granted, to be announced by email once realised.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Grant {
-    pub(crate) ods_code: String,
-    pub(crate) role: AdminRole,
-}
-
 /// An item's instructions.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ItemSpec {
     /// Organisations whose groups (of both roles) may hold memberships to end.
     pub(crate) codes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) grant: Option<Grant>,
+    /// Removals and leavers: end every Phone System membership the tenant shows for the user
+    /// (`memberOf`) that the desired state does not want, whatever the codes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) sweep: bool,
     /// Dry runs only (they write no desired state): what the job would leave the user with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) preview: Option<Preview>,
@@ -253,6 +273,35 @@ mod tests {
             names.name(AdminRole::PhoneSystemLocalAdmin, "Y02345"),
             "PhoneSystem-Local-Y02345"
         );
+    }
+
+    #[test]
+    fn phone_system_groups_are_recognised_by_the_templates() {
+        let names = names();
+        for yes in [
+            "PhoneSystem-Primary-RX1",
+            "PhoneSystem-Local-Y02345",
+            "phonesystem-local-rx9",
+        ] {
+            assert!(names.is_phone_system(yes), "{yes}");
+        }
+        for no in [
+            "PhoneSystem-Primary-",
+            "PhoneSystem-Primary-RX",
+            "PhoneSystem-Primary-RX1-old",
+            "PhoneSystem-Other-RX1",
+            "All staff",
+            "PhoneSystem-Local-ABCDEFG",
+        ] {
+            assert!(!names.is_phone_system(no), "{no}");
+        }
+        let suffixed = GroupNames::new(&RoleSettings {
+            primary_group_template: "PS {ods_code} primary".into(),
+            local_group_template: "PS {ods_code} local".into(),
+        });
+        assert!(suffixed.is_phone_system("PS RX1 primary"));
+        assert!(suffixed.is_phone_system("PS Y02345 local"));
+        assert!(!suffixed.is_phone_system("PS RX1 other"));
     }
 
     #[test]
