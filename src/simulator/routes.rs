@@ -502,10 +502,10 @@ impl Shared {
         let selection = query_param(q, "$select");
         let page_size = page_size(q, self.behaviour.read().members_page_size)?;
         let after = skip_token(q)?;
-        let (page, next) =
-            self.directory
-                .read()
-                .member_of_page(user, selection, !cast, after, page_size)?;
+        let (page, next) = self
+            .directory
+            .read()
+            .member_of_page(user, selection, !cast, after, page_size)?;
         let context = if cast {
             "$metadata#groups"
         } else {

@@ -150,22 +150,25 @@ pub async fn stored_role(
     .bind(email)
     .fetch_optional(executor)
     .await?;
-    row.map(|(email, ods_code, role, state, assigned_by_job, removed_by_job)| {
-        let role = AdminRole::parse(&role)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown admin role {role:?}")))?;
-        let state = GrantState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown admin role state {state:?}")))?;
-        Ok(StoredRole {
-            role: RoleRow {
-                email,
-                ods_code,
-                role,
-            },
-            state,
-            assigned_by_job,
-            removed_by_job,
-        })
-    })
+    row.map(
+        |(email, ods_code, role, state, assigned_by_job, removed_by_job)| {
+            let role = AdminRole::parse(&role)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown admin role {role:?}")))?;
+            let state = GrantState::parse(&state).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown admin role state {state:?}"))
+            })?;
+            Ok(StoredRole {
+                role: RoleRow {
+                    email,
+                    ods_code,
+                    role,
+                },
+                state,
+                assigned_by_job,
+                removed_by_job,
+            })
+        },
+    )
     .transpose()
 }
 
@@ -175,13 +178,13 @@ pub async fn count_at(
     tx: &mut Transaction<'_, Postgres>,
     ods_code: &str,
 ) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM admin_roles WHERE ods_code = $1 AND state <> $2",
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM admin_roles WHERE ods_code = $1 AND state <> $2")
+            .bind(ods_code)
+            .bind(GrantState::Failed.as_str())
+            .fetch_one(&mut **tx)
+            .await?,
     )
-    .bind(ods_code)
-    .bind(GrantState::Failed.as_str())
-    .fetch_one(&mut **tx)
-    .await?)
 }
 
 /// Grant `email` `role` for `ods_code` by job `job_id` (replacing whatever was stored):

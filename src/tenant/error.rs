@@ -213,9 +213,7 @@ impl TenantError {
                 Operation::GetUser
                 | Operation::AssignLicence
                 | Operation::AddMember
-                | Operation::MemberOf => {
-                    Self::UserNotFound(detail())
-                }
+                | Operation::MemberOf => Self::UserNotFound(detail()),
                 _ => Self::other(status, code, message),
             },
             400 if lower.contains("usage location") => Self::UsageLocationMissing(detail()),

@@ -287,7 +287,11 @@ async fn reconcile<P: Sync>(
     let extra: Vec<&Group> = held.iter().filter(|g| scope.ends(g)).collect();
     let missing: Vec<&String> = desired
         .iter()
-        .filter(|name| !held.iter().any(|g| g.display_name.eq_ignore_ascii_case(name)))
+        .filter(|name| {
+            !held
+                .iter()
+                .any(|g| g.display_name.eq_ignore_ascii_case(name))
+        })
         .collect();
     if dry_run || (extra.is_empty() && missing.is_empty()) {
         return Ok(Attempt::Done {

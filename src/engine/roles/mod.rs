@@ -77,7 +77,10 @@ impl GroupNames {
     /// compared without regard to case (as Graph compares display names).
     pub fn is_phone_system(&self, display_name: &str) -> bool {
         [&self.primary, &self.local].into_iter().any(|template| {
-            let prefix = template.split(ODS_CODE_PLACEHOLDER).next().unwrap_or_default();
+            let prefix = template
+                .split(ODS_CODE_PLACEHOLDER)
+                .next()
+                .unwrap_or_default();
             let Some(rest) = display_name
                 .get(..prefix.len())
                 .filter(|p| p.eq_ignore_ascii_case(prefix))
