@@ -1,6 +1,7 @@
-//! Applying the admin-role jobs: reconcile a user's Phone System group memberships with the
-//! desired state read at apply time, removals first and confirmed, then additions, under the
-//! item retry policy ([`crate::engine::retry`]).
+//! Applying the admin-role jobs: reconcile a user's Phone System group memberships, as the
+//! tenant lists them (`memberOf`), with the desired state read at apply time, removals first
+//! and confirmed, then additions, under the item retry policy ([`crate::engine::retry`]); then
+//! settle the stored role: a grant realised (and its email), a grant failed, a removal done.
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -3,32 +3,44 @@
 //!
 //! **Desired state** (`store::roles`): a user holds at most one role (Primary or Local) for one
 //! ODS code, at most [`MAX_ADMINS_PER_ODS_CODE`] users hold a role for a code, and a lead
-//! organisation has one ODS mapping (managed and onboarded organisations).
+//! organisation has one ODS mapping (managed and onboarded organisations). A stored role
+//! follows the tenant ([`GrantState`](crate::store::roles::GrantState)): a grant is `pending`
+//! until the tenant shows its memberships (`realised`), `failed` when its job's item failed
+//! (not held, and no place under the limit), and a removal or a leaver leaves it `removing`
+//! until the tenant shows no membership left; only then is it deleted.
 //!
 //! **In the tenant** a role is membership of security groups named from the `[roles]`
 //! templates, one group per role and organisation: a Local admin is in their organisation's
 //! Local group; a Primary admin is in their organisation's Primary group and in the Primary
-//! group of every onboarded organisation of the mapping their organisation leads.
+//! group of every onboarded organisation of the mapping their organisation leads. A group
+//! whose display name a template gives for some ODS code is a Phone System group
+//! ([`GroupNames::is_phone_system`]).
 //!
 //! **Planning** (in the planner's transaction) validates the job, checks the actor, the limit
 //! (under an advisory lock per ODS code, so replicas cannot exceed it together) and the
 //! one-role rule, updates the desired state and lists one item per affected user. A rejected
-//! job writes nothing.
+//! job writes nothing. A failed or `removing` row is not a role held: an assign replaces it,
+//! and an assign of a stored role not yet realised is a grant again, owned by the new job.
 //!
-//! **Applying** an item reconciles the user's memberships of the Phone System groups of the
-//! organisations involved with the desired state read *at apply time*, under an advisory lock
-//! per user (so two jobs about one user never interleave their writes, and the last job
-//! planned decides). Memberships to end are removed first and the removal is verified by
-//! reading the groups back; only then are missing memberships added and verified. An
-//! `admin_role.change` therefore removes the old role, confirms it in the tenant, then assigns
-//! the new one: two separate, ordered actions, never one.
+//! **Applying** an item reads the user's memberships from the tenant (`memberOf`) and
+//! reconciles those of the Phone System groups with the desired state read *at apply time*,
+//! under an advisory lock per user (so two jobs about one user never interleave their writes,
+//! and the last job planned decides): for an assign, a change or a mapping change, the groups
+//! of the organisations involved; for a removal or a leaver ([`ItemSpec::sweep`]), every
+//! Phone System group the tenant shows, whatever is stored. Memberships to end are removed
+//! first and the removal is verified by reading the memberships back; only then are missing
+//! memberships added and verified. An `admin_role.change` therefore removes the old role,
+//! confirms it in the tenant, then assigns the new one: two separate, ordered actions, never
+//! one.
 //!
-//! **Email.** A job that grants a role (an assign of a role the user did not hold, or the new
-//! role of a change) sends one `notification.email` (`phone_system_admin_granted`) once the
-//! tenant shows the user in the role's groups: the applier enqueues it in the outbox in the
-//! same transaction that claims the `(job, user)` row of `admin_role_notifications`, so a
-//! retried or taken-over item never sends it twice, and a grant whose memberships could not be
-//! made sends none. Removals, by an administrator or by the leaver process, send no email.
+//! **Email.** Each grant (an assign of a role not realised, or the new role of a change) sends
+//! one `notification.email` (`phone_system_admin_granted`) the first time the tenant shows the
+//! user in the role's groups: the item that finds them there turns the `pending` row
+//! `realised` and enqueues the email of the grant's job in the outbox, in the same transaction
+//! that claims the `(job, user)` row of `admin_role_notifications`, so a retried or taken-over
+//! item never sends it twice, and a grant whose memberships could not be made sends none (until
+//! an assign sent again makes them). Removals, by an administrator or by the leaver process,
+//! send no email.
 
 mod apply;
 mod plan;
