@@ -24,7 +24,8 @@ pub struct SimulatorSettings {
     pub client_secret: SecretString,
     /// Lifetime of issued access tokens (Graph issues about 3599 s).
     pub token_lifetime_seconds: u64,
-    /// Members returned per page of `GET /groups/{id}/members` (Graph's default is 100).
+    /// Objects returned per page of `GET /groups/{id}/members` and `GET /users/{id}/memberOf`
+    /// (Graph's default for directory objects is 100).
     pub members_page_size: usize,
     /// Fixed latency added to every Graph call (a `$batch` counts once).
     pub latency_ms: u64,
@@ -53,7 +54,8 @@ pub struct SimulatorSettings {
 pub struct SimulatorBehaviour {
     /// Lifetime of issued access tokens (Graph issues about 3599 s).
     pub token_lifetime_seconds: u64,
-    /// Members returned per page of `GET /groups/{id}/members` (Graph's default is 100).
+    /// Objects returned per page of `GET /groups/{id}/members` and `GET /users/{id}/memberOf`
+    /// (Graph's default for directory objects is 100).
     pub members_page_size: usize,
     /// Fixed latency added to every Graph call (a `$batch` counts once).
     pub latency_ms: u64,

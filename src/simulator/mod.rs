@@ -1,9 +1,9 @@
 //! The Graph-compatible tenant simulator (`policy-reconciler tenant-simulator`).
 //!
 //! It serves the Microsoft Graph v1.0 subset of the tenant contract (`tenant.md`: token endpoint,
-//! `subscribedSkus`, users, `assignLicense`, groups and members, `$batch`) with Graph's JSON and
-//! error shapes, throttling (429 + `Retry-After`), latency and faults, and exposes what reached it
-//! at `/_sim/*`:
+//! `subscribedSkus`, users, `assignLicense`, groups and members, a user's `memberOf`, `$batch`)
+//! with Graph's JSON and error shapes, throttling (429 + `Retry-After`), latency and faults, and
+//! exposes what reached it at `/_sim/*`:
 //!
 //! | route | purpose |
 //! |---|---|
@@ -132,6 +132,12 @@ impl Shared {
     /// Every property of a user, by id or UPN.
     pub fn user(&self, key: &str) -> Option<Value> {
         self.directory.read().user_json(key)
+    }
+
+    /// The display names of the groups a user (id or UPN) is a direct member of, sorted
+    /// (inspection; `None` when the user does not exist).
+    pub fn groups_of(&self, key: &str) -> Option<Vec<String>> {
+        self.directory.read().group_names_of(key)
     }
 
     /// The subscribed SKUs as Graph returns them.

@@ -146,6 +146,8 @@ enum Route {
     CreateGroup,
     ListGroups,
     ListMembers(String),
+    /// `GET /users/{id}/memberOf`, and with the OData cast `/microsoft.graph.group` (true).
+    MemberOf(String, bool),
     AddMember(String),
     RemoveMember(String, String),
     Batch,
@@ -165,6 +167,14 @@ impl Route {
             (Method::GET, ["subscribedSkus"]) => Self::Skus,
             (Method::POST, ["users"]) => Self::CreateUser,
             (Method::GET, ["users", u]) => Self::GetUser((*u).to_owned()),
+            (Method::GET, ["users", u, m]) if m.eq_ignore_ascii_case("memberOf") => {
+                Self::MemberOf((*u).to_owned(), false)
+            }
+            (Method::GET, ["users", u, m, "microsoft.graph.group"])
+                if m.eq_ignore_ascii_case("memberOf") =>
+            {
+                Self::MemberOf((*u).to_owned(), true)
+            }
             (Method::POST, ["users", u, "assignLicense"]) => Self::AssignLicense((*u).to_owned()),
             (Method::POST, ["groups"]) => Self::CreateGroup,
             (Method::GET, ["groups"]) => Self::ListGroups,
@@ -190,6 +200,7 @@ impl Route {
             Self::CreateGroup => "create_group",
             Self::ListGroups => "list_groups",
             Self::ListMembers(_) => "list_members",
+            Self::MemberOf(..) => "member_of",
             Self::AddMember(_) => "add_member",
             Self::RemoveMember(..) => "remove_member",
             Self::Batch => "batch",
@@ -210,7 +221,9 @@ impl Route {
 
     fn cost(&self) -> u32 {
         match self {
-            Self::Skus | Self::ListGroups | Self::ListMembers(_) => LIST_COST_UNITS,
+            Self::Skus | Self::ListGroups | Self::ListMembers(_) | Self::MemberOf(..) => {
+                LIST_COST_UNITS
+            }
             _ if self.is_write() => WRITE_COST_UNITS,
             _ => READ_COST_UNITS,
         }
@@ -237,6 +250,34 @@ fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
             (pct_decode(k, true), pct_decode(v, true))
         })
         .collect()
+}
+
+/// The `$top` of a directory-object collection (1 to 999), or `default`.
+fn page_size(q: &[(String, String)], default: usize) -> Result<usize, GraphError> {
+    match query_param(q, "$top") {
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=999).contains(n))
+            .ok_or_else(|| {
+                GraphError::new(
+                    400,
+                    "BadRequest",
+                    format!("Invalid page size specified: '{t}'."),
+                )
+            }),
+        None => Ok(default),
+    }
+}
+
+/// The `$skiptoken` of a collection page (the id of the previous page's last object).
+fn skip_token(q: &[(String, String)]) -> Result<Option<Uuid>, GraphError> {
+    query_param(q, "$skiptoken")
+        .map(|t| {
+            Uuid::parse_str(t)
+                .map_err(|_| GraphError::new(400, "Request_BadRequest", "Invalid skip token."))
+        })
+        .transpose()
 }
 
 fn query_param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -395,6 +436,7 @@ impl Shared {
                 .find_groups(query_param(&q, "$filter"))
                 .map(|v| (200, Some(v))),
             Route::ListMembers(g) => self.list_members(g, &q, base).map(|v| (200, Some(v))),
+            Route::MemberOf(u, cast) => self.member_of(u, *cast, &q, base).map(|v| (200, Some(v))),
             Route::AddMember(g) => self
                 .directory
                 .write()
@@ -422,27 +464,8 @@ impl Shared {
         base: &str,
     ) -> Result<Value, GraphError> {
         let selection = query_param(q, "$select");
-        let page_size = match query_param(q, "$top") {
-            Some(t) => t
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=999).contains(n))
-                .ok_or_else(|| {
-                    GraphError::new(
-                        400,
-                        "BadRequest",
-                        format!("Invalid page size specified: '{t}'."),
-                    )
-                })?,
-            None => self.behaviour.read().members_page_size,
-        };
-        let after =
-            match query_param(q, "$skiptoken") {
-                Some(t) => Some(Uuid::parse_str(t).map_err(|_| {
-                    GraphError::new(400, "Request_BadRequest", "Invalid skip token.")
-                })?),
-                None => None,
-            };
+        let page_size = page_size(q, self.behaviour.read().members_page_size)?;
+        let after = skip_token(q)?;
         let (page, next) = self
             .directory
             .read()
@@ -453,6 +476,52 @@ impl Shared {
         });
         if let Some(next) = next {
             let mut link = format!("{base}/v1.0/groups/{group}/members?");
+            if let Some(s) = selection {
+                link.push_str(&format!("$select={}&", pct_encode(s)));
+            }
+            if query_param(q, "$top").is_some() {
+                link.push_str(&format!("$top={page_size}&"));
+            }
+            link.push_str(&format!("$skiptoken={next}"));
+            out["@odata.nextLink"] = json!(link);
+        }
+        Ok(out)
+    }
+
+    /// `GET /users/{id}/memberOf[/microsoft.graph.group]`, paged like `list_members` (`$top`
+    /// from 1 to 999, otherwise `members_page_size`; an absolute `@odata.nextLink` carrying the
+    /// `$select`, the `$top` and a `$skiptoken`), as Graph documents for directory-object
+    /// collections ("Paging Microsoft Graph data", `paging.md`, and `user-list-memberof`).
+    fn member_of(
+        &self,
+        user: &str,
+        cast: bool,
+        q: &[(String, String)],
+        base: &str,
+    ) -> Result<Value, GraphError> {
+        let selection = query_param(q, "$select");
+        let page_size = page_size(q, self.behaviour.read().members_page_size)?;
+        let after = skip_token(q)?;
+        let (page, next) = self
+            .directory
+            .read()
+            .member_of_page(user, selection, !cast, after, page_size)?;
+        let context = if cast {
+            "$metadata#groups"
+        } else {
+            "$metadata#directoryObjects"
+        };
+        let mut out = json!({
+            "@odata.context": format!("{base}/v1.0/{context}"),
+            "value": page,
+        });
+        if let Some(next) = next {
+            let path = if cast {
+                "memberOf/microsoft.graph.group"
+            } else {
+                "memberOf"
+            };
+            let mut link = format!("{base}/v1.0/users/{}/{path}?", pct_encode(user));
             if let Some(s) = selection {
                 link.push_str(&format!("$select={}&", pct_encode(s)));
             }

@@ -99,6 +99,9 @@ pub struct Directory {
     groups: HashMap<Uuid, Group>,
     /// Lower-cased displayName -> ids (display names are not unique in Graph).
     group_names: HashMap<String, Vec<Uuid>>,
+    /// User id -> the groups they are a direct member of, ordered so that `memberOf` pages
+    /// like `members` (a range after the skip token), without scanning every group.
+    member_of: HashMap<Uuid, BTreeSet<Uuid>>,
 }
 
 const USER_DEFAULT_PROPERTIES: &[&str] = &[
@@ -321,6 +324,7 @@ impl Directory {
                     .ok_or_else(|| GraphError::not_found(m))?;
                 if let Some(group) = self.groups.get_mut(&id) {
                     group.members.insert(uid);
+                    self.member_of.entry(uid).or_default().insert(id);
                 }
             }
         }
@@ -649,6 +653,7 @@ impl Directory {
                 "One or more added object references already exist for the following modified properties: 'members'.",
             ));
         }
+        self.member_of.entry(uid).or_default().insert(gid);
         Ok(uid)
     }
 
@@ -657,9 +662,67 @@ impl Directory {
         let gid = self.group(group)?.id;
         let g = self.groups.get_mut(&gid).expect("checked above");
         match Uuid::parse_str(user) {
-            Ok(uid) if g.members.remove(&uid) => Ok(()),
+            Ok(uid) if g.members.remove(&uid) => {
+                if let Some(groups) = self.member_of.get_mut(&uid) {
+                    groups.remove(&gid);
+                }
+                Ok(())
+            }
             _ => Err(GraphError::not_found(user)),
         }
+    }
+
+    /// The display names of the groups a user is a direct member of, sorted (inspection).
+    pub fn group_names_of(&self, user: &str) -> Option<Vec<String>> {
+        let uid = self.resolve_user(user)?;
+        let mut names: Vec<String> = self
+            .member_of
+            .get(&uid)
+            .into_iter()
+            .flatten()
+            .map(|g| self.groups[g].display_name.clone())
+            .collect();
+        names.sort();
+        Some(names)
+    }
+
+    /// One page of `GET /users/{id or upn}/memberOf[/microsoft.graph.group]`: the groups the
+    /// user is a direct member of (Graph: "List a user's direct memberships",
+    /// `user-list-memberof`; the simulator holds no directory roles or administrative units,
+    /// so the OData cast to groups changes nothing but the `@odata.type` annotation). Paged as
+    /// Graph pages directory objects ("Paging Microsoft Graph data", `paging.md`): at most
+    /// `page_size` a page, the rest behind an opaque skip token. Returns the page and the skip
+    /// token of the next one.
+    pub fn member_of_page(
+        &self,
+        user: &str,
+        selection: Option<&str>,
+        annotate: bool,
+        after: Option<Uuid>,
+        page_size: usize,
+    ) -> Result<(Vec<Value>, Option<Uuid>), GraphError> {
+        let uid = self
+            .resolve_user(user)
+            .ok_or_else(|| GraphError::not_found(user))?;
+        let empty = BTreeSet::new();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut ids = self
+            .member_of
+            .get(&uid)
+            .unwrap_or(&empty)
+            .range((start, Bound::Unbounded));
+        let mut page = Vec::new();
+        let mut last = None;
+        for id in ids.by_ref().take(page_size.max(1)) {
+            let mut v = select(self.groups[id].json(), selection, None, "group")?;
+            if let (true, Value::Object(m)) = (annotate, &mut v) {
+                m.insert("@odata.type".into(), json!("#microsoft.graph.group"));
+            }
+            page.push(v);
+            last = Some(*id);
+        }
+        let more = ids.next().is_some();
+        Ok((page, if more { last } else { None }))
     }
 }
 

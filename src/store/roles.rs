@@ -1,5 +1,6 @@
 //! Desired state of Phone System admin roles: who holds which role for which ODS code (at most
-//! one role a user), the ODS mappings of lead organisations, and the granted-role emails sent.
+//! one role a user) and how far its tenant work got ([`GrantState`]), the ODS mappings of lead
+//! organisations, and the granted-role emails sent.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,6 +16,62 @@ pub struct RoleRow {
     pub email: String,
     pub ods_code: String,
     pub role: AdminRole,
+}
+
+/// How far a stored role's tenant work got (`admin_roles.state`, migration
+/// `0008_admin_role_states.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantState {
+    /// Granted by a job (`assigned_by_job`) whose memberships are not confirmed yet.
+    Pending,
+    /// The tenant showed the user in the role's groups.
+    Realised,
+    /// The granting job's item failed: the role is not held and takes no place under the limit.
+    Failed,
+    /// A removal or a leaver (`removed_by_job`) is ending the memberships; the row goes when
+    /// that is done.
+    Removing,
+}
+
+impl GrantState {
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Realised, Self::Failed, Self::Removing];
+
+    /// The label in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Realised => "realised",
+            Self::Failed => "failed",
+            Self::Removing => "removing",
+        }
+    }
+
+    fn parse(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == label)
+    }
+
+    /// Whether the role is held (what the tenant should show): pending or realised.
+    pub fn is_held(self) -> bool {
+        matches!(self, Self::Pending | Self::Realised)
+    }
+
+    /// Whether the row takes one of its code's places under the limit: every state but
+    /// `failed` (a row being removed still has its memberships until the removal is done).
+    pub fn counts(self) -> bool {
+        self != Self::Failed
+    }
+}
+
+/// A stored role with its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRole {
+    pub role: RoleRow,
+    pub state: GrantState,
+    /// The job whose grant this is (`None` for rows of unknown origin).
+    pub assigned_by_job: Option<Uuid>,
+    /// The job ending it, while `removing`.
+    pub removed_by_job: Option<Uuid>,
 }
 
 /// A lead organisation's mapping as stored.
@@ -80,78 +137,184 @@ pub async fn lock_group_name(
     advisory_lock(tx, &format!("admin_roles:group:{display_name}")).await
 }
 
-pub async fn role_of(
+/// The role stored for `email`, in whatever state.
+pub async fn stored_role(
     executor: impl PgExecutor<'_>,
     email: &str,
-) -> Result<Option<RoleRow>, StoreError> {
-    let row: Option<(String, String, String)> =
-        sqlx::query_as("SELECT email, ods_code, role FROM admin_roles WHERE email = $1")
-            .bind(email)
-            .fetch_optional(executor)
-            .await?;
-    row.map(|(email, ods_code, role)| {
-        let role = AdminRole::parse(&role)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown admin role {role:?}")))?;
-        Ok(RoleRow {
-            email,
-            ods_code,
-            role,
-        })
-    })
+) -> Result<Option<StoredRole>, StoreError> {
+    type Row = (String, String, String, String, Option<Uuid>, Option<Uuid>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT email, ods_code, role, state, assigned_by_job, removed_by_job
+           FROM admin_roles WHERE email = $1",
+    )
+    .bind(email)
+    .fetch_optional(executor)
+    .await?;
+    row.map(
+        |(email, ods_code, role, state, assigned_by_job, removed_by_job)| {
+            let role = AdminRole::parse(&role)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown admin role {role:?}")))?;
+            let state = GrantState::parse(&state).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown admin role state {state:?}"))
+            })?;
+            Ok(StoredRole {
+                role: RoleRow {
+                    email,
+                    ods_code,
+                    role,
+                },
+                state,
+                assigned_by_job,
+                removed_by_job,
+            })
+        },
+    )
     .transpose()
 }
 
-/// Users holding either role for `ods_code`.
+/// Users taking a place under the limit for `ods_code`: every stored role of the code but
+/// failed grants ([`GrantState::counts`]).
 pub async fn count_at(
     tx: &mut Transaction<'_, Postgres>,
     ods_code: &str,
 ) -> Result<i64, StoreError> {
     Ok(
-        sqlx::query_scalar("SELECT count(*) FROM admin_roles WHERE ods_code = $1")
+        sqlx::query_scalar("SELECT count(*) FROM admin_roles WHERE ods_code = $1 AND state <> $2")
             .bind(ods_code)
+            .bind(GrantState::Failed.as_str())
             .fetch_one(&mut **tx)
             .await?,
     )
 }
 
-/// Give `email` `role` for `ods_code` (replacing the role it held).
+/// Grant `email` `role` for `ods_code` by job `job_id` (replacing whatever was stored):
+/// `pending` until the tenant shows it.
 pub async fn put(
     tx: &mut Transaction<'_, Postgres>,
     row: &RoleRow,
     job_id: Uuid,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO admin_roles (email, ods_code, role, assigned_by_job) VALUES ($1, $2, $3, $4)
+        "INSERT INTO admin_roles (email, ods_code, role, assigned_by_job, state)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (email) DO UPDATE SET ods_code = EXCLUDED.ods_code, role = EXCLUDED.role,
-             assigned_by_job = EXCLUDED.assigned_by_job, assigned_at = now()",
+             assigned_by_job = EXCLUDED.assigned_by_job, assigned_at = now(),
+             state = EXCLUDED.state, removed_by_job = NULL, state_changed_at = now()",
     )
     .bind(&row.email)
     .bind(&row.ods_code)
     .bind(row.role.as_str())
+    .bind(job_id)
+    .bind(GrantState::Pending.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Job `job_id` ends `email`'s stored role: `removing` until [`delete_removed`].
+pub async fn mark_removing(
+    tx: &mut Transaction<'_, Postgres>,
+    email: &str,
+    job_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE admin_roles SET state = $2, removed_by_job = $3, state_changed_at = now()
+          WHERE email = $1",
+    )
+    .bind(email)
+    .bind(GrantState::Removing.as_str())
     .bind(job_id)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-pub async fn delete(tx: &mut Transaction<'_, Postgres>, email: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM admin_roles WHERE email = $1")
-        .bind(email)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// Deletes `email`'s role if job `job_id` is still the one removing it (a job planned since
+/// may have granted it again). Returns whether it was deleted.
+pub async fn delete_removed(
+    tx: &mut Transaction<'_, Postgres>,
+    email: &str,
+    job_id: Uuid,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM admin_roles WHERE email = $1 AND state = $2 AND removed_by_job = $3",
+    )
+    .bind(email)
+    .bind(GrantState::Removing.as_str())
+    .bind(job_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() > 0)
 }
 
-/// The Primary admins of `ods_code`.
+/// The grant of job `job_id` for `email` failed in the tenant: `failed`, unless the row has
+/// moved on since (another job's grant or a removal). Returns whether it was marked.
+pub async fn mark_failed(
+    tx: &mut Transaction<'_, Postgres>,
+    email: &str,
+    job_id: Uuid,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE admin_roles SET state = $2, state_changed_at = now()
+          WHERE email = $1 AND assigned_by_job = $3 AND state IN ($4, $2)",
+    )
+    .bind(email)
+    .bind(GrantState::Failed.as_str())
+    .bind(job_id)
+    .bind(GrantState::Pending.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The tenant shows `email` in the groups of their stored role: a `pending` grant (or a
+/// `failed` one of job `job_id`, which has just made it after all) becomes `realised`.
+/// Returns the grant when this call realised it (its email is then due), `None` otherwise.
+pub async fn realise(
+    tx: &mut Transaction<'_, Postgres>,
+    email: &str,
+    job_id: Uuid,
+) -> Result<Option<(RoleRow, Option<Uuid>)>, StoreError> {
+    let row: Option<(String, String, String, Option<Uuid>)> = sqlx::query_as(
+        "UPDATE admin_roles SET state = $2, state_changed_at = now()
+          WHERE email = $1 AND (state = $3 OR (state = $4 AND assigned_by_job = $5))
+      RETURNING email, ods_code, role, assigned_by_job",
+    )
+    .bind(email)
+    .bind(GrantState::Realised.as_str())
+    .bind(GrantState::Pending.as_str())
+    .bind(GrantState::Failed.as_str())
+    .bind(job_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|(email, ods_code, role, granted_by)| {
+        let role = AdminRole::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown admin role {role:?}")))?;
+        Ok((
+            RoleRow {
+                email,
+                ods_code,
+                role,
+            },
+            granted_by,
+        ))
+    })
+    .transpose()
+}
+
+/// The Primary admins of `ods_code` holding their role (pending or realised).
 pub async fn primary_admins(
     tx: &mut Transaction<'_, Postgres>,
     ods_code: &str,
 ) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar(
-        "SELECT email FROM admin_roles WHERE ods_code = $1 AND role = $2 ORDER BY email",
+        "SELECT email FROM admin_roles
+          WHERE ods_code = $1 AND role = $2 AND state IN ($3, $4) ORDER BY email",
     )
     .bind(ods_code)
     .bind(AdminRole::PhoneSystemPrimaryAdmin.as_str())
+    .bind(GrantState::Pending.as_str())
+    .bind(GrantState::Realised.as_str())
     .fetch_all(&mut **tx)
     .await?)
 }

@@ -98,6 +98,8 @@ pub enum Operation {
     CreateGroup,
     /// `GET /groups/{id}/members`.
     ListMembers,
+    /// `GET /users/{id}/memberOf/microsoft.graph.group`.
+    MemberOf,
     /// `POST /groups/{id}/members/$ref`.
     AddMember,
     /// `DELETE /groups/{id}/members/{id}/$ref`.
@@ -119,6 +121,7 @@ impl Operation {
             Self::FindGroup => "find_group",
             Self::CreateGroup => "create_group",
             Self::ListMembers => "list_members",
+            Self::MemberOf => "member_of",
             Self::AddMember => "add_member",
             Self::RemoveMember => "remove_member",
             Self::CreateUser => "create_user",
@@ -153,6 +156,7 @@ impl Operation {
                 | Self::GetUser
                 | Self::FindGroup
                 | Self::ListMembers
+                | Self::MemberOf
                 | Self::AddMember
                 | Self::RemoveMember
         )
@@ -212,9 +216,10 @@ impl TenantError {
             408 | 500..=599 => Self::Transient(format!("{status} {}", detail())),
             404 => match op {
                 Operation::RemoveMember => Self::NotMember(detail()),
-                Operation::GetUser | Operation::AssignLicence | Operation::AddMember => {
-                    Self::UserNotFound(detail())
-                }
+                Operation::GetUser
+                | Operation::AssignLicence
+                | Operation::AddMember
+                | Operation::MemberOf => Self::UserNotFound(detail()),
                 _ => Self::other(status, code, message),
             },
             400 if lower.contains("usage location") => Self::UsageLocationMissing(detail()),

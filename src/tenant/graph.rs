@@ -15,7 +15,7 @@
 //!
 //! | request | sent again after |
 //! |---|---|
-//! | reads: `get_users` (in `$batch`), `skus`, `find_group`, `list_members` | 429; 503 with `Retry-After`; other 5xx and 408; no token; connection failures, timeouts and dropped connections |
+//! | reads: `get_users` (in `$batch`), `skus`, `find_group`, `list_members`, `member_of` (each page) | 429; 503 with `Retry-After`; other 5xx and 408; no token; connection failures, timeouts and dropped connections |
 //! | membership: `add_members`, `remove_members` (in `$batch`) | the same as reads: both are idempotent (a repeat answers "already a member" / 404 "not a member", which callers treat as done) |
 //! | licence writes: `assign_licences` (in `$batch`) | 429 and 503 with `Retry-After`, and a connection never made; after a throttling the users are re-read first, because Graph may apply a throttled write anyway, and only those still differing are written again ([`LicenceOutcome::AlreadyHeld`] otherwise) |
 //! | creations: `create_group`, `create_user` | 429 and 503 with `Retry-After`, and a connection never made |
@@ -277,6 +277,29 @@ impl Tenant for GraphClient {
             match raw.body.get("@odata.nextLink").and_then(Value::as_str) {
                 Some(next) => url = next.to_owned(),
                 None => return Ok(members),
+            }
+        }
+    }
+
+    /// `GET /users/{id}/memberOf/microsoft.graph.group?$select=id,displayName`, following
+    /// `@odata.nextLink` (Graph: "List a user's direct memberships", `user-list-memberof`; the
+    /// OData cast to `microsoft.graph.group` leaves out directory roles and administrative
+    /// units). Each page is a read, retried as reads are.
+    async fn member_of(&self, user_id: Uuid) -> Result<Vec<Group>, TenantError> {
+        let mut url = format!(
+            "{}/users/{user_id}/memberOf/microsoft.graph.group?$select=id,displayName",
+            self.transport.root
+        );
+        let mut groups = Vec::new();
+        loop {
+            let raw = self
+                .transport
+                .call(Operation::MemberOf, Method::GET, &url, None)
+                .await?;
+            groups.extend(raw.value_list::<Group>(Operation::MemberOf)?);
+            match raw.body.get("@odata.nextLink").and_then(Value::as_str) {
+                Some(next) => url = next.to_owned(),
+                None => return Ok(groups),
             }
         }
     }

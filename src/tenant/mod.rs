@@ -159,6 +159,10 @@ pub trait Tenant: Send + Sync {
     /// Every member of a group (all pages).
     async fn list_members(&self, group_id: Uuid) -> Result<Vec<GroupMember>, TenantError>;
 
+    /// Every group the user is a direct member of (all pages; not transitive). A user who does
+    /// not exist fails with [`TenantError::UserNotFound`].
+    async fn member_of(&self, user_id: Uuid) -> Result<Vec<Group>, TenantError>;
+
     /// Adds users to a group; [`TenantError::AlreadyMember`] for those already in it (also when
     /// an earlier, throttled attempt was applied), which an idempotent caller treats as done.
     async fn add_members(&self, group_id: Uuid, user_ids: &[Uuid]) -> Vec<Result<(), TenantError>>;

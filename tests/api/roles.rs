@@ -549,3 +549,212 @@ async fn roles_a_dry_run_reports_without_writing() {
     assert_eq!(app.sim.state.stats().writes_attempted, before);
     assert!(events.of(&job, "notification.email").await.is_empty());
 }
+
+/// The Phone System groups `user` is in, as the simulator holds them (any organisation).
+fn phone_system_groups(app: &TestApp, user: &str) -> BTreeSet<String> {
+    app.sim
+        .state
+        .groups_of(user)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|g| g.starts_with("PhoneSystem-"))
+        .collect()
+}
+
+/// Every `notification.email` seen so far addressed to `user`.
+async fn emails_to(events: &mut Events, user: &str) -> Vec<Value> {
+    let more = events.queue.drain(Duration::from_millis(400)).await;
+    events.seen.extend(more);
+    events
+        .seen
+        .iter()
+        .filter(|e| e["type"] == "notification.email" && e["to"] == user)
+        .cloned()
+        .collect()
+}
+
+async fn stored_state(app: &TestApp, user: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM admin_roles WHERE email = $1")
+        .bind(user)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn roles_an_assign_sent_again_after_its_grant_failed_sends_the_email_once_realised() {
+    let mut app = spawn_app().await;
+    let mut events = Events::new(&mut app).await;
+    let newcomer = "new.starter@nhs.net";
+
+    // The account does not exist yet: the grant fails in the tenant.
+    let first = publish(&app, "admin_role.assign", target(newcomer, "RX1", LOCAL)).await;
+    let done = events.completion(&first).await;
+    assert_eq!(done["outcome"], "failed", "{done}");
+    assert_eq!(done["failures"][0]["code"], "user_not_found", "{done}");
+    assert_eq!(
+        stored_state(&app, newcomer).await.as_deref(),
+        Some("failed")
+    );
+    assert!(emails_to(&mut events, newcomer).await.is_empty());
+
+    // The account is created; the LA sends the assign again.
+    app.sim
+        .seed(json!({ "users": [{ "userPrincipalName": newcomer, "usageLocation": "GB" }] }));
+    let again = publish(&app, "admin_role.assign", target(newcomer, "RX1", LOCAL)).await;
+    let done = events.completion(&again).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 1, "{done}");
+    assert_eq!(
+        phone_system_groups(&app, newcomer),
+        set(&["PhoneSystem-Local-RX1"])
+    );
+    assert_eq!(
+        stored_role(&app, newcomer).await,
+        Some(("RX1".into(), LOCAL.into()))
+    );
+    assert_eq!(
+        stored_state(&app, newcomer).await.as_deref(),
+        Some("realised")
+    );
+    let emails = emails_to(&mut events, newcomer).await;
+    assert_eq!(emails.len(), 1, "exactly one email: {emails:?}");
+    assert_eq!(emails[0]["template"], "phone_system_admin_granted");
+    assert_eq!(
+        emails[0]["data"],
+        json!({ "ods_code": "RX1", "role": LOCAL })
+    );
+    assert_eq!(emails[0]["source_message_id"], again["message_id"]);
+    assert_eq!(emails[0]["ticket"], again["ticket"]);
+
+    // A third assign finds the role realised: memberships checked, no second email.
+    let third = publish(&app, "admin_role.assign", target(newcomer, "RX1", LOCAL)).await;
+    let done = events.completion(&third).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
+    assert_eq!(emails_to(&mut events, newcomer).await.len(), 1);
+}
+
+#[tokio::test]
+async fn roles_a_failed_grant_takes_no_place_under_the_limit() {
+    let mut app = spawn_app().await;
+    let mut events = Events::new(&mut app).await;
+    let users = app.sim.seed_users("real", 10);
+    let ghost = "not.yet@nhs.net";
+
+    // Nine real admins and one grant that fails in the tenant.
+    let mut jobs = Vec::new();
+    for user in &users[..9] {
+        jobs.push(publish(&app, "admin_role.assign", target(user, "RX1", LOCAL)).await);
+    }
+    for job in &jobs {
+        assert_eq!(events.completion(job).await["outcome"], "succeeded");
+    }
+    let failed = publish(&app, "admin_role.assign", target(ghost, "RX1", LOCAL)).await;
+    let done = events.completion(&failed).await;
+    assert_eq!(done["outcome"], "failed", "{done}");
+    assert_eq!(done["failures"][0]["code"], "user_not_found", "{done}");
+
+    // The 10th real admin is accepted and joins the group, which then holds ten.
+    let tenth = publish(&app, "admin_role.assign", target(&users[9], "RX1", LOCAL)).await;
+    let done = events.completion(&tenth).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(
+        phone_system_groups(&app, &users[9]),
+        set(&["PhoneSystem-Local-RX1"])
+    );
+    let group = graph(&app)
+        .find_group("PhoneSystem-Local-RX1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(graph(&app).list_members(group.id).await.unwrap().len(), 10);
+
+    // The failed grant sent again once the account exists: there is no place left for it.
+    app.sim
+        .seed(json!({ "users": [{ "userPrincipalName": ghost, "usageLocation": "GB" }] }));
+    let again = publish(&app, "admin_role.assign", target(ghost, "RX1", LOCAL)).await;
+    let done = events.completion(&again).await;
+    assert_eq!(done["outcome"], "rejected", "{done}");
+    assert_eq!(done["failures"][0]["code"], "admin_limit_reached", "{done}");
+    assert!(phone_system_groups(&app, ghost).is_empty());
+    assert!(emails_to(&mut events, ghost).await.is_empty());
+}
+
+#[tokio::test]
+async fn roles_a_removal_that_failed_keeps_the_role_and_a_leaver_ends_every_membership() {
+    let mut app = spawn_app().await;
+    let mut events = Events::new(&mut app).await;
+    let users = app.sim.seed_users("leaving", 2);
+    let (bob, carol) = (&users[0], &users[1]);
+
+    let assign = publish(&app, "admin_role.assign", target(bob, "RX1", LOCAL)).await;
+    assert_eq!(events.completion(&assign).await["outcome"], "succeeded");
+    // Memberships the store never knew about: another organisation's Phone System group for
+    // bob, one for carol (who holds no role at all), and a group that is not Phone System's.
+    app.sim.seed(json!({ "groups": [
+        { "displayName": "PhoneSystem-Primary-RX7", "members": [bob] },
+        { "displayName": "PhoneSystem-Local-RX9", "members": [carol] },
+        { "displayName": "All staff", "members": [bob, carol] },
+    ] }));
+    assert_eq!(
+        phone_system_groups(&app, bob),
+        set(&["PhoneSystem-Local-RX1", "PhoneSystem-Primary-RX7"])
+    );
+
+    // Graph is unavailable for the removal: it fails, and the role stays stored.
+    app.sim.state.fail_next(u32::MAX, 503);
+    let remove = publish(&app, "admin_role.remove", target(bob, "RX1", LOCAL)).await;
+    let done = events.completion(&remove).await;
+    app.sim.state.fail_next(0, 503);
+    assert_eq!(done["outcome"], "failed", "{done}");
+    assert_eq!(done["failures"][0]["code"], "tenant_unavailable", "{done}");
+    assert_eq!(
+        stored_role(&app, bob).await,
+        Some(("RX1".into(), LOCAL.into()))
+    );
+    assert_eq!(stored_state(&app, bob).await.as_deref(), Some("removing"));
+    assert!(phone_system_groups(&app, bob).contains("PhoneSystem-Local-RX1"));
+
+    // The leaver ends every Phone System membership the tenant shows, then the role goes.
+    let leaver = publish_as(
+        &app,
+        "user.leaver",
+        json!({ "user": bob, "marked_for_deletion_at": "2026-11-21T17:00:00Z" }),
+        None,
+    )
+    .await;
+    let done = events.completion(&leaver).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 1, "{done}");
+    assert_eq!(done["subject"]["role"], LOCAL);
+    assert!(phone_system_groups(&app, bob).is_empty());
+    assert_eq!(
+        app.sim.state.groups_of(bob).unwrap(),
+        vec!["All staff".to_owned()],
+        "only Phone System memberships end"
+    );
+    assert_eq!(stored_role(&app, bob).await, None);
+
+    // A leaver the store knows nothing about is still taken out of Phone System groups.
+    let unknown = publish_as(
+        &app,
+        "user.leaver",
+        json!({ "user": carol, "marked_for_deletion_at": "2026-11-21T17:00:00Z" }),
+        None,
+    )
+    .await;
+    let done = events.completion(&unknown).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 1, "{done}");
+    assert_eq!(
+        app.sim.state.groups_of(carol).unwrap(),
+        vec!["All staff".to_owned()]
+    );
+    assert_eq!(stored_role(&app, carol).await, None);
+    assert!(
+        emails_to(&mut events, bob).await.len() == 1,
+        "only the grant's email"
+    );
+    assert!(emails_to(&mut events, carol).await.is_empty());
+}

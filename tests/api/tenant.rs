@@ -509,6 +509,66 @@ async fn expired_and_revoked_tokens_are_replaced() {
 }
 
 #[tokio::test]
+async fn member_of_lists_every_group_of_a_user_across_pages_and_retries_reads() {
+    let sim = start_with(|s| s.members_page_size = 2).await;
+    let ids = seed_users(&sim, "mo", 2);
+    let (user, other) = (ids[0], ids[1]);
+    let tenant = client(&sim);
+    let mut want = Vec::new();
+    for i in 0..5 {
+        let group = tenant
+            .create_group(&NewGroup {
+                display_name: format!("Team {i}"),
+                mail_nickname: format!("team{i}"),
+            })
+            .await
+            .unwrap();
+        assert!(tenant.add_members(group.id, &[user]).await[0].is_ok());
+        want.push((group.id, group.display_name));
+    }
+    let lonely = tenant
+        .create_group(&NewGroup {
+            display_name: "Not Theirs".into(),
+            mail_nickname: "not-theirs".into(),
+        })
+        .await
+        .unwrap();
+    assert!(tenant.add_members(lonely.id, &[other]).await[0].is_ok());
+    // One removed again: memberOf follows the group's members.
+    assert!(tenant.remove_members(want[4].0, &[user]).await[0].is_ok());
+    want.pop();
+    want.sort();
+
+    let mut got: Vec<(Uuid, String)> = tenant
+        .member_of(user)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.id, g.display_name))
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(
+        sim.state().stats().count("member_of", 200),
+        2,
+        "4 groups in pages of 2"
+    );
+    assert_eq!(
+        sim.state().groups_of(&user.to_string()).unwrap(),
+        ["Team 0", "Team 1", "Team 2", "Team 3"]
+    );
+
+    // A read: a 503 is sent again.
+    sim.state().fail_next(1, 503);
+    assert_eq!(tenant.member_of(user).await.unwrap().len(), 4);
+    assert_eq!(sim.state().stats().count("member_of", 503), 1);
+
+    // A user who does not exist.
+    let e = tenant.member_of(Uuid::new_v4()).await.unwrap_err();
+    assert!(matches!(e, TenantError::UserNotFound(_)), "{e:?}");
+}
+
+#[tokio::test]
 async fn groups_and_members_round_trip() {
     let sim = start_with(|s| s.members_page_size = 2).await;
     let ids = seed_users(&sim, "m", 5);

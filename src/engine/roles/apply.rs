@@ -1,6 +1,7 @@
-//! Applying the admin-role jobs: reconcile a user's Phone System group memberships with the
-//! desired state read at apply time, removals first and confirmed, then additions, under the
-//! item retry policy ([`crate::engine::retry`]).
+//! Applying the admin-role jobs: reconcile a user's Phone System group memberships, as the
+//! tenant lists them (`memberOf`), with the desired state read at apply time, removals first
+//! and confirmed, then additions, under the item retry policy ([`crate::engine::retry`]); then
+//! settle the stored role: a grant realised (and its email), a grant failed, a removal done.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,7 +14,7 @@ use crate::engine::EngineError;
 use crate::engine::failure_code;
 use crate::engine::kind::{ApplyContext, ItemOutcome, ItemResult, WorkItem};
 use crate::engine::retry::{ItemRetry, Verdict};
-use crate::store::roles::{self, RoleRow};
+use crate::store::roles::{self, GrantState, StoredRole};
 use crate::tenant::{Group, NewGroup, TenantError, UserRef};
 
 /// How one attempt at an item ended.
@@ -78,17 +79,28 @@ async fn apply_item<P: Sync>(
 ) -> Result<Option<ItemResult>, EngineError> {
     let spec = item.spec.clone().unwrap_or_default();
     let dry_run = ctx.job.dry_run;
+    let job = ctx.job.id;
     let email = item.key.as_str();
 
     // Held until the item settles: no other job's writes for this user interleave.
     let mut tx = ctx.pool.begin().await?;
     roles::lock_user(&mut tx, email).await?;
+    let stored = if dry_run {
+        None
+    } else {
+        roles::stored_role(&mut *tx, email).await?
+    };
+    // This job's own grant: its item keeps trying to realise it even once marked failed (a
+    // retried or taken-over item finds its earlier failure recorded).
+    let own_grant = stored
+        .as_ref()
+        .is_some_and(|s| s.assigned_by_job == Some(job) && s.state != GrantState::Removing);
     let holding = if dry_run {
         spec.preview.as_ref().and_then(|p| p.holding.clone())
     } else {
-        match roles::role_of(&mut *tx, email).await? {
-            Some(row) => Some(holding_of(&mut *tx, &row).await?),
-            None => None,
+        match &stored {
+            Some(s) if s.state.is_held() || own_grant => Some(holding_of(&mut *tx, &s.role).await?),
+            _ => None,
         }
     };
     let desired: BTreeSet<String> = holding
@@ -100,11 +112,16 @@ async fn apply_item<P: Sync>(
         codes.insert(&h.ods_code);
         codes.extend(h.reach.iter().map(String::as_str));
     }
-    let mut candidates: BTreeSet<String> = codes
-        .iter()
-        .flat_map(|code| AdminRole::ALL.iter().map(|r| names.name(*r, code)))
-        .collect();
-    candidates.extend(desired.iter().cloned());
+    let scope = Scope {
+        names,
+        desired: desired.iter().map(|n| n.to_lowercase()).collect(),
+        candidates: codes
+            .iter()
+            .flat_map(|code| AdminRole::ALL.iter().map(|r| names.name(*r, code)))
+            .map(|n| n.to_lowercase())
+            .collect(),
+        sweep: spec.sweep,
+    };
 
     let mut wrote = false;
     let mut last_error = None;
@@ -113,7 +130,7 @@ async fn apply_item<P: Sync>(
         if attempt > 0 && !ctx.retry.wait(attempt, ctx.cancel).await {
             return Ok(None);
         }
-        let result = reconcile(ctx, groups, email, &desired, &candidates, &mut wrote).await?;
+        let result = reconcile(ctx, groups, email, &desired, &scope, &mut wrote).await?;
         match result {
             Attempt::Retry(error) => last_error = Some(error),
             done => {
@@ -129,16 +146,8 @@ async fn apply_item<P: Sync>(
             } else {
                 ItemOutcome::AlreadyCompliant
             };
-            if let (false, Some(grant), Some(h)) = (dry_run, &spec.grant, &holding)
-                && grant.role == h.role
-                && grant.ods_code == h.ods_code
-            {
-                let row = RoleRow {
-                    email: email.to_owned(),
-                    ods_code: h.ods_code.clone(),
-                    role: h.role,
-                };
-                roles::notify_granted(&mut tx, ctx.job.id, &row).await?;
+            if !dry_run {
+                settled(&mut tx, job, email, holding.is_some(), stored.as_ref()).await?;
             }
             ItemResult::ok(item.seq, outcome)
         }
@@ -153,8 +162,55 @@ async fn apply_item<P: Sync>(
             ItemResult::failed(item.seq, code, error.to_string())
         }
     };
+    if result.outcome == ItemOutcome::Failed && own_grant && holding.is_some() {
+        // The grant's tenant work failed: it holds no place under the limit any more, and a
+        // new assign for the user is a grant again (with its email once realised).
+        roles::mark_failed(&mut tx, email, job).await?;
+    }
     tx.commit().await?;
     Ok(Some(result))
+}
+
+/// The tenant shows the desired memberships: a grant not yet realised is now (and its email
+/// is enqueued, once per grant: the claim of its job's row in `admin_role_notifications`);
+/// a role this job is removing is deleted.
+async fn settled(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    job: Uuid,
+    email: &str,
+    held: bool,
+    stored: Option<&StoredRole>,
+) -> Result<(), EngineError> {
+    if held {
+        if let Some((row, Some(granted_by))) = roles::realise(tx, email, job).await? {
+            roles::notify_granted(tx, granted_by, &row).await?;
+        }
+    } else if stored
+        .is_some_and(|s| s.state == GrantState::Removing && s.removed_by_job == Some(job))
+    {
+        roles::delete_removed(tx, email, job).await?;
+    }
+    Ok(())
+}
+
+/// Which of a user's Phone System memberships an item keeps, adds and ends (group names in
+/// lower case: Graph compares display names without regard to case).
+struct Scope<'a> {
+    names: &'a GroupNames,
+    desired: BTreeSet<String>,
+    /// The groups of the organisations involved: memberships of these not desired end.
+    candidates: BTreeSet<String>,
+    /// Every Phone System membership not desired ends, whatever its organisation.
+    sweep: bool,
+}
+
+impl Scope<'_> {
+    fn ends(&self, group: &Group) -> bool {
+        let name = group.display_name.to_lowercase();
+        !self.desired.contains(&name)
+            && (self.candidates.contains(&name)
+                || (self.sweep && self.names.is_phone_system(&group.display_name)))
+    }
 }
 
 /// The group named `name`: found (cached per apply call), or created when `create`
@@ -197,14 +253,14 @@ async fn group<P: Sync>(
     Ok(found)
 }
 
-/// One attempt: read the user's memberships of `candidates`, remove those not `desired`
-/// and verify, then add the missing ones and verify.
+/// One attempt: read the user's group memberships (`memberOf`), end those the scope ends and
+/// verify, then add the desired ones missing and verify.
 async fn reconcile<P: Sync>(
     ctx: &ApplyContext<'_, P>,
     cache: &mut HashMap<String, Group>,
     email: &str,
     desired: &BTreeSet<String>,
-    candidates: &BTreeSet<String>,
+    scope: &Scope<'_>,
     wrote: &mut bool,
 ) -> Result<Attempt, EngineError> {
     let dry_run = ctx.job.dry_run;
@@ -225,29 +281,18 @@ async fn reconcile<P: Sync>(
         None => return Ok(Attempt::Retry(TenantError::Transient("no answer".into()))),
     };
 
-    // Which candidate groups hold the user now.
-    let mut held: Vec<(String, Group)> = Vec::new();
-    for name in candidates {
-        let create = desired.contains(name) && !dry_run;
-        let group = match group(ctx, cache, name, create).await? {
-            Ok(Some(group)) => group,
-            Ok(None) => continue,
-            Err(error) => return Ok(classify(error)),
-        };
-        match is_member(ctx, group.id, user).await {
-            Ok(true) => held.push((name.clone(), group)),
-            Ok(false) => {}
-            Err(error) => return Ok(classify(error)),
-        }
-    }
-    let extra: Vec<&Group> = held
-        .iter()
-        .filter(|(name, _)| !desired.contains(name))
-        .map(|(_, g)| g)
-        .collect();
+    let held = match ctx.tenant.member_of(user).await {
+        Ok(groups) => groups,
+        Err(error) => return Ok(classify(error)),
+    };
+    let extra: Vec<&Group> = held.iter().filter(|g| scope.ends(g)).collect();
     let missing: Vec<&String> = desired
         .iter()
-        .filter(|name| !held.iter().any(|(n, _)| n == *name))
+        .filter(|name| {
+            !held
+                .iter()
+                .any(|g| g.display_name.eq_ignore_ascii_case(name))
+        })
         .collect();
     if dry_run || (extra.is_empty() && missing.is_empty()) {
         return Ok(Attempt::Done {
@@ -264,16 +309,16 @@ async fn reconcile<P: Sync>(
             None => return Ok(Attempt::Retry(TenantError::Transient("no answer".into()))),
         }
     }
-    for group in &extra {
-        match is_member(ctx, group.id, user).await {
-            Ok(false) => {}
-            Ok(true) => {
-                return Ok(Attempt::Retry(TenantError::NotConverged(format!(
-                    "{email} is still a member of {} after its removal",
-                    group.display_name
-                ))));
-            }
+    if !extra.is_empty() {
+        let now = match ctx.tenant.member_of(user).await {
+            Ok(groups) => groups,
             Err(error) => return Ok(classify(error)),
+        };
+        if let Some(group) = extra.iter().find(|g| now.iter().any(|n| n.id == g.id)) {
+            return Ok(Attempt::Retry(TenantError::NotConverged(format!(
+                "{email} is still a member of {} after its removal",
+                group.display_name
+            ))));
         }
     }
 
@@ -297,32 +342,19 @@ async fn reconcile<P: Sync>(
         }
         added.push(group);
     }
-    for group in &added {
-        match is_member(ctx, group.id, user).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Ok(Attempt::Retry(TenantError::NotConverged(format!(
-                    "{email} is not a member of {} after being added",
-                    group.display_name
-                ))));
-            }
+    if !added.is_empty() {
+        let now = match ctx.tenant.member_of(user).await {
+            Ok(groups) => groups,
             Err(error) => return Ok(classify(error)),
+        };
+        if let Some(group) = added.iter().find(|g| !now.iter().any(|n| n.id == g.id)) {
+            return Ok(Attempt::Retry(TenantError::NotConverged(format!(
+                "{email} is not a member of {} after being added",
+                group.display_name
+            ))));
         }
     }
     Ok(Attempt::Done {
         would_change: false,
     })
-}
-
-async fn is_member<P: Sync>(
-    ctx: &ApplyContext<'_, P>,
-    group: Uuid,
-    user: Uuid,
-) -> Result<bool, TenantError> {
-    Ok(ctx
-        .tenant
-        .list_members(group)
-        .await?
-        .iter()
-        .any(|m| m.id == user))
 }

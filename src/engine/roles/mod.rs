@@ -3,32 +3,44 @@
 //!
 //! **Desired state** (`store::roles`): a user holds at most one role (Primary or Local) for one
 //! ODS code, at most [`MAX_ADMINS_PER_ODS_CODE`] users hold a role for a code, and a lead
-//! organisation has one ODS mapping (managed and onboarded organisations).
+//! organisation has one ODS mapping (managed and onboarded organisations). A stored role
+//! follows the tenant ([`GrantState`](crate::store::roles::GrantState)): a grant is `pending`
+//! until the tenant shows its memberships (`realised`), `failed` when its job's item failed
+//! (not held, and no place under the limit), and a removal or a leaver leaves it `removing`
+//! until the tenant shows no membership left; only then is it deleted.
 //!
 //! **In the tenant** a role is membership of security groups named from the `[roles]`
 //! templates, one group per role and organisation: a Local admin is in their organisation's
 //! Local group; a Primary admin is in their organisation's Primary group and in the Primary
-//! group of every onboarded organisation of the mapping their organisation leads.
+//! group of every onboarded organisation of the mapping their organisation leads. A group
+//! whose display name a template gives for some ODS code is a Phone System group
+//! ([`GroupNames::is_phone_system`]).
 //!
 //! **Planning** (in the planner's transaction) validates the job, checks the actor, the limit
 //! (under an advisory lock per ODS code, so replicas cannot exceed it together) and the
 //! one-role rule, updates the desired state and lists one item per affected user. A rejected
-//! job writes nothing.
+//! job writes nothing. A failed or `removing` row is not a role held: an assign replaces it,
+//! and an assign of a stored role not yet realised is a grant again, owned by the new job.
 //!
-//! **Applying** an item reconciles the user's memberships of the Phone System groups of the
-//! organisations involved with the desired state read *at apply time*, under an advisory lock
-//! per user (so two jobs about one user never interleave their writes, and the last job
-//! planned decides). Memberships to end are removed first and the removal is verified by
-//! reading the groups back; only then are missing memberships added and verified. An
-//! `admin_role.change` therefore removes the old role, confirms it in the tenant, then assigns
-//! the new one: two separate, ordered actions, never one.
+//! **Applying** an item reads the user's memberships from the tenant (`memberOf`) and
+//! reconciles those of the Phone System groups with the desired state read *at apply time*,
+//! under an advisory lock per user (so two jobs about one user never interleave their writes,
+//! and the last job planned decides): for an assign, a change or a mapping change, the groups
+//! of the organisations involved; for a removal or a leaver ([`ItemSpec::sweep`]), every
+//! Phone System group the tenant shows, whatever is stored. Memberships to end are removed
+//! first and the removal is verified by reading the memberships back; only then are missing
+//! memberships added and verified. An `admin_role.change` therefore removes the old role,
+//! confirms it in the tenant, then assigns the new one: two separate, ordered actions, never
+//! one.
 //!
-//! **Email.** A job that grants a role (an assign of a role the user did not hold, or the new
-//! role of a change) sends one `notification.email` (`phone_system_admin_granted`) once the
-//! tenant shows the user in the role's groups: the applier enqueues it in the outbox in the
-//! same transaction that claims the `(job, user)` row of `admin_role_notifications`, so a
-//! retried or taken-over item never sends it twice, and a grant whose memberships could not be
-//! made sends none. Removals, by an administrator or by the leaver process, send no email.
+//! **Email.** Each grant (an assign of a role not realised, or the new role of a change) sends
+//! one `notification.email` (`phone_system_admin_granted`) the first time the tenant shows the
+//! user in the role's groups: the item that finds them there turns the `pending` row
+//! `realised` and enqueues the email of the grant's job in the outbox, in the same transaction
+//! that claims the `(job, user)` row of `admin_role_notifications`, so a retried or taken-over
+//! item never sends it twice, and a grant whose memberships could not be made sends none (until
+//! an assign sent again makes them). Removals, by an administrator or by the leaver process,
+//! send no email.
 
 mod apply;
 mod plan;
@@ -42,7 +54,7 @@ use super::EngineError;
 use super::kind::{ApplyContext, ItemResult, JobKind, Plan, PlanContext, WorkItem};
 use crate::configuration::{ODS_CODE_PLACEHOLDER, RoleSettings};
 use crate::domain::{
-    AdminRole, AdminRoleChange, AdminRoleTarget, JobType, OdsMappingChanged, UserLeaver,
+    AdminRole, AdminRoleChange, AdminRoleTarget, JobType, OdsCode, OdsMappingChanged, UserLeaver,
 };
 use crate::store::roles::{MappingRow, RoleRow};
 
@@ -72,6 +84,34 @@ impl GroupNames {
         };
         template.replace(ODS_CODE_PLACEHOLDER, ods_code)
     }
+
+    /// Whether `display_name` is a Phone System group: a template's name for some ODS code,
+    /// compared without regard to case (as Graph compares display names).
+    pub fn is_phone_system(&self, display_name: &str) -> bool {
+        [&self.primary, &self.local].into_iter().any(|template| {
+            let prefix = template
+                .split(ODS_CODE_PLACEHOLDER)
+                .next()
+                .unwrap_or_default();
+            let Some(rest) = display_name
+                .get(..prefix.len())
+                .filter(|p| p.eq_ignore_ascii_case(prefix))
+                .and_then(|_| display_name.get(prefix.len()..))
+            else {
+                return false;
+            };
+            // The code follows the prefix (3 to 6 characters); the template decides the rest.
+            (3..=6).any(|len| {
+                rest.get(..len).is_some_and(|code| {
+                    let code = code.to_ascii_uppercase();
+                    OdsCode::parse(&code).is_ok()
+                        && template
+                            .replace(ODS_CODE_PLACEHOLDER, &code)
+                            .eq_ignore_ascii_case(display_name)
+                })
+            })
+        })
+    }
 }
 
 /// What a user should hold in the tenant.
@@ -98,20 +138,15 @@ impl Holding {
     }
 }
 
-/// The role a job granted, to be announced by email once realised.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Grant {
-    pub(crate) ods_code: String,
-    pub(crate) role: AdminRole,
-}
-
 /// An item's instructions.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ItemSpec {
     /// Organisations whose groups (of both roles) may hold memberships to end.
     pub(crate) codes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) grant: Option<Grant>,
+    /// Removals and leavers: end every Phone System membership the tenant shows for the user
+    /// (`memberOf`) that the desired state does not want, whatever the codes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) sweep: bool,
     /// Dry runs only (they write no desired state): what the job would leave the user with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) preview: Option<Preview>,
@@ -253,6 +288,35 @@ mod tests {
             names.name(AdminRole::PhoneSystemLocalAdmin, "Y02345"),
             "PhoneSystem-Local-Y02345"
         );
+    }
+
+    #[test]
+    fn phone_system_groups_are_recognised_by_the_templates() {
+        let names = names();
+        for yes in [
+            "PhoneSystem-Primary-RX1",
+            "PhoneSystem-Local-Y02345",
+            "phonesystem-local-rx9",
+        ] {
+            assert!(names.is_phone_system(yes), "{yes}");
+        }
+        for no in [
+            "PhoneSystem-Primary-",
+            "PhoneSystem-Primary-RX",
+            "PhoneSystem-Primary-RX1-old",
+            "PhoneSystem-Other-RX1",
+            "All staff",
+            "PhoneSystem-Local-ABCDEFG",
+        ] {
+            assert!(!names.is_phone_system(no), "{no}");
+        }
+        let suffixed = GroupNames::new(&RoleSettings {
+            primary_group_template: "PS {ods_code} primary".into(),
+            local_group_template: "PS {ods_code} local".into(),
+        });
+        assert!(suffixed.is_phone_system("PS RX1 primary"));
+        assert!(suffixed.is_phone_system("PS Y02345 local"));
+        assert!(!suffixed.is_phone_system("PS RX1 other"));
     }
 
     #[test]

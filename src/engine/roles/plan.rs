@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::{
-    Grant, GrantPlan, Holding, ItemSpec, LeaverPlan, MAX_ADMINS_PER_ODS_CODE, MappingPlan, Preview,
+    GrantPlan, Holding, ItemSpec, LeaverPlan, MAX_ADMINS_PER_ODS_CODE, MappingPlan, Preview,
     RemovalPlan,
 };
 use crate::domain::{
@@ -13,7 +13,7 @@ use crate::domain::{
 };
 use crate::engine::EngineError;
 use crate::engine::kind::{Plan, PlanContext, PlannedItem};
-use crate::store::roles::{self, MappingRow, RoleRow};
+use crate::store::roles::{self, GrantState, MappingRow, RoleRow, StoredRole};
 
 fn failure(item: impl Into<String>, code: FailureCode, detail: impl Into<String>) -> Failure {
     Failure {
@@ -103,13 +103,14 @@ pub(super) async fn holding_of(
     })
 }
 
-/// The one item of a single-user job.
+/// The one item of a single-user job. `sweep`: the item ends every Phone System membership
+/// the tenant shows for the user that the desired state does not want (removals, leavers).
 async fn user_item(
     ctx: &mut PlanContext<'_, '_>,
     email: &EmailAddress,
     codes: Vec<String>,
     after: Option<&RoleRow>,
-    grant: Option<Grant>,
+    sweep: bool,
 ) -> Result<PlannedItem<ItemSpec>, EngineError> {
     let preview = if ctx.job.dry_run {
         let holding = match after {
@@ -122,7 +123,7 @@ async fn user_item(
     };
     let spec = ItemSpec {
         codes,
-        grant,
+        sweep,
         preview,
     };
     Ok(PlannedItem::with_spec(email.as_str(), spec))
@@ -130,6 +131,70 @@ async fn user_item(
 
 fn conflict(email: &EmailAddress, detail: String) -> Failure {
     failure(email.as_str(), FailureCode::RoleConflict, detail)
+}
+
+/// What a user holds, for a refusal's detail.
+fn holds(stored: Option<&StoredRole>) -> String {
+    match stored {
+        Some(s) if s.state.is_held() => {
+            format!("holds {} for {}", s.role.role.as_str(), s.role.ods_code)
+        }
+        Some(s) if s.state == GrantState::Failed => format!(
+            "holds no Phone System admin role (a grant of {} for {} failed)",
+            s.role.role.as_str(),
+            s.role.ods_code
+        ),
+        Some(s) => format!(
+            "holds no Phone System admin role ({} for {} is being removed)",
+            s.role.role.as_str(),
+            s.role.ods_code
+        ),
+        None => "holds no Phone System admin role".to_owned(),
+    }
+}
+
+/// A grant of `wanted` to a user whose stored role is `stored` (none, or one that is not
+/// realised): checks the limit unless the user already takes a place for the code (a failed
+/// grant takes none), then stores the grant as `pending`, owned by this job. `Err`: refused.
+async fn grant(
+    ctx: &mut PlanContext<'_, '_>,
+    stored: Option<&StoredRole>,
+    wanted: &RoleRow,
+) -> Result<Result<(), Failure>, EngineError> {
+    let counted = stored.is_some_and(|s| s.state.counts() && s.role.ods_code == wanted.ods_code);
+    if !counted {
+        let holders = roles::count_at(ctx.tx, &wanted.ods_code).await?;
+        if holders >= MAX_ADMINS_PER_ODS_CODE {
+            return Ok(Err(failure(
+                wanted.email.as_str(),
+                FailureCode::AdminLimitReached,
+                format!(
+                    "{} already has {holders} Phone System admins (at most {MAX_ADMINS_PER_ODS_CODE})",
+                    wanted.ods_code
+                ),
+            )));
+        }
+    }
+    if !ctx.job.dry_run {
+        roles::put(ctx.tx, wanted, ctx.job.id).await?;
+    }
+    Ok(Ok(()))
+}
+
+/// The codes whose groups an item may have to leave: those around `code`, and those around
+/// a stored role of another code that a grant replaces.
+async fn codes_with(
+    ctx: &mut PlanContext<'_, '_>,
+    code: &str,
+    stored: Option<&StoredRole>,
+) -> Result<Vec<String>, EngineError> {
+    let mut codes = codes_around(ctx, code).await?;
+    if let Some(old) = stored.filter(|s| s.role.ods_code != code) {
+        codes.extend(codes_around(ctx, &old.role.ods_code).await?);
+        codes.sort();
+        codes.dedup();
+    }
+    Ok(codes)
 }
 
 /// The common start of the role jobs: parse the user and the ODS code (adding to `failures`,
@@ -176,41 +241,28 @@ pub(super) async fn assign(
         ods_code: code.as_str().to_owned(),
         role: target.role,
     };
-    let grant = match roles::role_of(&mut **ctx.tx, email.as_str()).await? {
-        Some(held) if held == wanted => None,
-        Some(held) => {
+    let stored = roles::stored_role(&mut **ctx.tx, email.as_str()).await?;
+    let granted = match &stored {
+        // Held and realised: only the memberships are checked (and repaired), no email.
+        Some(s) if s.role == wanted && s.state == GrantState::Realised => false,
+        Some(s) if s.state.is_held() && s.role != wanted => {
             return Ok(reject(vec![conflict(
                 &email,
                 format!(
-                    "already holds {} for {}; a user holds one Phone System admin role",
-                    held.role.as_str(),
-                    held.ods_code
+                    "already {}; a user holds one Phone System admin role",
+                    holds(Some(s))
                 ),
             )]));
         }
-        None => {
-            let holders = roles::count_at(ctx.tx, code.as_str()).await?;
-            if holders >= MAX_ADMINS_PER_ODS_CODE {
-                return Ok(reject(vec![failure(
-                    email.as_str(),
-                    FailureCode::AdminLimitReached,
-                    format!(
-                        "{code} already has {holders} Phone System admins (at most {MAX_ADMINS_PER_ODS_CODE})"
-                    ),
-                )]));
-            }
-            if !ctx.job.dry_run {
-                roles::put(ctx.tx, &wanted, ctx.job.id).await?;
-            }
-            Some(Grant {
-                ods_code: wanted.ods_code.clone(),
-                role: wanted.role,
-            })
-        }
+        // Not held (none, a failed grant, a role being removed), or stored but not realised
+        // yet: a grant, owned by this job, whose email goes once the tenant shows it.
+        _ => match grant(&mut ctx, stored.as_ref(), &wanted).await? {
+            Ok(()) => true,
+            Err(refused) => return Ok(reject(vec![refused])),
+        },
     };
-    let codes = codes_around(&mut ctx, code.as_str()).await?;
-    let granted = grant.is_some();
-    let item = user_item(&mut ctx, &email, codes, Some(&wanted), grant).await?;
+    let codes = codes_with(&mut ctx, code.as_str(), stored.as_ref()).await?;
+    let item = user_item(&mut ctx, &email, codes, Some(&wanted), false).await?;
     Ok(Plan::Accept {
         subject,
         plan: GrantPlan { granted },
@@ -233,29 +285,34 @@ pub(super) async fn remove(
             Ok(target) => target,
             Err(failures) => return Ok(reject(failures)),
         };
-    let removed = match roles::role_of(&mut **ctx.tx, email.as_str()).await? {
-        // Not held: nothing to change in the desired state; the memberships are still checked.
+    let stored = roles::stored_role(&mut **ctx.tx, email.as_str()).await?;
+    let removed = match &stored {
+        // Not stored: nothing to change in the desired state; the memberships are still ended.
         None => false,
-        Some(held) if held.ods_code == code.as_str() && held.role == target.role => {
+        // The role named, or a role not held (a failed grant, one already being removed): it
+        // stays stored, `removing`, until the tenant shows no membership left.
+        Some(s)
+            if !s.state.is_held()
+                || (s.role.ods_code == code.as_str() && s.role.role == target.role) =>
+        {
             if !ctx.job.dry_run {
-                roles::delete(ctx.tx, email.as_str()).await?;
+                roles::mark_removing(ctx.tx, email.as_str(), ctx.job.id).await?;
             }
             true
         }
-        Some(held) => {
+        Some(s) => {
             return Ok(reject(vec![conflict(
                 &email,
                 format!(
-                    "holds {} for {}, not {} for {code}",
-                    held.role.as_str(),
-                    held.ods_code,
+                    "{}, not {} for {code}",
+                    holds(Some(s)),
                     target.role.as_str()
                 ),
             )]));
         }
     };
-    let codes = codes_around(&mut ctx, code.as_str()).await?;
-    let item = user_item(&mut ctx, &email, codes, None, None).await?;
+    let codes = codes_with(&mut ctx, code.as_str(), stored.as_ref()).await?;
+    let item = user_item(&mut ctx, &email, codes, None, true).await?;
     Ok(Plan::Accept {
         subject,
         plan: RemovalPlan { removed },
@@ -292,36 +349,40 @@ pub(super) async fn change(
         ods_code: code.as_str().to_owned(),
         role: change.to,
     };
-    let grant = match roles::role_of(&mut **ctx.tx, email.as_str()).await? {
-        Some(held) if held.ods_code == code.as_str() && held.role == change.from => {
-            // Same code, so the number of admins for it does not change.
+    let stored = roles::stored_role(&mut **ctx.tx, email.as_str()).await?;
+    let granted = match &stored {
+        // The change itself. Same code: the user keeps their place under the limit.
+        Some(s)
+            if s.state.is_held()
+                && s.role.ods_code == code.as_str()
+                && s.role.role == change.from =>
+        {
             if !ctx.job.dry_run {
                 roles::put(ctx.tx, &wanted, ctx.job.id).await?;
             }
-            Some(Grant {
-                ods_code: wanted.ods_code.clone(),
-                role: wanted.role,
-            })
+            true
         }
         // Done before (the same change again): the memberships are still checked.
-        Some(held) if held == wanted => None,
-        held => {
-            let holds = held.map_or_else(
-                || "holds no Phone System admin role".to_owned(),
-                |h| format!("holds {} for {}", h.role.as_str(), h.ods_code),
-            );
+        Some(s) if s.role == wanted && s.state == GrantState::Realised => false,
+        // The same change sent again after its grant failed or before it was realised: a
+        // grant again, owned by this job.
+        Some(s) if s.role == wanted => match grant(&mut ctx, stored.as_ref(), &wanted).await? {
+            Ok(()) => true,
+            Err(refused) => return Ok(reject(vec![refused])),
+        },
+        other => {
             return Ok(reject(vec![conflict(
                 &email,
                 format!(
-                    "{holds}, not {} for {code}: nothing to change from",
+                    "{}, not {} for {code}: nothing to change from",
+                    holds(other.as_ref()),
                     change.from.as_str()
                 ),
             )]));
         }
     };
     let codes = codes_around(&mut ctx, code.as_str()).await?;
-    let granted = grant.is_some();
-    let item = user_item(&mut ctx, &email, codes, Some(&wanted), grant).await?;
+    let item = user_item(&mut ctx, &email, codes, Some(&wanted), false).await?;
     Ok(Plan::Accept {
         subject,
         plan: GrantPlan { granted },
@@ -391,7 +452,7 @@ pub(super) async fn mapping(
                 email,
                 ItemSpec {
                     codes: codes.clone(),
-                    grant: None,
+                    sweep: false,
                     preview: preview.clone(),
                 },
             )
@@ -423,18 +484,20 @@ pub(super) async fn leaver(
         });
     };
     roles::lock_user(ctx.tx, email.as_str()).await?;
-    let held = roles::role_of(&mut **ctx.tx, email.as_str()).await?;
-    let codes = match &held {
-        Some(held) => {
+    let stored = roles::stored_role(&mut **ctx.tx, email.as_str()).await?;
+    let codes = match &stored {
+        Some(s) => {
+            // Stored (in any state) until the tenant shows no Phone System membership left.
             if !ctx.job.dry_run {
-                roles::delete(ctx.tx, email.as_str()).await?;
+                roles::mark_removing(ctx.tx, email.as_str(), ctx.job.id).await?;
             }
-            codes_around(&mut ctx, &held.ods_code).await?
+            codes_around(&mut ctx, &s.role.ods_code).await?
         }
-        // No role known: no group of ours to check (the item settles at once).
+        // No role known: the item still ends every Phone System membership the tenant shows.
         None => vec![],
     };
-    let item = user_item(&mut ctx, &email, codes, None, None).await?;
+    let held = stored.map(|s| s.role);
+    let item = user_item(&mut ctx, &email, codes, None, true).await?;
     Ok(Plan::Accept {
         subject: json!({ "user": email.as_str(), "role": held.as_ref().map(|h| h.role),
                          "ods_code": held.as_ref().map(|h| h.ods_code.clone()) }),
