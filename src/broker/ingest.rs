@@ -42,7 +42,6 @@ use crate::store::StoreError;
 use crate::store::inbox::{self, Recorded};
 use crate::telemetry::emit;
 
-
 /// What ingesting one delivery did (the `outcome` label of
 /// [`crate::telemetry::metrics::MESSAGES_RECEIVED_TOTAL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
