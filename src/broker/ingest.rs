@@ -35,7 +35,7 @@ use super::events::{
 use super::topology::long_string;
 use super::{BrokerError, wait_for_recovery};
 use crate::configuration::Topology;
-use crate::domain::limits::{MAX_DETAIL_BYTES, cut};
+use crate::domain::limits::{MAX_DETAIL_BYTES, storable_text};
 use crate::domain::{FailureCode, JobMessage, Rejection, decode_job};
 use crate::engine::Wakeup;
 use crate::store::StoreError;
@@ -227,12 +227,12 @@ impl Ingest {
         }
         tracing::warn!(code = %rejection.code, detail = %rejection.detail, "dead-lettering message");
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let detail = cut(&rejection.detail, MAX_DETAIL_BYTES);
+        let detail = storable_text(&rejection.detail, MAX_DETAIL_BYTES);
         headers.insert(
             "x-reconciler-error".into(),
             long_string(rejection.code.as_str()),
         );
-        headers.insert("x-reconciler-detail".into(), long_string(detail));
+        headers.insert("x-reconciler-detail".into(), long_string(&detail));
         headers.insert(
             "x-original-exchange".into(),
             long_string(delivery.exchange.as_str()),
