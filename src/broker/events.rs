@@ -34,6 +34,35 @@ impl InternalEvent for MessageDeadLettered {
     }
 }
 
+/// The database refused a decoded job's values (a size or character that decoding did not
+/// catch): the message is dead-lettered with a code instead of being redelivered.
+pub struct MessageRefusedByDatabase<'a> {
+    pub error: &'a crate::store::StoreError,
+}
+
+impl InternalEvent for MessageRefusedByDatabase<'_> {
+    fn emit(self) {
+        tracing::warn!(error = %self.error, "the database refused the message's values; dead-lettering it");
+    }
+}
+
+/// A rejection was dead-lettered but could not be recorded (no `job.completed`): its ticket
+/// was left out and it was recorded without, or (`recorded: false`) not at all.
+pub struct RejectionNotRecordedAsIs<'a> {
+    pub error: &'a crate::store::StoreError,
+    pub recorded: bool,
+}
+
+impl InternalEvent for RejectionNotRecordedAsIs<'_> {
+    fn emit(self) {
+        if self.recorded {
+            tracing::warn!(error = %self.error, "the rejection's ticket cannot be stored; recorded without it");
+        } else {
+            tracing::error!(error = %self.error, "the rejection cannot be recorded; the dead letter stands alone");
+        }
+    }
+}
+
 /// Publishing outbox events failed; they stay pending.
 pub struct OutboxPublishFailed;
 

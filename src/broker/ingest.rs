@@ -9,6 +9,11 @@
 //!   duplicate a dead letter, never lose one.
 //! * A transient failure (database down) is retried with backoff while the message stays
 //!   unacknowledged; on shutdown the message is left to the broker, which redelivers it.
+//! * A job whose values the database refuses (SQLSTATE classes 22 and 54, which no retry can
+//!   cure) is dead-lettered as `invalid_message` with the database's reason, like any message
+//!   that can never be processed: it is never redelivered until the delivery limit drops it
+//!   without a code. Decoding already rejects what is known not to be storable
+//!   ([`crate::domain::limits`]); this is the safety net.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,18 +29,18 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::events::{MessageDeadLettered, MessageIngested};
+use super::events::{
+    MessageDeadLettered, MessageIngested, MessageRefusedByDatabase, RejectionNotRecordedAsIs,
+};
 use super::topology::long_string;
 use super::{BrokerError, wait_for_recovery};
 use crate::configuration::Topology;
-use crate::domain::{JobMessage, Rejection, decode_job};
+use crate::domain::limits::{MAX_DETAIL_BYTES, storable_text};
+use crate::domain::{FailureCode, JobMessage, Rejection, decode_job};
 use crate::engine::Wakeup;
 use crate::store::StoreError;
 use crate::store::inbox::{self, Recorded};
 use crate::telemetry::emit;
-
-/// Longest `x-reconciler-detail` header; details are diagnostics, not payloads.
-const MAX_DETAIL_LEN: usize = 1_000;
 
 /// What ingesting one delivery did (the `outcome` label of
 /// [`crate::telemetry::metrics::MESSAGES_RECEIVED_TOTAL`]).
@@ -143,7 +148,13 @@ impl Ingest {
         };
         let result = async {
             match &decoded {
-                Ok(job) => self.store(job).await,
+                Ok(job) => match self.store(job).await {
+                    Err(BrokerError::Store(error)) if error.refuses_the_data() => {
+                        emit(MessageRefusedByDatabase { error: &error });
+                        self.dead_letter(&delivery, &refused(job, &error)).await
+                    }
+                    other => other,
+                },
                 Err(rejection) => self.dead_letter(&delivery, rejection).await,
             }
         }
@@ -166,8 +177,10 @@ impl Ingest {
                 tracing::info!(%error, "shutting down; message left to the broker");
             }
             Err(error) => {
-                // Permanent and unexpected (a bug or a schema mismatch): requeue, so that the
-                // queue's delivery limit dead-letters it if it keeps failing.
+                // Permanent, unexpected and not about the message's values (those are
+                // dead-lettered with a code above): a bug or a schema mismatch after a bad
+                // deploy, which would reject valid jobs if they were dead-lettered as invalid.
+                // Requeue, so that the queue's delivery limit dead-letters it if it keeps failing.
                 tracing::error!(%error, "cannot ingest message; requeued");
                 let _ = delivery
                     .nack(BasicNackOptions {
@@ -214,14 +227,7 @@ impl Ingest {
         }
         tracing::warn!(code = %rejection.code, detail = %rejection.detail, "dead-lettering message");
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let mut detail = rejection.detail.clone();
-        if detail.len() > MAX_DETAIL_LEN {
-            let mut cut = MAX_DETAIL_LEN;
-            while !detail.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            detail.truncate(cut);
-        }
+        let detail = storable_text(&rejection.detail, MAX_DETAIL_BYTES);
         headers.insert(
             "x-reconciler-error".into(),
             long_string(rejection.code.as_str()),
@@ -263,14 +269,59 @@ impl Ingest {
         emit(MessageDeadLettered {
             code: rejection.code,
         });
-        if rejection.message_id.is_some() {
-            let recorded = self
-                .retry_transient(|| inbox::record_rejection(&self.pool, rejection))
-                .await?;
-            let (Recorded::New(id) | Recorded::Duplicate(id)) = recorded;
+        if rejection.message_id.is_some()
+            && let Some(id) = self.record_rejection(rejection).await?
+        {
             tracing::Span::current().record("job_id", tracing::field::display(id));
         }
         Ok(IngestOutcome::DeadLettered)
+    }
+
+    /// Record a dead-lettered rejection (its `job.completed`). The dead letter is already out,
+    /// so a permanent failure here must not send the message round again: if the database
+    /// refuses the ticket, the rejection is recorded without it; if it refuses anything else,
+    /// the dead letter stands alone (`None`). Transient failures are retried as usual.
+    async fn record_rejection(
+        &self,
+        rejection: &Rejection,
+    ) -> Result<Option<uuid::Uuid>, BrokerError> {
+        let recorded = match self
+            .retry_transient(|| inbox::record_rejection(&self.pool, rejection))
+            .await
+        {
+            Err(BrokerError::Store(error))
+                if rejection.ticket.is_some() && error.refuses_the_data() =>
+            {
+                let bare = Rejection {
+                    ticket: None,
+                    detail: format!(
+                        "{} (the ticket could not be stored and is left out: {error})",
+                        rejection.detail
+                    ),
+                    ..rejection.clone()
+                };
+                emit(RejectionNotRecordedAsIs {
+                    error: &error,
+                    recorded: true,
+                });
+                self.retry_transient(|| inbox::record_rejection(&self.pool, &bare))
+                    .await
+            }
+            other => other,
+        };
+        match recorded {
+            Ok(Recorded::New(id) | Recorded::Duplicate(id)) => Ok(Some(id)),
+            Err(BrokerError::Store(error))
+                if !error.is_transient() && !self.shutdown.is_cancelled() =>
+            {
+                emit(RejectionNotRecordedAsIs {
+                    error: &error,
+                    recorded: false,
+                });
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Retry `op` while it fails transiently, until it succeeds, fails permanently, or the
@@ -294,5 +345,20 @@ impl Ingest {
                 tracing::warn!(%error, ?delay, "database unavailable; retrying, message kept");
             })
             .await?)
+    }
+}
+
+/// The rejection of a decoded job whose values the database refused.
+fn refused(job: &JobMessage<'_>, error: &StoreError) -> Rejection {
+    Rejection {
+        code: FailureCode::InvalidMessage,
+        detail: format!(
+            "the database cannot store this message's values ({error}); see the README's \
+             limits on stored values"
+        ),
+        message_id: Some(job.message_id.clone()),
+        job_type: Some(job.job_type),
+        ticket: job.ticket.clone(),
+        dry_run: job.dry_run,
     }
 }

@@ -98,7 +98,6 @@ impl Relay {
         let published = async {
             let mut confirms = Vec::with_capacity(events.len());
             for event in &events {
-                let body = serde_json::to_vec(&event.body).expect("a JSON value always serializes");
                 let properties = BasicProperties::default()
                     .with_content_type("application/json".into())
                     .with_delivery_mode(2)
@@ -112,7 +111,7 @@ impl Relay {
                         self.exchange.as_str().into(),
                         event.routing_key.as_str().into(),
                         BasicPublishOptions::default(),
-                        &body,
+                        event.body.as_bytes(),
                         properties,
                     )
                     .await

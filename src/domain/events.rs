@@ -192,10 +192,7 @@ mod tests {
             JobCompleted::TYPE,
             Uuid::nil(),
             "m-1".into(),
-            Some(Ticket {
-                reference: "INC1".into(),
-                originator: "a@nhs.net".into(),
-            }),
+            Some(Ticket::new("INC1", "a@nhs.net")),
         );
         let now = Utc::now();
         let event = JobCompleted {

@@ -4,7 +4,9 @@
 //! failure code. It checks the *shape* (JSON, required fields, known type and schema version);
 //! whether the values make sense against stored state and the tenant (a licence that exists, a
 //! member count that adds up, well-formed emails) is the planner's business, which rejects the
-//! job with per-item failures instead of dead-lettering the message.
+//! job with per-item failures instead of dead-lettering the message. What PostgreSQL cannot
+//! store (a NUL, a lone surrogate, too deep a nesting, too large a value) is rejected here too,
+//! with the field and the rule named ([`super::limits`]).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::FailureCode;
+use super::limits::{self, FieldLimits};
 
 /// The only job schema version this worker speaks.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -24,12 +27,14 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct MessageId(String);
 
 impl MessageId {
-    /// Non-empty, at most 255 characters (it is also an AMQP short string).
+    /// Non-empty, at most 255 bytes (it is also an AMQP short string), no NUL character.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.trim().is_empty() {
             Err("message_id is empty".into())
-        } else if raw.len() > 255 {
-            Err("message_id is longer than 255 characters".into())
+        } else if raw.len() > limits::MAX_MESSAGE_ID_BYTES {
+            Err("message_id is longer than 255 bytes".into())
+        } else if raw.contains('\0') {
+            Err("message_id contains a NUL character".into())
         } else {
             Ok(Self(raw.to_owned()))
         }
@@ -108,10 +113,76 @@ impl std::fmt::Display for JobType {
 }
 
 /// The ticket a job resolves; carried unchanged on every event about the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The contract says "unchanged", so the ticket is kept as the JSON text the portal sent
+/// (`raw`) and serialised as exactly that text: a field this worker does not know
+/// (`"priority": "P2"`), the order of the fields and their spacing all reach the events
+/// byte for byte. `reference` and `originator` are read from it for logs and operators. It is
+/// stored as `json` (not `jsonb`, which reorders keys) and events leave the outbox as stored.
+#[derive(Debug, Clone)]
 pub struct Ticket {
     pub reference: String,
     pub originator: String,
+    raw: Box<RawValue>,
+}
+
+impl Ticket {
+    /// A ticket with just the contract's two fields (as the `enqueue` command builds one).
+    pub fn new(reference: impl Into<String>, originator: impl Into<String>) -> Self {
+        let (reference, originator) = (reference.into(), originator.into());
+        let raw = serde_json::value::to_raw_value(&serde_json::json!({
+            "reference": reference, "originator": originator,
+        }))
+        .expect("two strings always serialize");
+        Self {
+            reference,
+            originator,
+            raw,
+        }
+    }
+
+    /// The ticket's JSON text, exactly as received.
+    pub fn raw_json(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// Read a ticket from its JSON text (an object with string `reference` and `originator`,
+    /// and any other fields, which are kept).
+    pub fn from_json(raw: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(raw)
+    }
+}
+
+impl PartialEq for Ticket {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.get() == other.raw.get()
+    }
+}
+
+impl Eq for Ticket {}
+
+impl Serialize for Ticket {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ticket {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            reference: String,
+            originator: String,
+        }
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let fields: Fields = serde_json::from_str(raw.get())
+            .map_err(|e| serde::de::Error::custom(format!("ticket: {e}")))?;
+        Ok(Self {
+            reference: fields.reference,
+            originator: fields.originator,
+            raw,
+        })
+    }
 }
 
 /// Who asked for the job in the portal (authorisation of admin-role jobs).
@@ -200,11 +271,14 @@ pub struct MembersAdded<L = Vec<String>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ListShape {
     pub len: usize,
+    /// The first entry longer than [`limits::MAX_TEXT_BYTES`]: its index and length.
+    pub too_long: Option<(usize, usize)>,
 }
 
 impl<'de> Deserialize<'de> for ListShape {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct AString;
+        /// A string's length.
+        struct AString(usize);
         impl<'de> Deserialize<'de> for AString {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct Visit;
@@ -213,8 +287,8 @@ impl<'de> Deserialize<'de> for ListShape {
                     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                         f.write_str("a string")
                     }
-                    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AString, E> {
-                        Ok(AString)
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<AString, E> {
+                        Ok(AString(s.len()))
                     }
                 }
                 d.deserialize_str(Visit)
@@ -230,11 +304,14 @@ impl<'de> Deserialize<'de> for ListShape {
                 self,
                 mut seq: A,
             ) -> Result<ListShape, A::Error> {
-                let mut len = 0;
-                while seq.next_element::<AString>()?.is_some() {
-                    len += 1;
+                let mut shape = ListShape::default();
+                while let Some(AString(bytes)) = seq.next_element()? {
+                    if bytes > limits::MAX_TEXT_BYTES && shape.too_long.is_none() {
+                        shape.too_long = Some((shape.len, bytes));
+                    }
+                    shape.len += 1;
                 }
-                Ok(ListShape { len })
+                Ok(shape)
             }
         }
         deserializer.deserialize_seq(Visit)
@@ -363,10 +440,64 @@ struct Fields<'a> {
     job_type: Option<Value>,
     schema_version: Option<Value>,
     sent_at: Option<Value>,
-    ticket: Option<Value>,
+    #[serde(borrow)]
+    ticket: Option<&'a RawValue>,
     dry_run: Option<Value>,
     #[serde(borrow)]
     payload: Option<&'a RawValue>,
+}
+
+/// What names a job for its rejection, read leniently.
+struct Identity {
+    message_id: Option<MessageId>,
+    job_type: Option<JobType>,
+    ticket: Option<Ticket>,
+    dry_run: bool,
+}
+
+impl Identity {
+    fn read(fields: &Fields) -> Self {
+        Self {
+            message_id: fields
+                .message_id
+                .as_ref()
+                .and_then(Value::as_str)
+                .and_then(|s| MessageId::parse(s).ok()),
+            job_type: fields
+                .job_type
+                .as_ref()
+                .and_then(Value::as_str)
+                .and_then(JobType::parse),
+            ticket: fields.ticket.and_then(|t| Ticket::from_json(t.get()).ok()),
+            dry_run: fields
+                .dry_run
+                .as_ref()
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// The rejection of a body holding values PostgreSQL cannot store, naming the job when its
+/// `message_id` is not itself one of them (read from the sanitised copy of the body).
+fn unstorable(scan: &limits::BodyScan) -> Rejection {
+    let identity = serde_json::from_slice::<Fields>(&scan.sanitised)
+        .ok()
+        .map(|fields| Identity::read(&fields));
+    let (message_id, job_type, ticket, dry_run) = match identity {
+        Some(id) if !scan.message_id_affected => {
+            (id.message_id, id.job_type, id.ticket, id.dry_run)
+        }
+        _ => (None, None, None, false),
+    };
+    Rejection {
+        code: FailureCode::InvalidMessage,
+        detail: scan.detail(),
+        message_id,
+        job_type,
+        ticket,
+        dry_run,
+    }
 }
 
 /// Decode a job message. `amqp_message_id` is the AMQP `message_id` property, which must
@@ -395,6 +526,10 @@ pub fn decode_job<'a>(
             },
         ));
     }
+    // Before anything is read: a value the database cannot store must not get as far as it.
+    if let Some(scan) = limits::scan_body(body) {
+        return Err(unstorable(&scan));
+    }
     let fields: Fields = serde_json::from_slice(body).map_err(|e| {
         anonymous(if e.is_data() {
             format!("body: {e}")
@@ -404,25 +539,12 @@ pub fn decode_job<'a>(
     })?;
 
     // Read what identifies the job first, so that a rejection can still resolve its ticket.
-    let message_id = fields
-        .message_id
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(|s| MessageId::parse(s).ok());
-    let job_type = fields
-        .job_type
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(JobType::parse);
-    let ticket = fields
-        .ticket
-        .clone()
-        .and_then(|t| serde_json::from_value::<Ticket>(t).ok());
-    let dry_run = fields
-        .dry_run
-        .as_ref()
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let Identity {
+        message_id,
+        job_type,
+        ticket,
+        dry_run,
+    } = Identity::read(&fields);
     let reject = |code: FailureCode, detail: String| Rejection {
         code,
         detail,
@@ -456,7 +578,7 @@ pub fn decode_job<'a>(
     let Some(message_id) = message_id.clone() else {
         return Err(reject(
             FailureCode::InvalidMessage,
-            "message_id must be a non-empty string of at most 255 characters".into(),
+            "message_id must be a non-empty string of at most 255 bytes without NUL".into(),
         ));
     };
     if let Some(property) = amqp_message_id
@@ -487,7 +609,8 @@ pub fn decode_job<'a>(
     }
 
     let raw_payload = fields.payload.expect("checked present");
-    check_payload_shape(job_type, raw_payload).map_err(|e| {
+    let mut limits = FieldLimits::default();
+    check_payload_shape(job_type, raw_payload, &mut limits).map_err(|e| {
         let text = e.to_string();
         let code = if text.starts_with("missing field") {
             FailureCode::MissingField
@@ -496,6 +619,19 @@ pub fn decode_job<'a>(
         };
         reject(code, format!("payload: {text}"))
     })?;
+    if let Some(ticket) = &envelope.ticket {
+        limits
+            .identifier(|| "ticket.reference".into(), &ticket.reference)
+            .text(|| "ticket.originator".into(), &ticket.originator);
+    }
+    if let Some(actor) = &envelope.actor {
+        limits
+            .text(|| "actor.email".into(), &actor.email)
+            .identifier(|| "actor.ods_code".into(), &actor.ods_code);
+    }
+    limits
+        .finish()
+        .map_err(|detail| reject(FailureCode::InvalidMessage, detail))?;
 
     Ok(JobMessage {
         message_id,
@@ -510,15 +646,100 @@ pub fn decode_job<'a>(
 }
 
 /// Check a payload's shape without building it: member lists are only walked (they may
-/// hold 200,000 addresses); the other payloads are small and decoded in full.
-fn check_payload_shape(job_type: JobType, raw: &RawValue) -> Result<(), serde_json::Error> {
+/// hold 200,000 addresses); the other payloads are small and decoded in full. The sizes of
+/// its fields go to `limits`.
+fn check_payload_shape(
+    job_type: JobType,
+    raw: &RawValue,
+    limits: &mut FieldLimits,
+) -> Result<(), serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(raw.get());
     match job_type {
-        JobType::PolicyChanged => PolicyChanged::<ListShape>::deserialize(&mut de).map(drop),
-        JobType::PolicyMembersAdded => MembersAdded::<ListShape>::deserialize(&mut de).map(drop),
-        other => decode_with(other, &mut de).map(drop),
-    }?;
+        JobType::PolicyChanged => {
+            let payload = PolicyChanged::<ListShape>::deserialize(&mut de)?;
+            policy_limits(&payload.policy, limits);
+            if let Some(members) = &payload.members {
+                list_limits("payload.members", members, limits);
+            }
+        }
+        JobType::PolicyMembersAdded => {
+            let payload = MembersAdded::<ListShape>::deserialize(&mut de)?;
+            limits.identifier(|| "payload.policy_id".into(), &payload.policy_id);
+            list_limits("payload.members", &payload.members, limits);
+        }
+        other => payload_limits(&decode_with(other, &mut de)?, limits),
+    }
     de.end()
+}
+
+fn policy_limits(policy: &PolicyDefinition, limits: &mut FieldLimits) {
+    limits
+        .identifier(|| "payload.policy.id".into(), &policy.id)
+        .text(|| "payload.policy.name".into(), &policy.name)
+        .identifier(|| "payload.policy.ods_code".into(), &policy.ods_code)
+        .identifier(|| "payload.policy.licence".into(), &policy.licence);
+    for plan in policy.toggles.keys() {
+        limits.identifier(
+            || "payload.policy.toggles (a service plan name)".into(),
+            plan,
+        );
+    }
+}
+
+fn list_limits(path: &str, list: &ListShape, limits: &mut FieldLimits) {
+    if let Some((index, bytes)) = list.too_long {
+        limits.text_of_length(|| format!("{path}[{index}]"), bytes);
+    }
+}
+
+fn payload_limits(payload: &JobPayload, limits: &mut FieldLimits) {
+    let identifiers = |limits: &mut FieldLimits, path: &str, values: &[String]| {
+        for (i, value) in values.iter().enumerate() {
+            limits.identifier(|| format!("{path}[{i}]"), value);
+        }
+    };
+    match payload {
+        JobPayload::PolicyChanged(p) => policy_limits(&p.policy, limits),
+        JobPayload::PolicyMembersAdded(p) => {
+            limits.identifier(|| "payload.policy_id".into(), &p.policy_id);
+        }
+        JobPayload::AdminRoleAssign(t) | JobPayload::AdminRoleRemove(t) => {
+            limits
+                .text(|| "payload.user".into(), &t.user)
+                .identifier(|| "payload.ods_code".into(), &t.ods_code);
+        }
+        JobPayload::AdminRoleChange(c) => {
+            limits
+                .text(|| "payload.user".into(), &c.user)
+                .identifier(|| "payload.ods_code".into(), &c.ods_code);
+        }
+        JobPayload::OdsMappingChanged(m) => {
+            limits.identifier(|| "payload.ods_code".into(), &m.ods_code);
+            identifiers(limits, "payload.managed_ods_codes", &m.managed_ods_codes);
+            identifiers(limits, "payload.onboarded", &m.onboarded);
+        }
+        JobPayload::UserLeaver(l) => {
+            limits.text(|| "payload.user".into(), &l.user);
+        }
+        JobPayload::PortalAccessGrant(g) => {
+            limits.identifier(|| "payload.batch_label".into(), &g.batch_label);
+            for (i, c) in g.contacts.iter().enumerate() {
+                limits
+                    .identifier(
+                        || format!("payload.contacts[{i}].contact_id"),
+                        &c.contact_id,
+                    )
+                    .text(|| format!("payload.contacts[{i}].name"), &c.name)
+                    .text(|| format!("payload.contacts[{i}].council"), &c.council);
+                if let Some(email) = &c.email {
+                    limits.text(|| format!("payload.contacts[{i}].email"), email);
+                }
+            }
+        }
+        JobPayload::PortalAccessActivated(c) | JobPayload::PortalAccessRemind(c) => {
+            identifiers(limits, "payload.contact_ids", &c.contact_ids);
+        }
+    }
 }
 
 /// Decode the payload of a job of a known type (also used to re-read stored jobs). Taking it
@@ -688,6 +909,142 @@ mod tests {
         );
         let r = decode_job(body.as_bytes(), Some("other")).unwrap_err();
         assert_eq!(r.code, FailureCode::InvalidMessage);
+    }
+
+    #[test]
+    fn unstorable_values_are_rejected_naming_the_field_and_keeping_the_job_identity() {
+        let mut value = envelope(
+            "policy.members_added",
+            json!({ "policy_id": "p", "members": ["a@nhs.net", "b\u{0}@nhs.net"], "total_members": 2 }),
+        );
+        let r = decode(&value).unwrap_err();
+        assert_eq!(r.code, FailureCode::InvalidMessage);
+        assert!(
+            r.detail.starts_with("payload.members[1] contains a NUL"),
+            "{}",
+            r.detail
+        );
+        assert!(r.message_id.is_some());
+        assert_eq!(r.ticket.unwrap().reference, "INC0012345");
+
+        // In the ticket: the rejection still carries it, with U+FFFD in the NUL's place.
+        value["payload"]["members"][1] = json!("b@nhs.net");
+        value["ticket"]["reference"] = json!("INC\u{0}1");
+        let r = decode(&value).unwrap_err();
+        assert!(r.detail.starts_with("ticket.reference"), "{}", r.detail);
+        assert_eq!(r.ticket.unwrap().reference, "INC\u{fffd}1");
+
+        // In the message_id: the job cannot be named.
+        value["ticket"]["reference"] = json!("INC1");
+        value["message_id"] = json!("m\u{0}");
+        let r = decode(&value).unwrap_err();
+        assert!(r.detail.starts_with("message_id"), "{}", r.detail);
+        assert!(r.message_id.is_none());
+    }
+
+    #[test]
+    fn a_lone_surrogate_and_a_deep_field_are_rejected() {
+        let body = envelope(
+            "user.leaver",
+            json!({ "user": "USER", "marked_for_deletion_at": "2026-11-21T17:00:00Z" }),
+        )
+        .to_string()
+        .replace("USER", "\\ud800@nhs.net");
+        let r = decode_job(body.as_bytes(), None).unwrap_err();
+        assert!(
+            r.detail.starts_with("payload.user contains a lone"),
+            "{}",
+            r.detail
+        );
+        assert!(r.message_id.is_some());
+
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let body = envelope("user.leaver", json!({ "user": "u@nhs.net", "marked_for_deletion_at": "2026-11-21T17:00:00Z", "extra": "DEEP" }))
+            .to_string()
+            .replace("\"DEEP\"", &deep);
+        let r = decode_job(body.as_bytes(), None).unwrap_err();
+        assert_eq!(r.code, FailureCode::InvalidMessage);
+        assert!(r.detail.starts_with("payload.extra[0]"), "{}", r.detail);
+        assert!(r.detail.contains("nested deeper than 32"), "{}", r.detail);
+        assert!(r.message_id.is_some());
+    }
+
+    #[test]
+    fn oversized_fields_are_rejected_naming_the_field_and_the_limit() {
+        let policy_id = "p".repeat(8_192);
+        let r = decode(&envelope(
+            "policy.members_added",
+            json!({ "policy_id": policy_id, "members": ["a@nhs.net"], "total_members": 1 }),
+        ))
+        .unwrap_err();
+        assert_eq!(r.code, FailureCode::InvalidMessage);
+        assert!(
+            r.detail.starts_with("payload.policy_id is 8192 bytes"),
+            "{}",
+            r.detail
+        );
+        assert!(r.detail.contains("at most 255"), "{}", r.detail);
+
+        let long = format!("{}@nhs.net", "a".repeat(2_000));
+        let r = decode(&envelope(
+            "policy.members_added",
+            json!({ "policy_id": "p", "members": ["a@nhs.net", long], "total_members": 2 }),
+        ))
+        .unwrap_err();
+        assert!(
+            r.detail.starts_with("payload.members[1] is 2008 bytes"),
+            "{}",
+            r.detail
+        );
+
+        // Longer than an address may be, but within the limit: the planner fails that item.
+        let long = format!("{}@nhs.net", "a".repeat(300));
+        assert!(
+            decode(&envelope(
+                "policy.members_added",
+                json!({ "policy_id": "p", "members": [long], "total_members": 1 }),
+            ))
+            .is_ok()
+        );
+
+        let mut value = envelope("portal_access.activated", json!({ "contact_ids": ["c-1"] }));
+        value["ticket"]["reference"] = json!("R".repeat(256));
+        let r = decode(&value).unwrap_err();
+        assert!(
+            r.detail.starts_with("ticket.reference is 256 bytes"),
+            "{}",
+            r.detail
+        );
+    }
+
+    #[test]
+    fn the_ticket_is_kept_as_sent() {
+        let body = envelope("portal_access.activated", json!({ "contact_ids": ["c-1"] }))
+            .to_string()
+            .replace(
+                r#"{"originator":"jane.smith@nhs.net","reference":"INC0012345"}"#,
+                r#"{ "reference": "INC1",  "originator":"a@b", "priority":"P2" }"#,
+            );
+        let job = decode_job(body.as_bytes(), None).unwrap();
+        let ticket = job.ticket.unwrap();
+        assert_eq!(ticket.reference, "INC1");
+        assert_eq!(
+            ticket.raw_json(),
+            r#"{ "reference": "INC1",  "originator":"a@b", "priority":"P2" }"#
+        );
+        let header = crate::domain::EventHeader::new(
+            "job.accepted",
+            uuid::Uuid::nil(),
+            "m".into(),
+            Some(ticket),
+        );
+        let text = serde_json::to_string(&header).unwrap();
+        assert!(
+            text.contains(
+                r#""ticket":{ "reference": "INC1",  "originator":"a@b", "priority":"P2" }"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

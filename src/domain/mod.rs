@@ -7,6 +7,7 @@ mod codes;
 mod email;
 mod events;
 mod job;
+pub mod limits;
 mod ods;
 pub mod permissions;
 

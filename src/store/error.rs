@@ -18,6 +18,21 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
+
+    /// Whether the database refused the *values* given to it, so that trying again with the
+    /// same values can never succeed: SQLSTATE class 22 (data exception: a NUL byte, invalid
+    /// JSON text, a number out of range) and 54 (program limit exceeded: an index row too
+    /// large, too deep a JSON value). Ingest dead-letters the message that carried them with a
+    /// code. Other permanent errors (a missing table after a bad deploy, a bug) are not the
+    /// message's fault and are not treated as this.
+    pub fn refuses_the_data(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{StoreError, outbox};
+use crate::domain::limits::{MAX_DETAIL_BYTES, storable_text};
 use crate::domain::{Counts, EventHeader, Failure, JobCompleted, JobMessage, Outcome, Rejection};
 
 /// What storing a message did.
@@ -29,7 +30,7 @@ pub async fn record_job(pool: &PgPool, job: &JobMessage<'_>) -> Result<Recorded,
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO jobs (id, message_id, job_type, schema_version, state, dry_run, ticket,
                            actor, payload, sent_at)
-         VALUES ($1, $2, $3, $4, 'received', $5, $6, $7, $8::jsonb, $9)
+         VALUES ($1, $2, $3, $4, 'received', $5, $6::json, $7, $8::jsonb, $9)
          ON CONFLICT (message_id) DO NOTHING
          RETURNING id",
     )
@@ -38,7 +39,8 @@ pub async fn record_job(pool: &PgPool, job: &JobMessage<'_>) -> Result<Recorded,
     .bind(job.job_type.as_str())
     .bind(job.schema_version as i32)
     .bind(job.dry_run)
-    .bind(json(&job.ticket)?)
+    // The ticket's own text: it is carried byte for byte (`Ticket`).
+    .bind(job.ticket.as_ref().map(|t| t.raw_json()))
     .bind(json(&job.actor)?)
     .bind(job.raw_payload.get())
     .bind(job.sent_at)
@@ -59,6 +61,11 @@ pub async fn record_job(pool: &PgPool, job: &JobMessage<'_>) -> Result<Recorded,
 
 /// Record a rejected message whose `message_id` is known: a completed, `rejected` job and its
 /// `job.completed` event, in one transaction. Idempotent on `message_id`.
+///
+/// What it stores must never fail the way the message did: the `message_id` is checked at
+/// decoding (no NUL, at most 255 bytes), the ticket is only ever one the database can hold (a
+/// NUL or lone surrogate in it was replaced by U+FFFD at decoding), and the detail is stored
+/// with any NUL replaced and cut to [`MAX_DETAIL_BYTES`], saying so.
 pub async fn record_rejection(
     pool: &PgPool,
     rejection: &Rejection,
@@ -74,7 +81,7 @@ pub async fn record_rejection(
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO jobs (id, message_id, job_type, state, outcome, dry_run, ticket,
                            completed_at, updated_at)
-         VALUES ($1, $2, $3, 'completed', 'rejected', $4, $5, $6, $6)
+         VALUES ($1, $2, $3, 'completed', 'rejected', $4, $5::json, $6, $6)
          ON CONFLICT (message_id) DO NOTHING
          RETURNING id",
     )
@@ -82,7 +89,7 @@ pub async fn record_rejection(
     .bind(message_id.as_str())
     .bind(rejection.job_type.map(|t| t.as_str()))
     .bind(rejection.dry_run)
-    .bind(json(&rejection.ticket)?)
+    .bind(rejection.ticket.as_ref().map(|t| t.raw_json()))
     .bind(now)
     .fetch_optional(&mut *tx)
     .await?;
@@ -118,7 +125,7 @@ pub async fn record_rejection(
     .with_failures(vec![Failure {
         item: message_id.to_string(),
         code: rejection.code,
-        detail: rejection.detail.clone(),
+        detail: storable_text(&rejection.detail, MAX_DETAIL_BYTES).into_owned(),
     }]);
     outbox::enqueue(&mut tx, &header, &event).await?;
     tx.commit().await?;

@@ -3,24 +3,25 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::EventHeader;
 
-/// Store `event` (whose header is `header`) for publication when `tx` commits.
+/// Store `event` (whose header is `header`) for publication when `tx` commits. The body is
+/// stored as the JSON text it serialises to (`json`, not `jsonb`) and published as that text,
+/// so what an event carries verbatim (the ticket) reaches consumers byte for byte.
 pub async fn enqueue<E: Serialize>(
     tx: &mut Transaction<'_, Postgres>,
     header: &EventHeader,
     event: &E,
 ) -> Result<(), StoreError> {
-    let body = serde_json::to_value(event)
+    let body = serde_json::to_string(event)
         .map_err(|e| StoreError::Corrupt(format!("event does not serialize: {e}")))?;
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, routing_key, job_id, body)
-         VALUES ($1, $2, $2, $3, $4)",
+         VALUES ($1, $2, $2, $3, $4::json)",
     )
     .bind(header.event_id)
     .bind(header.event_type)
@@ -38,7 +39,8 @@ pub struct PendingEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub routing_key: String,
-    pub body: Value,
+    /// The event's JSON text, to publish as it is.
+    pub body: String,
 }
 
 /// Lock up to `limit` pending events, oldest first, skipping those another relay holds.
@@ -48,7 +50,7 @@ pub async fn claim(
     limit: u32,
 ) -> Result<Vec<PendingEvent>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, event_id, event_type, routing_key, body FROM outbox
+        "SELECT id, event_id, event_type, routing_key, body::text AS body FROM outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(i64::from(limit))

@@ -2,7 +2,6 @@
 //! (invited, activated, reminded). See `engine::portal` for the rules.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::Value;
 use sqlx::{PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -204,13 +203,13 @@ pub async fn job_source(
     executor: impl PgExecutor<'_>,
     job_id: Uuid,
 ) -> Result<(String, Option<Ticket>), StoreError> {
-    let (message_id, ticket): (String, Option<Value>) =
+    let (message_id, ticket): (String, super::work::StoredTicket) =
         sqlx::query_as("SELECT message_id, ticket FROM jobs WHERE id = $1")
             .bind(job_id)
             .fetch_one(executor)
             .await?;
     let ticket = ticket
-        .map(serde_json::from_value)
+        .map(|raw| Ticket::from_json(raw.get()))
         .transpose()
         .map_err(|e| StoreError::Corrupt(format!("job {job_id} ticket: {e}")))?;
     Ok((message_id, ticket))

@@ -3,7 +3,6 @@
 //! organisations, and the granted-role emails sent.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::{PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -370,12 +369,12 @@ pub async fn notify_granted(
     if claimed.rows_affected() == 0 {
         return Ok(false);
     }
-    let (message_id, ticket): (String, Option<Value>) =
+    let (message_id, ticket): (String, super::work::StoredTicket) =
         sqlx::query_as("SELECT message_id, ticket FROM jobs WHERE id = $1")
             .bind(job_id)
             .fetch_one(&mut **tx)
             .await?;
-    let ticket: Option<Ticket> = ticket.and_then(|t| serde_json::from_value(t).ok());
+    let ticket: Option<Ticket> = super::work::ticket(ticket);
     let header = EventHeader::new(NotificationEmail::TYPE, job_id, message_id, ticket);
     let event = NotificationEmail {
         header: header.clone(),

@@ -7,7 +7,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app};
 
 fn members_added() -> serde_json::Value {
     json!({ "policy_id": "rx1-standard", "members": ["c.three@nhs.net"], "total_members": 1 })
@@ -203,5 +203,306 @@ async fn jobs_published_while_the_worker_is_dead_are_stored_by_its_replacement()
             first["message_id"].as_str().unwrap().to_owned(),
             second["message_id"].as_str().unwrap().to_owned()
         ]
+    );
+}
+
+/// A message the database cannot store: one dead letter with `x-reconciler-error`, and a
+/// `job.completed` (`rejected`) when its `message_id` can be read.
+struct Unstorable {
+    body: String,
+    /// How the detail starts: the field, then the rule.
+    detail: &'static str,
+    /// `None` when the `message_id` itself is unreadable: the dead letter alone.
+    message_id: Option<String>,
+}
+
+impl Unstorable {
+    fn new(job: &serde_json::Value, body: String, detail: &'static str) -> Self {
+        Self {
+            body,
+            detail,
+            message_id: Some(job["message_id"].as_str().unwrap().to_owned()),
+        }
+    }
+}
+
+/// The envelope `job` as text, with `"PLACEHOLDER"` (quotes included) replaced by `raw`: JSON
+/// text that serde_json would not write itself (a lone surrogate, deep nesting).
+fn with_raw(job: &serde_json::Value, raw: &str) -> String {
+    let text = job.to_string();
+    assert!(text.contains("\"PLACEHOLDER\""));
+    text.replace("\"PLACEHOLDER\"", raw)
+}
+
+/// Publish each message and check its one dead letter and its completion; then show that the
+/// worker goes on (a valid job is stored) and that nothing else was dead-lettered, requeued or
+/// published: no redelivery loop. Returns the completions, in the order of `cases`.
+async fn assert_rejected_once(app: &mut TestApp, cases: Vec<Unstorable>) -> Vec<serde_json::Value> {
+    let mut events = app.event_queue().await;
+    let mut completions = Vec::new();
+    for case in &cases {
+        app.publish_raw(
+            "policy.members_added",
+            case.body.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
+        let dead = app.next_dead_letter().await;
+        assert_eq!(
+            dead.error.as_deref(),
+            Some("invalid_message"),
+            "{}",
+            case.detail
+        );
+        let detail = dead.detail.unwrap();
+        assert!(detail.starts_with(case.detail), "{detail}");
+        assert_eq!(
+            dead.body,
+            case.body.as_bytes(),
+            "the dead letter is the original body"
+        );
+        if let Some(id) = &case.message_id {
+            let done = events.next_of("job.completed", id).await;
+            assert_eq!(done["outcome"], "rejected");
+            assert_eq!(done["failures"][0]["code"], "invalid_message");
+            let stored_detail = done["failures"][0]["detail"].as_str().unwrap();
+            assert!(stored_detail.starts_with(case.detail), "{stored_detail}");
+            let stored: (String, Option<String>) =
+                sqlx::query_as("SELECT state, outcome FROM jobs WHERE message_id = $1")
+                    .bind(id)
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(stored, ("completed".into(), Some("rejected".into())));
+            completions.push(done);
+        }
+    }
+
+    let valid = app.job("policy.members_added", members_added());
+    app.publish_job(&valid).await;
+    let valid_id = valid["message_id"].as_str().unwrap();
+    crate::kit::wait_until(Duration::from_secs(20), "the valid job stored", || async {
+        app.jobs().await.iter().any(|j| j.0 == valid_id)
+    })
+    .await;
+    let rejected = cases.iter().filter(|c| c.message_id.is_some()).count();
+    assert_eq!(app.jobs().await.len(), rejected + 1);
+    // No copy comes back: both queues are empty, and no other completion was published.
+    for queue in [
+        &app.settings.broker.topology.dead_letter_queue,
+        &app.settings.broker.topology.jobs_queue,
+    ] {
+        let declared = app
+            .channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(declared.message_count(), 0, "{queue}");
+    }
+    let rest = events.drain(Duration::from_millis(500)).await;
+    assert!(
+        rest.iter().all(|e| e["type"] != "job.completed"),
+        "{rest:?}"
+    );
+    completions
+}
+
+#[tokio::test]
+async fn a_nul_character_is_one_coded_dead_letter_and_one_rejected_completion() {
+    let mut app = spawn_app().await;
+    let in_member = app.job(
+        "policy.members_added",
+        json!({ "policy_id": "rx1-standard", "members": ["a@nhs.net", "b\u{0}@nhs.net"], "total_members": 2 }),
+    );
+    // serde_json writes a NUL character as the escape `\u0000`: valid JSON.
+    assert!(in_member.to_string().contains("\\u0000"));
+    let mut in_ticket = app.job("policy.members_added", members_added());
+    in_ticket["ticket"]["reference"] = json!("INC\u{0}1");
+    let mut in_message_id = app.job("policy.members_added", members_added());
+    in_message_id["message_id"] = json!("m\u{0}1");
+    let mut in_key = app.job("policy.members_added", members_added());
+    in_key["payload"]["note\u{0}"] = json!(1);
+    let cases = vec![
+        Unstorable::new(
+            &in_member,
+            in_member.to_string(),
+            "payload.members[1] contains a NUL",
+        ),
+        Unstorable::new(
+            &in_ticket,
+            in_ticket.to_string(),
+            "ticket.reference contains a NUL",
+        ),
+        Unstorable {
+            body: in_message_id.to_string(),
+            detail: "message_id contains a NUL",
+            message_id: None,
+        },
+        Unstorable::new(
+            &in_key,
+            in_key.to_string(),
+            "payload.note\\u0000 (an object key) contains a NUL",
+        ),
+    ];
+    let done = assert_rejected_once(&mut app, cases).await;
+    // The rejection resolves the ticket it could read, the NUL replaced (and says so).
+    assert_eq!(done[0]["ticket"], in_member["ticket"]);
+    assert_eq!(done[1]["ticket"]["reference"], "INC\u{fffd}1");
+    assert_eq!(
+        done[1]["ticket"]["originator"],
+        in_ticket["ticket"]["originator"]
+    );
+    assert!(
+        done[1]["failures"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("U+FFFD")
+    );
+}
+
+#[tokio::test]
+async fn a_lone_surrogate_or_a_100_000_deep_field_is_one_coded_dead_letter() {
+    let mut app = spawn_app().await;
+    let email = app.job(
+        "policy.members_added",
+        json!({ "policy_id": "rx1-standard", "members": ["PLACEHOLDER"], "total_members": 1 }),
+    );
+    let email_body = with_raw(&email, "\"a\\ud800@nhs.net\"");
+    let mut ticket = app.job("policy.members_added", members_added());
+    ticket["ticket"]["originator"] = json!("PLACEHOLDER");
+    let ticket_body = with_raw(&ticket, "\"\\udc00@nhs.net\"");
+    let mut message_id = app.job("policy.members_added", members_added());
+    message_id["message_id"] = json!("PLACEHOLDER");
+    let message_id_body = with_raw(&message_id, "\"m-\\ud800\"");
+    let mut deep = app.job("policy.members_added", members_added());
+    deep["payload"]["extra"] = json!("PLACEHOLDER");
+    let levels = 100_000;
+    let deep_body = with_raw(
+        &deep,
+        &format!("{}1{}", "[".repeat(levels), "]".repeat(levels)),
+    );
+    // serde_json, too, refuses to read the deep body as a value (recursion limit): it is
+    // valid JSON only to a reader without one.
+    assert!(serde_json::from_str::<serde_json::Value>(&deep_body).is_err());
+    let cases = vec![
+        Unstorable::new(
+            &email,
+            email_body,
+            "payload.members[0] contains a lone UTF-16 surrogate",
+        ),
+        Unstorable::new(
+            &ticket,
+            ticket_body,
+            "ticket.originator contains a lone UTF-16 surrogate",
+        ),
+        Unstorable {
+            body: message_id_body,
+            detail: "message_id contains a lone UTF-16 surrogate",
+            message_id: None,
+        },
+        Unstorable::new(&deep, deep_body, "payload.extra[0][0]"),
+    ];
+    let done = assert_rejected_once(&mut app, cases).await;
+    assert!(
+        done[2]["failures"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nested deeper than 32 levels")
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_value_is_rejected_at_ingest_naming_the_field_and_the_limit() {
+    let mut app = spawn_app().await;
+    // 8 KB of incompressible text: as a policy id, no B-tree index row could hold it.
+    let policy_id: String = (0..8_192)
+        .map(|i| char::from(b'a' + ((i * 7919 + i / 26) % 26) as u8))
+        .collect();
+    let oversized = app.job(
+        "policy.members_added",
+        json!({ "policy_id": policy_id, "members": ["a@nhs.net"], "total_members": 1 }),
+    );
+    let cases = vec![Unstorable::new(
+        &oversized,
+        oversized.to_string(),
+        "payload.policy_id is 8192 bytes long; an identifier may have at most 255 bytes",
+    )];
+    let done = assert_rejected_once(&mut app, cases).await;
+    assert_eq!(done[0]["ticket"], oversized["ticket"]);
+    assert_eq!(done[0]["job_type"], "policy.members_added");
+}
+
+#[tokio::test]
+async fn the_ticket_is_carried_byte_for_byte_on_every_event() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let ticket = r#"{"reference":"INC1","originator":"a@b","priority":"P2"}"#;
+    let mut job = app.job(
+        "portal_access.activated",
+        json!({ "contact_ids": ["c-unknown"] }),
+    );
+    job["ticket"] = json!("PLACEHOLDER");
+    let body = with_raw(&job, ticket);
+    let message_id = job["message_id"].as_str().unwrap().to_owned();
+    app.publish_raw(
+        "portal_access.activated",
+        body.as_bytes(),
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
+
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 2 {
+        let raw = events
+            .next_raw(Duration::from_secs(30))
+            .await
+            .expect("job.accepted and job.completed");
+        let event: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(event["source_message_id"], message_id.as_str());
+        seen.insert(event["type"].as_str().unwrap().to_owned(), raw);
+    }
+    for (event_type, raw) in &seen {
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert!(
+            text.contains(&format!(r#""ticket":{ticket}"#)),
+            "{event_type} carries the ticket as sent: {text}"
+        );
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["job.accepted", "job.completed"]
+    );
+}
+
+#[tokio::test]
+async fn the_database_refusing_values_is_told_from_other_permanent_errors() {
+    let app = spawn_app().await;
+    let refused = |sql: &'static str, value: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            let error = sqlx::query(sql)
+                .bind(value)
+                .execute(&pool)
+                .await
+                .unwrap_err();
+            policy_reconciler::store::StoreError::from(error)
+        }
+    };
+    let nul = refused("SELECT $1::text", "a\u{0}b").await;
+    assert!(!nul.is_transient() && nul.refuses_the_data(), "{nul}");
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)).leak();
+    let too_deep = refused("SELECT $1::jsonb", deep).await;
+    assert!(too_deep.refuses_the_data(), "{too_deep}");
+    let schema = refused("SELECT * FROM no_such_table WHERE $1::text IS NULL", "a").await;
+    assert!(
+        !schema.is_transient() && !schema.refuses_the_data(),
+        "{schema}"
     );
 }

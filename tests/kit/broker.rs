@@ -141,12 +141,17 @@ impl EventQueue {
 
     /// The next event, as JSON, within `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        serde_json::from_slice(&self.next_raw(timeout).await?).ok()
+    }
+
+    /// The next event's body exactly as published, within `timeout`.
+    pub async fn next_raw(&mut self, timeout: Duration) -> Option<Vec<u8>> {
         let delivery = tokio::time::timeout(timeout, self.consumer.next())
             .await
             .ok()??
             .ok()?;
         delivery.ack(BasicAckOptions::default()).await.ok()?;
-        serde_json::from_slice(&delivery.data).ok()
+        Some(delivery.data)
     }
 
     /// The next event of `event_type` about the job of `message_id` (others are passed over),

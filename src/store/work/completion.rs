@@ -143,7 +143,7 @@ pub async fn complete_if_done_in(
         message_id: String,
         job_type: Option<String>,
         dry_run: bool,
-        ticket: Option<Value>,
+        ticket: super::StoredTicket,
         subject: Option<Value>,
         started_at: Option<DateTime<Utc>>,
     }
@@ -232,7 +232,7 @@ pub async fn complete_if_done_in(
         Outcome::PartiallySucceeded
     };
     let ticket = ticket
-        .map(serde_json::from_value::<Ticket>)
+        .map(|raw| Ticket::from_json(raw.get()))
         .transpose()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let identity = JobIdentity {

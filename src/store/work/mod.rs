@@ -68,9 +68,12 @@ pub fn actor(value: Option<Value>) -> Option<Actor> {
     value.and_then(|v| serde_json::from_value(v).ok())
 }
 
-/// Decode a stored ticket.
-pub fn ticket(value: Option<Value>) -> Option<Ticket> {
-    value.and_then(|v| serde_json::from_value(v).ok())
+/// A ticket as stored (`jobs.ticket`, `json`): its exact text, for [`ticket`].
+pub type StoredTicket = Option<Box<serde_json::value::RawValue>>;
+
+/// Decode a stored ticket, keeping its text as it was received (it is carried byte for byte).
+pub fn ticket(value: StoredTicket) -> Option<Ticket> {
+    value.and_then(|raw| Ticket::from_json(raw.get()).ok())
 }
 
 /// An operator's name for a job: its `id` (a UUID) or its `message_id`, whichever they have

@@ -17,7 +17,7 @@ pub struct JobToPlan {
     pub message_id: String,
     pub job_type: Option<String>,
     pub dry_run: bool,
-    pub ticket: Option<Value>,
+    pub ticket: super::StoredTicket,
     pub actor: Option<Value>,
     pub received_at: DateTime<Utc>,
 }

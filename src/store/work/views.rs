@@ -141,7 +141,7 @@ struct JobRow {
     started_at: Option<DateTime<Utc>>,
     completed_at: Option<DateTime<Utc>>,
     subject: Option<Value>,
-    ticket: Option<Value>,
+    ticket: super::StoredTicket,
     total_items: Option<i64>,
 }
 
