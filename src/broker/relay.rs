@@ -6,7 +6,6 @@
 //! `event_id`, which never changes. Replicas share the outbox through `FOR UPDATE SKIP
 //! LOCKED`, so two relays never hold the same event at once.
 
-use std::time::Duration;
 
 use chrono::Utc;
 use lapin::options::BasicPublishOptions;
@@ -16,7 +15,7 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{OutboxBacklog, OutboxPublishFailed, OutboxPublished};
-use super::{BrokerError, wait_for_recovery};
+use super::BrokerError;
 use crate::configuration::OutboxSettings;
 use crate::store::outbox;
 use crate::telemetry::emit;
@@ -30,12 +29,11 @@ pub struct Relay {
     pub channel: Channel,
     pub exchange: String,
     pub settings: OutboxSettings,
-    pub recovery_timeout: Duration,
 }
 
 impl Relay {
     /// Publish until `stop` is cancelled, then flush what is pending and return. Returns an
-    /// error when the broker channel fails beyond lapin's recovery.
+    /// error when the broker channel fails (the supervisor then rebuilds the session).
     pub async fn run(&self, stop: CancellationToken) -> Result<(), BrokerError> {
         let mut listener = None;
         loop {
@@ -70,10 +68,6 @@ impl Relay {
                 Err(BrokerError::Store(error)) => {
                     tracing::warn!(%error, "outbox relay cannot read the outbox; will retry");
                     return Ok(());
-                }
-                Err(BrokerError::Connection(error)) => {
-                    emit(OutboxPublishFailed);
-                    wait_for_recovery(&self.channel, error, self.recovery_timeout).await?;
                 }
                 Err(error) => {
                     emit(OutboxPublishFailed);
