@@ -119,7 +119,10 @@ pub struct QueueSettingsDiffer<'a> {
 
 impl InternalEvent for QueueSettingsDiffer<'_> {
     fn emit(self) {
-        tracing::warn!(notice = self.notice, "jobs queue settings differ from the configuration");
+        tracing::warn!(
+            notice = self.notice,
+            "jobs queue settings differ from the configuration"
+        );
     }
 }
 

@@ -29,8 +29,7 @@ use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Consumer};
@@ -46,8 +45,8 @@ use crate::configuration::Topology;
 use crate::domain::{JobMessage, Rejection, decode_job};
 use crate::engine::Wakeup;
 use crate::http::{Health, IngestState};
-use crate::store::{self, StoreError};
 use crate::store::inbox::{self, Recorded};
+use crate::store::{self, StoreError};
 use crate::telemetry::emit;
 
 /// Longest `x-reconciler-detail` header; details are diagnostics, not payloads.
@@ -148,9 +147,7 @@ pub async fn consume(
         consuming.health.set_ingest(IngestState::Consuming);
         match consume_until(&ingest, &consuming.channel, consumer, &stop).await? {
             Stopped::Stop => return Ok(()),
-            Stopped::DatabaseLost => consuming
-                .health
-                .set_ingest(IngestState::PausedForDatabase),
+            Stopped::DatabaseLost => consuming.health.set_ingest(IngestState::PausedForDatabase),
         }
     }
 }

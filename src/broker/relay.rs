@@ -6,7 +6,6 @@
 //! `event_id`, which never changes. Replicas share the outbox through `FOR UPDATE SKIP
 //! LOCKED`, so two relays never hold the same event at once.
 
-
 use chrono::Utc;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
@@ -14,8 +13,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{OutboxBacklog, OutboxPublishFailed, OutboxPublished};
 use super::BrokerError;
+use super::events::{OutboxBacklog, OutboxPublishFailed, OutboxPublished};
 use crate::configuration::OutboxSettings;
 use crate::store::outbox;
 use crate::telemetry::emit;

@@ -126,7 +126,10 @@ pub fn jobs_queue_arguments(topology: &Topology, delivery_limit: u32) -> FieldTa
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(i64::from(delivery_limit)),
     );
-    args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
     args.insert("x-overflow".into(), long_string("reject-publish"));
     args
 }

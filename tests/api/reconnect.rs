@@ -46,7 +46,9 @@ async fn queue_depth(app: &TestApp, queue: &str) -> u32 {
 }
 
 async fn readyz(address: &str) -> Option<Value> {
-    let response = reqwest::get(format!("http://{address}/readyz")).await.ok()?;
+    let response = reqwest::get(format!("http://{address}/readyz"))
+        .await
+        .ok()?;
     response.json().await.ok()
 }
 
@@ -180,7 +182,9 @@ async fn changing_the_delivery_limit_between_starts_does_not_wedge_the_worker() 
     app.start_worker().await;
     app.wait_ready().await;
 
-    let body = readyz(&app.http.to_string()).await.expect("/readyz answers");
+    let body = readyz(&app.http.to_string())
+        .await
+        .expect("/readyz answers");
     let notice = body["queue_settings"].as_str().unwrap_or_default();
     assert!(notice.contains("x-delivery-limit"), "{body}");
     assert!(notice.contains("delete it"), "{body}");
@@ -219,9 +223,11 @@ async fn recoveries_are_counted_and_a_worker_stops_cleanly_while_the_broker_is_d
     // One cut: rebuilt and counted.
     let connections = broker.accepted();
     broker.cut();
-    wait_until(Duration::from_secs(30), "a new broker connection", || async {
-        broker.accepted() > connections
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "a new broker connection",
+        || async { broker.accepted() > connections },
+    )
     .await;
     worker::wait_ready(&address).await;
     let metrics = reqwest::get(format!("http://{address}/metrics"))
@@ -239,11 +245,15 @@ async fn recoveries_are_counted_and_a_worker_stops_cleanly_while_the_broker_is_d
 
     // The broker goes away; the worker notices, then is stopped while reconnecting.
     broker.set_down(true);
-    wait_until(Duration::from_secs(30), "/readyz to report the broker down", || async {
-        readyz(&address)
-            .await
-            .is_some_and(|body| body["checks"]["broker"] == false)
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "/readyz to report the broker down",
+        || async {
+            readyz(&address)
+                .await
+                .is_some_and(|body| body["checks"]["broker"] == false)
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     worker::terminate(&mut child, Duration::from_secs(15));
