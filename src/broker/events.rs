@@ -104,12 +104,80 @@ impl InternalEvent for OutboxBacklog {
     }
 }
 
-/// The supervisor rebuilt the broker connection after a loss.
+/// The supervisor rebuilt the broker connection after a loss (every recovery is one: lapin's
+/// own recovery is off, see [`super::supervisor`]).
 pub struct BrokerReconnected;
 
 impl InternalEvent for BrokerReconnected {
     fn emit(self) {
+        tracing::info!("broker connection rebuilt");
         metrics::counter!(m::BROKER_RECONNECTS_TOTAL).increment(1);
+    }
+}
+
+/// The broker connection was lost (or a part of the session failed); the supervisor rebuilds
+/// it. Expected in operation (broker restarts, network cuts), so a warning, not an error.
+pub struct BrokerConnectionLost<'a> {
+    pub error: &'a super::BrokerError,
+}
+
+impl InternalEvent for BrokerConnectionLost<'_> {
+    fn emit(self) {
+        tracing::warn!(error = %self.error, "broker connection lost; reconnecting");
+    }
+}
+
+/// The broker cannot be reached (or refused the topology); the supervisor retries.
+pub struct BrokerUnreachable<'a> {
+    pub error: &'a super::BrokerError,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for BrokerUnreachable<'_> {
+    fn emit(self) {
+        tracing::warn!(error = %self.error, retry_in = ?self.retry_in, "cannot reach the broker; retrying");
+    }
+}
+
+/// The existing jobs queue has other arguments than the settings ask for; the worker keeps
+/// serving with the queue's own settings.
+pub struct QueueSettingsDiffer<'a> {
+    /// What differs and what to do.
+    pub notice: &'a str,
+}
+
+impl InternalEvent for QueueSettingsDiffer<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            notice = self.notice,
+            "jobs queue settings differ from the configuration"
+        );
+    }
+}
+
+/// Ingest stopped taking deliveries because the database does not answer.
+pub struct IngestPaused<'a> {
+    pub error: &'a str,
+    /// Deliveries handed back to the queue.
+    pub returned: usize,
+}
+
+impl InternalEvent for IngestPaused<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            error = self.error,
+            returned = self.returned,
+            "database unreachable: ingest paused, jobs wait in the queue"
+        );
+    }
+}
+
+/// The database answers again; ingest takes deliveries again.
+pub struct IngestResumed;
+
+impl InternalEvent for IngestResumed {
+    fn emit(self) {
+        tracing::info!("database reachable: ingest resumed");
     }
 }
 

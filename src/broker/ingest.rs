@@ -7,21 +7,35 @@
 //!   is recorded with a `job.completed` (`rejected`) when its `message_id` is known, and only
 //!   then is it acknowledged. Publishing before recording means a crash in between can only
 //!   duplicate a dead letter, never lose one.
-//! * A transient failure (database down) is retried with backoff while the message stays
-//!   unacknowledged; on shutdown the message is left to the broker, which redelivers it.
+//! * A transient failure (database down) is retried briefly; if the database still does not
+//!   answer, ingest pauses (see [`consume`]): the message is handed back to the queue and no
+//!   delivery is taken until the database answers again. On shutdown the message is left to
+//!   the broker, which redelivers it.
 //! * A job whose values the database refuses (SQLSTATE classes 22 and 54, which no retry can
 //!   cure) is dead-lettered as `invalid_message` with the database's reason, like any message
 //!   that can never be processed: it is never redelivered until the delivery limit drops it
 //!   without a code. Decoding already rejects what is known not to be storable
 //!   ([`crate::domain::limits`]); this is the safety net.
+//!
+//! Why pause rather than hold messages and retry: the quorum queue counts a delivery against
+//! its delivery limit each time a delivered, unacknowledged message comes back to it
+//! (RabbitMQ's quorum queues, "Poison Message Handling": a connection loss always counts, and
+//! before RabbitMQ 4.3 a `basic.nack` with requeue does too). A worker holding messages through
+//! a database outage would see them counted once per broker connection cut, and a valid job
+//! dead-lettered for a transient reason. Handing them back once when the outage begins, and
+//! consuming again only when the database answers, counts at most one delivery per outage, and
+//! the delivery limit is left for messages that crash workers.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Consumer};
 use sqlx::PgPool;
@@ -29,17 +43,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::BrokerError;
 use super::events::{
-    MessageDeadLettered, MessageIngested, MessageRefusedByDatabase, RejectionNotRecordedAsIs,
+    IngestPaused, IngestResumed, MessageDeadLettered, MessageIngested, MessageRefusedByDatabase,
+    RejectionNotRecordedAsIs,
 };
 use super::topology::long_string;
-use super::{BrokerError, wait_for_recovery};
 use crate::configuration::Topology;
 use crate::domain::limits::{MAX_DETAIL_BYTES, storable_text};
 use crate::domain::{FailureCode, JobMessage, Rejection, decode_job};
 use crate::engine::Wakeup;
-use crate::store::StoreError;
+use crate::http::{Health, IngestState};
 use crate::store::inbox::{self, Recorded};
+use crate::store::{self, StoreError};
 use crate::telemetry::emit;
 
 /// What ingesting one delivery did (the `outcome` label of
@@ -71,38 +87,123 @@ pub struct Ingest {
     pub shutdown: CancellationToken,
     /// Nudged for every new job, once it is committed.
     pub jobs_stored: Wakeup,
+    /// Set by a handler that found the database unreachable: [`consume`] pauses.
+    pub database_lost: AtomicBool,
+    /// Deliveries handed back to [`consume`] while the database is unreachable; it returns
+    /// them to the queue once its consumer is cancelled (so that they are not redelivered to
+    /// this worker at once).
+    pub returned: Mutex<Vec<Delivery>>,
 }
 
+/// The consuming side of a session.
+pub struct Consuming {
+    /// The channel to consume on (its prefetch already set).
+    pub channel: Channel,
+    pub queue: String,
+    /// Consumer tag prefix, unique to the session.
+    pub tag: String,
+    /// Readiness says when ingest is paused.
+    pub health: Arc<Health>,
+}
+
+/// Why one consumer stopped.
+enum Stopped {
+    /// `stop` was cancelled.
+    Stop,
+    /// A handler found the database unreachable.
+    DatabaseLost,
+}
+
+/// How long [`Ingest`] retries a transient database failure before it pauses ingest.
+const TRANSIENT_RETRY_BUDGET: Duration = Duration::from_secs(2);
+
 /// Consume until `stop` is cancelled (then cancel the consumer and let in-flight deliveries
-/// finish) or the channel fails beyond lapin's recovery (then return the error).
+/// finish) or the channel fails (then return the error; the supervisor rebuilds the session).
+///
+/// Deliveries are taken only while the database answers: before each consumer starts, the
+/// database is pinged (with backoff, for as long as it takes); when a handler finds it
+/// unreachable, the consumer is cancelled, in-flight deliveries finish (each hands its message
+/// back), the messages handed back are returned to the queue, and ingest waits for the database
+/// again. Meanwhile the jobs stay in the queue, undelivered, so broker connection cuts and
+/// worker restarts do not count against their delivery limit.
 pub async fn consume(
     ingest: Arc<Ingest>,
-    channel: Channel,
-    mut consumer: Consumer,
-    recovery_timeout: Duration,
+    consuming: Consuming,
     stop: CancellationToken,
 ) -> Result<(), BrokerError> {
+    let mut round = 0u32;
+    loop {
+        if !wait_for_database(&ingest.pool, &consuming.health, &stop).await {
+            return Ok(());
+        }
+        round += 1;
+        let consumer = consuming
+            .channel
+            .basic_consume(
+                consuming.queue.as_str().into(),
+                format!("{}-{round}", consuming.tag).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::Connection)?;
+        if consuming.health.ingest() == IngestState::PausedForDatabase {
+            emit(IngestResumed);
+        }
+        consuming.health.set_ingest(IngestState::Consuming);
+        match consume_until(&ingest, &consuming.channel, consumer, &stop).await? {
+            Stopped::Stop => return Ok(()),
+            Stopped::DatabaseLost => consuming.health.set_ingest(IngestState::PausedForDatabase),
+        }
+    }
+}
+
+/// Wait until the database answers; `false` if `stop` came first. Readiness says ingest is
+/// paused while it does not answer.
+async fn wait_for_database(pool: &PgPool, health: &Health, stop: &CancellationToken) -> bool {
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let answered = (|| store::ping(pool))
+        .retry(backoff)
+        .when(|e: &StoreError| e.is_transient())
+        .notify(|_, _| health.set_ingest(IngestState::PausedForDatabase));
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        // A permanent error here (a bug, not an outage) is left to the handlers to report.
+        _ = answered => !stop.is_cancelled(),
+    }
+}
+
+/// Run one consumer until `stop`, a lost database, or a channel failure.
+async fn consume_until(
+    ingest: &Arc<Ingest>,
+    channel: &Channel,
+    mut consumer: Consumer,
+    stop: &CancellationToken,
+) -> Result<Stopped, BrokerError> {
     let mut in_flight = JoinSet::new();
     let result = loop {
         tokio::select! {
-            _ = stop.cancelled() => break Ok(()),
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = stop.cancelled() => break Ok(Stopped::Stop),
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if ingest.database_lost.load(Ordering::SeqCst) {
+                    break Ok(Stopped::DatabaseLost);
+                }
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let ingest = ingest.clone();
                     in_flight.spawn(async move { ingest.handle(delivery).await });
                 }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "consumer error; waiting for recovery");
-                    if let Err(error) = wait_for_recovery(&channel, error, recovery_timeout).await {
-                        break Err(error);
-                    }
-                }
+                Some(Err(error)) => break Err(BrokerError::Connection(error)),
                 None => break Err(BrokerError::Lost("the consumer was cancelled")),
             },
         }
     };
-    // Stop deliveries; bounded, as a channel mid-recovery may never answer.
+    // Stop deliveries; bounded, as a broken channel may never answer.
     if channel.status().connected() {
         let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
         if tokio::time::timeout(Duration::from_secs(2), cancel)
@@ -112,13 +213,54 @@ pub async fn consume(
             tracing::warn!("consumer cancel not confirmed; deliveries stop with the connection");
         }
     }
+    let pausing = matches!(result, Ok(Stopped::DatabaseLost));
+    if pausing {
+        // Deliveries the broker sent before the cancel: handed back with the others, never
+        // started (each would only find the database gone).
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+        {
+            ingest.hand_back(delivery);
+        }
+    }
     tracing::debug!(
         in_flight = in_flight.len(),
         "consumer stopped; draining in-flight messages"
     );
     while in_flight.join_next().await.is_some() {}
     tracing::debug!("ingest drained");
+    let returned = std::mem::take(&mut *ingest.returned.lock().unwrap_or_else(|e| e.into_inner()));
+    let count = returned.len();
+    for delivery in returned {
+        // Requeue: the job is valid and waits in the queue for the database. If the channel
+        // broke meanwhile, the broker requeues it with the connection anyway.
+        let _ = delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await;
+    }
+    ingest.database_lost.store(false, Ordering::SeqCst);
+    if pausing {
+        emit(IngestPaused {
+            error: "a transient database failure outlasted the retries",
+            returned: count,
+        });
+    }
     result
+}
+
+impl Ingest {
+    /// Keep `delivery` for [`consume`] to return to the queue once its consumer is cancelled,
+    /// and tell it to pause: the database is unreachable.
+    fn hand_back(&self, delivery: Delivery) {
+        self.database_lost.store(true, Ordering::SeqCst);
+        self.returned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(delivery);
+    }
 }
 
 impl Ingest {
@@ -175,6 +317,10 @@ impl Ingest {
             }
             Err(error) if self.shutdown.is_cancelled() => {
                 tracing::info!(%error, "shutting down; message left to the broker");
+            }
+            Err(BrokerError::Store(error)) if error.is_transient() => {
+                tracing::info!(%error, "database unreachable; message handed back to the queue");
+                self.hand_back(delivery);
             }
             Err(error) => {
                 // Permanent, unexpected and not about the message's values (those are
@@ -324,8 +470,9 @@ impl Ingest {
         }
     }
 
-    /// Retry `op` while it fails transiently, until it succeeds, fails permanently, or the
-    /// worker shuts down.
+    /// Retry `op` while it fails transiently, for up to [`TRANSIENT_RETRY_BUDGET`] (a blip),
+    /// until it succeeds, fails permanently, the worker shuts down, or another handler has
+    /// found the database unreachable (then ingest pauses, see [`consume`]).
     async fn retry_transient<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
     where
         F: FnMut() -> Fut,
@@ -333,16 +480,21 @@ impl Ingest {
     {
         let backoff = ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(10))
+            .with_max_delay(Duration::from_secs(1))
             .with_jitter()
+            .with_total_delay(Some(TRANSIENT_RETRY_BUDGET))
             .without_max_times();
         // An attempt in progress is never abandoned (it may be mid-transaction); shutdown only
         // stops further retries, and the message then goes back to the broker.
         Ok(op
             .retry(backoff)
-            .when(|e: &StoreError| e.is_transient() && !self.shutdown.is_cancelled())
+            .when(|e: &StoreError| {
+                e.is_transient()
+                    && !self.shutdown.is_cancelled()
+                    && !self.database_lost.load(Ordering::SeqCst)
+            })
             .notify(|error, delay| {
-                tracing::warn!(%error, ?delay, "database unavailable; retrying, message kept");
+                tracing::debug!(%error, ?delay, "database unavailable; retrying");
             })
             .await?)
     }

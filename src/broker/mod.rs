@@ -1,11 +1,10 @@
 //! RabbitMQ, the pipe: topology, the supervised connection, job ingest and the outbox relay.
 //!
 //! * [`topology`] declares the contract's exchanges and queues.
-//! * [`supervisor`] owns the connection: lapin's auto-recovery handles short outages, and the
-//!   supervisor rebuilds everything with backoff when recovery gives up; `/readyz` says not
-//!   ready meanwhile.
+//! * [`supervisor`] owns the connection: when it is lost, the supervisor rebuilds everything
+//!   with backoff (each rebuild counted); `/readyz` says not ready meanwhile.
 //! * [`ingest`] consumes jobs: store and commit, then acknowledge; bad input is dead-lettered
-//!   with coded headers.
+//!   with coded headers; while the database is unreachable it takes no deliveries at all.
 //! * [`relay`] publishes the outbox with publisher confirms.
 
 mod events;
@@ -24,7 +23,7 @@ use crate::store::StoreError;
 pub enum BrokerError {
     #[error("broker connection failed: {0}")]
     Connection(#[source] lapin::Error),
-    #[error("declaring the topology failed (does an existing queue have other arguments?): {0}")]
+    #[error("declaring the topology failed: {0}")]
     Topology(#[source] lapin::Error),
     #[error("the broker refused to confirm a publication")]
     Nacked,
@@ -41,22 +40,5 @@ impl BrokerError {
             Self::Topology(e) => e.is_io_error(),
             Self::Store(e) => e.is_transient(),
         }
-    }
-}
-
-/// Wait for lapin's recovery after `error` on `channel`, up to `timeout`. `Ok` means the
-/// channel works again; `Err` means the caller should give the connection up.
-pub(crate) async fn wait_for_recovery(
-    channel: &lapin::Channel,
-    error: lapin::Error,
-    timeout: std::time::Duration,
-) -> Result<(), BrokerError> {
-    match tokio::time::timeout(timeout, channel.wait_for_recovery(error.clone())).await {
-        Ok(Ok(())) => {
-            tracing::info!("broker channel recovered");
-            Ok(())
-        }
-        Ok(Err(error)) => Err(BrokerError::Connection(error)),
-        Err(_) => Err(BrokerError::Connection(error)),
     }
 }

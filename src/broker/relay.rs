@@ -6,8 +6,6 @@
 //! `event_id`, which never changes. Replicas share the outbox through `FOR UPDATE SKIP
 //! LOCKED`, so two relays never hold the same event at once.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
@@ -15,8 +13,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use super::BrokerError;
 use super::events::{OutboxBacklog, OutboxPublishFailed, OutboxPublished};
-use super::{BrokerError, wait_for_recovery};
 use crate::configuration::OutboxSettings;
 use crate::store::outbox;
 use crate::telemetry::emit;
@@ -30,12 +28,11 @@ pub struct Relay {
     pub channel: Channel,
     pub exchange: String,
     pub settings: OutboxSettings,
-    pub recovery_timeout: Duration,
 }
 
 impl Relay {
     /// Publish until `stop` is cancelled, then flush what is pending and return. Returns an
-    /// error when the broker channel fails beyond lapin's recovery.
+    /// error when the broker channel fails (the supervisor then rebuilds the session).
     pub async fn run(&self, stop: CancellationToken) -> Result<(), BrokerError> {
         let mut listener = None;
         loop {
@@ -70,10 +67,6 @@ impl Relay {
                 Err(BrokerError::Store(error)) => {
                     tracing::warn!(%error, "outbox relay cannot read the outbox; will retry");
                     return Ok(());
-                }
-                Err(BrokerError::Connection(error)) => {
-                    emit(OutboxPublishFailed);
-                    wait_for_recovery(&self.channel, error, self.recovery_timeout).await?;
                 }
                 Err(error) => {
                     emit(OutboxPublishFailed);

@@ -1,36 +1,45 @@
 //! The connection supervisor: one broker session at a time, rebuilt with backoff when lost.
 //!
-//! A session is a connection with lapin's auto-recovery enabled, the declared topology, a
-//! consuming channel and a confirm-mode publishing channel, running ingest and the outbox
-//! relay. Short outages are absorbed by lapin's recovery (consumers and confirms are replayed
-//! on the new socket). When recovery fails or takes longer than `recovery_timeout_seconds`,
-//! the session ends and the supervisor builds a new one from scratch. `/readyz` reports not
-//! ready whenever the connection is not up.
+//! A session is a connection, the declared topology, a consuming channel and a confirm-mode
+//! publishing channel, running ingest and the outbox relay. When the connection or a channel
+//! fails, the session ends and the supervisor builds a new one from scratch, with exponential
+//! backoff and jitter; each rebuild is counted (`reconciler_broker_reconnects_total`) and logged
+//! as a warning, not an error. `/readyz` reports not ready whenever the connection is not up.
+//!
+//! lapin's own auto-recovery is off, on purpose: a recovery it performs is invisible to the
+//! supervisor (not counted, each logged by lapin as errors), and while it reconnects its IO
+//! thread sleeps on the tokio timer, which panics when the runtime stops under it (a worker
+//! stopped while the broker is down). Without it, lapin's IO thread ends with the connection,
+//! and the supervisor waits for it before returning. A rebuild costs what a recovery costs
+//! anyway: unacknowledged deliveries return to the queue either way.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{BrokerConnection, BrokerReconnected, QueueDepth};
-use super::ingest::{self, Ingest};
+use super::events::{
+    BrokerConnection, BrokerConnectionLost, BrokerReconnected, BrokerUnreachable, QueueDepth,
+};
+use super::ingest::{self, Consuming, Ingest};
 use super::relay::Relay;
 use super::{BrokerError, topology};
 use crate::configuration::{BrokerSettings, OutboxSettings};
 use crate::engine::Wakeup;
-use crate::http::Health;
+use crate::http::{Health, IngestState};
 use crate::telemetry::emit;
 
 /// How often the queue depths are read for the metrics.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long closing a connection, and then lapin's IO thread ending, may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Supervisor {
     pub settings: BrokerSettings,
@@ -50,7 +59,7 @@ impl Supervisor {
     }
 
     /// Keep a session running until `shutdown` is cancelled; then let the session finish its
-    /// in-flight work and flush the outbox, and return.
+    /// in-flight work and flush the outbox, close the connection, and return.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut sessions = 0u64;
         while !shutdown.is_cancelled() {
@@ -62,25 +71,22 @@ impl Supervisor {
             if sessions > 1 {
                 emit(BrokerReconnected);
             }
-            match self.session(&connection, &shutdown).await {
-                Ok(()) if shutdown.is_cancelled() => {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        connection.close(200, "worker shutting down".into()),
-                    )
-                    .await;
-                }
-                Ok(()) => tracing::warn!("broker session ended; reconnecting"),
-                Err(error) => tracing::warn!(%error, "broker session failed; reconnecting"),
-            }
+            let result = self.session(&connection, &shutdown).await;
             self.set_connected(false);
-            if !shutdown.is_cancelled() {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    connection.close(320, "reconnecting".into()),
-                )
-                .await;
+            self.health.set_ingest(IngestState::Idle);
+            match &result {
+                Ok(()) if shutdown.is_cancelled() => {}
+                Ok(()) => emit(BrokerConnectionLost {
+                    error: &BrokerError::Lost("the session ended"),
+                }),
+                Err(error) => emit(BrokerConnectionLost { error }),
             }
+            let (code, text) = if shutdown.is_cancelled() {
+                (200, "worker shutting down")
+            } else {
+                (320, "reconnecting")
+            };
+            close(connection, code, text).await;
         }
         self.set_connected(false);
     }
@@ -95,38 +101,32 @@ impl Supervisor {
             .without_max_times();
         (|| self.try_connect())
             .retry(backoff)
-            .notify(|error, delay| {
-                tracing::warn!(%error, ?delay, "cannot reach the broker; retrying");
-            })
+            .notify(|error, retry_in| emit(BrokerUnreachable { error, retry_in }))
             .await
             .expect("retries forever")
     }
 
     async fn try_connect(&self) -> Result<Connection, BrokerError> {
-        // lapin's own reconnection: quick attempts that fit within the recovery timeout;
-        // longer outages are the supervisor's.
-        let properties = ConnectionProperties::default()
-            .enable_auto_recover()
-            .configure_backoff(|b| {
-                b.with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(2))
-                    .with_max_times(6)
-            })
-            .with_connection_name(self.instance.clone().into());
+        // No lapin auto-recovery (see the module's documentation): one TCP attempt, and the
+        // supervisor's backoff between attempts.
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.instance.clone().into());
         let connection = Connection::connect(self.settings.uri().expose_secret(), properties)
             .await
             .map_err(BrokerError::Connection)?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(BrokerError::Connection)?;
-        topology::declare(
-            &channel,
+        match topology::declare(
+            &connection,
             &self.settings.topology,
             self.settings.delivery_limit.get(),
         )
-        .await?;
-        let _ = channel.close(200, "topology declared".into()).await;
+        .await
+        {
+            Ok(notice) => self.health.set_queue_settings_notice(notice),
+            Err(error) => {
+                close(connection, 200, "topology refused").await;
+                return Err(error);
+            }
+        }
         tracing::info!(host = %self.settings.host, port = self.settings.port, "connected to the broker");
         Ok(connection)
     }
@@ -163,16 +163,6 @@ impl Supervisor {
             )
             .await
             .map_err(BrokerError::Connection)?;
-        let tag = format!("{}-{}", self.instance, uuid::Uuid::new_v4().simple());
-        let consumer = consuming
-            .basic_consume(
-                self.settings.topology.jobs_queue.as_str().into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(BrokerError::Connection)?;
         self.set_connected(true);
 
         // `session_stop` ends this session (shutdown, or a failed part); `relay_stop` lets the
@@ -186,20 +176,24 @@ impl Supervisor {
             topology: self.settings.topology.clone(),
             shutdown: shutdown.clone(),
             jobs_stored: self.jobs_stored.clone(),
+            database_lost: Default::default(),
+            returned: Default::default(),
         });
         let relay = Relay {
             pool: self.pool.clone(),
             channel: relay_channel,
             exchange: self.settings.topology.events_exchange.clone(),
             settings: self.outbox.clone(),
-            recovery_timeout: self.settings.recovery_timeout(),
         };
         let consuming_part = async {
             let result = ingest::consume(
                 ingest,
-                consuming,
-                consumer,
-                self.settings.recovery_timeout(),
+                Consuming {
+                    channel: consuming,
+                    queue: self.settings.topology.jobs_queue.clone(),
+                    tag: format!("{}-{}", self.instance, uuid::Uuid::new_v4().simple()),
+                    health: self.health.clone(),
+                },
                 session_stop.clone(),
             )
             .await;
@@ -253,37 +247,48 @@ impl Supervisor {
         let _ = channel.close(200, "queue depth read".into()).await;
     }
 
-    /// Mirror the connection's state into readiness, and end the session when lapin's
-    /// recovery has not brought the connection back within the recovery timeout.
+    /// Mirror the connection's state into readiness, and end the session as soon as the
+    /// connection is lost.
     async fn watch(
         &self,
         connection: &Connection,
         session_stop: &CancellationToken,
     ) -> Result<(), BrokerError> {
-        let mut down_since: Option<Instant> = None;
         let mut last_depth_check: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = session_stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
-            let connected = connection.status().connected();
-            self.set_connected(connected);
-            if connected {
-                down_since = None;
-                if last_depth_check.is_none_or(|t| t.elapsed() >= QUEUE_DEPTH_INTERVAL) {
-                    last_depth_check = Some(Instant::now());
-                    self.report_queue_depth(connection).await;
-                }
-                continue;
-            }
-            let since = *down_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > self.settings.recovery_timeout() {
+            if !connection.status().connected() {
+                self.set_connected(false);
                 session_stop.cancel();
-                return Err(BrokerError::Lost(
-                    "lapin's recovery did not succeed in time",
-                ));
+                return Err(BrokerError::Lost("the connection is no longer open"));
+            }
+            if last_depth_check.is_none_or(|t| t.elapsed() >= QUEUE_DEPTH_INTERVAL) {
+                last_depth_check = Some(Instant::now());
+                self.report_queue_depth(connection).await;
             }
         }
+    }
+}
+
+/// Close `connection` (when it is still open) and wait, bounded, for lapin's IO thread to end,
+/// so that nothing of lapin still runs on the tokio runtime when the process stops.
+async fn close(connection: Connection, code: u16, text: &str) {
+    if connection.status().connected() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, text.into())).await;
+    }
+    let (ended, io_ended) = tokio::sync::oneshot::channel();
+    // `Connection::run` drops the handle and joins the IO thread: a blocking wait, on a thread
+    // of its own so that a stuck connection cannot hold up the runtime's shutdown.
+    let joiner = std::thread::Builder::new()
+        .name("broker-close".into())
+        .spawn(move || {
+            let _ = connection.run();
+            let _ = ended.send(());
+        });
+    if joiner.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, io_ended).await;
     }
 }

@@ -23,6 +23,8 @@ pub struct BrokerSettings {
     pub prefetch_count: NonZeroU16,
     /// Deliveries of one message before the quorum queue dead-letters it on its own
     /// (a message that crashes workers; ordinary bad input is dead-lettered by the worker).
+    /// A queue argument, set when the worker creates the queue: a different value later is
+    /// reported (log and `/readyz`) with what to do, and the queue's own value stays in force.
     #[serde(deserialize_with = "at_least_one")]
     pub delivery_limit: NonZeroU32,
     /// First delay of the supervisor's reconnect backoff.
@@ -30,9 +32,6 @@ pub struct BrokerSettings {
     pub reconnect_min_delay_ms: NonZeroU64,
     /// Longest delay of the supervisor's reconnect backoff.
     pub reconnect_max_delay_ms: u64,
-    /// How long the supervisor lets lapin's own recovery try before rebuilding the connection.
-    #[serde(deserialize_with = "at_least_one")]
-    pub recovery_timeout_seconds: NonZeroU64,
     /// AMQP heartbeat; a dead peer is noticed after about twice this.
     pub heartbeat_seconds: u16,
     pub topology: Topology,
@@ -71,10 +70,6 @@ impl BrokerSettings {
 
     pub fn reconnect_max_delay(&self) -> Duration {
         Duration::from_millis(self.reconnect_max_delay_ms)
-    }
-
-    pub fn recovery_timeout(&self) -> Duration {
-        Duration::from_secs(self.recovery_timeout_seconds.get())
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {

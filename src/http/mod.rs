@@ -1,8 +1,9 @@
 //! The operational endpoint: `/metrics` (Prometheus text), `/healthz` (the process is alive)
-//! and `/readyz` (the database answers, migrations are applied, the broker is connected).
+//! and `/readyz` (the database answers, migrations are applied, the broker is connected), which
+//! also says in words why a worker is not taking jobs (`reasons`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,6 +26,42 @@ pub struct Health {
     broker_connected: AtomicBool,
     /// Set once this process has seen every embedded migration applied; never unset.
     migrations_applied: AtomicBool,
+    /// Whether ingest takes deliveries ([`IngestState`] as its `u8`).
+    ingest: AtomicU8,
+    /// Set when the existing jobs queue has other settings than the configuration asks for:
+    /// what differs and what to do (the worker keeps serving with the queue's own settings).
+    queue_settings: Mutex<Option<String>>,
+}
+
+/// Whether ingest is taking deliveries from the jobs queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum IngestState {
+    /// Not consuming: starting, or the broker connection is down.
+    Idle = 0,
+    /// Consuming the jobs queue.
+    Consuming = 1,
+    /// Not consuming because the database is unreachable: deliveries stay in the queue, so
+    /// that redeliveries do not count against the queue's delivery limit.
+    PausedForDatabase = 2,
+}
+
+impl IngestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Consuming => "consuming",
+            Self::PausedForDatabase => "paused_database_unreachable",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Consuming,
+            2 => Self::PausedForDatabase,
+            _ => Self::Idle,
+        }
+    }
 }
 
 impl Health {
@@ -33,7 +70,32 @@ impl Health {
             pool,
             broker_connected: AtomicBool::new(false),
             migrations_applied: AtomicBool::new(false),
+            ingest: AtomicU8::new(IngestState::Idle as u8),
+            queue_settings: Mutex::new(None),
         })
+    }
+
+    pub fn set_ingest(&self, state: IngestState) {
+        self.ingest.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn ingest(&self) -> IngestState {
+        IngestState::from_u8(self.ingest.load(Ordering::Relaxed))
+    }
+
+    /// Record (or clear, with `None`) how the existing jobs queue differs from the settings.
+    pub fn set_queue_settings_notice(&self, notice: Option<String>) {
+        *self
+            .queue_settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = notice;
+    }
+
+    fn queue_settings_notice(&self) -> Option<String> {
+        self.queue_settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_broker_connected(&self, connected: bool) {
@@ -58,19 +120,48 @@ impl Health {
         } else {
             false
         };
+        let broker = self.broker_connected();
+        let ingest = self.ingest();
+        let mut reasons = Vec::new();
+        if !database {
+            reasons.push("the database does not answer".to_owned());
+        } else if !migrations {
+            reasons.push("migrations are not applied yet".to_owned());
+        }
+        if !broker {
+            reasons.push("the broker connection is down; reconnecting".to_owned());
+        }
+        if ingest == IngestState::PausedForDatabase {
+            reasons.push(
+                "ingest paused: the database is unreachable, so jobs wait in the queue \
+                 (not delivered, so not counted against the delivery limit); it resumes \
+                 when the database answers"
+                    .to_owned(),
+            );
+        }
         Readiness {
             database,
             migrations,
-            broker: self.broker_connected(),
+            broker,
+            ingest: ingest.as_str(),
+            reasons,
+            queue_settings: self.queue_settings_notice(),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Readiness {
     pub database: bool,
     pub migrations: bool,
     pub broker: bool,
+    /// [`IngestState::as_str`].
+    pub ingest: &'static str,
+    /// Why the worker is not ready or not taking jobs, in words (empty when all is well).
+    pub reasons: Vec<String>,
+    /// How the existing jobs queue differs from the settings, and what to do; the worker
+    /// stays ready and uses the queue's settings meanwhile.
+    pub queue_settings: Option<String>,
 }
 
 impl Readiness {
@@ -117,7 +208,17 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "ready": readiness.ready(), "checks": readiness })),
+        Json(json!({
+            "ready": readiness.ready(),
+            "checks": {
+                "database": readiness.database,
+                "migrations": readiness.migrations,
+                "broker": readiness.broker,
+                "ingest": readiness.ingest,
+            },
+            "reasons": readiness.reasons,
+            "queue_settings": readiness.queue_settings,
+        })),
     )
 }
 

@@ -17,9 +17,19 @@ use crate::configuration::{LogFormat, LogSettings};
 /// Install the global subscriber. `RUST_LOG` wins over the configured level. Calling it twice
 /// (tests) keeps the first subscriber.
 pub fn init_tracing(settings: &LogSettings) {
+    // lapin logs every broken socket as ERROR lines of its own ("error doing IO", "Connection
+    // error"), also for the connection cuts and closes the supervisor expects and handles; the
+    // broker events (`broker::events`) say what happened instead. `RUST_LOG`, or a `log.level`
+    // that names `lapin`, shows them again.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| {
+            if settings.level.contains("lapin") {
+                EnvFilter::try_new(&settings.level)
+            } else {
+                EnvFilter::try_new(format!("{},lapin=off", settings.level))
+            }
+        })
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=off"));
     let json = match settings.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,

@@ -31,6 +31,9 @@ pub struct AppOptions {
     pub simulator: Option<SimulatorSettings>,
     /// Reach the broker through this port (a [`TcpProxy`]) instead of 5672.
     pub broker_port: Option<u16>,
+    /// Reach PostgreSQL through this port (a [`TcpProxy`]) instead of 5432; the test's own
+    /// pool goes through it too.
+    pub database_port: Option<u16>,
     /// Extra `RECONCILER__…` settings.
     pub env: Vec<(String, String)>,
     /// Schedule by this clock instead of the system's.
@@ -67,12 +70,14 @@ pub fn test_env(id: &str, options: &AppOptions) -> HashMap<String, String> {
         ("WORKER__INSTANCE_NAME", format!("test-{id}")),
         ("WORKER__SHUTDOWN_GRACE_SECONDS", "5".into()),
         ("OUTBOX__POLL_INTERVAL_MS", "100".into()),
-        ("BROKER__RECOVERY_TIMEOUT_SECONDS", "5".into()),
         ("BROKER__RECONNECT_MAX_DELAY_MS", "1000".into()),
         ("BROKER__HEARTBEAT_SECONDS", "5".into()),
     ]));
     if let Some(port) = options.broker_port {
         env.insert("RECONCILER__BROKER__PORT".into(), port.to_string());
+    }
+    if let Some(port) = options.database_port {
+        env.insert("RECONCILER__DATABASE__PORT".into(), port.to_string());
     }
     env.extend(env::variables(options.env.iter().cloned()));
     env
@@ -317,11 +322,13 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
 }
 
-/// A TCP proxy in front of RabbitMQ whose connections a test can cut.
+/// A TCP proxy in front of RabbitMQ or PostgreSQL whose connections a test can cut, and
+/// which can play the service down (connections accepted and dropped at once).
 pub struct TcpProxy {
     pub port: u16,
     connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     accepted: Arc<AtomicUsize>,
+    down: Arc<std::sync::atomic::AtomicBool>,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
@@ -331,11 +338,17 @@ impl TcpProxy {
         let port = listener.local_addr().unwrap().port();
         let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acceptor = {
             let connections = connections.clone();
             let accepted = accepted.clone();
+            let down = down.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
+                    if down.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let task = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(upstream).await {
@@ -351,7 +364,16 @@ impl TcpProxy {
             port,
             connections,
             accepted,
+            down,
             acceptor,
+        }
+    }
+
+    /// Play the service down (`true`: every connection cut, new ones dropped at once) or up.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut();
         }
     }
 

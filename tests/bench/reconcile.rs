@@ -165,7 +165,7 @@ impl Bench {
         let t = &settings.broker.topology;
         // Declare what the worker declares, so that nothing published before it starts is lost.
         policy_reconciler::broker::topology::declare(
-            &channel,
+            &amqp,
             t,
             settings.broker.delivery_limit.get(),
         )
