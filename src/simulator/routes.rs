@@ -395,6 +395,7 @@ impl Shared {
                 targets: route.targets(),
                 status: resp.status,
                 applied,
+                body: body.cloned(),
             });
         }
         resp

@@ -28,6 +28,9 @@ pub struct WriteLogEntry {
     pub status: u16,
     /// Whether the write changed the directory (also true for a 429 applied anyway).
     pub applied: bool,
+    /// The request's body as received (what was written), when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
 }
 
 /// A snapshot of the counters.

@@ -165,6 +165,14 @@ impl TestApp {
         self.workers.remove(index).kill();
     }
 
+    /// Stop worker `index` gracefully (as on SIGTERM) and wait until it has stopped.
+    pub async fn stop_worker(&mut self, index: usize) {
+        let worker = self.workers.remove(index);
+        tokio::task::spawn_blocking(move || worker.stop())
+            .await
+            .unwrap();
+    }
+
     /// Start another replica with the same settings; `http` follows the newest one.
     pub async fn start_worker(&mut self) {
         let mut settings = self.settings.clone();

@@ -466,6 +466,9 @@ async fn a_second_worker_finishes_the_job_of_a_worker_killed_mid_way() {
     assert_eq!(done["outcome"], "succeeded", "{done}");
     assert_eq!(done["counts"]["total"], 60);
     assert_eq!(done["counts"]["failed"], 0);
+    // Every member was written by this job, the killed worker's unrecorded writes included:
+    // none is reported already compliant.
+    assert_eq!(done["counts"]["changed"], 60, "{}", done["counts"]);
     let expected = app.sim.expected_licence("ENTERPRISEPACK", &["TEAMS1"]);
     for upn in &members {
         assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
