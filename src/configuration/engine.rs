@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::ConfigError;
 use super::parse::at_least_one;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,12 +33,28 @@ pub struct EngineSettings {
     /// Chunks running at once across all replicas together: the tenant's concurrency.
     #[serde(deserialize_with = "at_least_one")]
     pub max_running_chunks: NonZeroU32,
+    /// Of `max_running_chunks`, the slots only small jobs (one chunk, at most `chunk_size`
+    /// items) may take: a ticket about a few users never waits for a large job's chunks to end.
+    pub small_job_reserve: u32,
     /// How long a `policy.members_added` waits for its policy's definition before it fails
     /// with `unknown_policy`.
     pub unknown_policy_wait_seconds: u64,
 }
 
 impl EngineSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.small_job_reserve >= self.max_running_chunks.get() {
+            return Err(ConfigError::invalid(
+                "engine.small_job_reserve",
+                format!(
+                    "must be less than engine.max_running_chunks ({}), or large jobs never run",
+                    self.max_running_chunks
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds.get())
     }

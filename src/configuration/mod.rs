@@ -214,6 +214,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
         self.broker.validate()?;
+        self.engine.validate()?;
         self.roles.validate()?;
         Ok(())
     }

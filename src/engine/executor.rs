@@ -44,14 +44,20 @@ struct Tail {
 }
 
 impl Engine {
-    pub(super) async fn executor_loop(&self, shutdown: CancellationToken) {
+    /// Claim and apply chunks until `shutdown`; with `only_small`, only chunks of small jobs
+    /// (this replica's executors kept for them, so that a small job never waits for a large
+    /// job's chunk to end here either).
+    pub(super) async fn executor_loop(&self, shutdown: CancellationToken, only_small: bool) {
         let mut planned: Waiter = self.jobs_planned.waiter();
         let mut tail: Option<Tail> = None;
         while !shutdown.is_cancelled() {
             // The previous chunk's last outcomes are recorded while the next chunk is claimed
             // and applied: a chunk's own bookkeeping stays off the tenant's path.
             let had_tail = tail.is_some();
-            let (_, next) = tokio::join!(self.settle(tail.take()), self.run_next_chunk(&shutdown));
+            let (_, next) = tokio::join!(
+                self.settle(tail.take()),
+                self.run_next_chunk(&shutdown, only_small)
+            );
             match next {
                 Ok(Next::Tail(next)) => tail = Some(next),
                 Ok(Next::Done) => {}
@@ -111,12 +117,19 @@ impl Engine {
 
     /// Claim and process one chunk, but for its last round's bookkeeping (returned as its
     /// [`Tail`], for [`Engine::settle`]).
-    async fn run_next_chunk(&self, shutdown: &CancellationToken) -> Result<Next, EngineError> {
+    async fn run_next_chunk(
+        &self,
+        shutdown: &CancellationToken,
+        only_small: bool,
+    ) -> Result<Next, EngineError> {
         let now = self.clock.now();
         let limits = work::ClaimLimits {
             now,
             window_open: self.off_peak.is_open(now),
             max_running: self.settings.max_running_chunks.get(),
+            small_job_reserve: self.settings.small_job_reserve,
+            small_job_items: self.settings.chunk_size.get(),
+            only_small,
         };
         let Some(chunk) = work::claim_chunk(
             &self.pool,

@@ -145,10 +145,11 @@ impl Engine {
             let shutdown = shutdown.clone();
             tasks.spawn(async move { engine.planner_loop(shutdown).await });
         }
-        for _ in 0..self.settings.chunk_concurrency.get() {
+        let general = self.settings.chunk_concurrency.get();
+        for i in 0..general + self.settings.small_job_reserve {
             let engine = self.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(async move { engine.executor_loop(shutdown).await });
+            tasks.spawn(async move { engine.executor_loop(shutdown, i >= general).await });
         }
         {
             let engine = self.clone();

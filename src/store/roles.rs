@@ -177,13 +177,19 @@ pub async fn count_at(
     tx: &mut Transaction<'_, Postgres>,
     ods_code: &str,
 ) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM admin_roles WHERE ods_code = $1 AND state <> $2")
-            .bind(ods_code)
-            .bind(GrantState::Failed.as_str())
-            .fetch_one(&mut **tx)
-            .await?,
+    // A pending grant whose job completed without realising it (cancelled or superseded
+    // before its item ran) holds no place either.
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM admin_roles r
+         WHERE r.ods_code = $1 AND r.state <> $2
+           AND NOT (r.state = $3 AND EXISTS (
+               SELECT 1 FROM jobs j WHERE j.id = r.assigned_by_job AND j.state = 'completed'))",
     )
+    .bind(ods_code)
+    .bind(GrantState::Failed.as_str())
+    .bind(GrantState::Pending.as_str())
+    .fetch_one(&mut **tx)
+    .await?)
 }
 
 /// Grant `email` `role` for `ods_code` by job `job_id` (replacing whatever was stored):

@@ -89,7 +89,14 @@ impl Transport {
         gate: &dyn WriteGate,
     ) -> Vec<(usize, Result<Raw, Failure>)> {
         let size = self.chunk_size(op);
-        let concurrency = self.settings.batch_concurrency.get();
+        // Writes under a write budget go one batch at a time per call: more in flight would
+        // only queue for tokens, and every token queued ahead delays other jobs' writes (a
+        // small job's batch waits behind them all).
+        let concurrency = if op.is_write() && self.write_limited() {
+            1
+        } else {
+            self.settings.batch_concurrency.get()
+        };
         // Owned chunks: borrowed items in the stream trip the compiler's Send inference.
         let mut chunks: Vec<Vec<(usize, Inner)>> = Vec::new();
         for item in items {

@@ -29,6 +29,12 @@ pub struct ClaimLimits {
     pub window_open: bool,
     /// Chunks running at once across every replica.
     pub max_running: u32,
+    /// Of those, slots only chunks of small jobs may take.
+    pub small_job_reserve: u32,
+    /// A job with at most this many items is small (one chunk).
+    pub small_job_items: u32,
+    /// Claim only chunks of small jobs (an executor kept for them).
+    pub only_small: bool,
 }
 
 /// Claim the next claimable chunk: pending, or running with an expired lease, of an
@@ -67,7 +73,9 @@ pub async fn claim_chunk(
                    WHERE o.superseded_by = j.id AND oc.state = 'running'
                      AND oc.lease_expires_at > now())
                AND (SELECT count(*) FROM job_chunks r
-                    WHERE r.state = 'running' AND r.lease_expires_at > now()) < $5
+                    WHERE r.state = 'running' AND r.lease_expires_at > now())
+                   < $5 - CASE WHEN coalesce(j.total_items, 0) > $7 THEN $6 ELSE 0 END
+               AND (NOT $8 OR coalesce(j.total_items, 0) <= $7)
              ORDER BY c.chunk, j.accepted_at, c.job_id
              LIMIT 1 FOR UPDATE OF c SKIP LOCKED),
          claimed AS (
@@ -87,6 +95,9 @@ pub async fn claim_chunk(
     .bind(limits.now)
     .bind(limits.window_open)
     .bind(i64::from(limits.max_running))
+    .bind(i64::from(limits.small_job_reserve))
+    .bind(i64::from(limits.small_job_items))
+    .bind(limits.only_small)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
