@@ -286,6 +286,8 @@ async fn a_small_job_is_not_stuck_behind_a_large_one() {
             ("ENGINE__CHUNK_SIZE".into(), "10".into()),
             ("ENGINE__CHUNK_CONCURRENCY".into(), "1".into()),
             ("ENGINE__MAX_RUNNING_CHUNKS".into(), "1".into()),
+            // The claim order alone, without slots kept for small jobs.
+            ("ENGINE__SMALL_JOB_RESERVE".into(), "0".into()),
         ],
         ..AppOptions::default()
     })
