@@ -10,7 +10,15 @@ ALTER TABLE jobs ADD COLUMN ended_code text;
 ALTER TABLE jobs ADD COLUMN superseded_by uuid;
 CREATE INDEX jobs_superseded_by ON jobs (superseded_by) WHERE superseded_by IS NOT NULL;
 
--- Set (under the chunk's lease, while the job has not ended) right before a write batch for
--- the item is sent to the tenant: a later read that finds the item compliant then knows the
--- write was this job's (`changed`, not `already_compliant`), also after a crash or an outage.
-ALTER TABLE job_items ADD COLUMN write_intended boolean NOT NULL DEFAULT false;
+-- Writes about to be sent to the tenant, recorded (under the chunk's lease, while the job has
+-- not ended) right before a call's first write batch: a later read that finds one of these
+-- items compliant knows the write was this job's (`changed`, not `already_compliant`), also
+-- after a crash or an outage. One row per tenant call rather than a column of `job_items`, so
+-- that an item's row is updated once (its outcome), heap-only. Removed when the job completes.
+CREATE TABLE write_intents (
+    job_id uuid NOT NULL,
+    chunk  int  NOT NULL,
+    seqs   int[] NOT NULL,
+    at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX write_intents_chunk ON write_intents (job_id, chunk);

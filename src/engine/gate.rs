@@ -22,8 +22,8 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use sqlx::PgPool;
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::work::{self, ClaimedChunk};
@@ -57,7 +57,7 @@ impl ChunkWrites {
         ItemGate {
             writes: self,
             seqs,
-            confirmed: Mutex::new(None),
+            confirmed: Mutex::const_new(None),
         }
     }
 
@@ -110,23 +110,25 @@ pub struct ItemGate<'a> {
 
 #[async_trait]
 impl WriteGate for ItemGate<'_> {
-    async fn admit(&self, positions: &[usize]) -> bool {
+    async fn admit(&self, _positions: &[usize]) -> bool {
         if self.writes.cancel.is_cancelled() {
             return false;
         }
-        let last = *self.confirmed.lock();
-        let admitted = match last {
+        // Held while the database is asked: the call's other batches wait for its answer
+        // instead of asking too.
+        let mut confirmed = self.confirmed.lock().await;
+        if self.writes.cancel.is_cancelled() {
+            return false;
+        }
+        let admitted = match *confirmed {
             Some(at) if at.elapsed() < TRUSTED_FOR => return true,
-            // Asked again: this batch's writes (their intent is already recorded).
-            Some(_) => {
-                let seqs: Vec<i32> = positions.iter().map(|&p| self.seqs[p]).collect();
-                self.writes.admit(&seqs).await
-            }
+            // Asked again: the intents are recorded already.
+            Some(_) => self.writes.admit(&[]).await,
             // First: the intent of every write of the call.
             None => self.writes.admit(&self.seqs).await,
         };
         if admitted {
-            *self.confirmed.lock() = Some(Instant::now());
+            *confirmed = Some(Instant::now());
         }
         admitted
     }

@@ -197,21 +197,27 @@ pub async fn intend_writes(
     seqs: &[i32],
 ) -> Result<bool, StoreError> {
     let mut tx = begin_relaxed(pool).await?;
-    let marked = sqlx::query(
-        "UPDATE job_items i SET write_intended = true
-         FROM job_chunks c, jobs j
-         WHERE i.job_id = $1 AND i.chunk = $2 AND i.seq = ANY($4)
-           AND c.job_id = $1 AND c.chunk = $2 AND c.lease_owner = $3 AND c.state = 'running'
-           AND j.id = $1 AND j.ended_early IS NULL",
+    // One row for the call's writes (`write_intents`), inserted only while the chunk is held
+    // and its job runs; `seqs` empty only asks.
+    let held: bool = sqlx::query_scalar(
+        "WITH held AS (
+             SELECT 1 FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.job_id = $1 AND c.chunk = $2 AND c.lease_owner = $3 AND c.state = 'running'
+               AND j.ended_early IS NULL),
+         intended AS (
+             INSERT INTO write_intents (job_id, chunk, seqs)
+             SELECT $1, $2, $4 WHERE cardinality($4::int[]) > 0 AND EXISTS (SELECT 1 FROM held)
+             RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM held)",
     )
     .bind(chunk.job_id)
     .bind(chunk.chunk)
     .bind(owner)
     .bind(seqs)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(marked.rows_affected() == seqs.len() as u64)
+    Ok(held)
 }
 
 /// Where a chunk whose work was interrupted stands.
@@ -343,7 +349,9 @@ pub async fn record_outcomes(
                 AND c.lease_owner = $3 AND c.state = 'running'),
          recorded AS (
              UPDATE job_items i
-             SET outcome = CASE WHEN u.outcome = 'already_compliant' AND i.write_intended
+             SET outcome = CASE WHEN u.outcome = 'already_compliant' AND EXISTS (
+                                    SELECT 1 FROM write_intents w
+                                    WHERE w.job_id = $1 AND w.chunk = $2 AND u.seq = ANY(w.seqs))
                                 THEN 'changed' ELSE u.outcome END,
                  failure_code = u.code, detail = u.detail,
                  finished_at = now()
@@ -351,7 +359,7 @@ pub async fn record_outcomes(
                   AS u(seq, outcome, code, detail)
              WHERE i.job_id = $1 AND i.chunk = $2 AND i.seq = u.seq AND i.outcome IS NULL
                AND EXISTS (SELECT 1 FROM lease)
-             RETURNING u.outcome = 'already_compliant' AND i.write_intended AS promoted),
+             RETURNING u.outcome = 'already_compliant' AND i.outcome = 'changed' AS promoted),
          finished AS (
              UPDATE job_chunks SET state = 'done', finished_at = now(), lease_expires_at = NULL
              WHERE $8 AND job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'

@@ -178,6 +178,11 @@ pub async fn complete_if_done_in(
     if open > 0 {
         return Ok(None);
     }
+    // Every outcome is recorded: the write intents have served.
+    sqlx::query("DELETE FROM write_intents WHERE job_id = $1")
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
     let job_type = job_type
         .as_deref()
         .and_then(JobType::parse)
