@@ -60,24 +60,45 @@ fn count_retries<'a>(op: Operation, errors: impl IntoIterator<Item = &'a TenantE
 }
 
 /// Graph answered an HTTP request (any status).
-pub(crate) struct GraphAnswered {
+///
+/// The line carries the `client-request-id` sent and Graph's `request-id`: Microsoft needs both
+/// to look into a failure (microsoft-graph-docs-contrib `concepts/best-practices-concept.md`,
+/// "Reliability and support").
+pub(crate) struct GraphAnswered<'a> {
     pub op: Operation,
     pub status: u16,
     pub elapsed: Duration,
+    pub client_request_id: &'a str,
+    /// Graph's `request-id` header, when it sent one.
+    pub request_id: Option<&'a str>,
 }
 
-impl InternalEvent for GraphAnswered {
+impl InternalEvent for GraphAnswered<'_> {
     fn emit(self) {
         let elapsed = self.elapsed.as_secs_f64();
         metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => self.op.as_str())
             .record(elapsed);
         count_answer(self.op, self.status);
-        tracing::debug!(
-            operation = self.op.as_str(),
-            status = self.status,
-            elapsed,
-            "graph request"
-        );
+        let request_id = self.request_id.unwrap_or_default();
+        if (200..300).contains(&self.status) {
+            tracing::debug!(
+                operation = self.op.as_str(),
+                status = self.status,
+                elapsed,
+                client_request_id = self.client_request_id,
+                request_id,
+                "graph request"
+            );
+        } else {
+            tracing::debug!(
+                operation = self.op.as_str(),
+                status = self.status,
+                elapsed,
+                client_request_id = self.client_request_id,
+                request_id,
+                "graph request failed"
+            );
+        }
     }
 }
 
@@ -86,6 +107,7 @@ pub(crate) struct GraphUnreachable<'a> {
     pub op: Operation,
     pub elapsed: Duration,
     pub error: &'a reqwest::Error,
+    pub client_request_id: &'a str,
 }
 
 impl InternalEvent for GraphUnreachable<'_> {
@@ -94,19 +116,38 @@ impl InternalEvent for GraphUnreachable<'_> {
             .record(self.elapsed.as_secs_f64());
         metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => self.op.as_str(), "status" => "network")
             .increment(1);
-        tracing::debug!(operation = self.op.as_str(), error = %self.error, "graph request failed");
+        tracing::debug!(
+            operation = self.op.as_str(),
+            error = %self.error,
+            client_request_id = self.client_request_id,
+            "graph request failed"
+        );
     }
 }
 
-/// One inner request of a `$batch` was answered.
-pub(crate) struct InnerAnswered {
+/// One inner request of a `$batch` was answered; a failure is logged with the inner request's
+/// `client-request-id` and the inner answer's `request-id`.
+pub(crate) struct InnerAnswered<'a> {
     pub op: Operation,
     pub status: u16,
+    /// The `client-request-id` sent in the inner request's headers.
+    pub client_request_id: Option<&'a str>,
+    /// The `request-id` of the inner answer's headers, when Graph sent one.
+    pub request_id: Option<&'a str>,
 }
 
-impl InternalEvent for InnerAnswered {
+impl InternalEvent for InnerAnswered<'_> {
     fn emit(self) {
         count_answer(self.op, self.status);
+        if !(200..300).contains(&self.status) {
+            tracing::debug!(
+                operation = self.op.as_str(),
+                status = self.status,
+                client_request_id = self.client_request_id.unwrap_or_default(),
+                request_id = self.request_id.unwrap_or_default(),
+                "graph inner request failed"
+            );
+        }
     }
 }
 
@@ -251,6 +292,75 @@ impl InternalEvent for SeveralGroupsShareAName<'_> {
             display_name = self.display_name,
             count = self.count,
             "several groups share a display name; using the first"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// The log lines `f` writes, at debug level.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn failure_lines_name_the_client_request_id_and_graphs_request_id() {
+        let out = logged(|| {
+            GraphAnswered {
+                op: Operation::GetUser,
+                status: 503,
+                elapsed: Duration::from_millis(3),
+                client_request_id: "c-outer",
+                request_id: Some("r-outer"),
+            }
+            .emit();
+            InnerAnswered {
+                op: Operation::AddMember,
+                status: 404,
+                client_request_id: Some("c-inner"),
+                request_id: Some("r-inner"),
+            }
+            .emit();
+            InnerAnswered {
+                op: Operation::AddMember,
+                status: 204,
+                client_request_id: Some("c-fine"),
+                request_id: Some("r-fine"),
+            }
+            .emit();
+        });
+        let failed: Vec<&str> = out.lines().filter(|l| l.contains("failed")).collect();
+        assert_eq!(failed.len(), 2, "{out}");
+        assert!(failed[0].contains("client_request_id=\"c-outer\""), "{out}");
+        assert!(failed[0].contains("request_id=\"r-outer\""), "{out}");
+        assert!(failed[1].contains("client_request_id=\"c-inner\""), "{out}");
+        assert!(failed[1].contains("request_id=\"r-inner\""), "{out}");
+        assert!(
+            !out.contains("c-fine"),
+            "a success inner answer is not logged: {out}"
         );
     }
 }

@@ -10,19 +10,22 @@
 //! verified is the engine's decision. Every request is sent at most `tenant.max_attempts`
 //! times (default 6), the first included, waiting between sends for the `Retry-After` (capped
 //! at `tenant.max_retry_after_seconds`) or else an exponential back-off with jitter
-//! (`tenant.retry_min_delay_ms` to `tenant.retry_max_delay_ms`). A `$batch` is one send for
-//! each of its inner requests, which are retried one by one, not the envelope.
+//! (`tenant.retry_min_delay_ms` to `tenant.retry_max_delay_ms`). A 503's `Retry-After` is
+//! waited for as a 429's (microsoft-graph-docs-contrib `concepts/best-practices-concept.md`:
+//! "503 … employ a back-off strategy similar to 429"). A `$batch` is one send for each of its
+//! inner requests, which are retried one by one, not the envelope.
 //!
 //! | request | sent again after |
 //! |---|---|
-//! | reads: `get_users` (in `$batch`), `skus`, `find_group`, `list_members`, `member_of` (each page) | 429; 503 with `Retry-After`; other 5xx and 408; no token; connection failures, timeouts and dropped connections |
+//! | reads: `get_users` (in `$batch`), `skus`, `find_group`, `list_members`, `member_of` (each page) | 429; 5xx (with or without `Retry-After`) and 408; no token; connection failures, timeouts and dropped connections |
 //! | membership: `add_members`, `remove_members` (in `$batch`) | the same as reads: both are idempotent (a repeat answers "already a member" / 404 "not a member", which callers treat as done) |
-//! | licence writes: `assign_licences` (in `$batch`) | 429 and 503 with `Retry-After`, and a connection never made; after a throttling the users are re-read first, because Graph may apply a throttled write anyway, and only those still differing are written again ([`LicenceOutcome::AlreadyHeld`] otherwise) |
-//! | creations: `create_group`, `create_user` | 429 and 503 with `Retry-After`, and a connection never made |
+//! | licence writes: `assign_licences` (in `$batch`) | 429, and a connection never made; after a throttling the users are re-read first, because Graph may apply a throttled write anyway, and only those still differing are written again ([`LicenceOutcome::AlreadyHeld`] otherwise) |
+//! | creations: `create_group`, `create_user` | 429, and a connection never made |
 //! | any request answered 401 | once, with a new token (not counted as an attempt) |
 //!
-//! A licence write or a creation that fails with another 5xx, a 408, a timeout or a dropped
-//! connection may have been applied, so it is returned at once
+//! A licence write or a creation that fails with a 5xx (a 503 with `Retry-After` too: Graph
+//! says nothing of it not being applied), a 408, a timeout or a dropped connection may have
+//! been applied, so it is returned at once
 //! ([`TenantError::Transient`]): for licences, the engine's applier re-reads the user in its
 //! next round and writes only what still differs. Everything else (4xx) is returned at once.
 use std::sync::Arc;

@@ -68,23 +68,53 @@ pub fn odata_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Parses `Retry-After` in seconds (Graph sends seconds; an HTTP date is ignored).
+/// Parses `Retry-After` in seconds, whole or decimal (Graph sends seconds, and a sample in
+/// microsoft-graph-docs-contrib `concepts/throttling.md` once showed `Retry-After: 2.128`); an
+/// HTTP date, a negative or an unreadable value is ignored.
 pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // Only digits and one point: `f64` would also take "inf", "NaN" and exponents.
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return v
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok());
+    }
+    None
+}
+
+/// The header naming a request, sent on every request (a new UUID v4 each): "On every request
+/// to Microsoft Graph, generate a unique GUID, send it in the `client-request-id` HTTP request
+/// header, and also log it" (microsoft-graph-docs-contrib `concepts/best-practices-concept.md`,
+/// "Reliability and support").
+pub(crate) const CLIENT_REQUEST_ID: &str = "client-request-id";
+
+/// The header Graph names its response by; logged with the `client-request-id` for support.
+pub(crate) const REQUEST_ID: &str = "request-id";
+
+/// A new `client-request-id`.
+pub(crate) fn new_client_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// What a failed exchange says about sending it again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
-    /// 429, or 503 with `Retry-After`: Graph asks to come back later (after the `Retry-After`,
-    /// when it sent one).
+    /// 429: Graph asks to come back later (after the `Retry-After`, when it sent one). A
+    /// throttled request was not applied.
     Throttled(Option<Duration>),
     /// The request never reached Graph: no token could be had (token endpoint unavailable) or
     /// no connection could be made. Certainly not applied.
     NotSent,
-    /// 408 or 5xx without `Retry-After`, a timeout, a dropped connection, an inner request
-    /// missing from a `$batch` answer: Graph may or may not have applied it.
-    Unavailable,
+    /// 408 or 5xx, a timeout, a dropped connection, an inner request missing from a `$batch`
+    /// answer: Graph may or may not have applied it. A 503's `Retry-After` is kept: a retry
+    /// waits for it as after a 429 ("503 … employ a back-off strategy similar to 429",
+    /// microsoft-graph-docs-contrib `concepts/best-practices-concept.md`), but whether to retry
+    /// is decided as for any fault that may have been applied, so a creation is not sent twice.
+    Unavailable(Option<Duration>),
     /// Any other answer: sending the same request again gets the same answer.
     Final,
 }
@@ -99,7 +129,7 @@ impl Fault {
     pub(crate) fn is_retried(self, op: Operation) -> bool {
         match self {
             Self::Throttled(_) | Self::NotSent => true,
-            Self::Unavailable => op.is_idempotent(),
+            Self::Unavailable(_) => op.is_idempotent(),
             Self::Final => false,
         }
     }
@@ -116,7 +146,7 @@ impl Failure {
     pub(crate) fn unavailable(message: String) -> Self {
         Self {
             error: TenantError::Transient(message),
-            fault: Fault::Unavailable,
+            fault: Fault::Unavailable(None),
         }
     }
 }
@@ -164,8 +194,8 @@ impl Raw {
     pub(crate) fn fault(&self) -> Fault {
         match (self.status, self.retry_after) {
             (429, retry_after) => Fault::Throttled(retry_after),
-            (503, Some(retry_after)) => Fault::Throttled(Some(retry_after)),
-            (408 | 500..=599, _) => Fault::Unavailable,
+            (503, retry_after) => Fault::Unavailable(retry_after),
+            (408 | 500..=599, _) => Fault::Unavailable(None),
             _ => Fault::Final,
         }
     }
@@ -267,10 +297,10 @@ impl Transport {
             .build()
     }
 
-    /// The (capped) `Retry-After` of a throttling fault.
+    /// The (capped) `Retry-After` of a fault (a 429's or a 503's).
     fn retry_after(&self, fault: Fault) -> Option<Duration> {
         match fault {
-            Fault::Throttled(Some(d)) => {
+            Fault::Throttled(Some(d)) | Fault::Unavailable(Some(d)) => {
                 Some(d.min(Duration::from_secs(self.settings.max_retry_after_seconds)))
             }
             _ => None,
@@ -340,21 +370,24 @@ impl Transport {
                 error,
             })?;
             let started = Instant::now();
+            // A new id per attempt, as the best practice asks for every request.
+            let client_request_id = new_client_request_id();
             let mut req = self
                 .http
                 .request(method.clone(), url)
-                .bearer_auth(token.expose_secret());
+                .bearer_auth(token.expose_secret())
+                .header(CLIENT_REQUEST_ID, &client_request_id);
             if let Some(b) = body {
                 req = req.json(b);
             }
+            let mut request_id = None;
             let result = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
+                    let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
+                    let retry_after =
+                        header(reqwest::header::RETRY_AFTER.as_str()).and_then(parse_retry_after);
+                    request_id = header(REQUEST_ID).map(str::to_owned);
                     resp.bytes()
                         .await
                         .map(|b| Raw::new(status, retry_after, &b))
@@ -369,13 +402,14 @@ impl Transport {
                         op,
                         elapsed,
                         error: &error,
+                        client_request_id: &client_request_id,
                     });
                     return Err(Failure {
                         // Only a connection never made is certainly not applied.
                         fault: if error.is_connect() {
                             Fault::NotSent
                         } else {
-                            Fault::Unavailable
+                            Fault::Unavailable(None)
                         },
                         error: TenantError::Transient(format!("{}: {error}", op.as_str())),
                     });
@@ -385,6 +419,8 @@ impl Transport {
                 op,
                 status: raw.status,
                 elapsed,
+                client_request_id: &client_request_id,
+                request_id: request_id.as_deref(),
             });
             if raw.status == 429 {
                 self.budget.throttled();
@@ -460,9 +496,9 @@ mod tests {
         };
         let ra = Some(Duration::from_secs(2));
         assert_eq!(raw(429, None).fault(), Fault::Throttled(None));
-        assert_eq!(raw(503, ra).fault(), Fault::Throttled(ra));
-        assert_eq!(raw(503, None).fault(), Fault::Unavailable);
-        assert_eq!(raw(504, None).fault(), Fault::Unavailable);
+        assert_eq!(raw(503, ra).fault(), Fault::Unavailable(ra));
+        assert_eq!(raw(503, None).fault(), Fault::Unavailable(None));
+        assert_eq!(raw(504, None).fault(), Fault::Unavailable(None));
         assert_eq!(raw(400, None).fault(), Fault::Final);
         // A 503 with Retry-After is still reported as tenant_unavailable.
         assert_eq!(
@@ -473,15 +509,61 @@ mod tests {
         for op in [Operation::AssignLicence, Operation::CreateUser] {
             assert!(Fault::Throttled(None).is_retried(op));
             assert!(Fault::NotSent.is_retried(op));
-            assert!(!Fault::Unavailable.is_retried(op), "{op:?} may be applied");
+            assert!(
+                !Fault::Unavailable(None).is_retried(op),
+                "{op:?} may be applied"
+            );
+            assert!(
+                !Fault::Unavailable(ra).is_retried(op),
+                "{op:?} may be applied"
+            );
         }
         for op in [
             Operation::GetUser,
             Operation::AddMember,
             Operation::RemoveMember,
         ] {
-            assert!(Fault::Unavailable.is_retried(op));
+            assert!(Fault::Unavailable(None).is_retried(op));
+            assert!(Fault::Unavailable(ra).is_retried(op));
             assert!(!Fault::Final.is_retried(op));
         }
+    }
+
+    #[test]
+    fn retry_after_may_be_fractional() {
+        assert_eq!(parse_retry_after("10"), Some(Duration::from_secs(10)));
+        assert_eq!(
+            parse_retry_after(" 2.128 "),
+            Some(Duration::from_millis(2128))
+        );
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        for bad in [
+            "",
+            "-1",
+            "1e3",
+            "inf",
+            "NaN",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_503_waits_for_its_retry_after_like_a_429() {
+        let transport = Transport::new(
+            TenantSettings::default(),
+            Arc::new(crate::tenant::rate::Unlimited),
+        )
+        .unwrap();
+        let mut backoff = transport.backoff();
+        let ra = Duration::from_millis(1500);
+        for fault in [Fault::Throttled(Some(ra)), Fault::Unavailable(Some(ra))] {
+            assert_eq!(transport.delay_for(fault, &mut backoff), ra, "{fault:?}");
+        }
+        assert_eq!(
+            transport.round_delay([Fault::Unavailable(Some(ra))], &mut backoff),
+            ra
+        );
     }
 }
