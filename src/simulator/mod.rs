@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 pub use catalogue::{Seed, default_catalogue, sku_ids};
 pub use routes::MAX_BATCH_REQUESTS;
 pub use settings::{SimulatorBehaviour, SimulatorSettings};
-pub use state::{GraphError, USAGE_LOCATION_MESSAGE};
+pub use state::{GraphError, RequestIds, USAGE_LOCATION_MESSAGE};
 pub use stats::{StatsSnapshot, WriteLogEntry};
 
 /// State shared by every request of one simulator. Each part has its own lock so that critical

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Shared;
-use super::state::{AssignLicense, GraphError};
+use super::state::{AssignLicense, GraphError, RequestIds};
 use super::stats::WriteLogEntry;
 use super::throttle::{LIST_COST_UNITS, READ_COST_UNITS, WRITE_COST_UNITS};
 
@@ -41,12 +41,20 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .with_state(shared)
 }
 
+/// The header a client names its request by, echoed in the response.
+const CLIENT_REQUEST_ID: &str = "client-request-id";
+/// The header Graph names its response by.
+const REQUEST_ID: &str = "request-id";
+
 /// A Graph answer before it becomes an HTTP response or an inner `$batch` response.
 #[derive(Debug)]
 struct SimResponse {
     status: u16,
-    retry_after: Option<u64>,
+    /// `Retry-After` in seconds, as sent (Graph may send a fraction, e.g. `2.128`).
+    retry_after: Option<String>,
     body: Option<Value>,
+    /// An error, whose body is made once the response's ids are known.
+    error: Option<GraphError>,
 }
 
 impl SimResponse {
@@ -55,37 +63,64 @@ impl SimResponse {
             status,
             retry_after: None,
             body,
+            error: None,
         }
     }
 
     fn error(e: &GraphError) -> Self {
-        Self::ok(e.status, Some(e.body()))
-    }
-
-    fn throttled(retry_after: u64) -> Self {
         Self {
-            status: 429,
-            retry_after: Some(retry_after),
-            body: Some(
-                GraphError::new(
-                    429,
-                    "TooManyRequests",
-                    "Too many requests. Please retry after the time given in Retry-After.",
-                )
-                .body(),
-            ),
+            status: e.status,
+            retry_after: None,
+            body: None,
+            error: Some(e.clone()),
         }
     }
 
-    fn into_http(self) -> Response {
-        let mut resp = match self.body {
+    fn throttled(retry_after: u64) -> Self {
+        Self::error(&GraphError::new(
+            429,
+            "TooManyRequests",
+            "Too many requests. Please retry after the time given in Retry-After.",
+        ))
+        .with_retry_after(retry_after.to_string())
+    }
+
+    fn with_retry_after(mut self, seconds: String) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The body, an error's carrying `ids` in its `innerError`.
+    fn body(&mut self, ids: &RequestIds) -> Option<Value> {
+        match &self.error {
+            Some(e) => Some(e.body(ids)),
+            None => self.body.take(),
+        }
+    }
+
+    /// The HTTP response, with `request-id`, the echoed `client-request-id` and `Date`, as Graph
+    /// sends on every response (microsoft-graph-docs-contrib `concepts/best-practices-concept.md`,
+    /// "Reliability and support").
+    fn into_http(mut self, ids: &RequestIds) -> Response {
+        let mut resp = match self.body(ids) {
             Some(body) => Json(body).into_response(),
             None => Response::new(Body::empty()),
         };
         *resp.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        let headers = resp.headers_mut();
+        if let Some(secs) = self.retry_after.as_deref()
+            && let Ok(v) = HeaderValue::from_str(secs)
+        {
+            headers.insert(header::RETRY_AFTER, v);
+        }
+        for (name, value) in [
+            (REQUEST_ID, ids.request_id.clone()),
+            (CLIENT_REQUEST_ID, ids.client_request_id.clone()),
+            (header::DATE.as_str(), ids.http_date()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
         }
         resp
     }
@@ -315,6 +350,7 @@ impl Shared {
         rel_url: &str,
         body: Option<&Value>,
         base: &str,
+        ids: &RequestIds,
     ) -> SimResponse {
         let (path, query) = match rel_url.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -336,15 +372,26 @@ impl Shared {
                 "Nested batch requests are not supported.",
             ))
         } else if let Some(status) = self.take_fault(false) {
-            let (code, msg) = if status == 503 {
-                (
+            if status == 503 {
+                // "503 Service Unavailable: … repeat the request after a delay, the length of
+                // which may be specified in a Retry-After header" (microsoft-graph-docs-contrib
+                // `concepts/errors.md`). One to two seconds, with a fraction as an older docs
+                // sample had (`Retry-After: 2.128`, `concepts/throttling.md`), so that clients
+                // must parse decimals.
+                let secs = rand::rng().random_range(1.0..=2.0_f64);
+                SimResponse::error(&GraphError::new(
+                    503,
                     "serviceNotAvailable",
                     "The service is temporarily unavailable. Please retry.",
-                )
+                ))
+                .with_retry_after(format!("{secs:.3}"))
             } else {
-                ("generalException", "An internal server error occurred.")
-            };
-            SimResponse::error(&GraphError::new(status, code, msg))
+                SimResponse::error(&GraphError::new(
+                    status,
+                    "generalException",
+                    "An internal server error occurred.",
+                ))
+            }
         } else {
             let limited = {
                 let b = self.behaviour.read();
@@ -396,6 +443,8 @@ impl Shared {
                 status: resp.status,
                 applied,
                 body: body.cloned(),
+                request_id: ids.request_id.clone(),
+                client_request_id: ids.client_request_id.clone(),
             });
         }
         resp
@@ -618,12 +667,29 @@ impl Shared {
                     "Write request id : {id} does not contain Content-Type header or body."
                 ));
             }
-            parsed.push((id, method, url.to_owned(), inner_body.cloned()));
+            // Graph's docs are silent on an inner `client-request-id`; the simulator echoes it
+            // like an outer one, so a client can match each inner answer.
+            let client_request_id = r
+                .get("headers")
+                .and_then(Value::as_object)
+                .and_then(|h| {
+                    h.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(CLIENT_REQUEST_ID))
+                })
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_owned);
+            parsed.push((
+                id,
+                method,
+                url.to_owned(),
+                inner_body.cloned(),
+                client_request_id,
+            ));
         }
         self.stats.lock().batch(parsed.len());
         let mut responses: Vec<Value> = parsed
             .into_iter()
-            .map(|(id, method, url, body)| {
+            .map(|(id, method, url, body, client_request_id)| {
                 // Inner URLs are relative to the version ("/users/…"); tolerate a "/v1.0" prefix.
                 let rel = url.strip_prefix("/v1.0").unwrap_or(&url);
                 let rel = if rel.starts_with('/') {
@@ -631,16 +697,23 @@ impl Shared {
                 } else {
                     format!("/{rel}")
                 };
-                let r = self.call(&method, &rel, body.as_ref(), base);
+                // Each inner answer has ids of its own, as in the inner error bodies of
+                // microsoft-graph-docs-contrib `concepts/json-batching.md`.
+                let ids = RequestIds::new(client_request_id.as_deref());
+                let mut r = self.call(&method, &rel, body.as_ref(), base, &ids);
+                let body = r.body(&ids);
                 let mut headers = serde_json::Map::new();
-                if r.body.is_some() {
+                if body.is_some() {
                     headers.insert("Content-Type".into(), json!("application/json"));
                 }
-                if let Some(s) = r.retry_after {
-                    headers.insert("Retry-After".into(), json!(s.to_string()));
+                if let Some(s) = r.retry_after.take() {
+                    headers.insert("Retry-After".into(), json!(s));
                 }
+                headers.insert(REQUEST_ID.into(), json!(ids.request_id));
+                headers.insert(CLIENT_REQUEST_ID.into(), json!(ids.client_request_id));
+                headers.insert("Date".into(), json!(ids.http_date()));
                 let mut out = json!({"id": id, "status": r.status, "headers": headers});
-                if let Some(b) = r.body {
+                if let Some(b) = body {
                     out["body"] = b;
                 }
                 out
@@ -685,6 +758,7 @@ async fn graph(
     body: Bytes,
 ) -> Response {
     simulated_latency(&shared).await;
+    let ids = RequestIds::new(headers.get(CLIENT_REQUEST_ID).and_then(|v| v.to_str().ok()));
     let path = uri.path();
     let Some(rel_path) = path.strip_prefix("/v1.0") else {
         return SimResponse::error(&GraphError::new(
@@ -692,7 +766,7 @@ async fn graph(
             "NotFound",
             "Unknown API version or path.",
         ))
-        .into_http();
+        .into_http(&ids);
     };
     let rel = match uri.query() {
         Some(q) => format!("{rel_path}?{q}"),
@@ -705,13 +779,13 @@ async fn graph(
     }
     if let Err(e) = shared.authenticate(&headers) {
         shared.stats.lock().request(kind, 401);
-        return SimResponse::error(&e).into_http();
+        return SimResponse::error(&e).into_http(&ids);
     }
     let base = shared.base_url(&headers);
     if method == Method::POST && rel_path == "/$batch" {
         let r = shared.batch(&body, &base);
         shared.stats.lock().request("batch", r.status);
-        return r.into_http();
+        return r.into_http(&ids);
     }
     let json_body = if body.is_empty() {
         None
@@ -725,13 +799,13 @@ async fn graph(
                     "BadRequest",
                     format!("Unable to read JSON request payload: {e}"),
                 ))
-                .into_http();
+                .into_http(&ids);
             }
         }
     };
     shared
-        .call(&method, &rel, json_body.as_ref(), &base)
-        .into_http()
+        .call(&method, &rel, json_body.as_ref(), &base, &ids)
+        .into_http(&ids)
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token` (client credentials only), with Entra ID's error shape.
@@ -831,7 +905,7 @@ async fn set_config(State(shared): State<Arc<Shared>>, Json(patch): Json<Value>)
 async fn sim_user(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
     match shared.directory.read().user_json(&key) {
         Some(u) => Json(u).into_response(),
-        None => SimResponse::error(&GraphError::not_found(&key)).into_http(),
+        None => SimResponse::error(&GraphError::not_found(&key)).into_http(&RequestIds::new(None)),
     }
 }
 

@@ -44,12 +44,48 @@ impl GraphError {
         )
     }
 
-    /// The JSON body Graph sends with this error.
-    pub fn body(&self) -> Value {
+    /// The JSON body Graph sends with this error; its `innerError` carries the ids and date of
+    /// the response it is sent in (Graph's `concepts/errors.md` and the inner 403/405 examples of
+    /// `concepts/json-batching.md`, microsoft-graph-docs-contrib).
+    pub fn body(&self, ids: &RequestIds) -> Value {
         json!({"error": {"code": self.code, "message": self.message,
-            "innerError": {"date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
-                           "request-id": Uuid::new_v4().to_string(),
-                           "client-request-id": Uuid::new_v4().to_string()}}})
+            "innerError": {"date": ids.date.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                           "request-id": ids.request_id,
+                           "client-request-id": ids.client_request_id}}})
+    }
+}
+
+/// The ids Graph gives one response (or one inner `$batch` response): its own `request-id`, the
+/// caller's `client-request-id` echoed, and the time. Microsoft asks clients to log these for
+/// support cases (microsoft-graph-docs-contrib `concepts/best-practices-concept.md`,
+/// "Reliability and support").
+#[derive(Debug, Clone)]
+pub struct RequestIds {
+    /// A new UUID per response.
+    pub request_id: String,
+    /// The request's `client-request-id`, or else the `request-id`: what Graph is seen to answer
+    /// when a client sends none (the docs are silent; observed in recorded responses).
+    pub client_request_id: String,
+    /// When the response was made.
+    pub date: chrono::DateTime<chrono::Utc>,
+}
+
+impl RequestIds {
+    /// Ids for a response to a request that sent `client_request_id` (if any).
+    pub fn new(client_request_id: Option<&str>) -> Self {
+        let request_id = Uuid::new_v4().to_string();
+        Self {
+            client_request_id: client_request_id
+                .filter(|c| !c.is_empty())
+                .map_or_else(|| request_id.clone(), str::to_owned),
+            request_id,
+            date: chrono::Utc::now(),
+        }
+    }
+
+    /// The `Date` header value (RFC 7231's IMF-fixdate).
+    pub fn http_date(&self) -> String {
+        self.date.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
     }
 }
 

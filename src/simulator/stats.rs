@@ -31,6 +31,13 @@ pub struct WriteLogEntry {
     /// The request's body as received (what was written), when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
+    /// The `request-id` the simulator answered with.
+    #[serde(default)]
+    pub request_id: String,
+    /// The request's `client-request-id` (the `request-id` when it sent none), so that a
+    /// client's log line can be matched to the write.
+    #[serde(default)]
+    pub client_request_id: String,
 }
 
 /// A snapshot of the counters.

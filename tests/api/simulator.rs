@@ -548,3 +548,191 @@ async fn admin_routes_change_behaviour_at_runtime() {
     assert_eq!(resp.status().as_u16(), 204);
     sim.shutdown().await;
 }
+
+/// The `request-id`, `client-request-id` and `Date` headers of `resp`, the first two checked to
+/// be UUIDs.
+fn ids_of(headers: &reqwest::header::HeaderMap) -> (String, String) {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing: {headers:?}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(!get("date").is_empty());
+    let request_id = get("request-id");
+    Uuid::parse_str(&request_id).expect("request-id is a UUID");
+    (request_id, get("client-request-id"))
+}
+
+/// `innerError` of an error body: its `request-id`, `client-request-id` and a `date`.
+fn inner_error_ids(body: &Value) -> (String, String) {
+    let inner = &body["error"]["innerError"];
+    assert!(
+        inner["date"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    (
+        inner["request-id"].as_str().unwrap().to_owned(),
+        inner["client-request-id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Graph names every response with a `request-id` and the caller's `client-request-id`, and
+/// its error bodies carry the same ids (microsoft-graph-docs-contrib
+/// `concepts/best-practices-concept.md`, `concepts/errors.md`).
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_echoes_the_client_request_id() {
+    let sim = start().await;
+    let id = Uuid::new_v4();
+    seed(&sim, user_seed(id, "ids@example.org"));
+    let raw = Raw::new(&sim).await;
+    let send = |method: reqwest::Method, path: &str, crid: Option<&str>| {
+        let mut req = raw
+            .http
+            .request(method, format!("{}{path}", raw.base))
+            .bearer_auth(&raw.token);
+        if let Some(c) = crid {
+            req = req.header("client-request-id", c);
+        }
+        req
+    };
+
+    // A success, with and without a client-request-id.
+    let crid = Uuid::new_v4().to_string();
+    let resp = send(reqwest::Method::GET, &format!("/users/{id}"), Some(&crid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (first, echoed) = ids_of(resp.headers());
+    assert_eq!(echoed, crid);
+    let resp = send(reqwest::Method::GET, &format!("/users/{id}"), None)
+        .send()
+        .await
+        .unwrap();
+    let (second, echoed) = ids_of(resp.headers());
+    assert_ne!(first, second, "a new request-id per response");
+    assert_eq!(echoed, second, "without one, Graph answers its request-id");
+
+    // An error: the body's innerError names the same ids as the headers.
+    let resp = send(
+        reqwest::Method::GET,
+        "/users/nobody@example.org",
+        Some(&crid),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let (request_id, echoed) = ids_of(resp.headers());
+    assert_eq!(echoed, crid);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(inner_error_ids(&body), (request_id, crid.clone()));
+
+    // A 401 too.
+    let resp = raw
+        .http
+        .get(format!("{}/subscribedSkus", raw.base))
+        .bearer_auth("forged")
+        .header("client-request-id", &crid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let (request_id, echoed) = ids_of(resp.headers());
+    assert_eq!(echoed, crid);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(inner_error_ids(&body), (request_id, crid.clone()));
+
+    // An injected 503 carries them, and a Retry-After of one to two seconds.
+    sim.state().fail_next(1, 503);
+    let resp = send(reqwest::Method::GET, &format!("/users/{id}"), Some(&crid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let (request_id, echoed) = ids_of(resp.headers());
+    assert_eq!(echoed, crid);
+    let retry_after: f64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1.0..=2.0).contains(&retry_after), "{retry_after}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "serviceNotAvailable");
+    assert_eq!(inner_error_ids(&body), (request_id, crid.clone()));
+
+    // The write log names each write by its ids.
+    let write = Uuid::new_v4().to_string();
+    let resp = send(reqwest::Method::POST, &format!("/users/{id}/assignLicense"), Some(&write))
+        .json(&json!({"addLicenses": [{"skuId": sku_ids::MCOEV, "disabledPlans": []}], "removeLicenses": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (request_id, _) = ids_of(resp.headers());
+    let logged = sim.state().stats().recent_writes.pop().unwrap();
+    assert_eq!(
+        (logged.request_id, logged.client_request_id),
+        (request_id, write)
+    );
+}
+
+/// Inner `$batch` answers carry ids of their own, echoing each inner request's
+/// `client-request-id` (as the inner errors of `concepts/json-batching.md` show).
+#[tokio::test]
+async fn inner_batch_responses_carry_their_own_request_ids() {
+    let sim = start().await;
+    let id = Uuid::new_v4();
+    seed(&sim, user_seed(id, "inner@example.org"));
+    let raw = Raw::new(&sim).await;
+    let (outer, one, two) = (
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+    );
+    let resp = raw
+        .http
+        .post(format!("{}/$batch", raw.base))
+        .bearer_auth(&raw.token)
+        .header("client-request-id", &outer)
+        .json(&json!({"requests": [
+            {"id": "1", "method": "GET", "url": format!("/users/{id}"),
+             "headers": {"client-request-id": one}},
+            {"id": "2", "method": "GET", "url": "/users/missing@example.org",
+             "headers": {"Client-Request-Id": two}},
+            {"id": "3", "method": "GET", "url": format!("/users/{id}")},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (envelope, echoed) = ids_of(resp.headers());
+    assert_eq!(echoed, outer);
+    let answer: Value = resp.json().await.unwrap();
+    let responses = answer["responses"].as_array().unwrap();
+    let by_id = |i: &str| responses.iter().find(|r| r["id"] == i).unwrap();
+    let header = |r: &Value, name: &str| r["headers"][name].as_str().unwrap().to_owned();
+    let mut request_ids = vec![envelope];
+    for (i, crid) in [("1", Some(&one)), ("2", Some(&two)), ("3", None)] {
+        let r = by_id(i);
+        let request_id = header(r, "request-id");
+        Uuid::parse_str(&request_id).unwrap();
+        assert!(!header(r, "Date").is_empty());
+        let expected = crid.cloned().unwrap_or_else(|| request_id.clone());
+        assert_eq!(header(r, "client-request-id"), expected, "{r}");
+        request_ids.push(request_id);
+    }
+    let two_answer = by_id("2");
+    assert_eq!(two_answer["status"], 404);
+    assert_eq!(
+        inner_error_ids(&two_answer["body"]),
+        (header(two_answer, "request-id"), two.clone())
+    );
+    request_ids.sort();
+    request_ids.dedup();
+    assert_eq!(request_ids.len(), 4, "every answer has its own request-id");
+}

@@ -628,3 +628,99 @@ async fn groups_and_members_round_trip() {
         Some("GB")
     );
 }
+
+/// Every request the client sends, inner `$batch` requests included, names itself with a
+/// `client-request-id` of its own (microsoft-graph-docs-contrib
+/// `concepts/best-practices-concept.md`, "Reliability and support"): the simulator's write log
+/// shows the id each write arrived with.
+#[tokio::test]
+async fn every_request_carries_its_own_client_request_id() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "crid", 3);
+    let tenant = client(&sim);
+    let changes: Vec<LicenceChange> = ids
+        .iter()
+        .map(|id| LicenceChange {
+            user: UserRef::Id(*id),
+            add: vec![AssignedLicence {
+                sku_id: sku_ids::MCOEV,
+                disabled_plans: vec![],
+            }],
+            remove: vec![],
+        })
+        .collect();
+    let out = tenant.assign_licences(&changes).await;
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let group = tenant
+        .create_group(&NewGroup {
+            display_name: "Ids".into(),
+            mail_nickname: "ids".into(),
+        })
+        .await
+        .unwrap();
+    let writes = sim.state().stats().recent_writes;
+    assert_eq!(writes.len(), 4, "three inner writes and one single call");
+    let mut seen = std::collections::HashSet::new();
+    for w in &writes {
+        let crid = Uuid::parse_str(&w.client_request_id).expect("a UUID");
+        assert_eq!(crid.get_version_num(), 4, "{w:?}");
+        // The simulator answers its own request-id when a request sends none.
+        assert_ne!(
+            w.client_request_id, w.request_id,
+            "sent by the client: {w:?}"
+        );
+        assert!(seen.insert(crid), "one id per request: {writes:?}");
+    }
+    assert!(
+        writes.iter().any(|w| w.route == "create_group"),
+        "{group:?}"
+    );
+}
+
+/// A 503 with `Retry-After` (the simulator's injected 503s send 1 to 2 seconds, possibly
+/// fractional) is retried after it, for a single call and for an inner `$batch` request alike.
+/// The client's own back-off is set to a millisecond, so only the `Retry-After` can account
+/// for a wait of a second or more (a lower bound, which a loaded machine cannot break).
+#[tokio::test]
+async fn a_503_with_retry_after_is_retried_after_it() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "ra", 2);
+    let tenant = client_with(&sim, |t| {
+        t.retry_min_delay_ms = 1;
+        t.retry_max_delay_ms = 1;
+    });
+    let user = ids[0];
+
+    // A single call (a read): one 503, then the answer.
+    sim.state().fail_next(1, 503);
+    let started = std::time::Instant::now();
+    assert!(tenant.member_of(user).await.unwrap().is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = sim.state().stats();
+    assert_eq!(stats.count("member_of", 503), 1);
+    assert_eq!(stats.count("member_of", 200), 1);
+
+    // Inner requests of a $batch: the 503 one is sent again after its Retry-After.
+    sim.state().reset_stats();
+    sim.state().fail_next(1, 503);
+    let refs: Vec<UserRef> = ids.iter().map(|id| UserRef::Id(*id)).collect();
+    let started = std::time::Instant::now();
+    let out = tenant.get_users(&refs).await;
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = sim.state().stats();
+    assert_eq!(stats.count("get_user", 503), 1);
+    assert_eq!(stats.count("get_user", 200), 2);
+    assert_eq!(
+        stats.batch_calls, 2,
+        "the first round, and the one retried request"
+    );
+}
