@@ -41,7 +41,8 @@ pub struct SimulatorSettings {
     pub resource_unit_window_seconds: u64,
     /// Probability that a write answered with 429 was applied anyway (real Graph does this).
     pub throttled_write_applied_probability: f64,
-    /// Probability that a Graph request fails with 500 or 503 (not applied).
+    /// Probability that a Graph request fails with 500 or 503 (not applied; a 503 carries a
+    /// `Retry-After` of 1 to 2 seconds).
     pub fault_rate: f64,
     /// Probability that a whole HTTP request is answered by dropping the connection.
     pub dropped_connection_rate: f64,
@@ -71,7 +72,8 @@ pub struct SimulatorBehaviour {
     pub resource_unit_window_seconds: u64,
     /// Probability that a write answered with 429 was applied anyway (real Graph does this).
     pub throttled_write_applied_probability: f64,
-    /// Probability that a Graph request fails with 500 or 503 (not applied).
+    /// Probability that a Graph request fails with 500 or 503 (not applied; a 503 carries a
+    /// `Retry-After` of 1 to 2 seconds).
     pub fault_rate: f64,
     /// Probability that a whole HTTP request is answered by dropping the connection.
     pub dropped_connection_rate: f64,

@@ -2,8 +2,9 @@
 //!
 //! It serves the Microsoft Graph v1.0 subset of the tenant contract (`tenant.md`: token endpoint,
 //! `subscribedSkus`, users, `assignLicense`, groups and members, a user's `memberOf`, `$batch`)
-//! with Graph's JSON and error shapes, throttling (429 + `Retry-After`), latency and faults, and
-//! exposes what reached it at `/_sim/*`:
+//! with Graph's JSON and error shapes, throttling (429 + `Retry-After`), latency and faults
+//! (503s with `Retry-After`), a `request-id` and the echoed `client-request-id` on every response
+//! and inner `$batch` response, and exposes what reached it at `/_sim/*`:
 //!
 //! | route | purpose |
 //! |---|---|
