@@ -24,6 +24,20 @@ fn e3_change(catalogue: &policy_reconciler::tenant::SkuCatalogue, user: UserRef)
     }
 }
 
+/// A change giving each of `ids` the Phone System licence (`MCOEV`), no plan disabled.
+fn mcoev_for(ids: &[Uuid]) -> Vec<LicenceChange> {
+    ids.iter()
+        .map(|id| LicenceChange {
+            user: UserRef::Id(*id),
+            add: vec![AssignedLicence {
+                sku_id: sku_ids::MCOEV,
+                disabled_plans: vec![],
+            }],
+            remove: vec![],
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn licence_gets_complete_disabled_plans_and_a_second_run_writes_nothing() {
     let sim = start().await;
@@ -198,17 +212,7 @@ async fn throttling_without_retries_left_reports_retry_after() {
     .await;
     let ids = seed_users(&sim, "t", 2);
     let tenant = client_with(&sim, |t| t.max_attempts = NonZeroU32::MIN);
-    let changes: Vec<LicenceChange> = ids
-        .iter()
-        .map(|id| LicenceChange {
-            user: UserRef::Id(*id),
-            add: vec![AssignedLicence {
-                sku_id: sku_ids::MCOEV,
-                disabled_plans: vec![],
-            }],
-            remove: vec![],
-        })
-        .collect();
+    let changes = mcoev_for(&ids);
     let out = tenant.assign_licences(&changes).await;
     let applied = out.iter().filter(|r| r.is_ok()).count();
     assert_eq!(applied, 1);
@@ -363,17 +367,7 @@ async fn throttled_writes_wait_for_retry_after_and_stay_under_the_tenant_limit()
     .await;
     let ids = seed_users(&sim, "r", 12);
     let tenant = client(&sim);
-    let changes: Vec<LicenceChange> = ids
-        .iter()
-        .map(|id| LicenceChange {
-            user: UserRef::Id(*id),
-            add: vec![AssignedLicence {
-                sku_id: sku_ids::MCOEV,
-                disabled_plans: vec![],
-            }],
-            remove: vec![],
-        })
-        .collect();
+    let changes = mcoev_for(&ids);
     let out = tenant.assign_licences(&changes).await;
     assert!(
         out.iter().all(|r| *r == Ok(LicenceOutcome::Applied)),
@@ -407,17 +401,7 @@ async fn a_throttled_write_that_was_applied_is_read_back_not_rewritten() {
     .await;
     let ids = seed_users(&sim, "p", 8);
     let tenant = client(&sim);
-    let changes: Vec<LicenceChange> = ids
-        .iter()
-        .map(|id| LicenceChange {
-            user: UserRef::Id(*id),
-            add: vec![AssignedLicence {
-                sku_id: sku_ids::MCOEV,
-                disabled_plans: vec![],
-            }],
-            remove: vec![],
-        })
-        .collect();
+    let changes = mcoev_for(&ids);
     let out = tenant.assign_licences(&changes).await;
     let held = out
         .iter()
@@ -448,17 +432,7 @@ async fn client_write_budget_limits_the_write_rate() {
         t.writes_per_second = 5.0;
         t.write_burst = NonZeroU32::new(5).unwrap();
     });
-    let changes: Vec<LicenceChange> = ids
-        .iter()
-        .map(|id| LicenceChange {
-            user: UserRef::Id(*id),
-            add: vec![AssignedLicence {
-                sku_id: sku_ids::MCOEV,
-                disabled_plans: vec![],
-            }],
-            remove: vec![],
-        })
-        .collect();
+    let changes = mcoev_for(&ids);
     let started = std::time::Instant::now();
     let out = tenant.assign_licences(&changes).await;
     assert!(out.iter().all(Result::is_ok));
@@ -638,17 +612,7 @@ async fn every_request_carries_its_own_client_request_id() {
     let sim = start().await;
     let ids = seed_users(&sim, "crid", 3);
     let tenant = client(&sim);
-    let changes: Vec<LicenceChange> = ids
-        .iter()
-        .map(|id| LicenceChange {
-            user: UserRef::Id(*id),
-            add: vec![AssignedLicence {
-                sku_id: sku_ids::MCOEV,
-                disabled_plans: vec![],
-            }],
-            remove: vec![],
-        })
-        .collect();
+    let changes = mcoev_for(&ids);
     let out = tenant.assign_licences(&changes).await;
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     let group = tenant
