@@ -95,26 +95,12 @@ impl Engine {
                     code: FailureCode::InvalidMessage,
                     detail: format!("the job cannot be planned: {error}"),
                 };
-                let _entered = span.enter();
-                tracing::error!(%error, "planning failed for good; the job is rejected");
-                drop(_entered);
-                work::complete_now(
-                    &mut tx,
-                    &identity,
-                    None,
-                    Outcome::Rejected,
-                    Counts::default(),
-                    vec![failure],
-                )
-                .await?;
-                tx.commit().await?;
-                emit(JobCompleted {
-                    job_id,
-                    job_type,
-                    outcome: Outcome::Rejected,
-                    counts: &Counts::default(),
-                    failures: 1,
+                span.in_scope(|| {
+                    tracing::error!(%error, "planning failed for good; the job is rejected");
                 });
+                complete_at_planning(&mut tx, &identity, None, Outcome::Rejected, vec![failure])
+                    .await?;
+                tx.commit().await?;
                 Ok(true)
             }
             Ok(chunks_planned) => {
@@ -249,23 +235,28 @@ impl Engine {
                 (Outcome::Succeeded, Some(subject), vec![])
             }
         };
-        let failures_listed = failures.len();
-        work::complete_now(
-            tx,
-            &identity,
-            subject.as_ref(),
-            outcome,
-            Counts::default(),
-            failures,
-        )
-        .await?;
-        emit(JobCompleted {
-            job_id: job.id,
-            job_type,
-            outcome,
-            counts: &Counts::default(),
-            failures: failures_listed,
-        });
+        complete_at_planning(tx, &identity, subject.as_ref(), outcome, failures).await?;
         Ok(false)
     }
+}
+
+/// Complete a job in its planning transaction, with no item done: rejected, failed, or
+/// accepted with nothing to do.
+async fn complete_at_planning(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    identity: &JobIdentity<'_>,
+    subject: Option<&serde_json::Value>,
+    outcome: Outcome,
+    failures: Vec<Failure>,
+) -> Result<(), EngineError> {
+    let failures_listed = failures.len();
+    work::complete_now(tx, identity, subject, outcome, Counts::default(), failures).await?;
+    emit(JobCompleted {
+        job_id: identity.id,
+        job_type: identity.job_type,
+        outcome,
+        counts: &Counts::default(),
+        failures: failures_listed,
+    });
+    Ok(())
 }
