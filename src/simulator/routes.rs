@@ -525,15 +525,12 @@ impl Shared {
             "value": page,
         });
         if let Some(next) = next {
-            let mut link = format!("{base}/v1.0/groups/{group}/members?");
-            if let Some(s) = selection {
-                link.push_str(&format!("$select={}&", pct_encode(s)));
-            }
-            if query_param(q, "$top").is_some() {
-                link.push_str(&format!("$top={page_size}&"));
-            }
-            link.push_str(&format!("$skiptoken={next}"));
-            out["@odata.nextLink"] = json!(link);
+            out["@odata.nextLink"] = json!(next_link(
+                format!("{base}/v1.0/groups/{group}/members"),
+                q,
+                page_size,
+                next
+            ));
         }
         Ok(out)
     }
@@ -571,15 +568,12 @@ impl Shared {
             } else {
                 "memberOf"
             };
-            let mut link = format!("{base}/v1.0/users/{}/{path}?", pct_encode(user));
-            if let Some(s) = selection {
-                link.push_str(&format!("$select={}&", pct_encode(s)));
-            }
-            if query_param(q, "$top").is_some() {
-                link.push_str(&format!("$top={page_size}&"));
-            }
-            link.push_str(&format!("$skiptoken={next}"));
-            out["@odata.nextLink"] = json!(link);
+            out["@odata.nextLink"] = json!(next_link(
+                format!("{base}/v1.0/users/{}/{path}", pct_encode(user)),
+                q,
+                page_size,
+                next
+            ));
         }
         Ok(out)
     }
@@ -922,4 +916,23 @@ async fn fail_next(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -
 async fn revoke_tokens(State(shared): State<Arc<Shared>>) -> StatusCode {
     shared.revoke_tokens();
     StatusCode::NO_CONTENT
+}
+
+/// The absolute `@odata.nextLink` of a paged collection at `url`: the request's `$select`, its
+/// `$top` (when it gave one) and the `$skiptoken` of the next page.
+fn next_link(
+    url: String,
+    q: &[(String, String)],
+    page_size: usize,
+    next: impl std::fmt::Display,
+) -> String {
+    let mut link = url + "?";
+    if let Some(s) = query_param(q, "$select") {
+        link.push_str(&format!("$select={}&", pct_encode(s)));
+    }
+    if query_param(q, "$top").is_some() {
+        link.push_str(&format!("$top={page_size}&"));
+    }
+    link.push_str(&format!("$skiptoken={next}"));
+    link
 }
