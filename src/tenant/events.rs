@@ -41,6 +41,17 @@ impl RetryReason {
 }
 
 /// Counts answers by operation and status class, and 429s on their own.
+fn record_duration(op: Operation, elapsed: Duration) {
+    metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => op.as_str())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A request that got no answer (connection, timeout, body).
+fn count_unreachable(op: Operation) {
+    metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => op.as_str(), "status" => "network")
+        .increment(1);
+}
+
 fn count_answer(op: Operation, status: u16) {
     metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => op.as_str(), "status" => m::status_class(status))
         .increment(1);
@@ -75,10 +86,9 @@ pub(crate) struct GraphAnswered<'a> {
 
 impl InternalEvent for GraphAnswered<'_> {
     fn emit(self) {
-        let elapsed = self.elapsed.as_secs_f64();
-        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => self.op.as_str())
-            .record(elapsed);
+        record_duration(self.op, self.elapsed);
         count_answer(self.op, self.status);
+        let elapsed = self.elapsed.as_secs_f64();
         let request_id = self.request_id.unwrap_or_default();
         if (200..300).contains(&self.status) {
             tracing::debug!(
@@ -112,10 +122,8 @@ pub(crate) struct GraphUnreachable<'a> {
 
 impl InternalEvent for GraphUnreachable<'_> {
     fn emit(self) {
-        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => self.op.as_str())
-            .record(self.elapsed.as_secs_f64());
-        metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => self.op.as_str(), "status" => "network")
-            .increment(1);
+        record_duration(self.op, self.elapsed);
+        count_unreachable(self.op);
         tracing::debug!(
             operation = self.op.as_str(),
             error = %self.error,
@@ -233,10 +241,9 @@ pub(crate) struct TokenEndpointAnswered {
 
 impl InternalEvent for TokenEndpointAnswered {
     fn emit(self) {
-        let op = Operation::Token.as_str();
-        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => op)
-            .record(self.elapsed.as_secs_f64());
-        metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => op, "status" => m::status_class(self.status))
+        // Not `count_answer`: a 429 of the token endpoint is not a throttled Graph call.
+        record_duration(Operation::Token, self.elapsed);
+        metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => Operation::Token.as_str(), "status" => m::status_class(self.status))
             .increment(1);
     }
 }
@@ -248,11 +255,8 @@ pub(crate) struct TokenEndpointUnreachable {
 
 impl InternalEvent for TokenEndpointUnreachable {
     fn emit(self) {
-        let op = Operation::Token.as_str();
-        metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => op)
-            .record(self.elapsed.as_secs_f64());
-        metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => op, "status" => "network")
-            .increment(1);
+        record_duration(Operation::Token, self.elapsed);
+        count_unreachable(Operation::Token);
     }
 }
 
