@@ -49,11 +49,11 @@ impl Application {
         let pool = store::pool(&settings.database);
         let health = Health::new(pool.clone());
         let tenant: Arc<dyn Tenant> =
-            if settings.tenant.shared_write_budget && settings.tenant.writes_per_second > 0.0 {
+            if settings.tenant.shared_write_budget && settings.tenant.effective_writes_per_second() > 0.0 {
                 let budget = PgWriteBudget::new(
                     pool.clone(),
                     "tenant-writes",
-                    settings.tenant.writes_per_second,
+                    settings.tenant.effective_writes_per_second(),
                     settings.tenant.write_burst,
                 );
                 Arc::new(GraphClient::with_write_budget(
@@ -156,7 +156,7 @@ impl Application {
                     clock,
                 ) {
                     Ok(engine) => {
-                        Arc::new(engine.with_items_per_second(settings.tenant.writes_per_second))
+                        Arc::new(engine.with_items_per_second(settings.tenant.effective_writes_per_second()))
                     }
                     Err(error) => {
                         tracing::error!(%error, "cannot start the engine");

@@ -70,9 +70,9 @@ impl std::fmt::Debug for GraphClient {
 impl GraphClient {
     /// A client with the in-process write budget of `settings` (`writes_per_second`, `write_burst`).
     pub fn new(settings: TenantSettings) -> Result<Self, TenantError> {
-        let budget: Arc<dyn WriteBudget> = if settings.writes_per_second > 0.0 {
+        let budget: Arc<dyn WriteBudget> = if settings.effective_writes_per_second() > 0.0 {
             Arc::new(LocalTokenBucket::new(
-                settings.writes_per_second,
+                settings.effective_writes_per_second(),
                 settings.write_burst,
             ))
         } else {

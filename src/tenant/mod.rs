@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod graph;
 pub mod model;
+pub mod priority;
 pub mod rate;
 pub mod settings;
 pub mod skus;
@@ -34,6 +35,7 @@ pub use model::{
     AssignedLicence, EnsuredLicence, Group, GroupMember, LicenceChange, LicenceOutcome, NewGroup,
     NewUser, UserLicenceState, UserRef,
 };
+pub use priority::Priority;
 pub use rate::{LocalTokenBucket, Unlimited, WriteBudget};
 pub use settings::TenantSettings;
 pub use skus::{ServicePlan, Sku, SkuCatalogue};

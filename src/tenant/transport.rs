@@ -279,7 +279,7 @@ impl Transport {
 
     /// Whether writes are limited by a budget (then write `$batch` calls hold at most `write_burst`).
     pub(crate) fn write_limited(&self) -> bool {
-        self.settings.writes_per_second > 0.0
+        self.settings.effective_writes_per_second() > 0.0
     }
 
     /// Attempts per request or item, the first included (`tenant.max_attempts`).
@@ -377,6 +377,9 @@ impl Transport {
                 .request(method.clone(), url)
                 .bearer_auth(token.expose_secret())
                 .header(CLIENT_REQUEST_ID, &client_request_id);
+            if let Some(priority) = super::priority::current() {
+                req = req.header(super::priority::THROTTLE_PRIORITY, priority.as_header());
+            }
             if let Some(b) = body {
                 req = req.json(b);
             }
