@@ -100,7 +100,10 @@ impl TenantSettings {
         if !(self.tenant_quota_share > 0.0 && self.tenant_quota_share <= 1.0) {
             return Err(super::ConfigError::invalid(
                 "tenant.tenant_quota_share",
-                format!("must be above 0 and at most 1 ({})", self.tenant_quota_share),
+                format!(
+                    "must be above 0 and at most 1 ({})",
+                    self.tenant_quota_share
+                ),
             ));
         }
         Ok(())

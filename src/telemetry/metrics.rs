@@ -107,6 +107,9 @@ pub const TENANT_OPERATIONS: &[&str] = &[
     "add_member",
     "remove_member",
     "create_user",
+    "find_users",
+    "ensure_group",
+    "add_members_bulk",
     "batch",
 ];
 /// Values of the `status` label of [`TENANT_REQUESTS_TOTAL`].

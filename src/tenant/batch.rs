@@ -156,7 +156,7 @@ impl Transport {
             .collect::<Vec<_>>() });
         let url = format!("{}/$batch", self.root);
         let raw = match self
-            .send(Operation::Batch, Method::POST, &url, Some(&body))
+            .send(Operation::Batch, Method::POST, &url, Some(&body), &[])
             .await
         {
             Ok(raw) if raw.is_success() => raw,
