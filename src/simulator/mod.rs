@@ -4,7 +4,24 @@
 //! `subscribedSkus`, users, `assignLicense`, groups and members, a user's `memberOf`, `$batch`)
 //! with Graph's JSON and error shapes, throttling (429 + `Retry-After`), latency and faults
 //! (503s with `Retry-After`), a `request-id` and the echoed `client-request-id` on every response
-//! and inner `$batch` response, and exposes what reached it at `/_sim/*`:
+//! and inner `$batch` response. Beyond the basics it serves, as Graph documents them:
+//!
+//! | call | what it does (stats kind) |
+//! |---|---|
+//! | `GET /v1.0/users?$filter=…&$select&$top&$count` | users by `userPrincipalName eq`, `mail eq`, `proxyAddresses/any(p:p eq 'smtp:…')`, `otherMails/any(…)`, with `and`/`or`, from indexes, with or without `ConsistencyLevel: eventual`; `@odata.count` only with that header; other filters 400 `Request_UnsupportedQuery` (`list_users`) |
+//! | `POST /v1.0/users` | refuses UPNs outside Entra ID's rules and usage locations that are not two letters; `mail` becomes the primary proxy address |
+//! | `PATCH /v1.0/users/{id or upn}` | `usageLocation`; 204 (`update_user`) |
+//! | `GET /v1.0/groups/{id}`, `GET /v1.0/groups(uniqueName='…')` | a group, `$select` (`get_group`) |
+//! | `PATCH /v1.0/groups/{id}` | properties and `members@odata.bind` (at most 20, all or none); 204 (`update_group`) |
+//! | `PATCH /v1.0/groups(uniqueName='…')` | with `Prefer: create-if-missing` creates (201) or updates (204); without it, a missing group is 404 (`upsert_group`) |
+//! | `GET /v1.0/groups/{id}/members/$count` | `text/plain` count, needs `ConsistencyLevel: eventual` (`count_members`) |
+//! | `POST /v1.0/$batch` | ids case-insensitive and unique; `dependsOn` runs dependencies first, and a request whose dependency failed answers 424 |
+//! | any known path, wrong method | 405 `Request_BadRequest` (`method_not_allowed`) |
+//! | `GET /{tenant}/v2.0/.well-known/openid-configuration`, `GET /{tenant}/discovery/v2.0/keys` | the token service's discovery document (pointing at the simulator) and its (empty) key set |
+//!
+//! Every Graph 401 carries Graph's `WWW-Authenticate: Bearer …` challenge. Seeded users may have
+//! `mail`, `proxyAddresses` and `otherMails`, seeded groups a `uniqueName` (see [`Seed`]). What
+//! reached the simulator is exposed at `/_sim/*`:
 //!
 //! | route | purpose |
 //! |---|---|

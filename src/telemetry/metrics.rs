@@ -142,6 +142,15 @@ pub const SIMULATOR_ROUTES: &[&str] = &[
     "add_member",
     "remove_member",
     "batch",
+    "list_users",
+    "update_user",
+    "get_group",
+    "update_group",
+    "upsert_group",
+    "count_members",
+    "method_not_allowed",
+    "openid_configuration",
+    "jwks",
     "invalid",
 ];
 
