@@ -90,16 +90,23 @@ pub fn test_settings(id: &str, options: &AppOptions) -> Settings {
 pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
     init_test_logs();
     let id = crate::kit::run_id();
-    let sim = SimThread::start(
-        options
-            .simulator
-            .clone()
-            .unwrap_or_else(SimulatorSettings::for_tests),
-    );
+    let realistic = crate::kit::realistic_tenant();
+    let sim = SimThread::start(options.simulator.clone().unwrap_or_else(|| {
+        if realistic {
+            SimulatorSettings::realistic()
+        } else {
+            SimulatorSettings::for_tests()
+        }
+    }));
+    // Writes show in reads at once in the default simulator: a short verify window keeps tests
+    // of writes that failed (and are re-read before they are sent again) quick. The realistic
+    // one lags up to 15 s.
+    let verify_within = if realistic { "20000" } else { "1500" };
     let defaults = env::simulated_tenant(&sim.base_url).into_iter().chain([
         ("TENANT__RETRY_MIN_DELAY_MS", "10".into()),
         ("TENANT__RETRY_MAX_DELAY_MS", "200".into()),
         ("ENGINE__POLL_INTERVAL_MS", "50".into()),
+        ("ENGINE__VERIFY_WITHIN_MS", verify_within.into()),
     ]);
     for (key, value) in defaults {
         if !options.env.iter().any(|(k, _)| k == key) {

@@ -16,6 +16,7 @@ mod ops;
 mod outbox;
 mod policy;
 mod portal;
+mod realistic;
 mod reconnect;
 mod roles;
 mod schedule;

@@ -28,6 +28,14 @@ use policy_reconciler::configuration::Settings;
 use uuid::Uuid;
 
 /// A fresh id for a run: 12 hex digits, short enough for database and queue names.
+/// Whether this run's tests use a tenant simulator with the `realistic` profile
+/// (`RECONCILER_TEST_TENANT=realistic`): replication lag, objects missing for a while, writes
+/// applied then failed, Graph's throttling. The README's test command runs the end-to-end
+/// tests of policies, roles and portal access a second time so.
+pub fn realistic_tenant() -> bool {
+    std::env::var("RECONCILER_TEST_TENANT").is_ok_and(|v| v == "realistic")
+}
+
 pub fn run_id() -> String {
     Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
