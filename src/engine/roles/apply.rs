@@ -3,7 +3,7 @@
 //! and confirmed, then additions, under the item retry policy ([`crate::engine::retry`]); then
 //! settle the stored role: a grant realised (and its email), a grant failed, a removal done.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -35,8 +35,23 @@ impl Writes {
     }
 }
 
+/// Graph's limit of members added by one `PATCH` of a group (microsoft-graph-docs-contrib
+/// `api-reference/v1.0/api/group-post-members.md`).
+const MAX_MEMBERS_PER_PATCH: usize = 20;
+
+/// Which part of an item's reconciliation an attempt does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// End the memberships no longer wanted, confirm it, and say what is missing.
+    Removals,
+    /// Everything: removals, additions, and confirming both.
+    All,
+}
+
 /// How one attempt at an item ended.
 enum Attempt {
+    /// Removals are done (step [`Step::Removals`]); these groups are still to be joined.
+    Missing(Vec<String>),
     /// The tenant holds the desired memberships (or, in a dry run, `would_change` says).
     Done {
         would_change: bool,
@@ -68,45 +83,103 @@ pub(super) fn mail_nickname(display_name: &str) -> String {
         .collect()
 }
 
-/// Reconcile each item's user, one after another (see the module docs).
+/// Reconcile the items' users (see the module docs), in three passes over the round, under
+/// one transaction that holds every user's advisory lock (taken in address order, so two
+/// rounds never wait for each other in a circle):
+///
+/// 1. each user's memberships to end are removed and the removal confirmed, and the groups
+///    they miss are noted;
+/// 2. users who miss the same group join it together, up to 20 per `PATCH` (Graph's
+///    `members@odata.bind`; a mapping change moves up to ten admins at once);
+/// 3. each user's memberships are read back until the tenant shows them (adding singly what
+///    the shared requests could not), and the stored role is settled.
 pub(super) async fn apply<P: Sync>(
     names: &GroupNames,
     ctx: &ApplyContext<'_, P>,
     items: &[WorkItem<ItemSpec>],
 ) -> Result<Vec<ItemResult>, EngineError> {
     let mut groups = HashMap::new();
-    let mut results = Vec::with_capacity(items.len());
+    let mut tx = ctx.pool.begin().await?;
+    // Held until the round settles: no other job's writes for these users interleave.
+    let mut emails: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    emails.sort_unstable();
+    emails.dedup();
+    for email in emails {
+        roles::lock_user(&mut tx, email).await?;
+    }
+    let mut prepared = Vec::with_capacity(items.len());
     for item in items {
+        prepared.push(prepare(names, ctx, &mut tx, item).await?);
+    }
+
+    // 1. Removals, confirmed; what is missing.
+    let mut missing: Vec<Option<Vec<String>>> = vec![None; items.len()];
+    for (i, p) in prepared.iter_mut().enumerate() {
         if ctx.cancel.is_cancelled() {
             break;
         }
-        match apply_item(names, ctx, item, &mut groups).await? {
-            Some(result) => results.push(result),
+        match run(ctx, &mut groups, p, Step::Removals).await? {
+            Some(Attempt::Missing(names)) => missing[i] = Some(names),
+            Some(ended) => p.ended = Some(ended),
             None => break,
         }
     }
+
+    // 2. Shared additions.
+    if !ctx.job.dry_run && !ctx.cancel.is_cancelled() {
+        add_together(ctx, &mut groups, &mut prepared, &missing).await;
+    }
+
+    // 3. Confirm (adding singly what is still missing), settle.
+    let mut results = Vec::with_capacity(items.len());
+    for p in &mut prepared {
+        if ctx.cancel.is_cancelled() {
+            break;
+        }
+        let ended = match p.ended.take() {
+            Some(ended) => ended,
+            None => match run(ctx, &mut groups, p, Step::All).await? {
+                Some(ended) => ended,
+                None => break,
+            },
+        };
+        results.push(finish(ctx, &mut tx, p, ended).await?);
+    }
+    tx.commit().await?;
     Ok(results)
 }
 
-/// Returns `None` when cancelled before the item settled (it is retried with the chunk).
-async fn apply_item<P: Sync>(
-    names: &GroupNames,
+/// An item's desired state, read under its user's lock, and what has been written for it.
+struct Prepared<'n> {
+    seq: i32,
+    email: String,
+    stored: Option<StoredRole>,
+    own_grant: bool,
+    held: bool,
+    desired: BTreeSet<String>,
+    scope: Scope<'n>,
+    /// The user's object id, once read.
+    user: Option<Uuid>,
+    writes: Writes,
+    last_error: Option<TenantError>,
+    /// How the item ended in the first pass, when it needs no addition.
+    ended: Option<Attempt>,
+}
+
+async fn prepare<'n, P: Sync>(
+    names: &'n GroupNames,
     ctx: &ApplyContext<'_, P>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     item: &WorkItem<ItemSpec>,
-    groups: &mut HashMap<String, Group>,
-) -> Result<Option<ItemResult>, EngineError> {
+) -> Result<Prepared<'n>, EngineError> {
     let spec = item.spec.clone().unwrap_or_default();
     let dry_run = ctx.job.dry_run;
     let job = ctx.job.id;
     let email = item.key.as_str();
-
-    // Held until the item settles: no other job's writes for this user interleave.
-    let mut tx = ctx.pool.begin().await?;
-    roles::lock_user(&mut tx, email).await?;
     let stored = if dry_run {
         None
     } else {
-        roles::stored_role(&mut *tx, email).await?
+        roles::stored_role(&mut **tx, email).await?
     };
     // This job's own grant: its item keeps trying to realise it even once marked failed (a
     // retried or taken-over item finds its earlier failure recorded).
@@ -117,7 +190,9 @@ async fn apply_item<P: Sync>(
         spec.preview.as_ref().and_then(|p| p.holding.clone())
     } else {
         match &stored {
-            Some(s) if s.state.is_held() || own_grant => Some(holding_of(&mut *tx, &s.role).await?),
+            Some(s) if s.state.is_held() || own_grant => {
+                Some(holding_of(&mut **tx, &s.role).await?)
+            }
             _ => None,
         }
     };
@@ -140,71 +215,149 @@ async fn apply_item<P: Sync>(
             .collect(),
         sweep: spec.sweep,
     };
+    Ok(Prepared {
+        seq: item.seq,
+        email: email.to_owned(),
+        stored,
+        own_grant,
+        held: holding.is_some(),
+        desired,
+        scope,
+        user: None,
+        writes: Writes::default(),
+        last_error: None,
+        ended: None,
+    })
+}
 
-    let mut writes = Writes::default();
-    let mut last_error = None;
-    let mut ended = None;
-    // Attempts count transient failures; a write that reads do not show yet is re-read (not
-    // re-sent) for as long as the verify window allows (see `engine::retry`).
+/// Attempts at one step of an item until it ends: `None` when cancelled first (the item is
+/// retried with its chunk). Attempts count transient failures; a write that reads do not show
+/// yet is re-read (not re-sent) for as long as the verify window allows (see `engine::retry`).
+async fn run<P: Sync>(
+    ctx: &ApplyContext<'_, P>,
+    groups: &mut HashMap<String, Group>,
+    p: &mut Prepared<'_>,
+    step: Step,
+) -> Result<Option<Attempt>, EngineError> {
     let (mut failed_attempts, mut pauses) = (0, 0);
     loop {
         if pauses > 0 && !ctx.retry.wait(pauses, ctx.cancel).await {
             return Ok(None);
         }
         pauses += 1;
-        let result = reconcile(ctx, groups, email, &desired, &scope, &mut writes).await?;
+        let result = reconcile(ctx, groups, p, step).await?;
         match result {
             Attempt::Retry(error @ TenantError::NotConverged(_))
-                if writes
+                if p
+                    .writes
                     .at
                     .is_some_and(|at| at.elapsed() < ctx.retry.verify_within()) =>
             {
-                last_error = Some(error);
+                p.last_error = Some(error);
             }
             Attempt::Retry(error) => {
-                last_error = Some(error);
+                p.last_error = Some(error.clone());
                 failed_attempts += 1;
                 if failed_attempts >= ctx.retry.attempts() {
-                    break;
+                    return Ok(Some(Attempt::Retry(error)));
                 }
             }
-            done => {
-                ended = Some(done);
-                break;
-            }
+            done => return Ok(Some(done)),
         }
     }
-    let wrote = !writes.accepted.is_empty();
+}
+
+/// The item's result, and its stored role settled (see [`settled`]).
+async fn finish<P: Sync>(
+    ctx: &ApplyContext<'_, P>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    p: &mut Prepared<'_>,
+    ended: Attempt,
+) -> Result<ItemResult, EngineError> {
+    let job = ctx.job.id;
+    let wrote = !p.writes.accepted.is_empty();
     let result = match ended {
-        Some(Attempt::Done { would_change }) => {
+        Attempt::Done { would_change } => {
             let outcome = if wrote || would_change {
                 ItemOutcome::Changed
             } else {
                 ItemOutcome::AlreadyCompliant
             };
-            if !dry_run {
-                settled(&mut tx, job, email, holding.is_some(), stored.as_ref()).await?;
+            if !ctx.job.dry_run {
+                settled(tx, job, &p.email, p.held, p.stored.as_ref()).await?;
             }
-            ItemResult::ok(item.seq, outcome)
+            ItemResult::ok(p.seq, outcome)
         }
-        Some(Attempt::Fail(code, detail)) => ItemResult::failed(item.seq, code, detail),
-        Some(Attempt::Retry(_)) | None => {
-            let error = last_error.unwrap_or(TenantError::Transient("no attempt".into()));
+        Attempt::Fail(code, detail) => ItemResult::failed(p.seq, code, detail),
+        Attempt::Retry(_) | Attempt::Missing(_) => {
+            let error = p
+                .last_error
+                .take()
+                .unwrap_or(TenantError::Transient("no attempt".into()));
             let code = if wrote && matches!(error, TenantError::NotConverged(_)) {
                 FailureCode::VerificationFailed
             } else {
                 failure_code(&error)
             };
-            ItemResult::failed(item.seq, code, error.to_string())
+            ItemResult::failed(p.seq, code, error.to_string())
         }
     };
-    if result.outcome == ItemOutcome::Failed && own_grant && holding.is_some() {
+    if result.outcome == ItemOutcome::Failed && p.own_grant && p.held {
         // The grant's tenant work failed: it holds no place under the limit any more, and a
         // new assign for the user is a grant again (with its email once realised).
-        roles::mark_failed(&mut tx, email, job).await?;
+        roles::mark_failed(tx, &p.email, job).await?;
     }
-    tx.commit().await?;
-    Ok(Some(result))
+    Ok(result)
+}
+
+/// Users missing the same group join it together, up to 20 per `PATCH`
+/// ([`Tenant::add_members_at_once`](crate::tenant::Tenant::add_members_at_once)). A request
+/// that fails (one user already a member, a 5xx, a group too new to take members) adds
+/// nothing certain: its users are left to the third pass, which reads them and adds singly
+/// what is still missing.
+async fn add_together<P: Sync>(
+    ctx: &ApplyContext<'_, P>,
+    groups: &mut HashMap<String, Group>,
+    prepared: &mut [Prepared<'_>],
+    missing: &[Option<Vec<String>>],
+) {
+    let mut joining: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, names) in missing.iter().enumerate() {
+        for name in names.iter().flatten() {
+            joining.entry(name.clone()).or_default().push(i);
+        }
+    }
+    for (name, members) in joining {
+        // A group joined by one user only is left to the single add of the third pass.
+        if members.len() < 2 {
+            continue;
+        }
+        let mut created = None;
+        let Ok(Some(group)) = group(ctx, groups, &name, true, &mut created).await else {
+            continue;
+        };
+        if let Some(at) = created {
+            for &i in &members {
+                prepared[i].writes.at = Some(at);
+            }
+        }
+        for part in members.chunks(MAX_MEMBERS_PER_PATCH) {
+            let ids: Vec<Uuid> = part.iter().filter_map(|&i| prepared[i].user).collect();
+            if ids.len() < 2 {
+                continue;
+            }
+            match ctx.tenant.add_members_at_once(group.id, &ids).await {
+                Ok(()) => {
+                    for &i in part {
+                        prepared[i].writes.accepted_now(group.id, true);
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(group = %name, %error, users = ids.len(), "adding members together failed; adding them one by one");
+                }
+            }
+        }
+    }
 }
 
 /// The tenant shows the desired memberships: a grant not yet realised is now (and its email
@@ -300,17 +453,24 @@ async fn group<P: Sync>(
 async fn reconcile<P: Sync>(
     ctx: &ApplyContext<'_, P>,
     cache: &mut HashMap<String, Group>,
-    email: &str,
-    desired: &BTreeSet<String>,
-    scope: &Scope<'_>,
-    writes: &mut Writes,
+    p: &mut Prepared<'_>,
+    step: Step,
 ) -> Result<Attempt, EngineError> {
     let dry_run = ctx.job.dry_run;
-    let user = match users::read_users(ctx.pool, ctx.tenant.as_ref(), &[email.to_owned()])
-        .await?
-        .pop()
-    {
-        Some(Ok(state)) => state.id,
+    let (email, desired, scope) = (p.email.as_str(), &p.desired, &p.scope);
+    let writes = &mut p.writes;
+    let found = match p.user {
+        Some(id) => Some(Ok(id)),
+        None => users::read_users(ctx.pool, ctx.tenant.as_ref(), &[email.to_owned()])
+            .await?
+            .pop()
+            .map(|r| r.map(|state| state.id)),
+    };
+    let user = match found {
+        Some(Ok(id)) => {
+            p.user = Some(id);
+            id
+        }
         // A user who does not exist holds no membership: nothing to remove.
         Some(Err(TenantError::UserNotFound(_))) if desired.is_empty() => {
             return Ok(Attempt::Done {
@@ -366,10 +526,21 @@ async fn reconcile<P: Sync>(
         }
     }
 
+    if step == Step::Removals {
+        return Ok(if missing.is_empty() {
+            Attempt::Done {
+                would_change: false,
+            }
+        } else {
+            Attempt::Missing(missing.into_iter().cloned().collect())
+        });
+    }
+
     // 2. Only then add the missing memberships, and confirm them too.
     let mut added = Vec::new();
     for name in missing {
-        let group = match group(ctx, cache, name, true, &mut writes.at).await {
+        let mut created = None;
+        let group = match group(ctx, cache, name, true, &mut created).await {
             Ok(Some(group)) => group,
             Ok(None) => {
                 return Ok(Attempt::Retry(TenantError::NotConverged(format!(
@@ -378,6 +549,9 @@ async fn reconcile<P: Sync>(
             }
             Err(error) => return Ok(classify(error)),
         };
+        if created.is_some() {
+            writes.at = created;
+        }
         if writes.accepted.contains(&(group.id, true)) {
             added.push(group);
             continue;
