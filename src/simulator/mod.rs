@@ -18,6 +18,7 @@
 //! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).
 pub mod catalogue;
 mod events;
+pub mod replica;
 mod routes;
 pub mod settings;
 pub mod state;
@@ -40,7 +41,7 @@ use tokio::task::JoinHandle;
 
 pub use catalogue::{Seed, default_catalogue, sku_ids};
 pub use routes::MAX_BATCH_REQUESTS;
-pub use settings::{SimulatorBehaviour, SimulatorSettings};
+pub use settings::{SimulatorBehaviour, SimulatorProfile, SimulatorSettings};
 pub use state::{GraphError, RequestIds, USAGE_LOCATION_MESSAGE};
 pub use stats::{StatsSnapshot, WriteLogEntry};
 

@@ -2,13 +2,22 @@
 //!
 //! Every operation takes the lock once, does O(1) or O(log n) work on indexed maps and returns a
 //! Graph-shaped JSON value or a [`GraphError`]. No operation scans all users.
-use std::collections::{BTreeSet, HashMap, HashSet};
+//!
+//! Eventual consistency ([`super::replica`]) lives in the lookup and mutation primitives: reads
+//! go through [`Directory::visible_user`], [`Directory::visible_group`] and the membership
+//! iterators, which in a lagging view show the version from before the writes not yet
+//! replicated; `insert_user`, `insert_group`, `assign_license` and the membership changes record
+//! those writes when a Graph call makes them. Routes built on these primitives inherit it.
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::ops::Bound;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::catalogue::{Seed, SeedSku};
+use super::replica::{self, Pending, View};
 
 /// An error in Graph's shape: `{"error":{"code","message"}}` with an HTTP status.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +147,178 @@ pub struct Directory {
     /// User id -> the groups they are a direct member of, ordered so that `memberOf` pages
     /// like `members` (a range after the skip token), without scanning every group.
     member_of: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// Writes of Graph calls not yet replicated.
+    replication: Replication,
+}
+
+/// An object or membership with a write not yet replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Replicated {
+    User(Uuid),
+    Group(Uuid),
+    Membership { group: Uuid, user: Uuid },
+}
+
+/// The writes replicas have not seen yet ([`super::replica`]): per object its version from
+/// before them, per (group, user) whether the user was a member. Entries are dropped once
+/// replicated (`expiry`), so the store holds only the writes of the last lag window.
+#[derive(Default)]
+struct Replication {
+    /// User id -> the user as replicas show it (`None`: created, not yet replicated).
+    users: HashMap<Uuid, Pending<Option<User>>>,
+    /// Groups created, not yet replicated.
+    groups: HashMap<Uuid, Pending<()>>,
+    /// Group id -> user id -> whether replicas still show the user as a member.
+    members: HashMap<Uuid, BTreeMap<Uuid, Pending<bool>>>,
+    /// User id -> group id -> the same entries, for `memberOf`.
+    member_of: HashMap<Uuid, BTreeMap<Uuid, Pending<bool>>>,
+    /// When each entry is replicated, soonest first.
+    expiry: BinaryHeap<Reverse<(Instant, Replicated)>>,
+}
+
+impl Replication {
+    fn is_empty(&self) -> bool {
+        self.expiry.is_empty()
+    }
+
+    /// Drops the entries replicated by `now`.
+    fn prune(&mut self, now: Instant) {
+        while let Some(Reverse((at, key))) = self.expiry.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop();
+            match key {
+                Replicated::User(id) => {
+                    if self.users.get(&id).is_some_and(|p| !p.active(now)) {
+                        self.users.remove(&id);
+                    }
+                }
+                Replicated::Group(id) => {
+                    if self.groups.get(&id).is_some_and(|p| !p.active(now)) {
+                        self.groups.remove(&id);
+                    }
+                }
+                Replicated::Membership { group, user } => {
+                    drop_replicated(&mut self.members, group, user, now);
+                    drop_replicated(&mut self.member_of, user, group, now);
+                }
+            }
+        }
+    }
+
+    fn expires(&mut self, at: Instant, key: Replicated) {
+        self.expiry.push(Reverse((at, key)));
+    }
+
+    /// Records a change of `user` (its version `before` it; `None` when it was created).
+    fn user_written(&mut self, user: Uuid, before: Option<User>, now: Instant, lag: Duration) {
+        self.prune(now);
+        let mut slot = self.users.remove(&user);
+        let at = replica::record(&mut slot, before, now, lag);
+        self.users.extend(slot.map(|p| (user, p)));
+        self.expires(at, Replicated::User(user));
+    }
+
+    fn group_created(&mut self, group: Uuid, now: Instant, lag: Duration) {
+        self.prune(now);
+        let mut slot = None;
+        let at = replica::record(&mut slot, (), now, lag);
+        self.groups.extend(slot.map(|p| (group, p)));
+        self.expires(at, Replicated::Group(group));
+    }
+
+    /// Records a membership change; `was_member` is the membership before it.
+    fn membership_written(
+        &mut self,
+        group: Uuid,
+        user: Uuid,
+        was_member: bool,
+        now: Instant,
+        lag: Duration,
+    ) {
+        self.prune(now);
+        let by_group = self.members.entry(group).or_default();
+        let mut slot = by_group.remove(&user);
+        let at = replica::record(&mut slot, was_member, now, lag);
+        if let Some(p) = slot {
+            self.member_of
+                .entry(user)
+                .or_default()
+                .insert(group, p.clone());
+            by_group.insert(user, p);
+        }
+        self.expires(at, Replicated::Membership { group, user });
+    }
+}
+
+/// Drops `outer -> inner` from a pending-membership index once replicated.
+fn drop_replicated(
+    index: &mut HashMap<Uuid, BTreeMap<Uuid, Pending<bool>>>,
+    outer: Uuid,
+    inner: Uuid,
+    now: Instant,
+) {
+    if let Some(map) = index.get_mut(&outer) {
+        if map.get(&inner).is_some_and(|p| !p.active(now)) {
+            map.remove(&inner);
+        }
+        if map.is_empty() {
+            index.remove(&outer);
+        }
+    }
+}
+
+/// The ids of a membership set after `after`, in order, as the current view shows them: in a
+/// lagging view the (group, user) pairs with a change not yet replicated show their state from
+/// before it.
+fn membership_ids<'a>(
+    primary: Option<&'a BTreeSet<Uuid>>,
+    pending: Option<&'a BTreeMap<Uuid, Pending<bool>>>,
+    after: Option<Uuid>,
+) -> Box<dyn Iterator<Item = Uuid> + 'a> {
+    let range = (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
+    let primary = primary.into_iter().flat_map(move |s| s.range(range)).copied();
+    let lagging = replica::current().is_some_and(View::is_lagging);
+    let Some(pending) = pending.filter(|_| lagging) else {
+        return Box::new(primary);
+    };
+    let now = Instant::now();
+    let mut a = primary.peekable();
+    let mut b = pending.range(range).peekable();
+    Box::new(std::iter::from_fn(move || {
+        loop {
+            let (id, in_primary, change) = match (a.peek().copied(), b.peek()) {
+                (None, None) => return None,
+                (Some(x), Some((y, _))) if x < **y => (a.next()?, true, None),
+                (Some(_), Some(_)) => {
+                    let (y, p) = b.next()?;
+                    let same = a.next_if_eq(y).is_some();
+                    (*y, same, Some(p))
+                }
+                (Some(_), None) => (a.next()?, true, None),
+                (None, Some(_)) => {
+                    let (y, p) = b.next()?;
+                    (*y, false, Some(p))
+                }
+            };
+            let member = match change {
+                Some(p) if p.active(now) => p.before,
+                _ => in_primary,
+            };
+            if member {
+                return Some(id);
+            }
+        }
+    }))
+}
+
+/// The lag of a write made now, when a Graph call makes it and it is not replicated at once.
+fn write_lag() -> Option<(Instant, Duration)> {
+    match replica::current() {
+        Some(View::Write { lag, .. }) => lag.draw().map(|d| (Instant::now(), d)),
+        _ => None,
+    }
 }
 
 const USER_DEFAULT_PROPERTIES: &[&str] = &[
@@ -374,12 +555,18 @@ impl Directory {
                 "Another object with the same value for property userPrincipalName already exists.",
             ));
         }
+        if let Some((now, lag)) = write_lag() {
+            self.replication.user_written(user.id, None, now, lag);
+        }
         self.upn_index.insert(key, user.id);
         self.users.insert(user.id, user);
         Ok(())
     }
 
     fn insert_group(&mut self, group: Group) {
+        if let Some((now, lag)) = write_lag() {
+            self.replication.group_created(group.id, now, lag);
+        }
         self.group_names
             .entry(group.display_name.to_lowercase())
             .or_default()
@@ -387,12 +574,50 @@ impl Directory {
         self.groups.insert(group.id, group);
     }
 
-    /// Resolves an id or a user principal name (case-insensitive) to a user id.
-    pub fn resolve_user(&self, key: &str) -> Option<Uuid> {
-        match Uuid::parse_str(key) {
-            Ok(id) if self.users.contains_key(&id) => Some(id),
-            _ => self.upn_index.get(&key.to_lowercase()).copied(),
+    /// A user as the current Graph call's view shows it ([`super::replica`]): the primary's,
+    /// its version from before writes not yet replicated in a lagging view, or none when its
+    /// creation is not yet replicated and the view hides new objects. Outside a Graph call, the
+    /// primary's.
+    fn visible_user(&self, id: &Uuid) -> Option<&User> {
+        let primary = self.users.get(id);
+        if self.replication.is_empty() {
+            return primary;
         }
+        let (Some(view), Some(p)) = (replica::current(), self.replication.users.get(id)) else {
+            return primary;
+        };
+        if !p.active(Instant::now()) {
+            primary
+        } else if view.is_lagging() {
+            p.before.as_ref()
+        } else if view.hides_new() && p.before.is_none() {
+            None
+        } else {
+            primary
+        }
+    }
+
+    /// A group as the current Graph call's view shows it: none while its creation is not yet
+    /// replicated and the view hides new objects.
+    fn visible_group(&self, id: &Uuid) -> Option<&Group> {
+        let primary = self.groups.get(id);
+        if self.replication.is_empty() {
+            return primary;
+        }
+        match (replica::current(), self.replication.groups.get(id)) {
+            (Some(view), Some(p)) if view.hides_new() && p.active(Instant::now()) => None,
+            _ => primary,
+        }
+    }
+
+    /// Resolves an id or a user principal name (case-insensitive) to the id of a user the
+    /// current view shows.
+    pub fn resolve_user(&self, key: &str) -> Option<Uuid> {
+        let id = match Uuid::parse_str(key) {
+            Ok(id) if self.users.contains_key(&id) => id,
+            _ => *self.upn_index.get(&key.to_lowercase())?,
+        };
+        self.visible_user(&id).map(|_| id)
     }
 
     /// Number of users.
@@ -425,11 +650,12 @@ impl Directory {
 
     /// `GET /users/{id or upn}` with an optional `$select`.
     pub fn get_user(&self, key: &str, selection: Option<&str>) -> Result<Value, GraphError> {
-        let id = self
+        let user = self
             .resolve_user(key)
+            .and_then(|id| self.visible_user(&id))
             .ok_or_else(|| GraphError::not_found(key))?;
         select(
-            self.users[&id].json(),
+            user.json(),
             selection,
             Some(USER_DEFAULT_PROPERTIES),
             "user",
@@ -529,7 +755,12 @@ impl Directory {
             let i = self.sku_index[sku_id];
             self.skus[i].consumed = self.skus[i].consumed.saturating_sub(1);
         }
+        let lag = write_lag();
         let user = self.users.get_mut(&id).expect("resolved above");
+        if let Some((now, lag)) = lag {
+            self.replication
+                .user_written(id, Some(user.clone()), now, lag);
+        }
         user.licences = after;
         // Graph answers with the user's default properties (not its licences): clients must read.
         select(user.json(), None, Some(USER_DEFAULT_PROPERTIES), "user")
@@ -609,7 +840,12 @@ impl Directory {
     /// `GET /groups?$filter=displayName eq '…'` (the only filter supported).
     pub fn find_groups(&self, filter: Option<&str>) -> Result<Value, GraphError> {
         let Some(filter) = filter else {
-            let all: Vec<Value> = self.groups.values().map(Group::json).collect();
+            let all: Vec<Value> = self
+                .groups
+                .keys()
+                .filter_map(|id| self.visible_group(id))
+                .map(Group::json)
+                .collect();
             return Ok(json!({ "value": all }));
         };
         let name = parse_display_name_filter(filter).ok_or_else(|| {
@@ -622,7 +858,12 @@ impl Directory {
         let value: Vec<Value> = self
             .group_names
             .get(&name.to_lowercase())
-            .map(|ids| ids.iter().map(|id| self.groups[id].json()).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| self.visible_group(id))
+                    .map(Group::json)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(json!({ "value": value }))
     }
@@ -630,7 +871,7 @@ impl Directory {
     fn group(&self, key: &str) -> Result<&Group, GraphError> {
         Uuid::parse_str(key)
             .ok()
-            .and_then(|id| self.groups.get(&id))
+            .and_then(|id| self.visible_group(&id))
             .ok_or_else(|| GraphError::not_found(key))
     }
 
@@ -643,16 +884,17 @@ impl Directory {
         page_size: usize,
     ) -> Result<(Vec<Value>, Option<Uuid>), GraphError> {
         let group = self.group(group)?;
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut ids = group
-            .members
-            .range((start, Bound::Unbounded))
-            .take(page_size.max(1) + 1);
+        let mut ids = membership_ids(
+            Some(&group.members),
+            self.replication.members.get(&group.id),
+            after,
+        )
+        .filter_map(|id| self.visible_user(&id).map(|u| (id, u)));
         let mut page = Vec::new();
         let mut last = None;
-        for id in ids.by_ref().take(page_size.max(1)) {
+        for (id, user) in ids.by_ref().take(page_size.max(1)) {
             let mut v = select(
-                self.users[id].json(),
+                user.json(),
                 selection,
                 Some(USER_DEFAULT_PROPERTIES),
                 "user",
@@ -661,7 +903,7 @@ impl Directory {
                 m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
             }
             page.push(v);
-            last = Some(*id);
+            last = Some(id);
         }
         let more = ids.next().is_some();
         Ok((page, if more { last } else { None }))
@@ -681,7 +923,7 @@ impl Directory {
         let gid = self.group(group)?.id;
         let uid = Uuid::parse_str(user_key)
             .ok()
-            .filter(|id| self.users.contains_key(id))
+            .filter(|id| self.visible_user(id).is_some())
             .ok_or_else(|| GraphError::not_found(user_key))?;
         let g = self.groups.get_mut(&gid).expect("checked above");
         if !g.members.insert(uid) {
@@ -690,6 +932,10 @@ impl Directory {
             ));
         }
         self.member_of.entry(uid).or_default().insert(gid);
+        if let Some((now, lag)) = write_lag() {
+            self.replication
+                .membership_written(gid, uid, false, now, lag);
+        }
         Ok(uid)
     }
 
@@ -701,6 +947,10 @@ impl Directory {
             Ok(uid) if g.members.remove(&uid) => {
                 if let Some(groups) = self.member_of.get_mut(&uid) {
                     groups.remove(&gid);
+                }
+                if let Some((now, lag)) = write_lag() {
+                    self.replication
+                        .membership_written(gid, uid, true, now, lag);
                 }
                 Ok(())
             }
@@ -740,22 +990,21 @@ impl Directory {
         let uid = self
             .resolve_user(user)
             .ok_or_else(|| GraphError::not_found(user))?;
-        let empty = BTreeSet::new();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut ids = self
-            .member_of
-            .get(&uid)
-            .unwrap_or(&empty)
-            .range((start, Bound::Unbounded));
+        let mut ids = membership_ids(
+            self.member_of.get(&uid),
+            self.replication.member_of.get(&uid),
+            after,
+        )
+        .filter_map(|id| self.visible_group(&id).map(|g| (id, g)));
         let mut page = Vec::new();
         let mut last = None;
-        for id in ids.by_ref().take(page_size.max(1)) {
-            let mut v = select(self.groups[id].json(), selection, None, "group")?;
+        for (id, group) in ids.by_ref().take(page_size.max(1)) {
+            let mut v = select(group.json(), selection, None, "group")?;
             if let (true, Value::Object(m)) = (annotate, &mut v) {
                 m.insert("@odata.type".into(), json!("#microsoft.graph.group"));
             }
             page.push(v);
-            last = Some(*id);
+            last = Some(id);
         }
         let more = ids.next().is_some();
         Ok((page, if more { last } else { None }))
@@ -786,7 +1035,231 @@ fn parse_display_name_filter(filter: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::catalogue::{default_catalogue, sku_ids};
+    use super::super::replica::{Lag, enter};
     use super::*;
+
+    fn lag(ms: u64) -> Lag {
+        Lag {
+            max: Duration::from_millis(ms),
+            long_probability: 1.0,
+            long: Duration::from_millis(ms),
+        }
+    }
+
+    fn write(ms: u64, hide_new: bool) -> View {
+        View::Write {
+            hide_new,
+            lag: lag(ms),
+        }
+    }
+
+    /// A directory with one user (GB) and one group with no members; their ids.
+    fn directory() -> (Directory, Uuid, Uuid) {
+        let mut d = Directory::with_catalogue(&default_catalogue());
+        let (user, group) = (Uuid::new_v4(), Uuid::new_v4());
+        let seed: Seed = serde_json::from_value(json!({
+            "users": [{"id": user, "userPrincipalName": "a@example.org", "usageLocation": "GB"}],
+            "groups": [{"id": group, "displayName": "G"}],
+        }))
+        .unwrap();
+        d.seed(&seed).unwrap();
+        assert!(d.replication.is_empty(), "seeding is replicated at once");
+        (d, user, group)
+    }
+
+    fn licences(d: &Directory, user: Uuid) -> Result<usize, GraphError> {
+        let u = d.get_user(&user.to_string(), Some("assignedLicenses"))?;
+        Ok(u["assignedLicenses"].as_array().map_or(0, Vec::len))
+    }
+
+    fn e3() -> AssignLicense {
+        AssignLicense {
+            add: vec![(sku_ids::ENTERPRISEPACK, Vec::new())],
+            remove: Vec::new(),
+        }
+    }
+
+    fn member_ids(d: &Directory, group: Uuid) -> Vec<Uuid> {
+        let (page, _) = d
+            .members_page(&group.to_string(), Some("id"), None, 100)
+            .unwrap();
+        page.iter()
+            .map(|v| serde_json::from_value(v["id"].clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_lagging_replica_shows_the_user_before_the_licence_write() {
+        let (mut d, user, _) = directory();
+        {
+            let _w = enter(write(3_600_000, false));
+            d.assign_license(&user.to_string(), &e3()).unwrap();
+        }
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(licences(&d, user).unwrap(), 0);
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(licences(&d, user).unwrap(), 1);
+        }
+        // Inspection, outside any Graph call, reads the primary.
+        assert_eq!(d.user_json(&user.to_string()).unwrap()["assignedLicenses"].as_array().unwrap().len(), 1);
+        assert_eq!(licences(&d, user).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_write_becomes_visible_everywhere_after_its_lag() {
+        let (mut d, user, _) = directory();
+        {
+            let _w = enter(write(30, false));
+            d.assign_license(&user.to_string(), &e3()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        let _r = enter(View::Lagging);
+        assert_eq!(licences(&d, user).unwrap(), 1);
+        drop(_r);
+        // The next write drops the replicated entry.
+        let _w = enter(write(30, false));
+        d.create_group(&json!({"displayName": "H", "mailNickname": "H",
+            "mailEnabled": false, "securityEnabled": true}))
+            .unwrap();
+        assert!(!d.replication.users.contains_key(&user));
+    }
+
+    #[test]
+    fn without_lag_nothing_is_recorded_and_every_view_is_the_primary() {
+        let (mut d, user, group) = directory();
+        {
+            let _w = enter(write(0, true));
+            let lag0 = View::Write {
+                hide_new: true,
+                lag: Lag::default(),
+            };
+            let _w = enter(lag0);
+            d.assign_license(&user.to_string(), &e3()).unwrap();
+            d.add_member(&group.to_string(), &json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{user}")}))
+                .unwrap();
+        }
+        assert!(d.replication.is_empty());
+        let _r = enter(View::Lagging);
+        assert_eq!(licences(&d, user).unwrap(), 1);
+        assert_eq!(member_ids(&d, group), vec![user]);
+    }
+
+    #[test]
+    fn a_new_group_is_missing_until_replicated_even_to_writes() {
+        let (mut d, user, _) = directory();
+        let created = {
+            let _w = enter(write(3_600_000, false));
+            d.create_group(&json!({"displayName": "New", "mailNickname": "New",
+                "mailEnabled": false, "securityEnabled": true}))
+                .unwrap()
+        };
+        let gid = created["id"].as_str().unwrap().to_owned();
+        let filter = Some("displayName eq 'New'");
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(d.group(&gid).err().map(|e| e.code), Some("Request_ResourceNotFound"));
+            assert_eq!(d.find_groups(filter).unwrap()["value"], json!([]));
+            assert!(d.find_groups(None).unwrap()["value"].as_array().unwrap().iter().all(|g| g["id"] != gid.as_str()));
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(d.find_groups(filter).unwrap()["value"].as_array().unwrap().len(), 1);
+        }
+        let member = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{user}")});
+        {
+            let _w = enter(write(3_600_000, true));
+            let e = d.add_member(&gid, &member).unwrap_err();
+            assert_eq!((e.status, e.code), (404, "Request_ResourceNotFound"));
+        }
+        let _w = enter(write(3_600_000, false));
+        d.add_member(&gid, &member).unwrap();
+    }
+
+    #[test]
+    fn a_new_user_is_missing_to_reads_and_to_writes_that_name_it() {
+        let (mut d, _, group) = directory();
+        let created = {
+            let _w = enter(write(3_600_000, false));
+            d.create_user(&json!({"userPrincipalName": "new@example.org", "displayName": "N",
+                "mailNickname": "new", "accountEnabled": true, "usageLocation": "GB",
+                "passwordProfile": {"password": "x"}}))
+                .unwrap()
+        };
+        let uid = created["id"].as_str().unwrap().to_owned();
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(d.get_user(&uid, None).unwrap_err().status, 404);
+            assert_eq!(d.get_user("NEW@example.org", None).unwrap_err().status, 404);
+        }
+        {
+            let _w = enter(write(3_600_000, true));
+            assert_eq!(d.assign_license(&uid, &e3()).unwrap_err().status, 404);
+            let member = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{uid}")});
+            assert_eq!(d.add_member(&group.to_string(), &member).unwrap_err().status, 404);
+        }
+        let _w = enter(write(3_600_000, false));
+        d.assign_license(&uid, &e3()).unwrap();
+        assert!(d.user_json(&uid).is_some());
+    }
+
+    #[test]
+    fn lagging_replicas_show_memberships_from_before_their_changes() {
+        let (mut d, user, group) = directory();
+        let others: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let seed: Seed = serde_json::from_value(json!({
+            "users": others.iter().enumerate().map(|(i, id)| json!({"id": id,
+                "userPrincipalName": format!("o{i}@example.org")})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        d.seed(&seed).unwrap();
+        let reference = |u: &Uuid| json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{u}")});
+        // Replicated at once: others[0] and others[1] are members everywhere.
+        {
+            let _w = enter(write(0, false));
+            d.add_member(&group.to_string(), &reference(&others[0])).unwrap();
+            d.add_member(&group.to_string(), &reference(&others[1])).unwrap();
+        }
+        // Lagging: add user and others[2], remove others[0].
+        {
+            let _w = enter(write(3_600_000, false));
+            d.add_member(&group.to_string(), &reference(&user)).unwrap();
+            d.add_member(&group.to_string(), &reference(&others[2])).unwrap();
+            d.remove_member(&group.to_string(), &others[0].to_string()).unwrap();
+        }
+        let sorted = |mut v: Vec<Uuid>| {
+            v.sort();
+            v
+        };
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(member_ids(&d, group), sorted(vec![user, others[1], others[2]]));
+        }
+        let _r = enter(View::Lagging);
+        assert_eq!(member_ids(&d, group), sorted(vec![others[0], others[1]]));
+        // Pages of one, in order, through the skip tokens.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = d.members_page(&group.to_string(), Some("id"), after, 1).unwrap();
+            seen.extend(page.iter().map(|v| serde_json::from_value::<Uuid>(v["id"].clone()).unwrap()));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, sorted(vec![others[0], others[1]]));
+        let (groups, _) = d.member_of_page(&user.to_string(), None, false, None, 10).unwrap();
+        assert!(groups.is_empty());
+        let (groups, _) = d.member_of_page(&others[0].to_string(), None, false, None, 10).unwrap();
+        assert_eq!(groups.len(), 1);
+        drop(_r);
+        // Inspection reads the primary.
+        assert_eq!(d.group_names_of(&user.to_string()).unwrap(), vec!["G".to_owned()]);
+    }
 
     #[test]
     fn filter_unescapes_doubled_quotes() {
