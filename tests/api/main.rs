@@ -21,5 +21,6 @@ mod roles;
 mod schedule;
 mod shutdown;
 mod simulator;
+mod simulator_realism;
 mod tenant;
 mod throttle;
