@@ -100,8 +100,8 @@ pub struct SimulatorBehaviour {
     pub fault_rate: f64,
     /// Probability that a whole HTTP request is answered by dropping the connection.
     pub dropped_connection_rate: f64,
-    /// Probability that a write is applied and then answered with 500, 503 (with
-    /// `Retry-After`) or 504 (inside `$batch`, per inner request).
+    /// Probability that a write is applied and then answered with 500, or 503 or 504 (with
+    /// `Retry-After`); inside `$batch`, per inner request.
     pub applied_then_fault_rate: f64,
     /// Probability that a single (not `$batch`) write is applied and then its connection dropped.
     pub applied_then_dropped_rate: f64,
@@ -254,7 +254,9 @@ fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
     Ok(match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s),
-        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Some(v.to_string()),
+        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+            Some(v.to_string())
+        }
         Some(other) => return Err(D::Error::custom(format!("expected a string, got {other}"))),
     })
 }
@@ -291,7 +293,9 @@ impl<'de> Deserialize<'de> for SimulatorSettings {
             public_base_url: raw.public_base_url,
             seed_file: raw.seed_file,
             client_id: raw.client_id.unwrap_or(d.client_id),
-            client_secret: raw.client_secret.map_or(d.client_secret, SecretString::from),
+            client_secret: raw
+                .client_secret
+                .map_or(d.client_secret, SecretString::from),
             profile,
             behaviour,
         })
@@ -329,7 +333,9 @@ mod tests {
     /// The `[simulator]` section of `config/default.toml` with its commented-out `key = value`
     /// lines (the behaviour keys, documented with their default figures) made active.
     fn simulator_section_uncommented() -> String {
-        let start = DEFAULT_TOML.find("[simulator]").expect("a [simulator] section");
+        let start = DEFAULT_TOML
+            .find("[simulator]")
+            .expect("a [simulator] section");
         let section = &DEFAULT_TOML[start..];
         let end = section[1..].find("\n[").map_or(section.len(), |i| i + 1);
         section[..end]
@@ -431,6 +437,9 @@ mod tests {
             .patched(&serde_json::json!({"profile": "realistic", "fault_rate": 0.5}))
             .unwrap();
         assert_eq!(r.fault_rate, 0.5);
-        assert_eq!(r.replication_lag_ms, SimulatorBehaviour::realistic().replication_lag_ms);
+        assert_eq!(
+            r.replication_lag_ms,
+            SimulatorBehaviour::realistic().replication_lag_ms
+        );
     }
 }

@@ -4,13 +4,29 @@
 //! `subscribedSkus`, users, `assignLicense`, groups and members, a user's `memberOf`, `$batch`)
 //! with Graph's JSON and error shapes, throttling (429 + `Retry-After`), latency and faults
 //! (503s with `Retry-After`), a `request-id` and the echoed `client-request-id` on every response
-//! and inner `$batch` response, and exposes what reached it at `/_sim/*`:
+//! and inner `$batch` response, and exposes what reached it at `/_sim/*`.
+//!
+//! Graph's unkind behaviours, each switched by a [`SimulatorBehaviour`] knob (all off by
+//! default; `profile = "realistic"` / `--profile realistic` / [`SimulatorSettings::realistic`]
+//! turns them all on):
+//!
+//! | behaviour | knobs | follows |
+//! |---|---|---|
+//! | replication lag: a read may show an object as before a recent write (licences, group creation, membership), a new user or group is missing (404, absent from lists and filters), also to writes naming it | `replication_lag_ms`, `long_lag_probability`, `long_lag_ms`, `stale_read_probability`, `new_object_write_404_probability` | entra-docs `architecture.md` "Data consistency" ([`replica`]) |
+//! | faults not applied: 500, 503 + `Retry-After`; dropped connections | `fault_rate`, `dropped_connection_rate` | `concepts/errors.md` |
+//! | writes applied, then answered 500/503/504 (per inner `$batch` request), or their connection dropped | `applied_then_fault_rate`, `applied_then_dropped_rate` | no document promises a 5xx write was not applied |
+//! | 429 writes applied anyway | `throttled_write_applied_probability` | observed, undocumented |
+//! | throttling: resource units and writes per app, writes per tenant (all apps); 429s with `x-ms-throttle-scope` and `x-ms-throttle-information`, answers above 80 % of a limit with `x-ms-throttle-limit-percentage`; `x-ms-throttle-priority: low` writes throttled first above 80 % | `resource_units_per_window`, `writes_per_window`, `tenant_writes_per_window` and their windows | `concepts/throttling-limits.md`, identity section |
+//! | latency | `latency_ms`, `latency_jitter_ms` | |
+//!
+//! Inspection (`/_sim/users/…`, [`Shared::user`], [`Shared::groups_of`]) always reads the
+//! authoritative state. The admin routes:
 //!
 //! | route | purpose |
 //! |---|---|
-//! | `GET /_sim/stats` | [`StatsSnapshot`] as JSON |
+//! | `GET /_sim/stats` | [`StatsSnapshot`] as JSON (also writes by `x-ms-throttle-priority`) |
 //! | `POST /_sim/reset-stats` | clears the counters |
-//! | `GET /_sim/config`, `POST /_sim/config` | reads / patches the [`SimulatorBehaviour`] |
+//! | `GET /_sim/config`, `POST /_sim/config` | reads / patches the [`SimulatorBehaviour`] (every knob; `"profile"` starts from that profile's figures) |
 //! | `GET /_sim/users/{id or upn}` | a user with every property |
 //! | `POST /_sim/revoke-tokens` | invalidates every issued token |
 //! | `POST /_sim/fail-next` | `{"count":N,"status":503}`: the next N Graph calls fail (status 0: drop N connections) |

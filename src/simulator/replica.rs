@@ -5,8 +5,9 @@
 //! read-your-writes guarantee: its next read may be served by a replica the write has not
 //! reached (entra-docs `docs/architecture/architecture.md`, "Data consistency"). Objects just
 //! created can therefore answer 404 `Request_ResourceNotFound` for a while, to reads and to
-//! writes that name them (SupportArticles, "Request_ResourceNotFound" after creating a user or
-//! group; Graph's own `concepts/best-practices-concept.md` asks clients to expect it).
+//! writes that name them (Microsoft's SupportArticles on `Request_ResourceNotFound` just after
+//! an object is created; Graph's `concepts/best-practices-concept.md`, "Handling expected
+//! errors", lists 404 for a resource "not yet provisioned").
 //!
 //! The simulator models this per object. A write made by a Graph call records, beside the
 //! authoritative (primary) state, the object's version from before it and the instant the write
@@ -184,7 +185,12 @@ mod tests {
         assert_eq!(p.before, 1);
         assert_eq!(p.visible_at, now + Duration::from_secs(2));
         // Once replicated, a new write starts from its own state.
-        record(&mut slot, 3, now + Duration::from_secs(5), Duration::from_secs(1));
+        record(
+            &mut slot,
+            3,
+            now + Duration::from_secs(5),
+            Duration::from_secs(1),
+        );
         assert_eq!(slot.unwrap().before, 3);
     }
 }

@@ -111,13 +111,12 @@ impl SimResponse {
         .with_retry_after(t.retry_after.to_string());
         r.headers.push((
             "x-ms-throttle-scope",
-            format!(
-                "{}/{application_id}/{SIMULATED_TENANT_ID}",
-                t.limit.scope()
-            ),
+            format!("{}/{application_id}/{SIMULATED_TENANT_ID}", t.limit.scope()),
         ));
-        r.headers
-            .push(("x-ms-throttle-information", t.limit.information().to_owned()));
+        r.headers.push((
+            "x-ms-throttle-information",
+            t.limit.information().to_owned(),
+        ));
         r
     }
 
@@ -137,19 +136,21 @@ impl SimResponse {
     /// sample had (`Retry-After: 2.128`, `concepts/throttling.md`), so that clients must parse
     /// decimals.
     fn unavailable() -> Self {
-        let secs = rand::rng().random_range(1.0..=2.0_f64);
         Self::error(&GraphError::new(
             503,
             "serviceNotAvailable",
             "The service is temporarily unavailable. Please retry.",
         ))
-        .with_retry_after(format!("{secs:.3}"))
+        .with_retry_after(short_retry_after())
     }
 
     /// A 5xx other than 503 (500 `generalException`, 504 `gatewayTimeout`).
     fn server_error(status: u16) -> Self {
         let (code, message) = if status == 504 {
-            ("gatewayTimeout", "The gateway did not receive a response in time.")
+            (
+                "gatewayTimeout",
+                "The gateway did not receive a response in time.",
+            )
         } else {
             ("generalException", "An internal server error occurred.")
         };
@@ -200,6 +201,12 @@ impl SimResponse {
         }
         resp
     }
+}
+
+/// A `Retry-After` of one to two seconds, with a fraction (see [`SimResponse::unavailable`]).
+fn short_retry_after() -> String {
+    let secs = rand::rng().random_range(1.0..=2.0_f64);
+    format!("{secs:.3}")
 }
 
 fn now_ms() -> u64 {
@@ -445,10 +452,10 @@ impl Shared {
     }
 
     /// What happens to a write after it was applied: with `applied_then_dropped_rate` a single
-    /// request's connection is dropped, with `applied_then_fault_rate` it is answered 500, 503
-    /// (with `Retry-After`) or 504. Graph documents that a write answered with a 5xx or never
-    /// answered may have been applied (`concepts/best-practices-concept.md`, "Handling
-    /// expected errors": retry only idempotent requests).
+    /// request's connection is dropped, with `applied_then_fault_rate` it is answered 500, or
+    /// 503 or 504 (with `Retry-After`). No Graph document promises that a write answered with a 5xx,
+    /// or never answered, was not applied, so a client must read before writing again; the
+    /// simulator makes that case happen.
     fn after_applied(&self, r: SimResponse, single: bool) -> SimResponse {
         let (dropped, fault) = {
             let b = self.behaviour.read();
@@ -459,16 +466,14 @@ impl Shared {
         };
         let mut rng = rand::rng();
         if single && dropped > 0.0 && rng.random_bool(dropped) {
-            return SimResponse {
-                dropped: true,
-                ..r
-            };
+            return SimResponse { dropped: true, ..r };
         }
         if fault > 0.0 && rng.random_bool(fault) {
             return match rng.random_range(0..3) {
                 0 => SimResponse::server_error(500),
                 1 => SimResponse::unavailable(),
-                _ => SimResponse::server_error(504),
+                // The tenant contract: 503 and 504 may carry `Retry-After`.
+                _ => SimResponse::server_error(504).with_retry_after(short_retry_after()),
             };
         }
         r

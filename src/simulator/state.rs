@@ -277,8 +277,14 @@ fn membership_ids<'a>(
     pending: Option<&'a BTreeMap<Uuid, Pending<bool>>>,
     after: Option<Uuid>,
 ) -> Box<dyn Iterator<Item = Uuid> + 'a> {
-    let range = (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
-    let primary = primary.into_iter().flat_map(move |s| s.range(range)).copied();
+    let range = (
+        after.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    );
+    let primary = primary
+        .into_iter()
+        .flat_map(move |s| s.range(range))
+        .copied();
     let lagging = replica::current().is_some_and(View::is_lagging);
     let Some(pending) = pending.filter(|_| lagging) else {
         return Box::new(primary);
@@ -1105,7 +1111,13 @@ mod tests {
             assert_eq!(licences(&d, user).unwrap(), 1);
         }
         // Inspection, outside any Graph call, reads the primary.
-        assert_eq!(d.user_json(&user.to_string()).unwrap()["assignedLicenses"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            d.user_json(&user.to_string()).unwrap()["assignedLicenses"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(licences(&d, user).unwrap(), 1);
     }
 
@@ -1161,13 +1173,28 @@ mod tests {
         let filter = Some("displayName eq 'New'");
         {
             let _r = enter(View::Lagging);
-            assert_eq!(d.group(&gid).err().map(|e| e.code), Some("Request_ResourceNotFound"));
+            assert_eq!(
+                d.group(&gid).err().map(|e| e.code),
+                Some("Request_ResourceNotFound")
+            );
             assert_eq!(d.find_groups(filter).unwrap()["value"], json!([]));
-            assert!(d.find_groups(None).unwrap()["value"].as_array().unwrap().iter().all(|g| g["id"] != gid.as_str()));
+            assert!(
+                d.find_groups(None).unwrap()["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|g| g["id"] != gid.as_str())
+            );
         }
         {
             let _r = enter(View::Fresh);
-            assert_eq!(d.find_groups(filter).unwrap()["value"].as_array().unwrap().len(), 1);
+            assert_eq!(
+                d.find_groups(filter).unwrap()["value"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                1
+            );
         }
         let member = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{user}")});
         {
@@ -1184,10 +1211,12 @@ mod tests {
         let (mut d, _, group) = directory();
         let created = {
             let _w = enter(write(3_600_000, false));
-            d.create_user(&json!({"userPrincipalName": "new@example.org", "displayName": "N",
+            d.create_user(
+                &json!({"userPrincipalName": "new@example.org", "displayName": "N",
                 "mailNickname": "new", "accountEnabled": true, "usageLocation": "GB",
-                "passwordProfile": {"password": "x"}}))
-                .unwrap()
+                "passwordProfile": {"password": "x"}}),
+            )
+            .unwrap()
         };
         let uid = created["id"].as_str().unwrap().to_owned();
         {
@@ -1199,7 +1228,12 @@ mod tests {
             let _w = enter(write(3_600_000, true));
             assert_eq!(d.assign_license(&uid, &e3()).unwrap_err().status, 404);
             let member = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{uid}")});
-            assert_eq!(d.add_member(&group.to_string(), &member).unwrap_err().status, 404);
+            assert_eq!(
+                d.add_member(&group.to_string(), &member)
+                    .unwrap_err()
+                    .status,
+                404
+            );
         }
         let _w = enter(write(3_600_000, false));
         d.assign_license(&uid, &e3()).unwrap();
@@ -1220,15 +1254,19 @@ mod tests {
         // Replicated at once: others[0] and others[1] are members everywhere.
         {
             let _w = enter(write(0, false));
-            d.add_member(&group.to_string(), &reference(&others[0])).unwrap();
-            d.add_member(&group.to_string(), &reference(&others[1])).unwrap();
+            d.add_member(&group.to_string(), &reference(&others[0]))
+                .unwrap();
+            d.add_member(&group.to_string(), &reference(&others[1]))
+                .unwrap();
         }
         // Lagging: add user and others[2], remove others[0].
         {
             let _w = enter(write(3_600_000, false));
             d.add_member(&group.to_string(), &reference(&user)).unwrap();
-            d.add_member(&group.to_string(), &reference(&others[2])).unwrap();
-            d.remove_member(&group.to_string(), &others[0].to_string()).unwrap();
+            d.add_member(&group.to_string(), &reference(&others[2]))
+                .unwrap();
+            d.remove_member(&group.to_string(), &others[0].to_string())
+                .unwrap();
         }
         let sorted = |mut v: Vec<Uuid>| {
             v.sort();
@@ -1236,7 +1274,10 @@ mod tests {
         };
         {
             let _r = enter(View::Fresh);
-            assert_eq!(member_ids(&d, group), sorted(vec![user, others[1], others[2]]));
+            assert_eq!(
+                member_ids(&d, group),
+                sorted(vec![user, others[1], others[2]])
+            );
         }
         let _r = enter(View::Lagging);
         assert_eq!(member_ids(&d, group), sorted(vec![others[0], others[1]]));
@@ -1244,21 +1285,33 @@ mod tests {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
-            let (page, next) = d.members_page(&group.to_string(), Some("id"), after, 1).unwrap();
-            seen.extend(page.iter().map(|v| serde_json::from_value::<Uuid>(v["id"].clone()).unwrap()));
+            let (page, next) = d
+                .members_page(&group.to_string(), Some("id"), after, 1)
+                .unwrap();
+            seen.extend(
+                page.iter()
+                    .map(|v| serde_json::from_value::<Uuid>(v["id"].clone()).unwrap()),
+            );
             match next {
                 Some(n) => after = Some(n),
                 None => break,
             }
         }
         assert_eq!(seen, sorted(vec![others[0], others[1]]));
-        let (groups, _) = d.member_of_page(&user.to_string(), None, false, None, 10).unwrap();
+        let (groups, _) = d
+            .member_of_page(&user.to_string(), None, false, None, 10)
+            .unwrap();
         assert!(groups.is_empty());
-        let (groups, _) = d.member_of_page(&others[0].to_string(), None, false, None, 10).unwrap();
+        let (groups, _) = d
+            .member_of_page(&others[0].to_string(), None, false, None, 10)
+            .unwrap();
         assert_eq!(groups.len(), 1);
         drop(_r);
         // Inspection reads the primary.
-        assert_eq!(d.group_names_of(&user.to_string()).unwrap(), vec!["G".to_owned()]);
+        assert_eq!(
+            d.group_names_of(&user.to_string()).unwrap(),
+            vec!["G".to_owned()]
+        );
     }
 
     #[test]

@@ -145,7 +145,10 @@ impl Stats {
 
     /// Counts a write request's priority.
     pub fn write_priority(&mut self, priority: Priority) {
-        *self.writes_by_priority.entry(priority.as_str()).or_default() += 1;
+        *self
+            .writes_by_priority
+            .entry(priority.as_str())
+            .or_default() += 1;
     }
 
     /// Logs a finished write.

@@ -215,7 +215,11 @@ impl Throttle {
         if is_write && low_priority {
             for (limit, window, (n, secs)) in [
                 (Limit::AppWrites, &mut self.writes, limits.app_writes),
-                (Limit::TenantWrites, &mut self.tenant_writes, limits.tenant_writes),
+                (
+                    Limit::TenantWrites,
+                    &mut self.tenant_writes,
+                    limits.tenant_writes,
+                ),
             ] {
                 if n > 0 && window.load(n, secs, now_ms) >= LOAD_REPORTED_ABOVE {
                     window.refuse();
@@ -237,7 +241,12 @@ impl Throttle {
         if is_write {
             for (limit, window, n, secs) in [
                 (Limit::AppWrites, &mut self.writes, app, app_window),
-                (Limit::TenantWrites, &mut self.tenant_writes, tenant, tenant_window),
+                (
+                    Limit::TenantWrites,
+                    &mut self.tenant_writes,
+                    tenant,
+                    tenant_window,
+                ),
             ] {
                 if let Err(retry_after) = window.check(1, n, secs, now_ms) {
                     window.refuse();
