@@ -48,21 +48,22 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let pool = store::pool(&settings.database);
         let health = Health::new(pool.clone());
-        let tenant: Arc<dyn Tenant> =
-            if settings.tenant.shared_write_budget && settings.tenant.writes_per_second > 0.0 {
-                let budget = PgWriteBudget::new(
-                    pool.clone(),
-                    "tenant-writes",
-                    settings.tenant.writes_per_second,
-                    settings.tenant.write_burst,
-                );
-                Arc::new(GraphClient::with_write_budget(
-                    settings.tenant.clone(),
-                    Arc::new(budget),
-                )?)
-            } else {
-                Arc::new(GraphClient::new(settings.tenant.clone())?)
-            };
+        let tenant: Arc<dyn Tenant> = if settings.tenant.shared_write_budget
+            && settings.tenant.effective_writes_per_second() > 0.0
+        {
+            let budget = PgWriteBudget::new(
+                pool.clone(),
+                "tenant-writes",
+                settings.tenant.effective_writes_per_second(),
+                settings.tenant.write_burst,
+            );
+            Arc::new(GraphClient::with_write_budget(
+                settings.tenant.clone(),
+                Arc::new(budget),
+            )?)
+        } else {
+            Arc::new(GraphClient::new(settings.tenant.clone())?)
+        };
         let listener = TcpListener::bind(settings.http.listen_address)
             .await
             .map_err(|source| StartupError::Listen {
@@ -155,9 +156,9 @@ impl Application {
                     &instance,
                     clock,
                 ) {
-                    Ok(engine) => {
-                        Arc::new(engine.with_items_per_second(settings.tenant.writes_per_second))
-                    }
+                    Ok(engine) => Arc::new(
+                        engine.with_items_per_second(settings.tenant.effective_writes_per_second()),
+                    ),
                     Err(error) => {
                         tracing::error!(%error, "cannot start the engine");
                         return;

@@ -27,6 +27,14 @@ pub struct EngineSettings {
     /// Rounds of read, write, read-back for one item before it fails with a code.
     #[serde(deserialize_with = "at_least_one")]
     pub item_attempts: NonZeroU32,
+    /// How long a write is given to show in reads. Entra ID is replicated and gives an
+    /// application no read-your-writes: a read right after a write may still return the state
+    /// from before it. A write Graph accepted is re-read (never re-sent) until it shows, for at
+    /// most this long, then reported `verification_failed`; a write that failed in a way that
+    /// may have been applied (a 5xx, a timeout) is re-read for this long before it is sent
+    /// again. Give it the replication delay the tenant shows at its worst.
+    #[serde(deserialize_with = "at_least_one")]
+    pub verify_within_ms: NonZeroU64,
     /// Items read and written per round within a chunk; outcomes are recorded per round.
     #[serde(deserialize_with = "at_least_one")]
     pub round_size: NonZeroU32,
@@ -53,6 +61,10 @@ impl EngineSettings {
             ));
         }
         Ok(())
+    }
+
+    pub fn verify_within(&self) -> Duration {
+        Duration::from_millis(self.verify_within_ms.get())
     }
 
     pub fn lease(&self) -> Duration {

@@ -221,6 +221,7 @@ impl Settings {
         self.broker.validate()?;
         self.engine.validate()?;
         self.roles.validate()?;
+        self.tenant.validate()?;
         Ok(())
     }
 }

@@ -73,7 +73,7 @@ impl DerefMut for SimulatorSettings {
 pub struct SimulatorBehaviour {
     /// Lifetime of issued access tokens (Graph issues about 3599 s).
     pub token_lifetime_seconds: u64,
-    /// Objects returned per page of `GET /groups/{id}/members` and `GET /users/{id}/memberOf`
+    /// Objects returned per page of `GET /groups/{id}/members`, `GET /users/{id}/memberOf` and `GET /users`
     /// (Graph's default for directory objects is 100).
     pub members_page_size: usize,
     /// Fixed latency added to every Graph call (a `$batch` counts once).

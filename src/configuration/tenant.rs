@@ -53,6 +53,13 @@ pub struct TenantSettings {
     /// many requests, so a batch never exceeds the budget on its own.
     #[serde(deserialize_with = "at_least_one")]
     pub write_burst: NonZeroU32,
+    /// Writes per 5 minutes that every application of the tenant may make together (Graph's
+    /// identity limit "per tenant for all apps": 18,000 per 5 minutes, microsoft-graph-docs-contrib
+    /// `concepts/throttling-limits.md`).
+    pub tenant_write_quota_per_5_minutes: u32,
+    /// The share (0 to 1) of that tenant-wide quota this service may use: other applications
+    /// (the portal, sync tools) write to the same tenant.
+    pub tenant_quota_share: f64,
     /// Enforce `writes_per_second` across all worker replicas together (a token bucket in
     /// PostgreSQL, adaptive to 429s) instead of per process.
     pub shared_write_budget: bool,
@@ -80,6 +87,8 @@ impl Default for TenantSettings {
             max_retry_after_seconds: 300,
             writes_per_second: 18.0,
             write_burst: NonZeroU32::new(20).expect("not zero"),
+            tenant_write_quota_per_5_minutes: 18_000,
+            tenant_quota_share: 0.5,
             shared_write_budget: true,
             sku_cache_ttl_seconds: 3_600,
         }
@@ -87,6 +96,31 @@ impl Default for TenantSettings {
 }
 
 impl TenantSettings {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        if !(self.tenant_quota_share > 0.0 && self.tenant_quota_share <= 1.0) {
+            return Err(super::ConfigError::invalid(
+                "tenant.tenant_quota_share",
+                format!(
+                    "must be above 0 and at most 1 ({})",
+                    self.tenant_quota_share
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The write rate the service keeps to: `writes_per_second` (the per-application limit,
+    /// with a margin), but never more than its share of the tenant-wide quota. 0: unlimited.
+    pub fn effective_writes_per_second(&self) -> f64 {
+        if self.writes_per_second <= 0.0 {
+            return 0.0;
+        }
+        let share = f64::from(self.tenant_write_quota_per_5_minutes)
+            * self.tenant_quota_share.clamp(0.0, 1.0)
+            / 300.0;
+        self.writes_per_second.min(share)
+    }
+
     /// Settings for a client of a simulator at `base_url` (Graph and login), with fast retries
     /// and no write limit: what tests want.
     pub fn for_simulator(base_url: &str) -> Self {
@@ -103,6 +137,17 @@ impl TenantSettings {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_write_rate_keeps_to_the_share_of_the_tenant_quota() {
+        let mut s = TenantSettings::default();
+        // 18,000 per 5 minutes, half of it: 30 a second, above the 18 asked for.
+        assert_eq!(s.effective_writes_per_second(), 18.0);
+        s.tenant_quota_share = 0.1;
+        assert_eq!(s.effective_writes_per_second(), 6.0);
+        s.writes_per_second = 0.0;
+        assert_eq!(s.effective_writes_per_second(), 0.0);
+    }
+
     use secrecy::ExposeSecret;
 
     use super::*;
@@ -134,6 +179,11 @@ mod tests {
         assert_eq!(s.max_attempts, d.max_attempts);
         assert_eq!(s.writes_per_second, d.writes_per_second);
         assert_eq!(s.write_burst, d.write_burst);
+        assert_eq!(
+            s.tenant_write_quota_per_5_minutes,
+            d.tenant_write_quota_per_5_minutes
+        );
+        assert_eq!(s.tenant_quota_share, d.tenant_quota_share);
         assert_eq!(s.sku_cache_ttl_seconds, d.sku_cache_ttl_seconds);
         assert!(
             !format!("{s:?}").contains("simulator-secret"),

@@ -27,6 +27,8 @@ pub enum FailureCode {
     /// A member policy job for a policy whose definition never arrived.
     UnknownPolicy,
     UserNotFound,
+    /// An address matches several users (by mail, or by proxy address).
+    UserAmbiguous,
     UsageLocationMissing,
     NoSeatsAvailable,
     MutuallyExclusiveLicence,
@@ -75,6 +77,7 @@ impl FailureCode {
         Self::UnknownServicePlan,
         Self::UnknownPolicy,
         Self::UserNotFound,
+        Self::UserAmbiguous,
         Self::UsageLocationMissing,
         Self::NoSeatsAvailable,
         Self::MutuallyExclusiveLicence,
@@ -109,6 +112,7 @@ impl FailureCode {
             Self::UnknownServicePlan => "unknown_service_plan",
             Self::UnknownPolicy => "unknown_policy",
             Self::UserNotFound => "user_not_found",
+            Self::UserAmbiguous => "user_ambiguous",
             Self::UsageLocationMissing => "usage_location_missing",
             Self::NoSeatsAvailable => "no_seats_available",
             Self::MutuallyExclusiveLicence => "mutually_exclusive_licence",

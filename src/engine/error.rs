@@ -36,6 +36,7 @@ impl From<sqlx::Error> for EngineError {
 pub fn failure_code(error: &TenantError) -> FailureCode {
     match error {
         TenantError::UserNotFound(_) => FailureCode::UserNotFound,
+        TenantError::UserAmbiguous(_) => FailureCode::UserAmbiguous,
         TenantError::UsageLocationMissing(_) => FailureCode::UsageLocationMissing,
         TenantError::NoSeatsAvailable(_) => FailureCode::NoSeatsAvailable,
         TenantError::UnknownServicePlan(_) => FailureCode::UnknownServicePlan,

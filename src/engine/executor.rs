@@ -1,6 +1,7 @@
 //! Applying: claim a chunk under a lease, apply its items round by round, record outcomes,
 //! and complete the job after its last chunk.
 
+use crate::tenant::priority::{self, Priority};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -212,7 +213,14 @@ impl Engine {
             stop: shutdown,
             writes: &writes,
         };
-        let result = self.apply_rounds(chunk, items, &kind, &ctx).await;
+        // Bulk off-peak work lets Graph throttle it before a single ticket's (see
+        // `tenant::priority`).
+        let priority = if job.off_peak {
+            Priority::Low
+        } else {
+            Priority::Normal
+        };
+        let result = priority::scope(priority, self.apply_rounds(chunk, items, &kind, &ctx)).await;
         let interrupted = cancel.is_cancelled();
         cancel.cancel();
         let _ = renewal.await;

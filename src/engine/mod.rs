@@ -38,6 +38,7 @@ pub mod registry;
 pub mod retry;
 pub mod roles;
 pub mod schedule;
+pub mod users;
 pub mod wakeup;
 
 use std::sync::Arc;
@@ -109,7 +110,7 @@ impl Engine {
         Ok(Self {
             pool,
             tenant,
-            retry: ItemRetry::new(settings.item_attempts),
+            retry: ItemRetry::new(settings.item_attempts, settings.verify_within()),
             settings,
             kinds,
             owner: format!("{instance}/{}", uuid::Uuid::new_v4().simple()),

@@ -12,6 +12,7 @@
 //! the definition snapshotted in the plan, as they write no desired state.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ use super::kind::{
     ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItems, WorkItem,
 };
 use super::retry::ItemRetry;
+use super::users;
 use super::{EngineError, failure_code};
 use crate::domain::{
     EmailAddress, Failure, FailureCode, JobType, MAX_FAILURES_LISTED, MembersAdded, OdsCode,
@@ -415,9 +417,20 @@ fn change_for(
     })
 }
 
-/// Reconcile a round of members (see the module docs), under the item retry policy: each
-/// attempt reads the users (the previous attempt's read-back), writes what differs in one
-/// batch, and the next attempt verifies it.
+/// Where an item stands within one claim of its chunk.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// The last read is trusted: write what differs.
+    Write,
+    /// A write was made at `since` (accepted by Graph, or `uncertain`: it failed in a way that
+    /// may have been applied, or was refused because the read it was planned from was stale).
+    /// Re-read until it shows, for at most the verify window (see [`crate::engine::retry`]).
+    Verify { since: Instant, uncertain: bool },
+}
+
+/// Reconcile a round of members (see the module docs), under the item retry policy: read the
+/// users, write what differs in one batch, then re-read what was written until the tenant
+/// shows it: never sending a write again because a replica has not caught up with it.
 async fn apply(
     ctx: &ApplyContext<'_, PolicyPlan>,
     items: &[WorkItem<()>],
@@ -435,7 +448,7 @@ async fn apply(
     } else {
         items.iter().map(|i| i.key.clone()).collect()
     };
-    let everyone: Vec<UserRef> = items.iter().map(|i| UserRef::Upn(i.key.clone())).collect();
+    let addresses: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
     let (desired_state, first_read) = tokio::join!(
         async {
             tokio::try_join!(
@@ -449,9 +462,15 @@ async fn apply(
                 policies::managed_licences(ctx.pool)
             )
         },
-        ctx.tenant.get_users(&everyone)
+        users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses)
     );
     let (current, managed_parts) = desired_state?;
+    let first_read = first_read?;
+    // Re-reads go by object id (the address may not be the user principal name).
+    let mut ids: Vec<Option<Uuid>> = first_read
+        .iter()
+        .map(|r| r.as_ref().ok().map(|u| u.id))
+        .collect();
     let mut first_read: Vec<Option<Result<UserLicenceState, TenantError>>> =
         first_read.into_iter().map(Some).collect();
     let current: HashMap<String, PolicyRow> = current.into_iter().collect();
@@ -502,51 +521,55 @@ async fn apply(
         .collect();
     managed.extend(desired.iter().flatten().map(|d| d.sku_id));
 
-    // Rounds of read, write what differs, and read back (the next round's read verifies the
-    // previous round's writes; the last round only reads).
+    // Rounds: read the open items, write what differs for those whose read is trusted, and
+    // re-read the written ones until they show (or their window passes).
     let mut pending: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
-    let mut written: HashSet<usize> = HashSet::new();
-    // Writes that failed in a way Graph may have applied anyway (a 5xx, a timeout).
-    let mut maybe_applied: HashSet<usize> = HashSet::new();
+    let mut phase: Vec<Phase> = vec![Phase::Write; items.len()];
+    let mut writes_sent: Vec<u32> = vec![0; items.len()];
+    let mut read_failures: Vec<u32> = vec![0; items.len()];
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
-    let attempts = ctx.retry.attempts() as usize;
-    // Pause before a round only when the previous one met transient failures: reading back
-    // what was just written successfully needs no wait.
-    let mut troubled = false;
-    for round in 0..=attempts {
-        if pending.is_empty() || ctx.cancel.is_cancelled() {
-            break;
+    let attempts = ctx.retry.attempts();
+    let window = ctx.retry.verify_within();
+    let mut round: u32 = 0;
+    // Pause before a round only when it has nothing to write: a first read-back right after a
+    // write costs one read and, on a caught-up replica, settles the item at once.
+    let mut pause_before = false;
+    while !pending.is_empty() && !ctx.cancel.is_cancelled() {
+        if pause_before {
+            round += 1;
+            if !ctx.retry.wait(round, ctx.cancel).await {
+                break;
+            }
         }
-        if troubled && !ctx.retry.wait(round as u32, ctx.cancel).await {
-            break;
-        }
-        let states = if round == 0 {
-            // Read already, beside the desired state.
-            pending
-                .iter()
-                .map(|&i| {
-                    first_read[i]
-                        .take()
-                        .expect("each user is read once in the first round")
-                })
-                .collect()
-        } else {
-            let refs: Vec<UserRef> = pending
-                .iter()
-                .map(|&i| UserRef::Upn(items[i].key.clone()))
-                .collect();
-            ctx.tenant.get_users(&refs).await
-        };
-        let mut retry = Vec::new();
-        troubled = false;
+        let states: Vec<Result<UserLicenceState, TenantError>> =
+            if pending.iter().all(|&i| first_read[i].is_some()) {
+                pending
+                    .iter()
+                    .map(|&i| first_read[i].take().expect("checked above"))
+                    .collect()
+            } else {
+                read_again(ctx, items, &pending, &mut ids).await?
+            };
+        let now = Instant::now();
+        let mut keep = Vec::new();
         let mut writes: Vec<(usize, LicenceChange)> = Vec::new();
         for (&i, state) in pending.iter().zip(states) {
             let seq = items[i].seq;
             match state {
                 Err(error) if ItemRetry::is_retryable(&error) => {
-                    last_error.insert(i, error);
-                    retry.push(i);
-                    troubled = true;
+                    read_failures[i] += 1;
+                    let in_window =
+                        matches!(phase[i], Phase::Verify { since, .. } if now < since + window);
+                    if read_failures[i] >= attempts && !in_window {
+                        results[i] = Some(ItemRetry::exhausted(
+                            seq,
+                            Some(error),
+                            "the tenant kept failing",
+                        ));
+                    } else {
+                        last_error.insert(i, error);
+                        keep.push(i);
+                    }
                 }
                 Err(error) => {
                     results[i] = Some(ItemResult::failed(
@@ -556,40 +579,51 @@ async fn apply(
                     ));
                 }
                 Ok(state) => {
+                    read_failures[i] = 0;
                     let want = desired[i]
                         .as_ref()
                         .expect("pending items have a desired licence");
-                    match change_for(&state, want, &managed) {
-                        None => {
-                            let outcome = if written.contains(&i) {
-                                ItemOutcome::Changed
-                            } else {
-                                ItemOutcome::AlreadyCompliant
-                            };
-                            results[i] = Some(ItemResult::ok(seq, outcome));
+                    let Some(change) = change_for(&state, want, &managed) else {
+                        let outcome = if writes_sent[i] > 0 {
+                            ItemOutcome::Changed
+                        } else {
+                            ItemOutcome::AlreadyCompliant
+                        };
+                        results[i] = Some(ItemResult::ok(seq, outcome));
+                        continue;
+                    };
+                    if ctx.job.dry_run {
+                        results[i] = Some(ItemResult::ok(seq, ItemOutcome::Changed));
+                        continue;
+                    }
+                    match phase[i] {
+                        // Not showing yet: a replica that has not caught up. Read again.
+                        Phase::Verify { since, .. } if now < since + window => keep.push(i),
+                        Phase::Verify {
+                            uncertain: false, ..
+                        } => {
+                            results[i] = Some(ItemRetry::unverified(
+                                seq,
+                                format!(
+                                    "the tenant does not show the licence assigned {} s ago",
+                                    window.as_secs_f64()
+                                ),
+                            ));
                         }
-                        Some(_) if ctx.job.dry_run => {
-                            results[i] = Some(ItemResult::ok(seq, ItemOutcome::Changed));
+                        // A trusted read (the window has passed) that needs a write.
+                        _ if writes_sent[i] >= attempts => {
+                            results[i] = Some(ItemRetry::exhausted(
+                                seq,
+                                last_error.remove(&i),
+                                "no write succeeded",
+                            ));
                         }
-                        Some(_) if round == attempts => {
-                            results[i] = Some(if written.contains(&i) {
-                                ItemRetry::unverified(
-                                    seq,
-                                    "the tenant does not show the licence just assigned",
-                                )
-                            } else {
-                                ItemRetry::exhausted(
-                                    seq,
-                                    last_error.remove(&i),
-                                    "no write succeeded",
-                                )
-                            });
-                        }
-                        Some(change) => writes.push((i, change)),
+                        _ => writes.push((i, change)),
                     }
                 }
             }
         }
+        pause_before = writes.is_empty();
         if !writes.is_empty() {
             let changes: Vec<LicenceChange> = writes.iter().map(|(_, c)| c.clone()).collect();
             let gate = ctx
@@ -601,19 +635,21 @@ async fn apply(
                 // next worker, reading the users back, reports them as this job's changes.
                 _ = ctx.stop.cancelled() => return Ok(results.into_iter().flatten().collect()),
             };
+            let sent_at = Instant::now();
             for ((i, _), outcome) in writes.into_iter().zip(outcomes) {
-                match outcome {
-                    Ok(_) => {
-                        written.insert(i);
-                        retry.push(i);
-                    }
+                let uncertain = match outcome {
+                    Ok(_) => false,
                     // Not sent: the chunk is stopping (its token is cancelled).
-                    Err(TenantError::Withheld(_)) => {}
+                    Err(TenantError::Withheld(_)) => continue,
+                    // Planned from a stale read (a licence it removes is already gone): nothing
+                    // was applied, and a write made earlier may be what the read did not show.
+                    Err(error @ TenantError::LicenceNotHeld(_)) => {
+                        last_error.insert(i, error);
+                        true
+                    }
                     Err(error) if ItemRetry::is_retryable(&error) => {
                         last_error.insert(i, error);
-                        maybe_applied.insert(i);
-                        retry.push(i);
-                        troubled = true;
+                        true
                     }
                     Err(error) => {
                         results[i] = Some(ItemResult::failed(
@@ -621,38 +657,38 @@ async fn apply(
                             failure_code(&error),
                             error.to_string(),
                         ));
+                        continue;
                     }
-                }
+                };
+                writes_sent[i] += 1;
+                phase[i] = Phase::Verify {
+                    since: sent_at,
+                    uncertain,
+                };
+                keep.push(i);
             }
         }
-        pending = retry;
+        pending = keep;
     }
-    if !ctx.cancel.is_cancelled() {
-        for i in pending {
-            results[i] = Some(ItemRetry::exhausted(
-                items[i].seq,
-                last_error.remove(&i),
-                "the tenant kept failing",
-            ));
-        }
-    } else if !ctx.stop.is_cancelled() {
+    if ctx.cancel.is_cancelled() && !ctx.stop.is_cancelled() {
         // The job ended (or the chunk was lost) mid-way: report what reached the tenant. A
         // write Graph accepted is `changed`; one that failed in a way that may have been
         // applied (a 5xx, a timeout) is read once. The rest is left to be skipped.
         let mut uncertain = Vec::new();
         for i in pending {
-            if written.contains(&i) {
-                results[i] = Some(ItemResult::ok(items[i].seq, ItemOutcome::Changed));
-            } else if maybe_applied.contains(&i) {
-                uncertain.push(i);
+            match phase[i] {
+                Phase::Verify {
+                    uncertain: false, ..
+                } => results[i] = Some(ItemResult::ok(items[i].seq, ItemOutcome::Changed)),
+                Phase::Verify {
+                    uncertain: true, ..
+                } => uncertain.push(i),
+                Phase::Write => {}
             }
         }
         if !uncertain.is_empty() {
-            let refs: Vec<UserRef> = uncertain
-                .iter()
-                .map(|&i| UserRef::Upn(items[i].key.clone()))
-                .collect();
-            for (&i, state) in uncertain.iter().zip(ctx.tenant.get_users(&refs).await) {
+            let states = read_again(ctx, items, &uncertain, &mut ids).await?;
+            for (&i, state) in uncertain.iter().zip(states) {
                 let want = desired[i]
                     .as_ref()
                     .expect("written items have a desired licence");
@@ -665,6 +701,41 @@ async fn apply(
         }
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// Reads the users of `which` again: by id when their first read found them, else by address.
+async fn read_again(
+    ctx: &ApplyContext<'_, PolicyPlan>,
+    items: &[WorkItem<()>],
+    which: &[usize],
+    ids: &mut [Option<Uuid>],
+) -> Result<Vec<Result<UserLicenceState, TenantError>>, EngineError> {
+    let (by_id, by_address): (Vec<usize>, Vec<usize>) =
+        which.iter().partition(|&&i| ids[i].is_some());
+    let refs: Vec<UserRef> = by_id
+        .iter()
+        .map(|&i| UserRef::Id(ids[i].expect("partitioned")))
+        .collect();
+    let addresses: Vec<String> = by_address.iter().map(|&i| items[i].key.clone()).collect();
+    let (read_by_id, read_by_address) = tokio::join!(ctx.tenant.get_users(&refs), async {
+        if addresses.is_empty() {
+            Ok(Vec::new())
+        } else {
+            users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses).await
+        }
+    });
+    let mut out: HashMap<usize, Result<UserLicenceState, TenantError>> =
+        by_id.into_iter().zip(read_by_id).collect();
+    for (i, state) in by_address.into_iter().zip(read_by_address?) {
+        if let Ok(user) = &state {
+            ids[i] = Some(user.id);
+        }
+        out.insert(i, state);
+    }
+    Ok(which
+        .iter()
+        .map(|i| out.remove(i).expect("every item was read"))
+        .collect())
 }
 
 #[cfg(test)]

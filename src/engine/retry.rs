@@ -1,15 +1,22 @@
 //! How every kind applies, retries and verifies an item: one policy, in one place.
 //!
 //! An **attempt** reads the item's current state in the tenant, writes only what differs from
-//! the desired state, and reads back (the next attempt's read is the read-back). Then:
+//! the desired state, and reads back. Then:
 //!
 //! - An item gets at most `engine.item_attempts` attempts each time its chunk is claimed.
 //! - A failure worth another attempt ([`ItemRetry::is_retryable`]: throttling, a 5xx or a
-//!   timeout, or a read-back that does not show the write yet) is retried after a pause that
-//!   doubles from 200 ms (capped at 5 s); any other failure ends the item with its code.
-//! - A write is never repeated without reading first: an attempt that finds the desired state
-//!   already there writes nothing, so a write that reported a failure but was applied is
-//!   found done (and reported `changed`).
+//!   timeout) is retried after a pause that doubles from 200 ms (capped at 5 s); any other
+//!   failure ends the item with its code.
+//! - **A write Graph accepted is trusted, and never sent again because a read does not show
+//!   it yet.** Entra ID replicates asynchronously and gives an application no read-your-writes
+//!   (MicrosoftDocs/entra-docs `docs/architecture/architecture.md`, "Data consistency"): a
+//!   read-back may show the state from before the write. It is re-read, with the same doubling
+//!   pauses, until it shows, for at most `engine.verify_within_ms` ([`ItemRetry::verify_within`])
+//!   after the write; only then is it `verification_failed`.
+//! - A write that failed in a way that may have been applied (a 5xx, a timeout) is re-read in
+//!   the same way; it is sent again only when the window passed without the write showing. A
+//!   write that finds the desired state already there writes nothing, so a write that reported
+//!   a failure but was applied is found done (and reported `changed`).
 //! - Below this, the Graph client repeats only requests that were certainly not applied (a
 //!   429) or are safe to repeat (reads, membership changes); see `tenant::graph`.
 //!
@@ -47,13 +54,15 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct ItemRetry {
     attempts: u32,
+    verify_within: Duration,
     backoff: ExponentialBuilder,
 }
 
 impl ItemRetry {
-    pub fn new(attempts: NonZeroU32) -> Self {
+    pub fn new(attempts: NonZeroU32, verify_within: Duration) -> Self {
         Self {
             attempts: attempts.get(),
+            verify_within,
             backoff: ExponentialBuilder::new()
                 .with_min_delay(FIRST_PAUSE)
                 .with_factor(2.0)
@@ -65,6 +74,11 @@ impl ItemRetry {
     /// Attempts per item and claim.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// How long after a write reads may still not show it (see the module docs).
+    pub fn verify_within(&self) -> Duration {
+        self.verify_within
     }
 
     /// Whether a failed attempt is worth another.
@@ -117,7 +131,7 @@ mod tests {
 
     #[test]
     fn pauses_double_from_200_ms_up_to_5_s() {
-        let retry = ItemRetry::new(NonZeroU32::new(3).unwrap());
+        let retry = ItemRetry::new(NonZeroU32::new(3).unwrap(), Duration::from_secs(60));
         let pauses: Vec<u128> = (1..=7).map(|n| retry.pause(n).as_millis()).collect();
         assert_eq!(pauses, vec![200, 400, 800, 1600, 3200, 5000, 5000]);
     }

@@ -78,6 +78,18 @@ pub struct SeedUser {
     /// ISO 3166 two-letter usage location; licences cannot be assigned without one.
     #[serde(default)]
     pub usage_location: Option<String>,
+    /// Graph's `mail`: the SMTP address (not necessarily the UPN). Taken as given: a seed can
+    /// describe a tenant as it is, mail without a matching proxy address included.
+    #[serde(default)]
+    pub mail: Option<String>,
+    /// Graph's `proxyAddresses`, e.g. `SMTP:primary@contoso.com` (primary) and
+    /// `smtp:alias@contoso.com` (secondary). Read-only in Graph, so only a seed sets them; unique
+    /// across the directory, as in Entra ID.
+    #[serde(default)]
+    pub proxy_addresses: Vec<String>,
+    /// Graph's `otherMails`: additional addresses.
+    #[serde(default)]
+    pub other_mails: Vec<String>,
     /// Licences already held (they consume seats).
     #[serde(default)]
     pub assigned_licenses: Vec<SeedLicence>,
@@ -103,6 +115,9 @@ pub struct SeedGroup {
     pub id: Option<Uuid>,
     /// Display name.
     pub display_name: String,
+    /// Graph's `uniqueName`, the alternate key of `PATCH /groups(uniqueName='…')` (unique).
+    #[serde(default)]
+    pub unique_name: Option<String>,
     /// Members, by user id or user principal name.
     #[serde(default)]
     pub members: Vec<String>,

@@ -4,7 +4,23 @@
 //! `subscribedSkus`, users, `assignLicense`, groups and members, a user's `memberOf`, `$batch`)
 //! with Graph's JSON and error shapes, throttling (429 + `Retry-After`), latency and faults
 //! (503s with `Retry-After`), a `request-id` and the echoed `client-request-id` on every response
-//! and inner `$batch` response, and exposes what reached it at `/_sim/*`.
+//! and inner `$batch` response. Beyond the basics it serves, as Graph documents them:
+//!
+//! | call | what it does (stats kind) |
+//! |---|---|
+//! | `GET /v1.0/users?$filter=…&$select&$top&$count` | users by `userPrincipalName eq`, `mail eq`, `proxyAddresses/any(p:p eq 'smtp:…')`, `otherMails/any(…)`, with `and`/`or`, from indexes, with or without `ConsistencyLevel: eventual`; `@odata.count` only with that header; other filters 400 `Request_UnsupportedQuery` (`list_users`) |
+//! | `POST /v1.0/users` | refuses UPNs outside Entra ID's rules and usage locations that are not two letters; `mail` becomes the primary proxy address |
+//! | `PATCH /v1.0/users/{id or upn}` | `usageLocation`; 204 (`update_user`) |
+//! | `GET /v1.0/groups/{id}`, `GET /v1.0/groups(uniqueName='…')` | a group, `$select` (`get_group`) |
+//! | `PATCH /v1.0/groups/{id}` | properties and `members@odata.bind` (at most 20, all or none); 204 (`update_group`) |
+//! | `PATCH /v1.0/groups(uniqueName='…')` | with `Prefer: create-if-missing` creates (201) or updates (204); without it, a missing group is 404 (`upsert_group`) |
+//! | `GET /v1.0/groups/{id}/members/$count` | `text/plain` count, needs `ConsistencyLevel: eventual` (`count_members`) |
+//! | `POST /v1.0/$batch` | ids case-insensitive and unique; `dependsOn` runs dependencies first, and a request whose dependency failed answers 424 |
+//! | any known path, wrong method | 405 `Request_BadRequest` (`method_not_allowed`) |
+//! | `GET /{tenant}/v2.0/.well-known/openid-configuration`, `GET /{tenant}/discovery/v2.0/keys` | the token service's discovery document (pointing at the simulator) and its (empty) key set |
+//!
+//! Every Graph 401 carries Graph's `WWW-Authenticate: Bearer …` challenge. Seeded users may have
+//! `mail`, `proxyAddresses` and `otherMails`, seeded groups a `uniqueName` (see [`Seed`]).
 //!
 //! Graph's unkind behaviours, each switched by a [`SimulatorBehaviour`] knob (all off by
 //! default; `profile = "realistic"` / `--profile realistic` / [`SimulatorSettings::realistic`]
@@ -12,7 +28,7 @@
 //!
 //! | behaviour | knobs | follows |
 //! |---|---|---|
-//! | replication lag: a read may show an object as before a recent write (licences, group creation, membership), a new user or group is missing (404, absent from lists and filters), also to writes naming it | `replication_lag_ms`, `long_lag_probability`, `long_lag_ms`, `stale_read_probability`, `new_object_write_404_probability` | entra-docs `architecture.md` "Data consistency" ([`replica`]) |
+//! | replication lag: a read may show an object as before a recent write (licences, usage location, group creation, membership; `uniqueName` upserts and `members@odata.bind` included), a new user or group is missing (404, absent from lists and filters), also to writes naming it | `replication_lag_ms`, `long_lag_probability`, `long_lag_ms`, `stale_read_probability`, `new_object_write_404_probability` | entra-docs `architecture.md` "Data consistency" ([`replica`]) |
 //! | faults not applied: 500, 503 + `Retry-After`; dropped connections | `fault_rate`, `dropped_connection_rate` | `concepts/errors.md` |
 //! | writes applied, then answered 500/503/504 (per inner `$batch` request), or their connection dropped | `applied_then_fault_rate`, `applied_then_dropped_rate` | no document promises a 5xx write was not applied |
 //! | 429 writes applied anyway | `throttled_write_applied_probability` | observed, undocumented |

@@ -21,7 +21,9 @@ use uuid::Uuid;
 
 use super::Shared;
 use super::replica::{self, Lag, View};
-use super::state::{AssignLicense, GraphError, RequestIds};
+use super::state::{
+    AssignLicense, GraphError, GroupKey, RequestIds, Upsert, parse_unique_name_key,
+};
 use super::stats::WriteLogEntry;
 use super::throttle::{
     LIST_COST_UNITS, LOAD_REPORTED_ABOVE, Limits, Priority, READ_COST_UNITS, SIMULATED_TENANT_ID,
@@ -35,6 +37,11 @@ pub const MAX_BATCH_REQUESTS: usize = 20;
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     axum::Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/{tenant}/discovery/v2.0/keys", get(jwks))
         .route("/_sim/stats", get(stats))
         .route("/_sim/reset-stats", post(reset_stats))
         .route("/_sim/config", get(get_config).post(set_config))
@@ -59,6 +66,8 @@ struct CallContext {
     priority: Priority,
     /// A request of its own (not inside a `$batch`), whose connection can be dropped.
     single: bool,
+    /// Its `ConsistencyLevel` and `Prefer` headers (an inner request's own).
+    hints: Hints,
 }
 
 /// A Graph answer before it becomes an HTTP response or an inner `$batch` response.
@@ -74,6 +83,8 @@ struct SimResponse {
     headers: Vec<(&'static str, String)>,
     /// Answer by dropping the connection (a single request's only).
     dropped: bool,
+    /// The body is sent as `text/plain` (a `$count` segment), not JSON.
+    plain_text: bool,
 }
 
 impl SimResponse {
@@ -85,6 +96,7 @@ impl SimResponse {
             error: None,
             headers: Vec::new(),
             dropped: false,
+            plain_text: false,
         }
     }
 
@@ -96,6 +108,7 @@ impl SimResponse {
             error: Some(e.clone()),
             headers: Vec::new(),
             dropped: false,
+            plain_text: false,
         }
     }
 
@@ -157,6 +170,15 @@ impl SimResponse {
         Self::error(&GraphError::new(status, code, message))
     }
 
+    /// A `text/plain` answer, as Graph gives to a `$count` segment
+    /// (microsoft-graph-docs-contrib `api-reference/v1.0/api/group-list-members.md`).
+    fn text(status: u16, body: Value) -> Self {
+        Self {
+            plain_text: true,
+            ..Self::ok(status, Some(body))
+        }
+    }
+
     fn with_retry_after(mut self, seconds: String) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -174,7 +196,10 @@ impl SimResponse {
     /// sends on every response (microsoft-graph-docs-contrib `concepts/best-practices-concept.md`,
     /// "Reliability and support").
     fn into_http(mut self, ids: &RequestIds) -> Response {
+        let plain_text = self.plain_text;
         let mut resp = match self.body(ids) {
+            Some(Value::String(text)) if plain_text => text.into_response(),
+            Some(body) if plain_text => body.to_string().into_response(),
             Some(body) => Json(body).into_response(),
             None => Response::new(Body::empty()),
         };
@@ -189,6 +214,12 @@ impl SimResponse {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(*name, v);
             }
+        }
+        if self.status == 401 {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(WWW_AUTHENTICATE_GRAPH),
+            );
         }
         for (name, value) in [
             (REQUEST_ID, ids.request_id.clone()),
@@ -254,6 +285,67 @@ fn pct_encode(s: &str) -> String {
     out
 }
 
+/// The challenge Graph sends with every 401: Entra ID's authorize endpoint and Graph's own
+/// application id as the resource (observed on graph.microsoft.com; the docs name the header in
+/// microsoft-graph-docs-contrib `concepts/errors.md` only as part of a 401).
+const WWW_AUTHENTICATE_GRAPH: &str = r#"Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000""#;
+
+/// The request headers that change what a Graph call does, from an HTTP request or from the
+/// `headers` object of an inner `$batch` request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hints {
+    /// `ConsistencyLevel: eventual`: advanced queries, needed by `$count`
+    /// (microsoft-graph-docs-contrib `concepts/aad-advanced-queries.md`).
+    eventual: bool,
+    /// `Prefer: create-if-missing` (`group-upsert.md`).
+    create_if_missing: bool,
+}
+
+impl Hints {
+    fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut h = Self::default();
+        for (name, value) in pairs {
+            if name.eq_ignore_ascii_case("ConsistencyLevel") {
+                h.eventual |= value.trim().eq_ignore_ascii_case("eventual");
+            } else if name.eq_ignore_ascii_case("Prefer") {
+                h.create_if_missing |= value
+                    .split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("create-if-missing"));
+            }
+        }
+        h
+    }
+
+    fn from_http(headers: &HeaderMap) -> Self {
+        Self::from_pairs(
+            headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        )
+    }
+
+    fn from_batch(headers: Option<&serde_json::Map<String, Value>>) -> Self {
+        Self::from_pairs(
+            headers
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
+        )
+    }
+}
+
+/// The `…/{id}` keys of a `members@odata.bind` list (write-log targets: one per member).
+fn bind_targets(body: Option<&Value>) -> Vec<String> {
+    body.and_then(|b| b.get("members@odata.bind"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|u| u.trim_end_matches('/').rsplit('/').next())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A Graph call, classified before it is throttled or executed.
 #[derive(Debug)]
 enum Route {
@@ -269,11 +361,44 @@ enum Route {
     AddMember(String),
     RemoveMember(String, String),
     Batch,
+    /// `GET /users[?$filter=…]`.
+    ListUsers,
+    /// `PATCH /users/{id or upn}`.
+    UpdateUser(String),
+    /// `GET /groups/{id}`, `GET /groups(uniqueName='…')`.
+    GetGroup(GroupKey),
+    /// `PATCH /groups/{id}` (properties, `members@odata.bind`).
+    UpdateGroup(String),
+    /// `PATCH /groups(uniqueName='…')`.
+    UpsertGroup(String),
+    /// `GET /groups/{id}/members/$count`.
+    CountMembers(String),
+    /// A known path with a method it does not take.
+    MethodNotAllowed,
     Invalid(String),
 }
 
 impl Route {
+    /// Classifies a call; a path that exists with another method is [`Route::MethodNotAllowed`]
+    /// (Graph's 405, microsoft-graph-docs-contrib `concepts/json-batching.md`, response 4).
     fn parse(method: &Method, path: &str) -> Self {
+        match Self::parse_exact(method, path) {
+            Self::Invalid(msg) => {
+                let other = [Method::GET, Method::POST, Method::PATCH, Method::DELETE]
+                    .iter()
+                    .filter(|m| *m != method)
+                    .any(|m| !matches!(Self::parse_exact(m, path), Self::Invalid(_)));
+                if other {
+                    Self::MethodNotAllowed
+                } else {
+                    Self::Invalid(msg)
+                }
+            }
+            route => route,
+        }
+    }
+
+    fn parse_exact(method: &Method, path: &str) -> Self {
         let segs: Vec<String> = path
             .split('/')
             .filter(|s| !s.is_empty())
@@ -302,6 +427,19 @@ impl Route {
                 Self::RemoveMember((*g).to_owned(), (*u).to_owned())
             }
             (Method::POST, ["$batch"]) => Self::Batch,
+            (Method::GET, ["users"]) => Self::ListUsers,
+            (Method::PATCH, ["users", u]) => Self::UpdateUser((*u).to_owned()),
+            (Method::GET, ["groups", g]) => Self::GetGroup(GroupKey::Id((*g).to_owned())),
+            (Method::PATCH, ["groups", g]) => Self::UpdateGroup((*g).to_owned()),
+            (Method::GET, ["groups", g, "members", "$count"]) => {
+                Self::CountMembers((*g).to_owned())
+            }
+            (Method::GET, [g]) if parse_unique_name_key(g).is_some() => Self::GetGroup(
+                GroupKey::UniqueName(parse_unique_name_key(g).unwrap_or_default()),
+            ),
+            (Method::PATCH, [g]) if parse_unique_name_key(g).is_some() => {
+                Self::UpsertGroup(parse_unique_name_key(g).unwrap_or_default())
+            }
             (_, [first, ..]) => {
                 Self::Invalid(format!("Resource not found for the segment '{first}'."))
             }
@@ -322,6 +460,13 @@ impl Route {
             Self::AddMember(_) => "add_member",
             Self::RemoveMember(..) => "remove_member",
             Self::Batch => "batch",
+            Self::ListUsers => "list_users",
+            Self::UpdateUser(_) => "update_user",
+            Self::GetGroup(_) => "get_group",
+            Self::UpdateGroup(_) => "update_group",
+            Self::UpsertGroup(_) => "upsert_group",
+            Self::CountMembers(_) => "count_members",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Invalid(_) => "invalid",
         }
     }
@@ -334,22 +479,30 @@ impl Route {
                 | Self::CreateGroup
                 | Self::AddMember(_)
                 | Self::RemoveMember(..)
+                | Self::UpdateUser(_)
+                | Self::UpdateGroup(_)
+                | Self::UpsertGroup(_)
         )
     }
 
     fn cost(&self) -> u32 {
         match self {
-            Self::Skus | Self::ListGroups | Self::ListMembers(_) | Self::MemberOf(..) => {
-                LIST_COST_UNITS
-            }
+            Self::Skus
+            | Self::ListGroups
+            | Self::ListMembers(_)
+            | Self::MemberOf(..)
+            | Self::ListUsers => LIST_COST_UNITS,
             _ if self.is_write() => WRITE_COST_UNITS,
             _ => READ_COST_UNITS,
         }
     }
 
-    fn targets(&self) -> Vec<String> {
+    fn targets(&self, body: Option<&Value>) -> Vec<String> {
         match self {
-            Self::AssignLicense(u) => vec![u.clone()],
+            Self::AssignLicense(u) | Self::UpdateUser(u) => vec![u.clone()],
+            Self::UpdateGroup(g) | Self::UpsertGroup(g) => std::iter::once(g.clone())
+                .chain(bind_targets(body))
+                .collect(),
             Self::AddMember(g) => vec![g.clone()],
             Self::RemoveMember(g, u) => vec![g.clone(), u.clone()],
             _ => Vec::new(),
@@ -505,6 +658,13 @@ impl Shared {
         let mut applied = false;
         let resp = if let Route::Invalid(msg) = &route {
             SimResponse::error(&GraphError::new(400, "BadRequest", msg.clone()))
+        } else if matches!(route, Route::MethodNotAllowed) {
+            // microsoft-graph-docs-contrib `concepts/json-batching.md`, response 4 of the example.
+            SimResponse::error(&GraphError::new(
+                405,
+                "Request_BadRequest",
+                "Specified HTTP method is not allowed for the request target.",
+            ))
         } else if matches!(route, Route::Batch) {
             SimResponse::error(&GraphError::new(
                 400,
@@ -541,13 +701,13 @@ impl Shared {
                         .throttled_write_applied_probability
                         .clamp(0.0, 1.0);
                     if is_write && p > 0.0 && rand::rng().random_bool(p) {
-                        let r = self.execute(&route, query, body, base);
+                        let r = self.execute(&route, query, body, base, ctx.hints);
                         applied = (200..300).contains(&r.status);
                     }
                     SimResponse::throttled(&throttled, &self.client_id)
                 }
                 Ok(load) => {
-                    let r = self.execute(&route, query, body, base);
+                    let r = self.execute(&route, query, body, base, ctx.hints);
                     applied = is_write && (200..300).contains(&r.status);
                     let r = if applied {
                         self.after_applied(r, ctx.single)
@@ -568,7 +728,7 @@ impl Shared {
                 unix_ms: now,
                 method: method.to_string(),
                 route: route.kind().to_owned(),
-                targets: route.targets(),
+                targets: route.targets(body),
                 status,
                 applied,
                 body: body.cloned(),
@@ -585,6 +745,7 @@ impl Shared {
         query: Option<&str>,
         body: Option<&Value>,
         base: &str,
+        hints: Hints,
     ) -> SimResponse {
         let q = parse_query(query);
         let null = Value::Null;
@@ -626,7 +787,36 @@ impl Shared {
                 .write()
                 .remove_member(g, u)
                 .map(|()| (204, None)),
-            Route::Batch | Route::Invalid(_) => {
+            Route::ListUsers => self.list_users(&q, base, hints).map(|v| (200, Some(v))),
+            Route::UpdateUser(u) => self
+                .directory
+                .write()
+                .update_user(u, body)
+                .map(|_| (204, None)),
+            Route::GetGroup(k) => self
+                .directory
+                .read()
+                .get_group(k, query_param(&q, "$select"))
+                .map(|v| (200, Some(v))),
+            Route::UpdateGroup(g) => self
+                .directory
+                .write()
+                .update_group(g, body)
+                .map(|_| (204, None)),
+            Route::UpsertGroup(name) => self
+                .directory
+                .write()
+                .upsert_group(name, body, hints.create_if_missing)
+                .map(|r| match r {
+                    Upsert::Created(mut group, _) => {
+                        group["@odata.context"] =
+                            json!(format!("{base}/v1.0/$metadata#groups/$entity"));
+                        (201, Some(group))
+                    }
+                    Upsert::Updated(_) => (204, None),
+                }),
+            Route::CountMembers(g) => return self.count_members(g, hints),
+            Route::Batch | Route::Invalid(_) | Route::MethodNotAllowed => {
                 Err(GraphError::new(400, "BadRequest", "Invalid request."))
             }
         };
@@ -759,6 +949,8 @@ impl Shared {
                 requests.len()
             ));
         }
+        // Ids are "Not case-sensitive. Must be unique in the batch, otherwise, the batch request
+        // fails with a `400` error code" (microsoft-graph-docs-contrib `concepts/json-batching.md`).
         let mut seen = HashSet::new();
         let mut parsed = Vec::with_capacity(requests.len());
         for r in requests {
@@ -777,14 +969,13 @@ impl Shared {
                     "Invalid batch payload format: every request needs id, method and url.",
                 );
             };
-            if !seen.insert(id.clone()) {
+            if !seen.insert(id.to_lowercase()) {
                 return bad(&format!("Batch request ids must be unique: '{id}'."));
             }
             let inner_body = r.get("body").filter(|b| !b.is_null());
-            let has_content_type = r
-                .get("headers")
-                .and_then(Value::as_object)
-                .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")));
+            let headers = r.get("headers").and_then(Value::as_object);
+            let has_content_type =
+                headers.is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")));
             if inner_body.is_some() && !has_content_type {
                 return bad(&format!(
                     "Write request id : {id} does not contain Content-Type header or body."
@@ -793,70 +984,227 @@ impl Shared {
             // Graph's docs are silent on an inner `client-request-id`; the simulator echoes it
             // like an outer one, so a client can match each inner answer.
             let inner_header = |name: &str| {
-                r.get("headers")
-                    .and_then(Value::as_object)
+                headers
                     .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
                     .and_then(|(_, v)| v.as_str())
             };
             let client_request_id = inner_header(CLIENT_REQUEST_ID).map(str::to_owned);
             // An inner request's own priority, else the `$batch`'s (the docs are silent on
             // inner headers; Graph applies an inner request's headers to it).
-            let ctx = CallContext {
-                priority: match inner_header(THROTTLE_PRIORITY) {
-                    Some(v) => Priority::from_header(Some(v)),
-                    None => priority,
-                },
-                single: false,
+            let priority = match inner_header(THROTTLE_PRIORITY) {
+                Some(v) => Priority::from_header(Some(v)),
+                None => priority,
             };
-            parsed.push((
+            let depends_on = match r.get("dependsOn") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(list)) => {
+                    let ids: Option<Vec<String>> = list
+                        .iter()
+                        .map(|d| d.as_str().map(str::to_lowercase))
+                        .collect();
+                    match ids {
+                        Some(ids) => ids,
+                        None => {
+                            return bad(
+                                "Invalid batch payload format: dependsOn must list request ids.",
+                            );
+                        }
+                    }
+                }
+                Some(_) => {
+                    return bad("Invalid batch payload format: dependsOn must list request ids.");
+                }
+            };
+            parsed.push(InnerRequest {
                 id,
                 method,
-                url.to_owned(),
-                inner_body.cloned(),
+                url: url.to_owned(),
+                body: inner_body.cloned(),
                 client_request_id,
-                ctx,
-            ));
+                hints: Hints::from_batch(headers),
+                priority,
+                depends_on,
+            });
         }
+        let Some(order) = batch_order(&parsed) else {
+            return bad(
+                "Invalid batch payload format: dependsOn names an unknown request id or forms a cycle.",
+            );
+        };
         self.stats.lock().batch(parsed.len());
-        let mut responses: Vec<Value> = parsed
-            .into_iter()
-            .map(|(id, method, url, body, client_request_id, ctx)| {
-                // Inner URLs are relative to the version ("/users/…"); tolerate a "/v1.0" prefix.
-                let rel = url.strip_prefix("/v1.0").unwrap_or(&url);
-                let rel = if rel.starts_with('/') {
-                    rel.to_owned()
+        // Status of each request run so far, by lower-cased id.
+        let mut done: HashMap<String, u16> = HashMap::new();
+        let mut responses: Vec<Value> = Vec::with_capacity(parsed.len());
+        for i in order {
+            let req = &parsed[i];
+            // Inner URLs are relative to the version ("/users/…"); tolerate a "/v1.0" prefix.
+            let rel = req.url.strip_prefix("/v1.0").unwrap_or(&req.url);
+            let rel = if rel.starts_with('/') {
+                rel.to_owned()
+            } else {
+                format!("/{rel}")
+            };
+            // Each inner answer has ids of its own, as in the inner error bodies of
+            // microsoft-graph-docs-contrib `concepts/json-batching.md`.
+            let ids = RequestIds::new(req.client_request_id.as_deref());
+            let failed_dependency = req
+                .depends_on
+                .iter()
+                .any(|d| done.get(d).is_none_or(|s| !(200..300).contains(s)));
+            let mut r = if failed_dependency {
+                // "If an individual request fails, any request that depends on that request
+                // fails with status code 424 (Failed Dependency)" (`json-batching.md`); the docs
+                // give no body, the simulator sends Graph's error shape.
+                let path = rel.split_once('?').map_or(rel.as_str(), |(p, _)| p);
+                self.stats
+                    .lock()
+                    .request(Route::parse(&req.method, path).kind(), 424);
+                SimResponse::error(&GraphError::new(
+                    424,
+                    "FailedDependency",
+                    "The request was not run because a request it depends on failed.",
+                ))
+            } else {
+                self.call(
+                    &req.method,
+                    &rel,
+                    req.body.as_ref(),
+                    base,
+                    &ids,
+                    CallContext {
+                        priority: req.priority,
+                        single: false,
+                        hints: req.hints,
+                    },
+                )
+            };
+            done.insert(req.id.to_lowercase(), r.status);
+            let body = r.body(&ids);
+            let mut headers = serde_json::Map::new();
+            if body.is_some() {
+                let content_type = if r.plain_text {
+                    "text/plain"
                 } else {
-                    format!("/{rel}")
+                    "application/json"
                 };
-                // Each inner answer has ids of its own, as in the inner error bodies of
-                // microsoft-graph-docs-contrib `concepts/json-batching.md`.
-                let ids = RequestIds::new(client_request_id.as_deref());
-                let mut r = self.call(&method, &rel, body.as_ref(), base, &ids, ctx);
-                let body = r.body(&ids);
-                let mut headers = serde_json::Map::new();
-                if body.is_some() {
-                    headers.insert("Content-Type".into(), json!("application/json"));
-                }
-                if let Some(s) = r.retry_after.take() {
-                    headers.insert("Retry-After".into(), json!(s));
-                }
-                for (name, value) in r.headers.drain(..) {
-                    headers.insert(name.into(), json!(value));
-                }
-                headers.insert(REQUEST_ID.into(), json!(ids.request_id));
-                headers.insert(CLIENT_REQUEST_ID.into(), json!(ids.client_request_id));
-                headers.insert("Date".into(), json!(ids.http_date()));
-                let mut out = json!({"id": id, "status": r.status, "headers": headers});
-                if let Some(b) = body {
-                    out["body"] = b;
-                }
-                out
-            })
-            .collect();
+                headers.insert("Content-Type".into(), json!(content_type));
+            }
+            if let Some(s) = r.retry_after.take() {
+                headers.insert("Retry-After".into(), json!(s));
+            }
+            for (name, value) in r.headers.drain(..) {
+                headers.insert(name.into(), json!(value));
+            }
+            headers.insert(REQUEST_ID.into(), json!(ids.request_id));
+            headers.insert(CLIENT_REQUEST_ID.into(), json!(ids.client_request_id));
+            headers.insert("Date".into(), json!(ids.http_date()));
+            let mut out = json!({"id": req.id, "status": r.status, "headers": headers});
+            if let Some(b) = body {
+                out["body"] = b;
+            }
+            responses.push(out);
+        }
         // Graph answers in any order; so does the simulator, to keep clients honest.
         responses.shuffle(&mut rand::rng());
         SimResponse::ok(200, Some(json!({ "responses": responses })))
     }
+
+    /// `GET /users[?$filter=…]`: a page of users, `$select`ed, paged like `list_members`; with
+    /// `$count=true` and `ConsistencyLevel: eventual`, `@odata.count`. Without the header,
+    /// `$count=true` is "silently ignored" and filters still work: `userPrincipalName`, `mail`,
+    /// `proxyAddresses` and `otherMails` filter by default (microsoft-graph-docs-contrib
+    /// `concepts/aad-advanced-queries.md`, `includes/filter-directory-objects.md`).
+    fn list_users(
+        &self,
+        q: &[(String, String)],
+        base: &str,
+        hints: Hints,
+    ) -> Result<Value, GraphError> {
+        let selection = query_param(q, "$select");
+        let filter = query_param(q, "$filter");
+        let page_size = page_size(q, self.behaviour.read().members_page_size)?;
+        let after = skip_token(q)?;
+        let page = self
+            .directory
+            .read()
+            .list_users(filter, selection, after, page_size)?;
+        let mut out = json!({
+            "@odata.context": format!("{base}/v1.0/$metadata#users"),
+            "value": page.value,
+        });
+        let count = query_param(q, "$count").is_some_and(|c| c.eq_ignore_ascii_case("true"));
+        if count && hints.eventual {
+            out["@odata.count"] = json!(page.count);
+        }
+        if let Some(next) = page.next {
+            // The next page keeps the filter and `$count`, and what `next_link` keeps.
+            let mut link = next_link(format!("{base}/v1.0/users"), q, page_size, next);
+            if let Some(f) = filter {
+                link.push_str(&format!("&$filter={}", pct_encode(f)));
+            }
+            if count {
+                link.push_str("&$count=true");
+            }
+            out["@odata.nextLink"] = json!(link);
+        }
+        Ok(out)
+    }
+
+    /// `GET /groups/{id}/members/$count`: a plain-text number, only with
+    /// `ConsistencyLevel: eventual`; without it Graph answers 400 "$count is not currently
+    /// supported." (microsoft-graph-docs-contrib `api-reference/v1.0/api/group-list-members.md`
+    /// and `concepts/aad-advanced-queries.md`, "Error handling").
+    fn count_members(&self, group: &str, hints: Hints) -> SimResponse {
+        if !hints.eventual {
+            return SimResponse::error(&GraphError::new(
+                400,
+                "Request_BadRequest",
+                "$count is not currently supported.",
+            ));
+        }
+        match self.directory.read().member_count(group) {
+            Ok(n) => SimResponse::text(200, json!(n)),
+            Err(e) => SimResponse::error(&e),
+        }
+    }
+}
+
+/// One inner request of a `$batch`.
+struct InnerRequest {
+    id: String,
+    method: Method,
+    url: String,
+    body: Option<Value>,
+    client_request_id: Option<String>,
+    hints: Hints,
+    /// Its own `x-ms-throttle-priority`, else the `$batch`'s.
+    priority: Priority,
+    /// Lower-cased ids of the requests it depends on.
+    depends_on: Vec<String>,
+}
+
+/// The order to run a batch in: each request after those it `dependsOn`, otherwise in the order
+/// given (`json-batching.md`, "Sequencing requests with the dependsOn property"). `None` when a
+/// dependency names no request of the batch or the dependencies form a cycle.
+fn batch_order(requests: &[InnerRequest]) -> Option<Vec<usize>> {
+    let index: HashMap<String, usize> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.to_lowercase(), i))
+        .collect();
+    let deps: Vec<Vec<usize>> = requests
+        .iter()
+        .map(|r| r.depends_on.iter().map(|d| index.get(d).copied()).collect())
+        .collect::<Option<_>>()?;
+    let mut order = Vec::with_capacity(requests.len());
+    let mut placed = vec![false; requests.len()];
+    while order.len() < requests.len() {
+        let next =
+            (0..requests.len()).find(|&i| !placed[i] && deps[i].iter().all(|&d| placed[d]))?;
+        placed[next] = true;
+        order.push(next);
+    }
+    Some(order)
 }
 
 async fn simulated_latency(shared: &Shared) {
@@ -951,6 +1299,7 @@ async fn graph(
         CallContext {
             priority,
             single: true,
+            hints: Hints::from_http(&headers),
         },
     );
     if r.dropped {
@@ -1029,6 +1378,61 @@ async fn token(
         .into_response()
 }
 
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration`: the OpenID Connect discovery document
+/// of the simulator's token service, shaped like Entra ID's (MicrosoftDocs/entra-docs
+/// `docs/identity-platform/v2-protocols-oidc.md`, "Find your app's OpenID configuration document
+/// URI" and "Sample response"), its endpoints pointing at the simulator. For the multi-tenant
+/// names (`common`, `organizations`, `consumers`) the issuer keeps the `{tenantid}` template,
+/// as Entra ID's does.
+async fn openid_configuration(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.stats.lock().request("openid_configuration", 200);
+    let base = shared.base_url(&headers);
+    let issuer_tenant = match tenant.to_ascii_lowercase().as_str() {
+        "common" | "organizations" | "consumers" => "{tenantid}".to_owned(),
+        _ => tenant.clone(),
+    };
+    let authority = format!("{base}/{tenant}");
+    Json(json!({
+        "token_endpoint": format!("{authority}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{authority}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": format!("{base}/{issuer_tenant}/v2.0"),
+        "request_uri_parameter_supported": false,
+        "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+        "authorization_endpoint": format!("{authority}/oauth2/v2.0/authorize"),
+        "device_authorization_endpoint": format!("{authority}/oauth2/v2.0/devicecode"),
+        "http_logout_supported": true,
+        "frontchannel_logout_supported": true,
+        "end_session_endpoint": format!("{authority}/oauth2/v2.0/logout"),
+        "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name",
+            "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr",
+            "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
+        "kerberos_endpoint": format!("{authority}/kerberos"),
+        "tenant_region_scope": null,
+        "cloud_instance_name": "microsoftonline.com",
+        "cloud_graph_host_name": "graph.windows.net",
+        "msgraph_host": "graph.microsoft.com",
+        "rbac_url": "https://pas.windows.net",
+    }))
+    .into_response()
+}
+
+/// `GET /{tenant}/discovery/v2.0/keys`, the `jwks_uri` of the discovery document: the
+/// simulator's access tokens are opaque, not signed JWTs, so it publishes no keys.
+async fn jwks(State(shared): State<Arc<Shared>>) -> Response {
+    shared.stats.lock().request("jwks", 200);
+    Json(json!({ "keys": [] })).into_response()
+}
+
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
     Json(shared.stats.lock().snapshot()).into_response()
 }
@@ -1092,4 +1496,60 @@ fn next_link(
     }
     link.push_str(&format!("$skiptoken={next}"));
     link
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner(id: &str, depends_on: &[&str]) -> InnerRequest {
+        InnerRequest {
+            id: id.to_owned(),
+            method: Method::GET,
+            url: "/users".to_owned(),
+            body: None,
+            client_request_id: None,
+            hints: Hints::default(),
+            priority: Priority::None,
+            depends_on: depends_on.iter().map(|d| d.to_lowercase()).collect(),
+        }
+    }
+
+    #[test]
+    fn batch_runs_dependencies_first_and_refuses_unknown_ids_and_cycles() {
+        let reqs = [
+            inner("1", &[]),
+            inner("2", &["4"]),
+            inner("3", &[]),
+            inner("4", &["1"]),
+        ];
+        assert_eq!(batch_order(&reqs), Some(vec![0, 2, 3, 1]));
+        // Ids are compared case-insensitively.
+        assert_eq!(
+            batch_order(&[inner("B", &["a"]), inner("A", &[])]),
+            Some(vec![1, 0])
+        );
+        assert_eq!(batch_order(&[inner("1", &["9"])]), None);
+        assert_eq!(batch_order(&[inner("1", &["2"]), inner("2", &["1"])]), None);
+    }
+
+    #[test]
+    fn a_known_path_with_another_method_is_405() {
+        assert!(matches!(
+            Route::parse(&Method::DELETE, "/users/a@x.org"),
+            Route::MethodNotAllowed
+        ));
+        assert!(matches!(
+            Route::parse(&Method::POST, "/groups(uniqueName='x')"),
+            Route::MethodNotAllowed
+        ));
+        assert!(matches!(
+            Route::parse(&Method::GET, "/nothing"),
+            Route::Invalid(_)
+        ));
+        assert!(matches!(
+            Route::parse(&Method::GET, "/users/alice_x.org%23EXT%23@t.onmicrosoft.com"),
+            Route::GetUser(u) if u == "alice_x.org#EXT#@t.onmicrosoft.com"
+        ));
+    }
 }

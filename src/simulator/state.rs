@@ -6,8 +6,13 @@
 //! Eventual consistency ([`super::replica`]) lives in the lookup and mutation primitives: reads
 //! go through [`Directory::visible_user`], [`Directory::visible_group`] and the membership
 //! iterators, which in a lagging view show the version from before the writes not yet
-//! replicated; `insert_user`, `insert_group`, `assign_license` and the membership changes record
-//! those writes when a Graph call makes them. Routes built on these primitives inherit it.
+//! replicated; `insert_user`, `insert_group`, `assign_license`, `set_usage_location` and the
+//! membership changes (`insert_member`, `remove_member`) record those writes when a Graph call
+//! makes them. Routes built on these primitives inherit it: `GET /users?$filter`, `GET /groups/{id}`,
+//! the `uniqueName` lookups, `members/$count`, and the writes of `PATCH /users/{id}`,
+//! `PATCH /groups/{id}` (`members@odata.bind`) and the upsert (a group creation plus member adds).
+//! Group property changes (`displayName`, `description`) are not versioned: replicas show them
+//! at once.
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::ops::Bound;
@@ -123,12 +128,18 @@ struct User {
     usage_location: Option<String>,
     /// (skuId, disabledPlans) in assignment order.
     licences: Vec<(Uuid, Vec<Uuid>)>,
+    mail: Option<String>,
+    proxy_addresses: Vec<String>,
+    other_mails: Vec<String>,
 }
 
 struct Group {
     id: Uuid,
     display_name: String,
     mail_nickname: String,
+    /// Graph's `uniqueName`: an alternate key, settable once (`group-upsert.md`).
+    unique_name: Option<String>,
+    description: Option<String>,
     /// Ordered so that `$skiptoken` paging is a cheap range query with stable pages.
     members: BTreeSet<Uuid>,
 }
@@ -147,6 +158,16 @@ pub struct Directory {
     /// User id -> the groups they are a direct member of, ordered so that `memberOf` pages
     /// like `members` (a range after the skip token), without scanning every group.
     member_of: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// Lower-cased `mail` -> ids (not unique: a seed may give two users one mail).
+    mail_index: HashMap<String, Vec<Uuid>>,
+    /// Lower-cased proxy address, prefix included (`smtp:a@b`) -> id: unique in Entra ID.
+    proxy_index: HashMap<String, Uuid>,
+    /// Lower-cased `otherMails` entry -> ids.
+    other_mail_index: HashMap<String, Vec<Uuid>>,
+    /// Lower-cased group `uniqueName` -> id.
+    unique_names: HashMap<String, Uuid>,
+    /// Every user id, ordered, so that `GET /users` pages by a range after the skip token.
+    user_order: BTreeSet<Uuid>,
     /// Writes of Graph calls not yet replicated.
     replication: Replication,
 }
@@ -380,7 +401,7 @@ impl User {
             "displayName": self.display_name,
             "givenName": null,
             "jobTitle": null,
-            "mail": null,
+            "mail": self.mail,
             "mobilePhone": null,
             "officeLocation": null,
             "preferredLanguage": null,
@@ -389,6 +410,8 @@ impl User {
             "mailNickname": self.mail_nickname,
             "accountEnabled": self.account_enabled,
             "usageLocation": self.usage_location,
+            "proxyAddresses": self.proxy_addresses,
+            "otherMails": self.other_mails,
             "assignedLicenses": self.licences.iter().map(|(sku, disabled)| json!({
                 "disabledPlans": disabled, "skuId": sku})).collect::<Vec<_>>(),
         })
@@ -404,7 +427,8 @@ impl Group {
             "mailEnabled": false,
             "securityEnabled": true,
             "groupTypes": [],
-            "description": null,
+            "description": self.description,
+            "uniqueName": self.unique_name,
         })
     }
 }
@@ -520,6 +544,9 @@ impl Directory {
                 account_enabled: true,
                 usage_location: u.usage_location.clone(),
                 licences: Vec::new(),
+                mail: u.mail.clone(),
+                proxy_addresses: u.proxy_addresses.clone(),
+                other_mails: u.other_mails.clone(),
             })?;
             if !u.assigned_licenses.is_empty() {
                 let req = AssignLicense {
@@ -535,10 +562,15 @@ impl Directory {
         }
         for g in &seed.groups {
             let id = g.id.unwrap_or_else(Uuid::new_v4);
+            if let Some(name) = &g.unique_name {
+                self.check_unique_name_free(name)?;
+            }
             self.insert_group(Group {
                 id,
                 display_name: g.display_name.clone(),
                 mail_nickname: g.display_name.replace(' ', ""),
+                unique_name: g.unique_name.clone(),
+                description: None,
                 members: BTreeSet::new(),
             });
             for m in &g.members {
@@ -561,9 +593,12 @@ impl Directory {
                 "Another object with the same value for property userPrincipalName already exists.",
             ));
         }
+        self.check_addresses_free(&user)?;
         if let Some((now, lag)) = write_lag() {
             self.replication.user_written(user.id, None, now, lag);
         }
+        self.index_addresses(&user);
+        self.user_order.insert(user.id);
         self.upn_index.insert(key, user.id);
         self.users.insert(user.id, user);
         Ok(())
@@ -577,6 +612,9 @@ impl Directory {
             .entry(group.display_name.to_lowercase())
             .or_default()
             .push(group.id);
+        if let Some(name) = &group.unique_name {
+            self.unique_names.insert(name.to_lowercase(), group.id);
+        }
         self.groups.insert(group.id, group);
     }
 
@@ -793,14 +831,24 @@ impl Directory {
         if !upn.contains('@') {
             return Err(missing("userPrincipalName"));
         }
+        validate_upn(&upn)?;
+        let usage_location = body
+            .get("usageLocation")
+            .map(validate_usage_location)
+            .transpose()?
+            .flatten();
+        let (mail, proxy_addresses, other_mails) = create_addresses(body)?;
         let user = User {
             id: Uuid::new_v4(),
             upn,
             display_name,
             mail_nickname,
             account_enabled,
-            usage_location: s("usageLocation"),
+            usage_location,
             licences: Vec::new(),
+            mail,
+            proxy_addresses,
+            other_mails,
         };
         let json = user.json();
         self.insert_user(user)?;
@@ -836,6 +884,11 @@ impl Directory {
             id: Uuid::new_v4(),
             display_name: display_name.to_owned(),
             mail_nickname: mail_nickname.to_owned(),
+            unique_name: None,
+            description: body
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             members: BTreeSet::new(),
         };
         let json = group.json();
@@ -931,18 +984,30 @@ impl Directory {
             .ok()
             .filter(|id| self.visible_user(id).is_some())
             .ok_or_else(|| GraphError::not_found(user_key))?;
-        let g = self.groups.get_mut(&gid).expect("checked above");
-        if !g.members.insert(uid) {
+        if !self.insert_member(gid, uid) {
             return Err(GraphError::bad_request(
                 "One or more added object references already exist for the following modified properties: 'members'.",
             ));
+        }
+        Ok(uid)
+    }
+
+    /// The membership-add primitive behind `add_member` and `members@odata.bind`: adds `uid`
+    /// to `gid` (both checked by the caller) and records the change for the replicas. Returns
+    /// false when the user already was a member.
+    fn insert_member(&mut self, gid: Uuid, uid: Uuid) -> bool {
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return false;
+        };
+        if !g.members.insert(uid) {
+            return false;
         }
         self.member_of.entry(uid).or_default().insert(gid);
         if let Some((now, lag)) = write_lag() {
             self.replication
                 .membership_written(gid, uid, false, now, lag);
         }
-        Ok(uid)
+        true
     }
 
     /// `DELETE /groups/{id}/members/{user-id}/$ref`.
@@ -1015,6 +1080,795 @@ impl Directory {
         let more = ids.next().is_some();
         Ok((page, if more { last } else { None }))
     }
+}
+
+/// Graph's most members one request may bind (`members@odata.bind`): "up to 20 members can be
+/// added in a single request" (microsoft-graph-docs-contrib
+/// `api-reference/v1.0/api/group-post-members.md`, example 2; `group-upsert.md`, example 2).
+pub const MAX_MEMBER_BINDS: usize = 20;
+
+/// The error Graph answers for a `$filter` clause it does not support on a property
+/// (microsoft-graph-docs-contrib `concepts/aad-advanced-queries.md`, "Error handling").
+fn unsupported_filter(property: &str, resource: &str) -> GraphError {
+    GraphError::new(
+        400,
+        "Request_UnsupportedQuery",
+        format!(
+            "Unsupported or invalid query filter clause specified for property '{property}' of resource '{resource}'."
+        ),
+    )
+}
+
+fn invalid_filter(filter: &str) -> GraphError {
+    GraphError::new(
+        400,
+        "BadRequest",
+        format!("Invalid filter clause: {filter}"),
+    )
+}
+
+/// Checks a user principal name against Entra ID's rules (MicrosoftDocs/entra-docs
+/// `docs/identity/authentication/concept-sspr-policy.md`, "UserPrincipalName policies that apply
+/// to all user accounts"; also microsoft-graph-docs-contrib `api-reference/v1.0/api/user-post-users.md`):
+/// one `@`; the local part only `A-Z a-z 0-9 ' . - _ ! # ^ ~`, at most 64 characters and not
+/// ending with `.`; at most 48 characters after the `@`; at most 113 in all. The message is
+/// the one Graph is seen to answer (the docs give none).
+pub fn validate_upn(upn: &str) -> Result<(), GraphError> {
+    let invalid = || {
+        GraphError::new(
+            400,
+            "Request_BadRequest",
+            "Property userPrincipalName is invalid.",
+        )
+    };
+    let (local, domain) = upn.split_once('@').ok_or_else(invalid)?;
+    let local_ok = |c: char| c.is_ascii_alphanumeric() || "'.-_!#^~".contains(c);
+    let domain_ok = |c: char| c.is_ascii_alphanumeric() || ".-".contains(c);
+    if local.is_empty()
+        || domain.is_empty()
+        || upn.chars().count() > 113
+        || local.chars().count() > 64
+        || domain.chars().count() > 48
+        || local.ends_with('.')
+        || !local.chars().all(local_ok)
+        || !domain.chars().all(domain_ok)
+    {
+        return Err(invalid());
+    }
+    Ok(())
+}
+
+/// Checks a `usageLocation`: "A two-letter country code (ISO standard 3166)" (microsoft-graph-docs-contrib
+/// `api-reference/v1.0/resources/user.md`). `null` clears it. The simulator checks the form (two
+/// ASCII letters), not the list of assigned codes; it stores the code in upper case.
+pub fn validate_usage_location(value: &Value) -> Result<Option<String>, GraphError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) if s.len() == 2 && s.chars().all(|c| c.is_ascii_alphabetic()) => {
+            Ok(Some(s.to_ascii_uppercase()))
+        }
+        _ => Err(GraphError::new(
+            400,
+            "Request_BadRequest",
+            "Invalid value specified for property 'usageLocation' of resource 'User'.",
+        )),
+    }
+}
+
+/// `mail`, `proxyAddresses` and `otherMails` of a `POST /users` body. `mail` is writable and
+/// becomes the primary proxy address; `proxyAddresses` "can't be updated through Microsoft
+/// Graph" (microsoft-graph-docs-contrib `api-reference/v1.0/resources/user.md`, "mail and
+/// proxyAddresses properties").
+type Addresses = (Option<String>, Vec<String>, Vec<String>);
+
+fn create_addresses(body: &Value) -> Result<Addresses, GraphError> {
+    if body.get("proxyAddresses").is_some() {
+        return Err(GraphError::new(
+            400,
+            "Request_BadRequest",
+            "Property 'proxyAddresses' is read-only and cannot be set.",
+        ));
+    }
+    let invalid = |p: &str| {
+        GraphError::new(
+            400,
+            "Request_BadRequest",
+            format!("Invalid value specified for property '{p}' of resource 'User'."),
+        )
+    };
+    let mail = match body.get("mail") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) if m.contains('@') => Some(m.clone()),
+        Some(_) => return Err(invalid("mail")),
+    };
+    let other_mails = match body.get("otherMails") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| invalid("otherMails"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid("otherMails")),
+    };
+    let proxies = mail.iter().map(|m| format!("SMTP:{m}")).collect();
+    Ok((mail, proxies, other_mails))
+}
+
+/// A parsed user `$filter`: the subset of Graph's default (non-advanced) filters the simulator
+/// serves from its indexes (microsoft-graph-docs-contrib `includes/filter-directory-objects.md`:
+/// `eq` on `userPrincipalName` and `mail`, `any(… eq …)` on `proxyAddresses` and `otherMails`, all
+/// "Default", i.e. without `ConsistencyLevel: eventual`).
+#[derive(Debug, PartialEq)]
+enum UserFilter {
+    Or(Box<UserFilter>, Box<UserFilter>),
+    And(Box<UserFilter>, Box<UserFilter>),
+    Upn(String),
+    Mail(String),
+    ProxyAddress(String),
+    OtherMail(String),
+}
+
+#[derive(Debug, PartialEq)]
+enum Token {
+    Open,
+    Close,
+    Colon,
+    Slash,
+    Str(String),
+    Word(String),
+}
+
+fn tokenize(filter: &str) -> Result<Vec<Token>, GraphError> {
+    let mut out = Vec::new();
+    let mut chars = filter.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            c if c.is_whitespace() => {
+                chars.next();
+            }
+            '(' | ')' | ':' | '/' => {
+                chars.next();
+                out.push(match c {
+                    '(' => Token::Open,
+                    ')' => Token::Close,
+                    ':' => Token::Colon,
+                    _ => Token::Slash,
+                });
+            }
+            '\'' => {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err(invalid_filter(filter)),
+                        // OData doubles a quote inside a string literal.
+                        Some('\'') if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                            s.push('\'');
+                        }
+                        Some('\'') => break,
+                        Some(c) => s.push(c),
+                    }
+                }
+                out.push(Token::Str(s));
+            }
+            _ => {
+                let mut w = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() || "():/'".contains(c) {
+                        break;
+                    }
+                    w.push(c);
+                    chars.next();
+                }
+                out.push(Token::Word(w));
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct FilterParser<'a> {
+    filter: &'a str,
+    tokens: Vec<Token>,
+    at: usize,
+}
+
+impl FilterParser<'_> {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.at)
+    }
+
+    fn next(&mut self) -> Option<&Token> {
+        self.at += 1;
+        self.tokens.get(self.at - 1)
+    }
+
+    fn keyword(&self, word: &str) -> bool {
+        matches!(self.peek(), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
+    }
+
+    fn expect(&mut self, t: &Token) -> Result<(), GraphError> {
+        match self.next() {
+            Some(x) if x == t => Ok(()),
+            _ => Err(invalid_filter(self.filter)),
+        }
+    }
+
+    fn word(&mut self) -> Result<String, GraphError> {
+        match self.next() {
+            Some(Token::Word(w)) => Ok(w.clone()),
+            _ => Err(invalid_filter(self.filter)),
+        }
+    }
+
+    fn string(&mut self, property: &str) -> Result<String, GraphError> {
+        match self.next() {
+            Some(Token::Str(s)) => Ok(s.clone()),
+            // `null`, numbers, …: not supported by default on these properties.
+            Some(Token::Word(_)) => Err(unsupported_filter(property, "User")),
+            _ => Err(invalid_filter(self.filter)),
+        }
+    }
+
+    fn or(&mut self) -> Result<UserFilter, GraphError> {
+        let mut left = self.and()?;
+        while self.keyword("or") {
+            self.at += 1;
+            left = UserFilter::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<UserFilter, GraphError> {
+        let mut left = self.primary()?;
+        while self.keyword("and") {
+            self.at += 1;
+            left = UserFilter::And(Box::new(left), Box::new(self.primary()?));
+        }
+        Ok(left)
+    }
+
+    fn primary(&mut self) -> Result<UserFilter, GraphError> {
+        if self.peek() == Some(&Token::Open) {
+            self.at += 1;
+            let inner = self.or()?;
+            self.expect(&Token::Close)?;
+            return Ok(inner);
+        }
+        let property = self.word()?;
+        if self.peek() == Some(&Token::Slash) {
+            // `proxyAddresses/any(p:p eq '…')`
+            self.at += 1;
+            let lambda = self.word()?;
+            if !lambda.eq_ignore_ascii_case("any") {
+                return Err(unsupported_filter(&property, "User"));
+            }
+            self.expect(&Token::Open)?;
+            let var = self.word()?;
+            self.expect(&Token::Colon)?;
+            let var2 = self.word()?;
+            let op = self.word()?;
+            if var != var2 || !op.eq_ignore_ascii_case("eq") {
+                return Err(unsupported_filter(&property, "User"));
+            }
+            let value = self.string(&property)?;
+            self.expect(&Token::Close)?;
+            return if property.eq_ignore_ascii_case("proxyAddresses") {
+                Ok(UserFilter::ProxyAddress(value))
+            } else if property.eq_ignore_ascii_case("otherMails") {
+                Ok(UserFilter::OtherMail(value))
+            } else {
+                Err(unsupported_filter(&property, "User"))
+            };
+        }
+        if self.peek() == Some(&Token::Open) {
+            // A function such as `startsWith(…)` or `endsWith(…)`.
+            return Err(unsupported_filter(&property, "User"));
+        }
+        let op = self.word()?;
+        if !op.eq_ignore_ascii_case("eq") {
+            return Err(unsupported_filter(&property, "User"));
+        }
+        if property.eq_ignore_ascii_case("userPrincipalName") {
+            Ok(UserFilter::Upn(self.string(&property)?))
+        } else if property.eq_ignore_ascii_case("mail") {
+            Ok(UserFilter::Mail(self.string(&property)?))
+        } else {
+            Err(unsupported_filter(&property, "User"))
+        }
+    }
+}
+
+fn parse_user_filter(filter: &str) -> Result<UserFilter, GraphError> {
+    let mut p = FilterParser {
+        filter,
+        tokens: tokenize(filter)?,
+        at: 0,
+    };
+    let f = p.or()?;
+    if p.at != p.tokens.len() {
+        return Err(invalid_filter(filter));
+    }
+    Ok(f)
+}
+
+/// Parses a `groups(uniqueName='…')` path segment (microsoft-graph-docs-contrib
+/// `api-reference/v1.0/api/group-upsert.md`) into the unique name, quotes undoubled.
+pub fn parse_unique_name_key(segment: &str) -> Option<String> {
+    let inner = segment.strip_prefix("groups(")?.strip_suffix(')')?;
+    let (key, value) = inner.split_once('=')?;
+    if !key.trim().eq_ignore_ascii_case("uniqueName") {
+        return None;
+    }
+    match tokenize(value).ok()?.as_slice() {
+        [Token::Str(s)] => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// One page of `GET /users`.
+pub struct UsersPage {
+    /// The users of the page, `$select`ed.
+    pub value: Vec<Value>,
+    /// The skip token of the next page.
+    pub next: Option<Uuid>,
+    /// How many users match in all (for `@odata.count`).
+    pub count: usize,
+}
+
+/// What `PATCH /groups(uniqueName='…')` did.
+pub enum Upsert {
+    /// 201 with the new group.
+    Created(Value, Vec<Uuid>),
+    /// 204: the group existed and was updated (members added).
+    Updated(Vec<Uuid>),
+}
+
+impl Directory {
+    /// Whether a user id resolves (so that any rule the lookup applies also applies to filters).
+    fn visible(&self, id: Uuid) -> bool {
+        self.resolve_user(&id.to_string()) == Some(id)
+    }
+
+    /// Refuses a user whose proxy addresses belong to another object, or whose `mail` is another
+    /// object's proxy address: "proxyAddresses are unique across directory objects" and "If a
+    /// user's mail property conflicts with one of the proxyAddresses of another object, an attempt
+    /// to update the mail fails" (microsoft-graph-docs-contrib `api-reference/v1.0/resources/user.md`).
+    fn check_addresses_free(&self, user: &User) -> Result<(), GraphError> {
+        let taken = |key: String| self.proxy_index.get(&key).is_some_and(|id| *id != user.id);
+        let mail_taken = user
+            .mail
+            .as_deref()
+            .is_some_and(|m| taken(format!("smtp:{}", m.to_lowercase())));
+        if mail_taken || user.proxy_addresses.iter().any(|p| taken(p.to_lowercase())) {
+            return Err(GraphError::bad_request(
+                "Another object with the same value for property proxyAddresses already exists.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn index_addresses(&mut self, user: &User) {
+        if let Some(m) = &user.mail {
+            self.mail_index
+                .entry(m.to_lowercase())
+                .or_default()
+                .push(user.id);
+        }
+        for p in &user.proxy_addresses {
+            self.proxy_index.insert(p.to_lowercase(), user.id);
+        }
+        for m in &user.other_mails {
+            self.other_mail_index
+                .entry(m.to_lowercase())
+                .or_default()
+                .push(user.id);
+        }
+    }
+
+    fn check_unique_name_free(&self, name: &str) -> Result<(), GraphError> {
+        if self.unique_names.contains_key(&name.to_lowercase()) {
+            return Err(GraphError::bad_request(
+                "Another object with the same value for property uniqueName already exists.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The users a filter matches, from the indexes only (no filter scans all users). Values are
+    /// compared case-insensitively, so `smtp:` matches both `SMTP:` and `smtp:` entries.
+    fn matching_users(&self, f: &UserFilter) -> BTreeSet<Uuid> {
+        let many = |index: &HashMap<String, Vec<Uuid>>, v: &str| -> BTreeSet<Uuid> {
+            index
+                .get(&v.to_lowercase())
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect()
+        };
+        let ids: BTreeSet<Uuid> = match f {
+            UserFilter::Or(a, b) => {
+                return &self.matching_users(a) | &self.matching_users(b);
+            }
+            UserFilter::And(a, b) => {
+                return &self.matching_users(a) & &self.matching_users(b);
+            }
+            UserFilter::Upn(v) => self
+                .upn_index
+                .get(&v.to_lowercase())
+                .copied()
+                .into_iter()
+                .collect(),
+            UserFilter::Mail(v) => many(&self.mail_index, v),
+            UserFilter::ProxyAddress(v) => self
+                .proxy_index
+                .get(&v.to_lowercase())
+                .copied()
+                .into_iter()
+                .collect(),
+            UserFilter::OtherMail(v) => many(&self.other_mail_index, v),
+        };
+        ids.into_iter().filter(|id| self.visible(*id)).collect()
+    }
+
+    /// `GET /users[?$filter=…]`: one page of the users a filter matches (all users without one),
+    /// ordered by id, at most `page_size`, after the skip token `after`
+    /// (microsoft-graph-docs-contrib `api-reference/v1.0/api/user-list.md`, `concepts/paging.md`).
+    pub fn list_users(
+        &self,
+        filter: Option<&str>,
+        selection: Option<&str>,
+        after: Option<Uuid>,
+        page_size: usize,
+    ) -> Result<UsersPage, GraphError> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        // Through the view: a lagging replica shows a user as before its last writes.
+        let render = |id: &Uuid| {
+            let user = self
+                .visible_user(id)
+                .ok_or_else(|| GraphError::not_found(&id.to_string()))?;
+            select(
+                user.json(),
+                selection,
+                Some(USER_DEFAULT_PROPERTIES),
+                "user",
+            )
+        };
+        let (ids, count): (Vec<Uuid>, usize) = match filter {
+            Some(f) => {
+                let matched = self.matching_users(&parse_user_filter(f)?);
+                let page = matched
+                    .range((start, Bound::Unbounded))
+                    .take(page_size.max(1) + 1)
+                    .copied()
+                    .collect();
+                (page, matched.len())
+            }
+            None => (
+                self.user_order
+                    .range((start, Bound::Unbounded))
+                    .filter(|id| self.visible(**id))
+                    .take(page_size.max(1) + 1)
+                    .copied()
+                    .collect(),
+                self.visible_user_count(),
+            ),
+        };
+        let more = ids.len() > page_size.max(1);
+        let page: Vec<Uuid> = ids.into_iter().take(page_size.max(1)).collect();
+        Ok(UsersPage {
+            value: page.iter().map(render).collect::<Result<_, _>>()?,
+            next: if more { page.last().copied() } else { None },
+            count,
+        })
+    }
+
+    /// `PATCH /users/{id or upn}`: the simulator updates `usageLocation` (validated as an ISO 3166
+    /// two-letter code) and refuses other properties (microsoft-graph-docs-contrib
+    /// `api-reference/v1.0/api/user-update.md`; 204 on success). Returns the user's id.
+    pub fn update_user(&mut self, key: &str, body: &Value) -> Result<Uuid, GraphError> {
+        let id = self
+            .resolve_user(key)
+            .ok_or_else(|| GraphError::not_found(key))?;
+        let obj = body.as_object().ok_or_else(|| {
+            GraphError::new(400, "BadRequest", "Empty Payload. JSON content expected.")
+        })?;
+        if let Some(other) = obj.keys().find(|k| *k != "usageLocation") {
+            return Err(GraphError::bad_request(format!(
+                "The simulator updates only 'usageLocation' of a user, not '{other}'."
+            )));
+        }
+        if let Some(v) = obj.get("usageLocation") {
+            let location = validate_usage_location(v)?;
+            self.set_usage_location(id, location);
+        }
+        Ok(id)
+    }
+
+    /// Sets a user's usage location (the mutation primitive of `update_user`), recording the
+    /// user's previous version for the replicas the write has not reached yet.
+    fn set_usage_location(&mut self, id: Uuid, location: Option<String>) {
+        let lag = write_lag();
+        if let Some(u) = self.users.get_mut(&id) {
+            if let Some((now, lag)) = lag {
+                self.replication.user_written(id, Some(u.clone()), now, lag);
+            }
+            u.usage_location = location;
+        }
+    }
+
+    /// The number of users the current view shows: all of them, less those whose creation is
+    /// not yet replicated when the view hides new objects (from the pending writes only, so
+    /// that no user is scanned).
+    fn visible_user_count(&self) -> usize {
+        let hides_new = replica::current().is_some_and(View::hides_new);
+        if !hides_new || self.replication.is_empty() {
+            return self.users.len();
+        }
+        let now = Instant::now();
+        let hidden = self
+            .replication
+            .users
+            .values()
+            .filter(|p| p.before.is_none() && p.active(now))
+            .count();
+        self.users.len().saturating_sub(hidden)
+    }
+
+    /// The id of the group with a `uniqueName` (case-insensitive), through the group lookup.
+    fn group_by_unique_name(&self, name: &str) -> Option<Uuid> {
+        let id = self.unique_names.get(&name.to_lowercase())?;
+        self.group(&id.to_string()).ok().map(|g| g.id)
+    }
+
+    /// `GET /groups/{id}` or `GET /groups(uniqueName='…')` with an optional `$select`
+    /// (microsoft-graph-docs-contrib `api-reference/v1.0/api/group-get.md`).
+    pub fn get_group(&self, key: &GroupKey, selection: Option<&str>) -> Result<Value, GraphError> {
+        let id = self.group_key(key)?;
+        select(
+            self.group(&id.to_string())?.json(),
+            selection,
+            None,
+            "group",
+        )
+    }
+
+    fn group_key(&self, key: &GroupKey) -> Result<Uuid, GraphError> {
+        match key {
+            GroupKey::Id(id) => self.group(id).map(|g| g.id),
+            GroupKey::UniqueName(name) => self
+                .group_by_unique_name(name)
+                .ok_or_else(|| GraphError::not_found(name)),
+        }
+    }
+
+    /// `GET /groups/{id}/members/$count`: the number of direct members the current view shows
+    /// (a lagging replica counts the membership from before changes not yet replicated, and
+    /// leaves out users it does not have yet, as `members_page` lists them).
+    pub fn member_count(&self, group: &str) -> Result<usize, GraphError> {
+        let group = self.group(group)?;
+        if self.replication.is_empty() || !replica::current().is_some_and(View::hides_new) {
+            return Ok(group.members.len());
+        }
+        Ok(membership_ids(
+            Some(&group.members),
+            self.replication.members.get(&group.id),
+            None,
+        )
+        .filter(|id| self.visible_user(id).is_some())
+        .count())
+    }
+
+    /// Validates a `members@odata.bind` list for group `gid` (absent: none): at most
+    /// [`MAX_MEMBER_BINDS`], each a `…/directoryObjects/{id}` or `…/users/{id}` URL of an existing
+    /// user that is not yet a member and not named twice. "If an error condition exists in the
+    /// request body, no members are added" (`group-post-members.md`, example 2).
+    fn member_binds(&self, gid: Option<Uuid>, body: &Value) -> Result<Vec<Uuid>, GraphError> {
+        let Some(list) = body.get("members@odata.bind") else {
+            return Ok(Vec::new());
+        };
+        let list = list.as_array().ok_or_else(|| {
+            GraphError::bad_request(
+                "Invalid value for 'members@odata.bind': an array of URLs is expected.",
+            )
+        })?;
+        if list.len() > MAX_MEMBER_BINDS {
+            // The docs give the limit, not the wording.
+            return Err(GraphError::bad_request(format!(
+                "The request has {} references in 'members@odata.bind'; at most {MAX_MEMBER_BINDS} can be added in one request.",
+                list.len()
+            )));
+        }
+        let members = gid.map(|g| self.group(&g.to_string())).transpose()?;
+        let mut out = Vec::with_capacity(list.len());
+        for url in list {
+            let url = url.as_str().unwrap_or_default();
+            let mut parts = url.trim_end_matches('/').rsplit('/');
+            let key = parts.next().unwrap_or_default();
+            let kind = parts.next().unwrap_or_default();
+            if !(kind.eq_ignore_ascii_case("directoryObjects")
+                || kind.eq_ignore_ascii_case("users"))
+            {
+                return Err(GraphError::bad_request(format!(
+                    "Invalid URL format specified in @odata.bind for members: '{url}'."
+                )));
+            }
+            let uid = Uuid::parse_str(key)
+                .ok()
+                .and_then(|_| self.resolve_user(key))
+                .ok_or_else(|| GraphError::not_found(key))?;
+            if out.contains(&uid) || members.is_some_and(|g| g.members.contains(&uid)) {
+                return Err(GraphError::bad_request(
+                    "One or more added object references already exist for the following modified properties: 'members'.",
+                ));
+            }
+            out.push(uid);
+        }
+        Ok(out)
+    }
+
+    /// Adds members validated by [`Self::member_binds`] through the membership-add primitive,
+    /// in order; each add is recorded for the replicas like a `POST …/members/$ref`.
+    fn add_members(&mut self, gid: Uuid, members: &[Uuid]) {
+        for uid in members {
+            self.insert_member(gid, *uid);
+        }
+    }
+
+    /// The writable properties of a security group in a `PATCH` body, validated; unknown ones
+    /// are refused rather than silently ignored.
+    fn group_patch(body: &Value) -> Result<GroupPatch, GraphError> {
+        let obj = body.as_object().ok_or_else(|| {
+            GraphError::new(400, "BadRequest", "Empty Payload. JSON content expected.")
+        })?;
+        let text = |k: &str| -> Result<Option<String>, GraphError> {
+            match obj.get(k) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(GraphError::bad_request(format!(
+                    "Invalid value specified for property '{k}' of resource 'Group'."
+                ))),
+            }
+        };
+        for (k, v) in obj {
+            let ok = match k.as_str() {
+                "displayName" | "description" | "mailNickname" | "members@odata.bind" => true,
+                "mailEnabled" => v == &json!(false),
+                "securityEnabled" => v == &json!(true),
+                "groupTypes" => v == &json!([]),
+                _ => false,
+            };
+            if !ok {
+                return Err(GraphError::bad_request(format!(
+                    "The simulator does not support '{k}' with this value on a group (security groups only)."
+                )));
+            }
+        }
+        Ok(GroupPatch {
+            display_name: text("displayName")?,
+            description: text("description")?,
+            mail_nickname: text("mailNickname")?,
+        })
+    }
+
+    /// Applies changed properties to a group (the mutation primitive of updates), keeping the
+    /// display-name index right.
+    fn set_group_properties(&mut self, gid: Uuid, patch: GroupPatch) {
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return;
+        };
+        if let Some(name) = patch.display_name {
+            let old = std::mem::replace(&mut g.display_name, name.clone());
+            if let Some(ids) = self.group_names.get_mut(&old.to_lowercase()) {
+                ids.retain(|id| *id != gid);
+            }
+            self.group_names
+                .entry(name.to_lowercase())
+                .or_default()
+                .push(gid);
+        }
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return;
+        };
+        if let Some(d) = patch.description {
+            g.description = Some(d);
+        }
+        if let Some(n) = patch.mail_nickname {
+            g.mail_nickname = n;
+        }
+    }
+
+    /// `PATCH /groups/{id}`: group properties and `members@odata.bind` (up to 20, all or none;
+    /// microsoft-graph-docs-contrib `api-reference/v1.0/api/group-post-members.md`, example 2, and
+    /// `group-update.md`). Returns the members added.
+    pub fn update_group(&mut self, group: &str, body: &Value) -> Result<Vec<Uuid>, GraphError> {
+        let gid = self.group(group)?.id;
+        let patch = Self::group_patch(body)?;
+        let members = self.member_binds(Some(gid), body)?;
+        self.set_group_properties(gid, patch);
+        self.add_members(gid, &members);
+        Ok(members)
+    }
+
+    /// `PATCH /groups(uniqueName='…')` (microsoft-graph-docs-contrib
+    /// `api-reference/v1.0/api/group-upsert.md`): with `Prefer: create-if-missing` a missing group
+    /// is created (201 with the group, `uniqueName` set; `displayName`, `mailEnabled`,
+    /// `mailNickname` and `securityEnabled` required), an existing one updated (204); without it
+    /// the request "is treated as an update operation", so a missing group is 404. `uniqueName` is
+    /// unique (compared case-insensitively by the simulator); `displayName` is not.
+    pub fn upsert_group(
+        &mut self,
+        unique_name: &str,
+        body: &Value,
+        create_if_missing: bool,
+    ) -> Result<Upsert, GraphError> {
+        let patch = Self::group_patch(body)?;
+        if let Some(gid) = self.group_by_unique_name(unique_name) {
+            let members = self.member_binds(Some(gid), body)?;
+            self.set_group_properties(gid, patch);
+            self.add_members(gid, &members);
+            return Ok(Upsert::Updated(members));
+        }
+        // A group that exists but whose creation this write's replica has not seen: the write
+        // names an object not yet replicated and answers 404 ([`super::replica`]), rather than
+        // creating a second group or refusing the name as taken.
+        if !create_if_missing || self.unique_names.contains_key(&unique_name.to_lowercase()) {
+            return Err(GraphError::not_found(unique_name));
+        }
+        self.check_unique_name_free(unique_name)?;
+        let members = self.member_binds(None, body)?;
+        let required = |k: &str| {
+            GraphError::bad_request(format!(
+                "Invalid value specified for property '{k}' of resource 'Group'."
+            ))
+        };
+        for k in ["mailEnabled", "securityEnabled"] {
+            if body.get(k).is_none() {
+                return Err(required(k));
+            }
+        }
+        let group = Group {
+            id: Uuid::new_v4(),
+            display_name: patch.display_name.ok_or_else(|| required("displayName"))?,
+            mail_nickname: patch
+                .mail_nickname
+                .ok_or_else(|| required("mailNickname"))?,
+            unique_name: Some(unique_name.to_owned()),
+            description: patch.description,
+            members: BTreeSet::new(),
+        };
+        let gid = group.id;
+        self.insert_group(group);
+        // The group was just created by this very write: its members are added to it whatever
+        // the write's replica shows of new objects.
+        self.add_members(gid, &members);
+        let json = self
+            .groups
+            .get(&gid)
+            .map(Group::json)
+            .ok_or_else(|| GraphError::not_found(unique_name))?;
+        Ok(Upsert::Created(json, members))
+    }
+}
+
+/// How a group is addressed: by id, or by its `uniqueName` alternate key.
+#[derive(Debug, Clone)]
+pub enum GroupKey {
+    /// `/groups/{id}`.
+    Id(String),
+    /// `/groups(uniqueName='…')`.
+    UniqueName(String),
+}
+
+/// Validated writable properties of a group `PATCH`.
+struct GroupPatch {
+    display_name: Option<String>,
+    description: Option<String>,
+    mail_nickname: Option<String>,
 }
 
 /// Parses `displayName eq 'O''Brien'` into `O'Brien` (OData doubles single quotes).
@@ -1325,5 +2179,354 @@ mod tests {
             None
         );
         assert_eq!(parse_display_name_filter("mail eq 'x'"), None);
+    }
+
+    fn directory_with(users: serde_json::Value) -> Directory {
+        let seed: Seed = serde_json::from_value(json!({ "users": users })).unwrap();
+        let mut d = Directory::default();
+        d.seed(&seed).unwrap();
+        d
+    }
+
+    fn upns(d: &Directory, filter: &str) -> Vec<String> {
+        let page = d.list_users(Some(filter), None, None, 10).unwrap();
+        let mut v: Vec<String> = page
+            .value
+            .iter()
+            .map(|u| u["userPrincipalName"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn user_filters_parse_with_doubled_quotes_lambdas_and_or() {
+        assert_eq!(
+            parse_user_filter("mail eq 'o''brien@x.org'"),
+            Ok(UserFilter::Mail("o'brien@x.org".into()))
+        );
+        assert_eq!(
+            parse_user_filter(
+                "proxyAddresses/any(p: p eq 'smtp:a@x.org') or userPrincipalName eq 'b@x.org'"
+            ),
+            Ok(UserFilter::Or(
+                Box::new(UserFilter::ProxyAddress("smtp:a@x.org".into())),
+                Box::new(UserFilter::Upn("b@x.org".into()))
+            ))
+        );
+        let unsupported = parse_user_filter("displayName eq 'x'").unwrap_err();
+        assert_eq!(unsupported.code, "Request_UnsupportedQuery");
+        assert_eq!(
+            parse_user_filter("startsWith(mail,'a')").unwrap_err().code,
+            "Request_UnsupportedQuery"
+        );
+        assert_eq!(parse_user_filter("mail eq 'open").unwrap_err().status, 400);
+        assert_eq!(
+            parse_user_filter("mail eq 'a' junk").unwrap_err().status,
+            400
+        );
+    }
+
+    #[test]
+    fn users_are_found_by_mail_proxy_address_and_other_mails_case_insensitively() {
+        let d = directory_with(json!([
+            {"userPrincipalName": "jane@x.org", "mail": "Jane.Smith@x.org",
+             "proxyAddresses": ["SMTP:Jane.Smith@x.org", "smtp:js@x.org"]},
+            {"userPrincipalName": "bob@x.org", "otherMails": ["bob@home.example"]},
+        ]));
+        assert_eq!(upns(&d, "mail eq 'jane.smith@X.org'"), ["jane@x.org"]);
+        assert_eq!(
+            upns(&d, "proxyAddresses/any(p:p eq 'smtp:jane.smith@x.org')"),
+            ["jane@x.org"]
+        );
+        assert_eq!(
+            upns(&d, "proxyAddresses/any(p:p eq 'SMTP:JS@x.org')"),
+            ["jane@x.org"]
+        );
+        assert_eq!(
+            upns(&d, "otherMails/any(m:m eq 'BOB@home.example')"),
+            ["bob@x.org"]
+        );
+        assert_eq!(
+            upns(&d, "mail eq 'js@x.org' or userPrincipalName eq 'BOB@x.org'"),
+            ["bob@x.org"]
+        );
+        assert!(upns(&d, "mail eq 'nobody@x.org'").is_empty());
+    }
+
+    #[test]
+    fn proxy_addresses_are_unique_across_users() {
+        let mut d = directory_with(json!([
+            {"userPrincipalName": "a@x.org", "proxyAddresses": ["SMTP:shared@x.org"]},
+        ]));
+        let seed: Seed = serde_json::from_value(json!({"users": [
+            {"userPrincipalName": "b@x.org", "proxyAddresses": ["smtp:SHARED@x.org"]}]}))
+        .unwrap();
+        let err = d.seed(&seed).unwrap_err();
+        assert!(err.message.contains("proxyAddresses"), "{err:?}");
+        assert!(d.resolve_user("b@x.org").is_none());
+    }
+
+    #[test]
+    fn upn_rules_follow_entra_id() {
+        for ok in [
+            "a.b@x.org",
+            "o'brien@x.org",
+            "alice_contoso.com#EXT#@tenant.onmicrosoft.com",
+            "a!#^~-_@x.org",
+        ] {
+            assert_eq!(validate_upn(ok), Ok(()), "{ok}");
+        }
+        let long_local = format!("{}@x.org", "a".repeat(65));
+        let long_domain = format!("a@{}.org", "d".repeat(45));
+        for bad in [
+            "no-at-sign",
+            "a.@x.org",
+            "a b@x.org",
+            "ä@x.org",
+            "a@b@x.org",
+            "a+tag@x.org",
+            &long_local,
+            &long_domain,
+        ] {
+            let e = validate_upn(bad).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "Request_BadRequest"), "{bad}");
+        }
+        assert_eq!(validate_usage_location(&json!("gb")), Ok(Some("GB".into())));
+        assert_eq!(validate_usage_location(&Value::Null), Ok(None));
+        for bad in [json!("GBR"), json!("G1"), json!(""), json!(44)] {
+            assert!(validate_usage_location(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn member_binds_are_all_or_nothing_and_use_the_add_member_primitive() {
+        let mut d = directory_with(json!([
+            {"id": "00000000-0000-0000-0000-000000000001", "userPrincipalName": "a@x.org"},
+            {"id": "00000000-0000-0000-0000-000000000002", "userPrincipalName": "b@x.org"},
+        ]));
+        let g = d
+            .create_group(&json!({"displayName": "G", "mailNickname": "g",
+                "mailEnabled": false, "securityEnabled": true}))
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let url = |n: u8| {
+            format!(
+                "https://graph.microsoft.com/v1.0/directoryObjects/00000000-0000-0000-0000-00000000000{n}"
+            )
+        };
+        // One unknown user: nobody is added.
+        let err = d
+            .update_group(&g, &json!({"members@odata.bind": [url(1), url(9)]}))
+            .unwrap_err();
+        assert_eq!(err.status, 404);
+        assert_eq!(d.member_count(&g), Ok(0));
+        let added = d
+            .update_group(&g, &json!({"members@odata.bind": [url(1), url(2)]}))
+            .unwrap();
+        assert_eq!(added.len(), 2);
+        assert_eq!(d.member_count(&g), Ok(2));
+        assert_eq!(d.group_names_of("a@x.org"), Some(vec!["G".to_owned()]));
+        // Already a member: refused whole.
+        let err = d
+            .update_group(&g, &json!({"members@odata.bind": [url(1)]}))
+            .unwrap_err();
+        assert_eq!(err.status, 400);
+        let too_many: Vec<String> = (0..21).map(|_| url(1)).collect();
+        let err = d
+            .update_group(&g, &json!({"members@odata.bind": too_many}))
+            .unwrap_err();
+        assert!(err.message.contains("20"), "{err:?}");
+    }
+
+    #[test]
+    fn upsert_creates_once_by_unique_name_and_then_updates() {
+        let mut d = Directory::default();
+        let body = json!({"displayName": "Ops", "mailNickname": "ops",
+            "mailEnabled": false, "securityEnabled": true});
+        assert_eq!(
+            d.upsert_group("ops-1", &body, false)
+                .err()
+                .map(|e| e.status),
+            Some(404)
+        );
+        let Ok(Upsert::Created(group, _)) = d.upsert_group("ops-1", &body, true) else {
+            panic!("not created");
+        };
+        assert_eq!(group["uniqueName"], "ops-1");
+        let renamed = json!({"displayName": "Operations"});
+        assert!(matches!(
+            d.upsert_group("OPS-1", &renamed, true),
+            Ok(Upsert::Updated(_))
+        ));
+        let got = d
+            .get_group(
+                &GroupKey::UniqueName("ops-1".into()),
+                Some("id,displayName"),
+            )
+            .unwrap();
+        assert_eq!(got["displayName"], "Operations");
+        assert_eq!(got["id"], group["id"]);
+        assert_eq!(
+            d.find_groups(Some("displayName eq 'Ops'")).unwrap()["value"],
+            json!([])
+        );
+        assert_eq!(
+            parse_unique_name_key("groups(uniqueName='O''Neil team')").as_deref(),
+            Some("O'Neil team")
+        );
+        assert_eq!(parse_unique_name_key("groups(displayName='x')"), None);
+    }
+
+    fn bind(users: &[Uuid]) -> Value {
+        json!({"members@odata.bind": users.iter()
+            .map(|u| format!("https://graph.microsoft.com/v1.0/directoryObjects/{u}"))
+            .collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn an_upserted_group_lags_like_a_created_one_to_reads_and_to_writes_naming_it() {
+        let (mut d, user, _) = directory();
+        let body = json!({"displayName": "Role X", "mailNickname": "rolex",
+            "mailEnabled": false, "securityEnabled": true,
+            "members@odata.bind": [format!("https://graph.microsoft.com/v1.0/users/{user}")]});
+        let created = {
+            // A write that itself hides new objects still creates the group and adds its
+            // members: the group is its own.
+            let _w = enter(write(3_600_000, true));
+            match d.upsert_group("role-x", &body, true).unwrap() {
+                Upsert::Created(g, members) => {
+                    assert_eq!(members, vec![user]);
+                    g
+                }
+                Upsert::Updated(_) => panic!("not created"),
+            }
+        };
+        let gid = created["id"].as_str().unwrap().to_owned();
+        let by_name = GroupKey::UniqueName("ROLE-X".into());
+        let by_id = GroupKey::Id(gid.clone());
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(d.get_group(&by_name, None).unwrap_err().status, 404);
+            assert_eq!(d.get_group(&by_id, None).unwrap_err().status, 404);
+            assert_eq!(
+                d.find_groups(Some("displayName eq 'Role X'")).unwrap()["value"],
+                json!([])
+            );
+            let (groups, _) = d
+                .member_of_page(&user.to_string(), None, false, None, 10)
+                .unwrap();
+            assert!(groups.is_empty());
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(
+                d.get_group(&by_name, Some("id")).unwrap()["id"],
+                gid.as_str()
+            );
+            assert_eq!(d.member_count(&gid).unwrap(), 1);
+        }
+        {
+            // Writes naming the new group, by id or by uniqueName, answer 404 on a replica that
+            // has not seen it, and an upsert does not create a second group.
+            let _w = enter(write(3_600_000, true));
+            let other = Uuid::new_v4();
+            assert_eq!(
+                d.update_group(&gid, &bind(&[other])).unwrap_err().status,
+                404
+            );
+            assert_eq!(
+                d.upsert_group("role-x", &body, true)
+                    .err()
+                    .map(|e| e.status),
+                Some(404)
+            );
+        }
+        assert_eq!(d.unique_names.len(), 1);
+        let _w = enter(write(3_600_000, false));
+        assert!(matches!(
+            d.upsert_group("role-x", &json!({"description": "d"}), true),
+            Ok(Upsert::Updated(_))
+        ));
+    }
+
+    #[test]
+    fn members_bound_by_patch_lag_in_members_count_and_member_of() {
+        let (mut d, user, group) = directory();
+        let gid = group.to_string();
+        {
+            let _w = enter(write(3_600_000, false));
+            assert_eq!(d.update_group(&gid, &bind(&[user])).unwrap(), vec![user]);
+        }
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(member_ids(&d, group), Vec::<Uuid>::new());
+            assert_eq!(d.member_count(&gid).unwrap(), 0);
+            let (groups, _) = d
+                .member_of_page(&user.to_string(), None, false, None, 10)
+                .unwrap();
+            assert!(groups.is_empty());
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(member_ids(&d, group), vec![user]);
+            assert_eq!(d.member_count(&gid).unwrap(), 1);
+        }
+        // The primary has it: binding the user again is refused.
+        let _w = enter(write(3_600_000, false));
+        assert_eq!(
+            d.update_group(&gid, &bind(&[user])).unwrap_err().status,
+            400
+        );
+    }
+
+    #[test]
+    fn user_filters_and_usage_location_patches_go_through_the_replica_view() {
+        let (mut d, user, _) = directory();
+        {
+            let _w = enter(write(3_600_000, false));
+            d.update_user(&user.to_string(), &json!({"usageLocation": "FR"}))
+                .unwrap();
+            d.create_user(
+                &json!({"userPrincipalName": "new@example.org", "displayName": "N",
+                "mailNickname": "new", "accountEnabled": true, "mail": "new@example.org",
+                "passwordProfile": {"password": "x"}}),
+            )
+            .unwrap();
+        }
+        let location = |d: &Directory| {
+            let page = d
+                .list_users(
+                    Some("userPrincipalName eq 'a@example.org'"),
+                    Some("usageLocation"),
+                    None,
+                    10,
+                )
+                .unwrap();
+            page.value[0]["usageLocation"].clone()
+        };
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(location(&d), json!("GB"));
+            assert_eq!(upns(&d, "mail eq 'new@example.org'"), Vec::<String>::new());
+            assert_eq!(d.list_users(None, None, None, 10).unwrap().count, 1);
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(location(&d), json!("FR"));
+            assert_eq!(
+                upns(&d, "mail eq 'new@example.org'"),
+                vec!["new@example.org"]
+            );
+            assert_eq!(d.list_users(None, None, None, 10).unwrap().count, 2);
+        }
+        // A usage-location write naming the new user answers 404 on a replica without it.
+        let _w = enter(write(3_600_000, true));
+        let e = d
+            .update_user("new@example.org", &json!({"usageLocation": "GB"}))
+            .unwrap_err();
+        assert_eq!((e.status, e.code), (404, "Request_ResourceNotFound"));
     }
 }

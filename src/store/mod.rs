@@ -26,6 +26,7 @@ pub mod outbox;
 pub mod policies;
 pub mod portal;
 pub mod roles;
+pub mod users;
 pub mod work;
 
 use sqlx::postgres::PgPoolOptions;

@@ -107,6 +107,9 @@ pub const TENANT_OPERATIONS: &[&str] = &[
     "add_member",
     "remove_member",
     "create_user",
+    "find_users",
+    "ensure_group",
+    "add_members_bulk",
     "batch",
 ];
 /// Values of the `status` label of [`TENANT_REQUESTS_TOTAL`].
@@ -139,6 +142,15 @@ pub const SIMULATOR_ROUTES: &[&str] = &[
     "add_member",
     "remove_member",
     "batch",
+    "list_users",
+    "update_user",
+    "get_group",
+    "update_group",
+    "upsert_group",
+    "count_members",
+    "method_not_allowed",
+    "openid_configuration",
+    "jwks",
     "invalid",
 ];
 

@@ -64,6 +64,10 @@ impl Inner {
             "url": self.url,
             "headers": { CLIENT_REQUEST_ID: client_request_id },
         });
+        // Inner requests carry the work's priority too: Graph throttles them one by one.
+        if let Some(priority) = super::priority::current() {
+            r["headers"][super::priority::THROTTLE_PRIORITY] = json!(priority.as_header());
+        }
         if let Some(b) = &self.body {
             // Graph refuses an inner body without its Content-Type.
             r["headers"]["Content-Type"] = json!("application/json");
@@ -152,7 +156,7 @@ impl Transport {
             .collect::<Vec<_>>() });
         let url = format!("{}/$batch", self.root);
         let raw = match self
-            .send(Operation::Batch, Method::POST, &url, Some(&body))
+            .send(Operation::Batch, Method::POST, &url, Some(&body), &[])
             .await
         {
             Ok(raw) if raw.is_success() => raw,

@@ -7,6 +7,14 @@ pub enum TenantError {
     /// The user does not exist (Graph 404 on a user).
     #[error("user not found: {0}")]
     UserNotFound(String),
+    /// Several users answer to the address (by mail, or by proxy address).
+    #[error("user ambiguous: {0}")]
+    UserAmbiguous(String),
+    /// A removal of a licence the user does not hold (Graph: "User does not have a
+    /// corresponding license"): the change was planned from a read that is no longer the
+    /// tenant's state (a stale replica, or another writer); nothing was applied.
+    #[error("licence not held: {0}")]
+    LicenceNotHeld(String),
     /// The user has no usage location, so no licence can be assigned.
     #[error("usage location missing: {0}")]
     UsageLocationMissing(String),
@@ -65,6 +73,8 @@ pub enum TenantError {
 /// Every value [`TenantError::code`] returns.
 pub const TENANT_ERROR_CODES: &[&str] = &[
     "user_not_found",
+    "user_ambiguous",
+    "licence_not_held",
     "usage_location_missing",
     "no_seats_available",
     "unknown_service_plan",
@@ -106,6 +116,13 @@ pub enum Operation {
     RemoveMember,
     /// `POST /users`.
     CreateUser,
+    /// `GET /users?$filter=mail eq …` / `proxyAddresses/any(…)`.
+    FindUsers,
+    /// `PATCH /groups(uniqueName='…')` with `Prefer: create-if-missing`, and the `GET` of the
+    /// group it names.
+    EnsureGroup,
+    /// `PATCH /groups/{id}` with `members@odata.bind` (up to 20 members).
+    AddMembersBulk,
     /// `POST /$batch` (the envelope).
     Batch,
 }
@@ -125,6 +142,9 @@ impl Operation {
             Self::AddMember => "add_member",
             Self::RemoveMember => "remove_member",
             Self::CreateUser => "create_user",
+            Self::FindUsers => "find_users",
+            Self::EnsureGroup => "ensure_group",
+            Self::AddMembersBulk => "add_members_bulk",
             Self::Batch => "batch",
         }
     }
@@ -135,6 +155,8 @@ impl Operation {
             self,
             Self::AssignLicence
                 | Self::CreateGroup
+                | Self::EnsureGroup
+                | Self::AddMembersBulk
                 | Self::AddMember
                 | Self::RemoveMember
                 | Self::CreateUser
@@ -146,14 +168,19 @@ impl Operation {
     /// [`TenantError::AlreadyMember`], a repeated remove [`TenantError::NotMember`], both of
     /// which callers treat as done).
     ///
-    /// Not licence writes (a repeated swap fails: the removed SKU is gone) and not creations
-    /// (a repeated create conflicts with what the first one made).
+    /// An upsert by unique name too: repeated, it finds the group the first one made.
+    ///
+    /// Not licence writes (a repeated swap fails: the removed SKU is gone), not creations
+    /// (a repeated create conflicts with what the first one made), and not a multi-member
+    /// `PATCH` (repeated after it was applied, it fails whole: the members already exist).
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
             Self::Token
                 | Self::ListSkus
                 | Self::GetUser
+                | Self::FindUsers
+                | Self::EnsureGroup
                 | Self::FindGroup
                 | Self::ListMembers
                 | Self::MemberOf
@@ -173,6 +200,8 @@ impl TenantError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::UserNotFound(_) => "user_not_found",
+            Self::UserAmbiguous(_) => "user_ambiguous",
+            Self::LicenceNotHeld(_) => "licence_not_held",
             Self::UsageLocationMissing(_) => "usage_location_missing",
             Self::NoSeatsAvailable(_) => "no_seats_available",
             Self::UnknownServicePlan(_) => "unknown_service_plan",
@@ -219,10 +248,14 @@ impl TenantError {
                 Operation::GetUser
                 | Operation::AssignLicence
                 | Operation::AddMember
+                | Operation::AddMembersBulk
                 | Operation::MemberOf => Self::UserNotFound(detail()),
                 _ => Self::other(status, code, message),
             },
             400 if lower.contains("usage location") => Self::UsageLocationMissing(detail()),
+            400 if lower.contains("does not have a corresponding license") => {
+                Self::LicenceNotHeld(detail())
+            }
             400 if lower.contains("does not have any available licenses") => {
                 Self::NoSeatsAvailable(detail())
             }
@@ -233,7 +266,9 @@ impl TenantError {
             400 if lower.contains("does not correspond to a valid company license") => {
                 Self::UnknownLicence(detail())
             }
-            400 if op == Operation::AddMember && lower.contains("already exist") => {
+            400 if matches!(op, Operation::AddMember | Operation::AddMembersBulk)
+                && lower.contains("already exist") =>
+            {
                 Self::AlreadyMember(detail())
             }
             _ => Self::other(status, code, message),

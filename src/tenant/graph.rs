@@ -40,12 +40,15 @@ use super::batch::Inner;
 use super::error::{Operation, TenantError};
 use super::events::{LicenceWritesThrottled, SeveralGroupsShareAName};
 use super::model::{
-    Group, GroupMember, LicenceChange, LicenceOutcome, NewGroup, NewUser, UserLicenceState, UserRef,
+    AddressMatch, Group, GroupMember, LicenceChange, LicenceOutcome, MatchedBy, NewGroup, NewUser,
+    UserLicenceState, UserRef,
 };
 use super::rate::{LocalTokenBucket, Unlimited, WriteBudget};
 use super::settings::TenantSettings;
 use super::skus::{Sku, SkuCatalogue};
-use super::transport::{Failure, Fault, Transport, encode_query_value, odata_string};
+use super::transport::{
+    Failure, Fault, Transport, encode_path_segment, encode_query_value, odata_string,
+};
 use super::{Tenant, WriteGate};
 use crate::telemetry::emit;
 
@@ -70,9 +73,9 @@ impl std::fmt::Debug for GraphClient {
 impl GraphClient {
     /// A client with the in-process write budget of `settings` (`writes_per_second`, `write_burst`).
     pub fn new(settings: TenantSettings) -> Result<Self, TenantError> {
-        let budget: Arc<dyn WriteBudget> = if settings.writes_per_second > 0.0 {
+        let budget: Arc<dyn WriteBudget> = if settings.effective_writes_per_second() > 0.0 {
             Arc::new(LocalTokenBucket::new(
-                settings.writes_per_second,
+                settings.effective_writes_per_second(),
                 settings.write_burst,
             ))
         } else {
@@ -100,6 +103,27 @@ impl GraphClient {
             .await?;
         let skus: Vec<Sku> = raw.value_list(Operation::ListSkus)?;
         Ok(Arc::new(SkuCatalogue::new(skus)))
+    }
+
+    /// `GET /users?$filter=…` for one address, by `mail` or by proxy address. Neither filter
+    /// needs `ConsistencyLevel: eventual` (microsoft-graph-docs-contrib
+    /// `includes/filter-directory-objects.md`: `mail` and `proxyAddresses` support `eq` in
+    /// default queries), and sending it would read the advanced-query index, which lags the
+    /// directory further (`concepts/aad-advanced-queries.md`).
+    fn find_user_inner(by: MatchedBy, address: &str) -> Inner {
+        let filter = match by {
+            MatchedBy::ProxyAddress => {
+                format!(
+                    "proxyAddresses/any(p:p eq {})",
+                    odata_string(&format!("smtp:{address}"))
+                )
+            }
+            _ => format!("mail eq {}", odata_string(address)),
+        };
+        Inner::get(format!(
+            "/users?$filter={}&$select={USER_SELECT}",
+            encode_query_value(&filter)
+        ))
     }
 
     fn get_user_inner(user: &UserRef) -> Inner {
@@ -223,6 +247,109 @@ impl Tenant for GraphClient {
                 None => Err(TenantError::Transient("no answer".to_owned())),
             })
             .collect()
+    }
+
+    #[tracing::instrument(skip_all, fields(addresses = addresses.len()))]
+    async fn find_users_by_address(
+        &self,
+        addresses: &[String],
+    ) -> Vec<Result<AddressMatch, TenantError>> {
+        let op = Operation::FindUsers;
+        let mut results: Vec<Option<Result<AddressMatch, TenantError>>> =
+            vec![None; addresses.len()];
+        let mut open: Vec<usize> = (0..addresses.len()).collect();
+        for by in [MatchedBy::Mail, MatchedBy::ProxyAddress] {
+            let inners: Vec<Inner> = open
+                .iter()
+                .map(|&i| Self::find_user_inner(by, &addresses[i]))
+                .collect();
+            let answers = self.transport.batch_with_retry(op, &inners).await;
+            let mut rest = Vec::new();
+            for (i, answer) in open.into_iter().zip(answers) {
+                match answer.and_then(|raw| raw.value_list::<UserLicenceState>(op)) {
+                    Ok(users) if users.is_empty() && by != MatchedBy::ProxyAddress => rest.push(i),
+                    Ok(users) => results[i] = Some(Ok(AddressMatch { by, users })),
+                    Err(error) => results[i] = Some(Err(error)),
+                }
+            }
+            open = rest;
+            if open.is_empty() {
+                break;
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(TenantError::Transient("no answer".to_owned()))))
+            .collect()
+    }
+
+    /// Graph's upsert by alternate key (microsoft-graph-docs-contrib
+    /// `api-reference/v1.0/api/group-upsert.md`): `201 Created` with the group when it was
+    /// made, `204 No Content` when it existed (then it is read by the same key). The write goes
+    /// to the directory's primary copy, so it finds a group that reads (and `$filter` by
+    /// display name) do not show yet.
+    async fn ensure_group(
+        &self,
+        unique_name: &str,
+        group: &NewGroup,
+    ) -> Result<Group, TenantError> {
+        let op = Operation::EnsureGroup;
+        let url = format!(
+            "{}/groups(uniqueName={})",
+            self.transport.root,
+            encode_path_segment(&odata_string(unique_name))
+        );
+        let body = json!({
+            "displayName": group.display_name,
+            "mailNickname": group.mail_nickname,
+            "mailEnabled": false,
+            "securityEnabled": true,
+        });
+        let raw = self
+            .transport
+            .call_with(
+                op,
+                Method::PATCH,
+                &url,
+                Some(&body),
+                &[("Prefer", "create-if-missing")],
+            )
+            .await?;
+        if raw.status == 201 {
+            return raw.parse(op);
+        }
+        let read = format!("{url}?$select=id,displayName");
+        match self.transport.call(op, Method::GET, &read, None).await {
+            Ok(raw) => raw.parse(op),
+            // It exists (the upsert said so) but this replica does not have it yet.
+            Err(TenantError::Other { status: 404, .. }) => Err(TenantError::NotConverged(format!(
+                "group {unique_name} exists but cannot be read yet"
+            ))),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `PATCH /groups/{id}` with `members@odata.bind` (microsoft-graph-docs-contrib
+    /// `api-reference/v1.0/api/group-post-members.md`, "Add multiple members to a group in a
+    /// single request": up to 20). Not sent again after a 5xx: repeated after it was applied,
+    /// it fails whole; the caller re-reads the memberships instead.
+    async fn add_members_at_once(
+        &self,
+        group_id: Uuid,
+        user_ids: &[Uuid],
+    ) -> Result<(), TenantError> {
+        let base = self.transport.settings.graph_base_url.trim_end_matches('/');
+        let body = json!({
+            "members@odata.bind": user_ids
+                .iter()
+                .map(|u| format!("{base}/v1.0/directoryObjects/{u}"))
+                .collect::<Vec<_>>(),
+        });
+        let url = format!("{}/groups/{group_id}", self.transport.root);
+        self.transport
+            .call(Operation::AddMembersBulk, Method::PATCH, &url, Some(&body))
+            .await
+            .map(|_| ())
     }
 
     #[tracing::instrument(skip(self))]

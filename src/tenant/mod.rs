@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod graph;
 pub mod model;
+pub mod priority;
 pub mod rate;
 pub mod settings;
 pub mod skus;
@@ -31,9 +32,10 @@ use uuid::Uuid;
 pub use error::{Operation, TENANT_ERROR_CODES, TenantError};
 pub use graph::GraphClient;
 pub use model::{
-    AssignedLicence, EnsuredLicence, Group, GroupMember, LicenceChange, LicenceOutcome, NewGroup,
-    NewUser, UserLicenceState, UserRef,
+    AddressMatch, AssignedLicence, EnsuredLicence, Group, GroupMember, LicenceChange,
+    LicenceOutcome, MatchedBy, NewGroup, NewUser, UserLicenceState, UserRef,
 };
+pub use priority::Priority;
 pub use rate::{LocalTokenBucket, Unlimited, WriteBudget};
 pub use settings::TenantSettings;
 pub use skus::{ServicePlan, Sku, SkuCatalogue};
@@ -149,6 +151,29 @@ pub trait Tenant: Send + Sync {
             .map(|r| r.unwrap_or_else(|| Err(TenantError::Transient("no answer".to_owned()))))
             .collect()
     }
+
+    /// Searches users by address, for addresses that are not a user principal name: by `mail`,
+    /// then (for those none has as mail) by `proxyAddresses`. One result per input; a match with
+    /// no users means none has the address.
+    async fn find_users_by_address(
+        &self,
+        addresses: &[String],
+    ) -> Vec<Result<AddressMatch, TenantError>>;
+
+    /// The security group with unique name `unique_name`, created as `group` if there is none
+    /// (`PATCH /groups(uniqueName='…')` with `Prefer: create-if-missing`): idempotent, also
+    /// when a group created a moment ago is not yet visible to reads, so two callers, or a
+    /// retried call, never make two groups.
+    async fn ensure_group(&self, unique_name: &str, group: &NewGroup)
+    -> Result<Group, TenantError>;
+
+    /// Adds up to 20 users to a group in one `PATCH` (`members@odata.bind`). All or nothing:
+    /// if one is already a member, nothing is added ([`TenantError::AlreadyMember`]).
+    async fn add_members_at_once(
+        &self,
+        group_id: Uuid,
+        user_ids: &[Uuid],
+    ) -> Result<(), TenantError>;
 
     /// The security group with this display name, if any (the first when several share it).
     async fn find_group(&self, display_name: &str) -> Result<Option<Group>, TenantError>;

@@ -145,6 +145,38 @@ pub struct EnsuredLicence {
     pub changed: bool,
 }
 
+/// How an address was matched to a user: the portal knows users by email, which for many is
+/// not their user principal name (renamed users, aliases, guests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchedBy {
+    /// `GET /users/{address}`: the address is the user principal name.
+    UserPrincipalName,
+    /// `$filter=mail eq '…'`.
+    Mail,
+    /// `$filter=proxyAddresses/any(p:p eq 'smtp:…')`: an alias (or the primary SMTP address).
+    ProxyAddress,
+}
+
+impl MatchedBy {
+    /// The stored (and logged) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UserPrincipalName => "user_principal_name",
+            Self::Mail => "mail",
+            Self::ProxyAddress => "proxy_address",
+        }
+    }
+}
+
+/// The users an address search found, and by which property (the first that found any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressMatch {
+    /// The property that matched; the last one searched when nothing did.
+    pub by: MatchedBy,
+    /// Everyone that property matched (several: the address is ambiguous).
+    pub users: Vec<UserLicenceState>,
+}
+
 /// A security group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -279,7 +279,7 @@ impl Transport {
 
     /// Whether writes are limited by a budget (then write `$batch` calls hold at most `write_burst`).
     pub(crate) fn write_limited(&self) -> bool {
-        self.settings.writes_per_second > 0.0
+        self.settings.effective_writes_per_second() > 0.0
     }
 
     /// Attempts per request or item, the first included (`tenant.max_attempts`).
@@ -358,6 +358,7 @@ impl Transport {
         method: Method,
         url: &str,
         body: Option<&Value>,
+        headers: &[(&'static str, &str)],
     ) -> Result<Raw, Failure> {
         let mut refreshed = false;
         loop {
@@ -377,6 +378,12 @@ impl Transport {
                 .request(method.clone(), url)
                 .bearer_auth(token.expose_secret())
                 .header(CLIENT_REQUEST_ID, &client_request_id);
+            if let Some(priority) = super::priority::current() {
+                req = req.header(super::priority::THROTTLE_PRIORITY, priority.as_header());
+            }
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -444,13 +451,25 @@ impl Transport {
         url: &str,
         body: Option<&Value>,
     ) -> Result<Raw, TenantError> {
+        self.call_with(op, method, url, body, &[]).await
+    }
+
+    /// [`Transport::call`] with extra request headers (such as `Prefer`).
+    pub(crate) async fn call_with(
+        &self,
+        op: Operation,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Raw, TenantError> {
         let mut backoff = self.backoff();
         let mut attempt = 1;
         loop {
             if op.is_write() {
                 self.acquire_budget(1).await;
             }
-            let failure = match self.send(op, method.clone(), url, body).await {
+            let failure = match self.send(op, method.clone(), url, body, headers).await {
                 Ok(raw) if raw.is_success() => return Ok(raw),
                 Ok(raw) => raw.failure(op),
                 Err(failure) => failure,

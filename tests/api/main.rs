@@ -22,5 +22,6 @@ mod schedule;
 mod shutdown;
 mod simulator;
 mod simulator_realism;
+mod simulator_surface;
 mod tenant;
 mod throttle;

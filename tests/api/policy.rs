@@ -691,3 +691,93 @@ async fn a_job_that_can_never_be_planned_is_rejected_not_retried() {
     .unwrap();
     assert_eq!(planned_again, 0);
 }
+
+/// The portal's address is often not the user principal name (issue 15): a user is found by
+/// `mail`, or by an alias in `proxyAddresses` (a guest's UPN holds `#EXT#`), and licensed; an
+/// address two users answer to fails alone with `user_ambiguous`. What was found is remembered
+/// in PostgreSQL, so a second job reads by id.
+#[tokio::test]
+async fn users_are_found_by_mail_or_alias_and_an_ambiguous_address_fails_alone() {
+    let mut app = spawn_app().await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    app.sim.seed(json!({ "users": [
+        { "userPrincipalName": "jo.new@nhs.net", "mail": "jo.old@nhs.net", "usageLocation": "GB" },
+        { "userPrincipalName": "kim_partner.org#EXT#@nhsuk.onmicrosoft.com", "usageLocation": "GB",
+          "proxyAddresses": ["SMTP:kim@partner.org", "smtp:kim.alias@nhs.net"] },
+        { "userPrincipalName": "twin.a@nhs.net", "mail": "twins@nhs.net", "usageLocation": "GB" },
+        { "userPrincipalName": "twin.b@nhs.net", "mail": "twins@nhs.net", "usageLocation": "GB" },
+    ]}));
+    let members: Vec<String> = ["jo.old@nhs.net", "kim.alias@nhs.net", "twins@nhs.net"]
+        .map(str::to_owned)
+        .to_vec();
+    let job = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy(
+                "rx1-aliases",
+                1,
+                "ENTERPRISEPACK",
+                json!({ "TEAMS1": true }),
+            ),
+            &members,
+        ),
+    )
+    .await;
+    let done = completion(&mut events, &job["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "partially_succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 2, "{done}");
+    assert_eq!(done["failures"][0]["item"], "twins@nhs.net", "{done}");
+    assert_eq!(done["failures"][0]["code"], "user_ambiguous", "{done}");
+    let detail = done["failures"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("twin.a@nhs.net") && detail.contains("twin.b@nhs.net"),
+        "{detail}"
+    );
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", &["TEAMS1"]);
+    for upn in [
+        "jo.new@nhs.net",
+        "kim_partner.org#EXT#@nhsuk.onmicrosoft.com",
+    ] {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
+    }
+    assert!(app.sim.licences("twin.a@nhs.net").is_empty());
+    assert!(app.sim.licences("twin.b@nhs.net").is_empty());
+
+    // Remembered, with how each was found; the ambiguous address is not.
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT address, matched_by FROM user_directory ORDER BY address")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("jo.old@nhs.net".to_owned(), "mail".to_owned()),
+            ("kim.alias@nhs.net".to_owned(), "proxy_address".to_owned()),
+        ]
+    );
+
+    // A second job for the same members reads them by id: no address search at all.
+    let searches = || app.sim.state.stats().total("list_users");
+    let before = searches();
+    let again = publish(
+        &app,
+        "policy.changed",
+        changed(
+            policy(
+                "rx1-aliases",
+                2,
+                "ENTERPRISEPACK",
+                json!({ "TEAMS1": true }),
+            ),
+            &members[..2],
+        ),
+    )
+    .await;
+    let done = completion(&mut events, &again["message_id"], &mut seen).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["already_compliant"], 2, "{done}");
+    assert_eq!(searches(), before);
+}

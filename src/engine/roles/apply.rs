@@ -3,7 +3,8 @@
 //! and confirmed, then additions, under the item retry policy ([`crate::engine::retry`]); then
 //! settle the stored role: a grant realised (and its email), a grant failed, a removal done.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -14,8 +15,25 @@ use crate::engine::EngineError;
 use crate::engine::failure_code;
 use crate::engine::kind::{ApplyContext, ItemOutcome, ItemResult, WorkItem};
 use crate::engine::retry::{ItemRetry, Verdict};
+use crate::engine::users;
 use crate::store::roles::{self, GrantState, StoredRole};
-use crate::tenant::{Group, NewGroup, TenantError, UserRef};
+use crate::tenant::{Group, NewGroup, TenantError};
+
+/// The writes Graph accepted for an item within one claim: never sent again while reads do
+/// not show them yet, and when the last one (or a group creation) was made.
+#[derive(Default)]
+struct Writes {
+    /// (group id, true for an addition, false for a removal).
+    accepted: HashSet<(Uuid, bool)>,
+    at: Option<Instant>,
+}
+
+impl Writes {
+    fn accepted_now(&mut self, group: Uuid, add: bool) {
+        self.accepted.insert((group, add));
+        self.at = Some(Instant::now());
+    }
+}
 
 /// How one attempt at an item ended.
 enum Attempt {
@@ -123,22 +141,40 @@ async fn apply_item<P: Sync>(
         sweep: spec.sweep,
     };
 
-    let mut wrote = false;
+    let mut writes = Writes::default();
     let mut last_error = None;
     let mut ended = None;
-    for attempt in 0..ctx.retry.attempts() {
-        if attempt > 0 && !ctx.retry.wait(attempt, ctx.cancel).await {
+    // Attempts count transient failures; a write that reads do not show yet is re-read (not
+    // re-sent) for as long as the verify window allows (see `engine::retry`).
+    let (mut failed_attempts, mut pauses) = (0, 0);
+    loop {
+        if pauses > 0 && !ctx.retry.wait(pauses, ctx.cancel).await {
             return Ok(None);
         }
-        let result = reconcile(ctx, groups, email, &desired, &scope, &mut wrote).await?;
+        pauses += 1;
+        let result = reconcile(ctx, groups, email, &desired, &scope, &mut writes).await?;
         match result {
-            Attempt::Retry(error) => last_error = Some(error),
+            Attempt::Retry(error @ TenantError::NotConverged(_))
+                if writes
+                    .at
+                    .is_some_and(|at| at.elapsed() < ctx.retry.verify_within()) =>
+            {
+                last_error = Some(error);
+            }
+            Attempt::Retry(error) => {
+                last_error = Some(error);
+                failed_attempts += 1;
+                if failed_attempts >= ctx.retry.attempts() {
+                    break;
+                }
+            }
             done => {
                 ended = Some(done);
                 break;
             }
         }
     }
+    let wrote = !writes.accepted.is_empty();
     let result = match ended {
         Some(Attempt::Done { would_change }) => {
             let outcome = if wrote || would_change {
@@ -213,41 +249,47 @@ impl Scope<'_> {
     }
 }
 
-/// The group named `name`: found (cached per apply call), or created when `create`
-/// (under an advisory lock, so two replicas never create it twice).
+/// The unique name (Graph's alternate key) of the group this service creates for `name`.
+fn unique_name(name: &str) -> String {
+    format!("policy-reconciler.{}", mail_nickname(name).to_lowercase())
+}
+
+/// The group named `name`: found by display name (cached per apply call), or, when `create`,
+/// made by an upsert on its unique name (`Tenant::ensure_group`), which is idempotent also
+/// while a group created a moment ago (by this replica or another) is not yet visible to the
+/// display-name search: a role never lands in a second group of the same name.
+/// `created` is set when the group came from the upsert (it may be too new to take members).
 async fn group<P: Sync>(
     ctx: &ApplyContext<'_, P>,
     cache: &mut HashMap<String, Group>,
     name: &str,
     create: bool,
-) -> Result<Result<Option<Group>, TenantError>, EngineError> {
+    created: &mut Option<Instant>,
+) -> Result<Option<Group>, TenantError> {
     if let Some(group) = cache.get(name) {
-        return Ok(Ok(Some(group.clone())));
+        return Ok(Some(group.clone()));
     }
-    let found = if create {
-        let mut tx = ctx.pool.begin().await?;
-        roles::lock_group_name(&mut tx, name).await?;
-        let found = match ctx.tenant.find_group(name).await {
-            Ok(Some(group)) => Ok(Some(group)),
-            Ok(None) => {
-                tracing::info!(group = name, "creating a Phone System admin group");
+    let found = match ctx.tenant.find_group(name).await? {
+        Some(group) => Some(group),
+        None if create => {
+            tracing::info!(group = name, "ensuring a Phone System admin group");
+            *created = Some(Instant::now());
+            Some(
                 ctx.tenant
-                    .create_group(&NewGroup {
-                        display_name: name.to_owned(),
-                        mail_nickname: mail_nickname(name),
-                    })
-                    .await
-                    .map(Some)
-            }
-            Err(error) => Err(error),
-        };
-        tx.commit().await?;
-        found
-    } else {
+                    .ensure_group(
+                        &unique_name(name),
+                        &NewGroup {
+                            display_name: name.to_owned(),
+                            mail_nickname: mail_nickname(name),
+                        },
+                    )
+                    .await?,
+            )
+        }
         // Absent groups are not cached: another replica may create one at any time.
-        ctx.tenant.find_group(name).await
+        None => None,
     };
-    if let Ok(Some(group)) = &found {
+    if let Some(group) = &found {
         cache.insert(name.to_owned(), group.clone());
     }
     Ok(found)
@@ -261,13 +303,11 @@ async fn reconcile<P: Sync>(
     email: &str,
     desired: &BTreeSet<String>,
     scope: &Scope<'_>,
-    wrote: &mut bool,
+    writes: &mut Writes,
 ) -> Result<Attempt, EngineError> {
     let dry_run = ctx.job.dry_run;
-    let user = match ctx
-        .tenant
-        .get_users(&[UserRef::Upn(email.to_owned())])
-        .await
+    let user = match users::read_users(ctx.pool, ctx.tenant.as_ref(), &[email.to_owned()])
+        .await?
         .pop()
     {
         Some(Ok(state)) => state.id,
@@ -300,10 +340,14 @@ async fn reconcile<P: Sync>(
         });
     }
 
-    // 1. End the memberships no longer wanted, and confirm it in the tenant.
+    // 1. End the memberships no longer wanted, and confirm it in the tenant. A removal Graph
+    // accepted is not sent again while reads do not show it yet.
     for group in &extra {
+        if writes.accepted.contains(&(group.id, false)) {
+            continue;
+        }
         match ctx.tenant.remove_members(group.id, &[user]).await.pop() {
-            Some(Ok(())) => *wrote = true,
+            Some(Ok(())) => writes.accepted_now(group.id, false),
             Some(Err(TenantError::NotMember(_))) => {}
             Some(Err(error)) => return Ok(classify(error)),
             None => return Ok(Attempt::Retry(TenantError::Transient("no answer".into()))),
@@ -325,7 +369,7 @@ async fn reconcile<P: Sync>(
     // 2. Only then add the missing memberships, and confirm them too.
     let mut added = Vec::new();
     for name in missing {
-        let group = match group(ctx, cache, name, true).await? {
+        let group = match group(ctx, cache, name, true, &mut writes.at).await {
             Ok(Some(group)) => group,
             Ok(None) => {
                 return Ok(Attempt::Retry(TenantError::NotConverged(format!(
@@ -334,9 +378,23 @@ async fn reconcile<P: Sync>(
             }
             Err(error) => return Ok(classify(error)),
         };
+        if writes.accepted.contains(&(group.id, true)) {
+            added.push(group);
+            continue;
+        }
         match ctx.tenant.add_members(group.id, &[user]).await.pop() {
-            Some(Ok(())) => *wrote = true,
+            Some(Ok(())) => writes.accepted_now(group.id, true),
             Some(Err(TenantError::AlreadyMember(_))) => {}
+            // A group created moments ago can answer 404 to writes until it has replicated
+            // (SupportArticles-docs `404-not-found-error-manage-objects-microsoft-graph.md`):
+            // Graph's message names the group, not the user.
+            Some(Err(TenantError::UserNotFound(message)))
+                if message.contains(&group.id.to_string()) =>
+            {
+                return Ok(Attempt::Retry(TenantError::NotConverged(format!(
+                    "group {name} cannot take members yet: {message}"
+                ))));
+            }
             Some(Err(error)) => return Ok(classify(error)),
             None => return Ok(Attempt::Retry(TenantError::Transient("no answer".into()))),
         }

@@ -174,11 +174,15 @@ pub struct ChunkJob {
     pub plan: Option<Value>,
     /// The job was ended (cancelled, superseded): its chunks only record what they did.
     pub ended: bool,
+    /// Bulk work scheduled for the off-peak window (even when expedited).
+    pub off_peak: bool,
 }
 
 pub async fn chunk_job(pool: &PgPool, job_id: Uuid) -> Result<ChunkJob, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT job_type, dry_run, plan, ended_early IS NOT NULL AS ended FROM jobs WHERE id = $1",
+        "SELECT job_type, dry_run, plan, ended_early IS NOT NULL AS ended,
+                schedule IS NOT DISTINCT FROM 'off_peak' AS off_peak
+           FROM jobs WHERE id = $1",
     )
     .bind(job_id)
     .fetch_one(pool)

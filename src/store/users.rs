@@ -1,0 +1,58 @@
+//! The tenant users addresses were found to be (`user_directory`): see `engine::users`.
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// The remembered user ids of these addresses (lower case), by address.
+pub async fn remembered(
+    pool: &PgPool,
+    addresses: &[String],
+) -> Result<HashMap<String, Uuid>, StoreError> {
+    let rows: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT address, user_id FROM user_directory WHERE address = ANY($1::text[])",
+    )
+    .bind(addresses)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Remembers (address, user id, how it matched) triples; an address already remembered with
+/// another id is updated.
+pub async fn remember(
+    pool: &PgPool,
+    found: &[(String, Uuid, &'static str)],
+) -> Result<(), StoreError> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    let addresses: Vec<&str> = found.iter().map(|f| f.0.as_str()).collect();
+    let ids: Vec<Uuid> = found.iter().map(|f| f.1).collect();
+    let by: Vec<&str> = found.iter().map(|f| f.2).collect();
+    sqlx::query(
+        "INSERT INTO user_directory (address, user_id, matched_by)
+         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[])
+         ON CONFLICT (address) DO UPDATE
+            SET user_id = EXCLUDED.user_id, matched_by = EXCLUDED.matched_by, resolved_at = now()
+          WHERE user_directory.user_id <> EXCLUDED.user_id",
+    )
+    .bind(&addresses)
+    .bind(&ids)
+    .bind(&by)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Forgets an address's id (the tenant no longer knows it).
+pub async fn forget(pool: &PgPool, address: &str, user_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM user_directory WHERE address = $1 AND user_id = $2")
+        .bind(address)
+        .bind(user_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
