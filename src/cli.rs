@@ -48,6 +48,11 @@ pub enum Command {
         /// `host:port` to listen on (default: `simulator.listen_address`).
         #[arg(long)]
         listen: Option<String>,
+        /// `simulator.profile`: `realistic` turns on replication lag, stale reads, faults
+        /// (some after the write was applied) and latency; keys set in the configuration
+        /// still win over the profile's figures.
+        #[arg(long, value_parser = ["default", "realistic"])]
+        profile: Option<String>,
     },
     /// Print what a Phone System Primary and Local admin may do, for their own organisation
     /// and for the other organisations of their ODS mapping.
@@ -148,9 +153,18 @@ pub fn permissions() -> String {
 
 impl Cli {
     pub fn sources(&self) -> crate::configuration::ConfigSources {
+        let mut overrides = Vec::new();
+        if let Command::TenantSimulator {
+            profile: Some(profile),
+            ..
+        } = &self.command
+        {
+            overrides.push(("simulator.profile".to_owned(), profile.clone()));
+        }
         crate::configuration::ConfigSources {
             dir: self.config_dir.clone(),
             file: self.config.clone(),
+            overrides,
         }
     }
 }

@@ -84,7 +84,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await;
         }
-        Command::TenantSimulator { listen } => {
+        Command::TenantSimulator { listen, .. } => {
+            // `--profile` reached the settings as a configuration override (`Cli::sources`).
             telemetry::init_tracing(&settings.log);
             let address = listen.unwrap_or_else(|| settings.simulator.listen_address.clone());
             let listener = tokio::net::TcpListener::bind(&address)

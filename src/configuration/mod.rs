@@ -2,7 +2,8 @@
 //!
 //! Sources, later ones winning: `config/default.toml` (every key, documented), the optional
 //! `config/local.toml`, an optional file named with `--config`, then `RECONCILER__SECTION__KEY`
-//! environment variables. Everything is parsed into [`Settings`] with `deny_unknown_fields`.
+//! environment variables, then keys set by a command-line flag (`tenant-simulator --profile`).
+//! Everything is parsed into [`Settings`] with `deny_unknown_fields`.
 //! Values are parsed into their final types as they are read (`NonZero…` for counts and
 //! durations that must be at least 1, [`SocketAddr`] for the listen address, the off-peak
 //! windows and their time zone), so a bad value fails the load with a message naming its key,
@@ -35,7 +36,7 @@ pub use database::DatabaseSettings;
 pub use engine::EngineSettings;
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
 pub use schedule::{OffPeakWindow, ScheduleSettings, TimeOfDay};
-pub use simulator::{SimulatorBehaviour, SimulatorSettings};
+pub use simulator::{SimulatorBehaviour, SimulatorProfile, SimulatorSettings};
 pub use tenant::TenantSettings;
 
 use parse::{at_least_one, socket_address};
@@ -162,6 +163,9 @@ pub struct ConfigSources {
     pub dir: Option<PathBuf>,
     /// An extra file (`--config`), applied after `local.toml`.
     pub file: Option<PathBuf>,
+    /// Keys given on the command line (`simulator.profile` from `tenant-simulator --profile`),
+    /// winning over every layer.
+    pub overrides: Vec<(String, String)>,
 }
 
 impl ConfigSources {
@@ -195,16 +199,17 @@ impl Settings {
         if let Some(file) = &sources.file {
             builder = builder.add_source(config::File::from(file.as_path()).required(true));
         }
-        let settings: Settings = builder
-            .add_source(
-                environment
-                    .prefix("RECONCILER")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
+        builder = builder.add_source(
+            environment
+                .prefix("RECONCILER")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in &sources.overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }

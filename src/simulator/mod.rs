@@ -20,14 +20,29 @@
 //! | `GET /{tenant}/v2.0/.well-known/openid-configuration`, `GET /{tenant}/discovery/v2.0/keys` | the token service's discovery document (pointing at the simulator) and its (empty) key set |
 //!
 //! Every Graph 401 carries Graph's `WWW-Authenticate: Bearer …` challenge. Seeded users may have
-//! `mail`, `proxyAddresses` and `otherMails`, seeded groups a `uniqueName` (see [`Seed`]). What
-//! reached the simulator is exposed at `/_sim/*`:
+//! `mail`, `proxyAddresses` and `otherMails`, seeded groups a `uniqueName` (see [`Seed`]).
+//!
+//! Graph's unkind behaviours, each switched by a [`SimulatorBehaviour`] knob (all off by
+//! default; `profile = "realistic"` / `--profile realistic` / [`SimulatorSettings::realistic`]
+//! turns them all on):
+//!
+//! | behaviour | knobs | follows |
+//! |---|---|---|
+//! | replication lag: a read may show an object as before a recent write (licences, usage location, group creation, membership; `uniqueName` upserts and `members@odata.bind` included), a new user or group is missing (404, absent from lists and filters), also to writes naming it | `replication_lag_ms`, `long_lag_probability`, `long_lag_ms`, `stale_read_probability`, `new_object_write_404_probability` | entra-docs `architecture.md` "Data consistency" ([`replica`]) |
+//! | faults not applied: 500, 503 + `Retry-After`; dropped connections | `fault_rate`, `dropped_connection_rate` | `concepts/errors.md` |
+//! | writes applied, then answered 500/503/504 (per inner `$batch` request), or their connection dropped | `applied_then_fault_rate`, `applied_then_dropped_rate` | no document promises a 5xx write was not applied |
+//! | 429 writes applied anyway | `throttled_write_applied_probability` | observed, undocumented |
+//! | throttling: resource units and writes per app, writes per tenant (all apps); 429s with `x-ms-throttle-scope` and `x-ms-throttle-information`, answers above 80 % of a limit with `x-ms-throttle-limit-percentage`; `x-ms-throttle-priority: low` writes throttled first above 80 % | `resource_units_per_window`, `writes_per_window`, `tenant_writes_per_window` and their windows | `concepts/throttling-limits.md`, identity section |
+//! | latency | `latency_ms`, `latency_jitter_ms` | |
+//!
+//! Inspection (`/_sim/users/…`, [`Shared::user`], [`Shared::groups_of`]) always reads the
+//! authoritative state. The admin routes:
 //!
 //! | route | purpose |
 //! |---|---|
-//! | `GET /_sim/stats` | [`StatsSnapshot`] as JSON |
+//! | `GET /_sim/stats` | [`StatsSnapshot`] as JSON (also writes by `x-ms-throttle-priority`) |
 //! | `POST /_sim/reset-stats` | clears the counters |
-//! | `GET /_sim/config`, `POST /_sim/config` | reads / patches the [`SimulatorBehaviour`] |
+//! | `GET /_sim/config`, `POST /_sim/config` | reads / patches the [`SimulatorBehaviour`] (every knob; `"profile"` starts from that profile's figures) |
 //! | `GET /_sim/users/{id or upn}` | a user with every property |
 //! | `POST /_sim/revoke-tokens` | invalidates every issued token |
 //! | `POST /_sim/fail-next` | `{"count":N,"status":503}`: the next N Graph calls fail (status 0: drop N connections) |
@@ -35,6 +50,7 @@
 //! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).
 pub mod catalogue;
 mod events;
+pub mod replica;
 mod routes;
 pub mod settings;
 pub mod state;
@@ -57,7 +73,7 @@ use tokio::task::JoinHandle;
 
 pub use catalogue::{Seed, default_catalogue, sku_ids};
 pub use routes::MAX_BATCH_REQUESTS;
-pub use settings::{SimulatorBehaviour, SimulatorSettings};
+pub use settings::{SimulatorBehaviour, SimulatorProfile, SimulatorSettings};
 pub use state::{GraphError, RequestIds, USAGE_LOCATION_MESSAGE};
 pub use stats::{StatsSnapshot, WriteLogEntry};
 

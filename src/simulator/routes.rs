@@ -20,11 +20,15 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Shared;
+use super::replica::{self, Lag, View};
 use super::state::{
     AssignLicense, GraphError, GroupKey, RequestIds, Upsert, parse_unique_name_key,
 };
 use super::stats::WriteLogEntry;
-use super::throttle::{LIST_COST_UNITS, READ_COST_UNITS, WRITE_COST_UNITS};
+use super::throttle::{
+    LIST_COST_UNITS, LOAD_REPORTED_ABOVE, Limits, Priority, READ_COST_UNITS, SIMULATED_TENANT_ID,
+    Throttled, WRITE_COST_UNITS,
+};
 
 /// Graph's limit of requests in one `$batch`.
 pub const MAX_BATCH_REQUESTS: usize = 20;
@@ -52,6 +56,19 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
 const CLIENT_REQUEST_ID: &str = "client-request-id";
 /// The header Graph names its response by.
 const REQUEST_ID: &str = "request-id";
+/// The request header asking for a throttling priority (`concepts/throttling-limits.md`).
+const THROTTLE_PRIORITY: &str = "x-ms-throttle-priority";
+
+/// What a Graph call carries besides its method, URL and body.
+#[derive(Debug, Clone, Copy)]
+struct CallContext {
+    /// Its `x-ms-throttle-priority` (an inner `$batch` request without one: the `$batch`'s).
+    priority: Priority,
+    /// A request of its own (not inside a `$batch`), whose connection can be dropped.
+    single: bool,
+    /// Its `ConsistencyLevel` and `Prefer` headers (an inner request's own).
+    hints: Hints,
+}
 
 /// A Graph answer before it becomes an HTTP response or an inner `$batch` response.
 #[derive(Debug)]
@@ -62,6 +79,10 @@ struct SimResponse {
     body: Option<Value>,
     /// An error, whose body is made once the response's ids are known.
     error: Option<GraphError>,
+    /// Headers of its own (throttling information).
+    headers: Vec<(&'static str, String)>,
+    /// Answer by dropping the connection (a single request's only).
+    dropped: bool,
     /// The body is sent as `text/plain` (a `$count` segment), not JSON.
     plain_text: bool,
 }
@@ -73,6 +94,8 @@ impl SimResponse {
             retry_after: None,
             body,
             error: None,
+            headers: Vec::new(),
+            dropped: false,
             plain_text: false,
         }
     }
@@ -83,17 +106,68 @@ impl SimResponse {
             retry_after: None,
             body: None,
             error: Some(e.clone()),
+            headers: Vec::new(),
+            dropped: false,
             plain_text: false,
         }
     }
 
-    fn throttled(retry_after: u64) -> Self {
-        Self::error(&GraphError::new(
+    /// A 429 with `Retry-After`, `x-ms-throttle-scope` (`<Scope>/<Limit>/<ApplicationId>/
+    /// <TenantId>`) and `x-ms-throttle-information`, as `concepts/throttling-limits.md`
+    /// ("Throttled responses requests") describes them.
+    fn throttled(t: &Throttled, application_id: &str) -> Self {
+        let mut r = Self::error(&GraphError::new(
             429,
             "TooManyRequests",
             "Too many requests. Please retry after the time given in Retry-After.",
         ))
-        .with_retry_after(retry_after.to_string())
+        .with_retry_after(t.retry_after.to_string());
+        r.headers.push((
+            "x-ms-throttle-scope",
+            format!("{}/{application_id}/{SIMULATED_TENANT_ID}", t.limit.scope()),
+        ));
+        r.headers.push((
+            "x-ms-throttle-information",
+            t.limit.information().to_owned(),
+        ));
+        r
+    }
+
+    /// Adds `x-ms-throttle-limit-percentage` when the load is above 80 %, as Graph does on
+    /// regular responses (`concepts/throttling-limits.md`, "Regular responses requests").
+    fn with_load(mut self, load: f64) -> Self {
+        if load > LOAD_REPORTED_ABOVE {
+            self.headers
+                .push(("x-ms-throttle-limit-percentage", format!("{load:.1}")));
+        }
+        self
+    }
+
+    /// A 503 with a `Retry-After` of one to two seconds: "503 Service Unavailable: … repeat the
+    /// request after a delay, the length of which may be specified in a Retry-After header"
+    /// (microsoft-graph-docs-contrib `concepts/errors.md`), with a fraction as an older docs
+    /// sample had (`Retry-After: 2.128`, `concepts/throttling.md`), so that clients must parse
+    /// decimals.
+    fn unavailable() -> Self {
+        Self::error(&GraphError::new(
+            503,
+            "serviceNotAvailable",
+            "The service is temporarily unavailable. Please retry.",
+        ))
+        .with_retry_after(short_retry_after())
+    }
+
+    /// A 5xx other than 503 (500 `generalException`, 504 `gatewayTimeout`).
+    fn server_error(status: u16) -> Self {
+        let (code, message) = if status == 504 {
+            (
+                "gatewayTimeout",
+                "The gateway did not receive a response in time.",
+            )
+        } else {
+            ("generalException", "An internal server error occurred.")
+        };
+        Self::error(&GraphError::new(status, code, message))
     }
 
     /// A `text/plain` answer, as Graph gives to a `$count` segment
@@ -136,6 +210,11 @@ impl SimResponse {
         {
             headers.insert(header::RETRY_AFTER, v);
         }
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(*name, v);
+            }
+        }
         if self.status == 401 {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -153,6 +232,12 @@ impl SimResponse {
         }
         resp
     }
+}
+
+/// A `Retry-After` of one to two seconds, with a fraction (see [`SimResponse::unavailable`]).
+fn short_retry_after() -> String {
+    let secs = rand::rng().random_range(1.0..=2.0_f64);
+    format!("{secs:.3}")
 }
 
 fn now_ms() -> u64 {
@@ -494,6 +579,59 @@ impl Shared {
         }
     }
 
+    /// The replica a Graph call sees ([`replica`]): a write's lag and whether objects not yet
+    /// replicated are missing to it; a read is served by a lagging replica with
+    /// `stale_read_probability`, drawn anew for every call (so reads are not monotonic).
+    fn view_for(&self, is_write: bool) -> View {
+        let b = self.behaviour.read();
+        let chance = |p: f64| {
+            let p = p.clamp(0.0, 1.0);
+            p > 0.0 && rand::rng().random_bool(p)
+        };
+        if is_write {
+            View::Write {
+                hide_new: chance(b.new_object_write_404_probability),
+                lag: Lag {
+                    max: Duration::from_millis(b.replication_lag_ms),
+                    long_probability: b.long_lag_probability,
+                    long: Duration::from_millis(b.long_lag_ms),
+                },
+            }
+        } else if chance(b.stale_read_probability) {
+            View::Lagging
+        } else {
+            View::Fresh
+        }
+    }
+
+    /// What happens to a write after it was applied: with `applied_then_dropped_rate` a single
+    /// request's connection is dropped, with `applied_then_fault_rate` it is answered 500, or
+    /// 503 or 504 (with `Retry-After`). No Graph document promises that a write answered with a 5xx,
+    /// or never answered, was not applied, so a client must read before writing again; the
+    /// simulator makes that case happen.
+    fn after_applied(&self, r: SimResponse, single: bool) -> SimResponse {
+        let (dropped, fault) = {
+            let b = self.behaviour.read();
+            (
+                b.applied_then_dropped_rate.clamp(0.0, 1.0),
+                b.applied_then_fault_rate.clamp(0.0, 1.0),
+            )
+        };
+        let mut rng = rand::rng();
+        if single && dropped > 0.0 && rng.random_bool(dropped) {
+            return SimResponse { dropped: true, ..r };
+        }
+        if fault > 0.0 && rng.random_bool(fault) {
+            return match rng.random_range(0..3) {
+                0 => SimResponse::server_error(500),
+                1 => SimResponse::unavailable(),
+                // The tenant contract: 503 and 504 may carry `Retry-After`.
+                _ => SimResponse::server_error(504).with_retry_after(short_retry_after()),
+            };
+        }
+        r
+    }
+
     /// One Graph call (single or inside a `$batch`): faults, throttling, execution, statistics.
     fn call(
         &self,
@@ -502,7 +640,7 @@ impl Shared {
         body: Option<&Value>,
         base: &str,
         ids: &RequestIds,
-        hints: Hints,
+        ctx: CallContext,
     ) -> SimResponse {
         let (path, query) = match rel_url.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -512,8 +650,11 @@ impl Shared {
         let now = now_ms();
         let is_write = route.is_write();
         if is_write {
-            self.stats.lock().write_attempted(now);
+            let mut stats = self.stats.lock();
+            stats.write_attempted(now);
+            stats.write_priority(ctx.priority);
         }
+        let _view = replica::enter(self.view_for(is_write));
         let mut applied = false;
         let resp = if let Route::Invalid(msg) = &route {
             SimResponse::error(&GraphError::new(400, "BadRequest", msg.clone()))
@@ -532,66 +673,55 @@ impl Shared {
             ))
         } else if let Some(status) = self.take_fault(false) {
             if status == 503 {
-                // "503 Service Unavailable: … repeat the request after a delay, the length of
-                // which may be specified in a Retry-After header" (microsoft-graph-docs-contrib
-                // `concepts/errors.md`). One to two seconds, with a fraction as an older docs
-                // sample had (`Retry-After: 2.128`, `concepts/throttling.md`), so that clients
-                // must parse decimals.
-                let secs = rand::rng().random_range(1.0..=2.0_f64);
-                SimResponse::error(&GraphError::new(
-                    503,
-                    "serviceNotAvailable",
-                    "The service is temporarily unavailable. Please retry.",
-                ))
-                .with_retry_after(format!("{secs:.3}"))
+                SimResponse::unavailable()
             } else {
-                SimResponse::error(&GraphError::new(
-                    status,
-                    "generalException",
-                    "An internal server error occurred.",
-                ))
+                SimResponse::server_error(status)
             }
         } else {
             let limited = {
                 let b = self.behaviour.read();
-                let mut t = self.throttle.lock();
-                let units = t.units.try_take(
+                let limits = Limits {
+                    resource_units: (b.resource_units_per_window, b.resource_unit_window_seconds),
+                    app_writes: (b.writes_per_window, b.write_window_seconds),
+                    tenant_writes: (b.tenant_writes_per_window, b.tenant_write_window_seconds),
+                };
+                self.throttle.lock().admit(
                     route.cost(),
-                    b.resource_units_per_window,
-                    b.resource_unit_window_seconds,
+                    is_write,
+                    ctx.priority == Priority::Low,
+                    &limits,
                     now,
-                );
-                match units {
-                    Err(wait) => Err(wait),
-                    Ok(()) if is_write => {
-                        t.writes
-                            .try_take(1, b.writes_per_window, b.write_window_seconds, now)
-                    }
-                    Ok(()) => Ok(()),
-                }
+                )
             };
             match limited {
-                Err(wait) => {
+                Err(throttled) => {
                     let p = self
                         .behaviour
                         .read()
                         .throttled_write_applied_probability
                         .clamp(0.0, 1.0);
                     if is_write && p > 0.0 && rand::rng().random_bool(p) {
-                        let r = self.execute(&route, query, body, base, hints);
+                        let r = self.execute(&route, query, body, base, ctx.hints);
                         applied = (200..300).contains(&r.status);
                     }
-                    SimResponse::throttled(wait)
+                    SimResponse::throttled(&throttled, &self.client_id)
                 }
-                Ok(()) => {
-                    let r = self.execute(&route, query, body, base, hints);
+                Ok(load) => {
+                    let r = self.execute(&route, query, body, base, ctx.hints);
                     applied = is_write && (200..300).contains(&r.status);
-                    r
+                    let r = if applied {
+                        self.after_applied(r, ctx.single)
+                    } else {
+                        r
+                    };
+                    r.with_load(load)
                 }
             }
         };
+        // A dropped connection is counted with status 0, as the outer handler counts its own.
+        let status = if resp.dropped { 0 } else { resp.status };
         let mut stats = self.stats.lock();
-        stats.request(route.kind(), resp.status);
+        stats.request(route.kind(), status);
         if is_write {
             stats.write_finished(WriteLogEntry {
                 seq: 0,
@@ -599,7 +729,7 @@ impl Shared {
                 method: method.to_string(),
                 route: route.kind().to_owned(),
                 targets: route.targets(body),
-                status: resp.status,
+                status,
                 applied,
                 body: body.cloned(),
                 request_id: ids.request_id.clone(),
@@ -805,7 +935,7 @@ impl Shared {
         format!("http://{host}")
     }
 
-    fn batch(&self, body: &Bytes, base: &str) -> SimResponse {
+    fn batch(&self, body: &Bytes, base: &str, priority: Priority) -> SimResponse {
         let bad = |m: &str| SimResponse::error(&GraphError::new(400, "BadRequest", m.to_owned()));
         let Ok(payload) = serde_json::from_slice::<Value>(body) else {
             return bad("Invalid batch payload format.");
@@ -853,13 +983,18 @@ impl Shared {
             }
             // Graph's docs are silent on an inner `client-request-id`; the simulator echoes it
             // like an outer one, so a client can match each inner answer.
-            let client_request_id = headers
-                .and_then(|h| {
-                    h.iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(CLIENT_REQUEST_ID))
-                })
-                .and_then(|(_, v)| v.as_str())
-                .map(str::to_owned);
+            let inner_header = |name: &str| {
+                headers
+                    .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+                    .and_then(|(_, v)| v.as_str())
+            };
+            let client_request_id = inner_header(CLIENT_REQUEST_ID).map(str::to_owned);
+            // An inner request's own priority, else the `$batch`'s (the docs are silent on
+            // inner headers; Graph applies an inner request's headers to it).
+            let priority = match inner_header(THROTTLE_PRIORITY) {
+                Some(v) => Priority::from_header(Some(v)),
+                None => priority,
+            };
             let depends_on = match r.get("dependsOn") {
                 None | Some(Value::Null) => Vec::new(),
                 Some(Value::Array(list)) => {
@@ -887,6 +1022,7 @@ impl Shared {
                 body: inner_body.cloned(),
                 client_request_id,
                 hints: Hints::from_batch(headers),
+                priority,
                 depends_on,
             });
         }
@@ -929,7 +1065,18 @@ impl Shared {
                     "The request was not run because a request it depends on failed.",
                 ))
             } else {
-                self.call(&req.method, &rel, req.body.as_ref(), base, &ids, req.hints)
+                self.call(
+                    &req.method,
+                    &rel,
+                    req.body.as_ref(),
+                    base,
+                    &ids,
+                    CallContext {
+                        priority: req.priority,
+                        single: false,
+                        hints: req.hints,
+                    },
+                )
             };
             done.insert(req.id.to_lowercase(), r.status);
             let body = r.body(&ids);
@@ -944,6 +1091,9 @@ impl Shared {
             }
             if let Some(s) = r.retry_after.take() {
                 headers.insert("Retry-After".into(), json!(s));
+            }
+            for (name, value) in r.headers.drain(..) {
+                headers.insert(name.into(), json!(value));
             }
             headers.insert(REQUEST_ID.into(), json!(ids.request_id));
             headers.insert(CLIENT_REQUEST_ID.into(), json!(ids.client_request_id));
@@ -1027,6 +1177,8 @@ struct InnerRequest {
     body: Option<Value>,
     client_request_id: Option<String>,
     hints: Hints,
+    /// Its own `x-ms-throttle-priority`, else the `$batch`'s.
+    priority: Priority,
     /// Lower-cased ids of the requests it depends on.
     depends_on: Vec<String>,
 }
@@ -1112,8 +1264,13 @@ async fn graph(
         return SimResponse::error(&e).into_http(&ids);
     }
     let base = shared.base_url(&headers);
+    let priority = Priority::from_header(
+        headers
+            .get(THROTTLE_PRIORITY)
+            .map(|v| v.to_str().unwrap_or_default()),
+    );
     if method == Method::POST && rel_path == "/$batch" {
-        let r = shared.batch(&body, &base);
+        let r = shared.batch(&body, &base, priority);
         shared.stats.lock().request("batch", r.status);
         return r.into_http(&ids);
     }
@@ -1133,16 +1290,22 @@ async fn graph(
             }
         }
     };
-    shared
-        .call(
-            &method,
-            &rel,
-            json_body.as_ref(),
-            &base,
-            &ids,
-            Hints::from_http(&headers),
-        )
-        .into_http(&ids)
+    let r = shared.call(
+        &method,
+        &rel,
+        json_body.as_ref(),
+        &base,
+        &ids,
+        CallContext {
+            priority,
+            single: true,
+            hints: Hints::from_http(&headers),
+        },
+    );
+    if r.dropped {
+        return dropped_connection();
+    }
+    r.into_http(&ids)
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token` (client credentials only), with Entra ID's error shape.
@@ -1347,6 +1510,7 @@ mod tests {
             body: None,
             client_request_id: None,
             hints: Hints::default(),
+            priority: Priority::None,
             depends_on: depends_on.iter().map(|d| d.to_lowercase()).collect(),
         }
     }

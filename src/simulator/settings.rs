@@ -1,4 +1,4 @@
-//! Settings of the tenant simulator: [`SimulatorSettings`] and its runtime-tunable part
-//! [`SimulatorBehaviour`], defined with the rest of the settings in [`crate::configuration`] and
-//! re-exported here.
-pub use crate::configuration::{SimulatorBehaviour, SimulatorSettings};
+//! Settings of the tenant simulator: [`SimulatorSettings`], its runtime-tunable part
+//! [`SimulatorBehaviour`] and the [`SimulatorProfile`] whose figures unset keys take, defined
+//! with the rest of the settings in [`crate::configuration`] and re-exported here.
+pub use crate::configuration::{SimulatorBehaviour, SimulatorProfile, SimulatorSettings};

@@ -2,13 +2,27 @@
 //!
 //! Every operation takes the lock once, does O(1) or O(log n) work on indexed maps and returns a
 //! Graph-shaped JSON value or a [`GraphError`]. No operation scans all users.
-use std::collections::{BTreeSet, HashMap, HashSet};
+//!
+//! Eventual consistency ([`super::replica`]) lives in the lookup and mutation primitives: reads
+//! go through [`Directory::visible_user`], [`Directory::visible_group`] and the membership
+//! iterators, which in a lagging view show the version from before the writes not yet
+//! replicated; `insert_user`, `insert_group`, `assign_license`, `set_usage_location` and the
+//! membership changes (`insert_member`, `remove_member`) record those writes when a Graph call
+//! makes them. Routes built on these primitives inherit it: `GET /users?$filter`, `GET /groups/{id}`,
+//! the `uniqueName` lookups, `members/$count`, and the writes of `PATCH /users/{id}`,
+//! `PATCH /groups/{id}` (`members@odata.bind`) and the upsert (a group creation plus member adds).
+//! Group property changes (`displayName`, `description`) are not versioned: replicas show them
+//! at once.
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::ops::Bound;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::catalogue::{Seed, SeedSku};
+use super::replica::{self, Pending, View};
 
 /// An error in Graph's shape: `{"error":{"code","message"}}` with an HTTP status.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +168,184 @@ pub struct Directory {
     unique_names: HashMap<String, Uuid>,
     /// Every user id, ordered, so that `GET /users` pages by a range after the skip token.
     user_order: BTreeSet<Uuid>,
+    /// Writes of Graph calls not yet replicated.
+    replication: Replication,
+}
+
+/// An object or membership with a write not yet replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Replicated {
+    User(Uuid),
+    Group(Uuid),
+    Membership { group: Uuid, user: Uuid },
+}
+
+/// The writes replicas have not seen yet ([`super::replica`]): per object its version from
+/// before them, per (group, user) whether the user was a member. Entries are dropped once
+/// replicated (`expiry`), so the store holds only the writes of the last lag window.
+#[derive(Default)]
+struct Replication {
+    /// User id -> the user as replicas show it (`None`: created, not yet replicated).
+    users: HashMap<Uuid, Pending<Option<User>>>,
+    /// Groups created, not yet replicated.
+    groups: HashMap<Uuid, Pending<()>>,
+    /// Group id -> user id -> whether replicas still show the user as a member.
+    members: HashMap<Uuid, BTreeMap<Uuid, Pending<bool>>>,
+    /// User id -> group id -> the same entries, for `memberOf`.
+    member_of: HashMap<Uuid, BTreeMap<Uuid, Pending<bool>>>,
+    /// When each entry is replicated, soonest first.
+    expiry: BinaryHeap<Reverse<(Instant, Replicated)>>,
+}
+
+impl Replication {
+    fn is_empty(&self) -> bool {
+        self.expiry.is_empty()
+    }
+
+    /// Drops the entries replicated by `now`.
+    fn prune(&mut self, now: Instant) {
+        while let Some(Reverse((at, key))) = self.expiry.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop();
+            match key {
+                Replicated::User(id) => {
+                    if self.users.get(&id).is_some_and(|p| !p.active(now)) {
+                        self.users.remove(&id);
+                    }
+                }
+                Replicated::Group(id) => {
+                    if self.groups.get(&id).is_some_and(|p| !p.active(now)) {
+                        self.groups.remove(&id);
+                    }
+                }
+                Replicated::Membership { group, user } => {
+                    drop_replicated(&mut self.members, group, user, now);
+                    drop_replicated(&mut self.member_of, user, group, now);
+                }
+            }
+        }
+    }
+
+    fn expires(&mut self, at: Instant, key: Replicated) {
+        self.expiry.push(Reverse((at, key)));
+    }
+
+    /// Records a change of `user` (its version `before` it; `None` when it was created).
+    fn user_written(&mut self, user: Uuid, before: Option<User>, now: Instant, lag: Duration) {
+        self.prune(now);
+        let mut slot = self.users.remove(&user);
+        let at = replica::record(&mut slot, before, now, lag);
+        self.users.extend(slot.map(|p| (user, p)));
+        self.expires(at, Replicated::User(user));
+    }
+
+    fn group_created(&mut self, group: Uuid, now: Instant, lag: Duration) {
+        self.prune(now);
+        let mut slot = None;
+        let at = replica::record(&mut slot, (), now, lag);
+        self.groups.extend(slot.map(|p| (group, p)));
+        self.expires(at, Replicated::Group(group));
+    }
+
+    /// Records a membership change; `was_member` is the membership before it.
+    fn membership_written(
+        &mut self,
+        group: Uuid,
+        user: Uuid,
+        was_member: bool,
+        now: Instant,
+        lag: Duration,
+    ) {
+        self.prune(now);
+        let by_group = self.members.entry(group).or_default();
+        let mut slot = by_group.remove(&user);
+        let at = replica::record(&mut slot, was_member, now, lag);
+        if let Some(p) = slot {
+            self.member_of
+                .entry(user)
+                .or_default()
+                .insert(group, p.clone());
+            by_group.insert(user, p);
+        }
+        self.expires(at, Replicated::Membership { group, user });
+    }
+}
+
+/// Drops `outer -> inner` from a pending-membership index once replicated.
+fn drop_replicated(
+    index: &mut HashMap<Uuid, BTreeMap<Uuid, Pending<bool>>>,
+    outer: Uuid,
+    inner: Uuid,
+    now: Instant,
+) {
+    if let Some(map) = index.get_mut(&outer) {
+        if map.get(&inner).is_some_and(|p| !p.active(now)) {
+            map.remove(&inner);
+        }
+        if map.is_empty() {
+            index.remove(&outer);
+        }
+    }
+}
+
+/// The ids of a membership set after `after`, in order, as the current view shows them: in a
+/// lagging view the (group, user) pairs with a change not yet replicated show their state from
+/// before it.
+fn membership_ids<'a>(
+    primary: Option<&'a BTreeSet<Uuid>>,
+    pending: Option<&'a BTreeMap<Uuid, Pending<bool>>>,
+    after: Option<Uuid>,
+) -> Box<dyn Iterator<Item = Uuid> + 'a> {
+    let range = (
+        after.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    );
+    let primary = primary
+        .into_iter()
+        .flat_map(move |s| s.range(range))
+        .copied();
+    let lagging = replica::current().is_some_and(View::is_lagging);
+    let Some(pending) = pending.filter(|_| lagging) else {
+        return Box::new(primary);
+    };
+    let now = Instant::now();
+    let mut a = primary.peekable();
+    let mut b = pending.range(range).peekable();
+    Box::new(std::iter::from_fn(move || {
+        loop {
+            let (id, in_primary, change) = match (a.peek().copied(), b.peek()) {
+                (None, None) => return None,
+                (Some(x), Some((y, _))) if x < **y => (a.next()?, true, None),
+                (Some(_), Some(_)) => {
+                    let (y, p) = b.next()?;
+                    let same = a.next_if_eq(y).is_some();
+                    (*y, same, Some(p))
+                }
+                (Some(_), None) => (a.next()?, true, None),
+                (None, Some(_)) => {
+                    let (y, p) = b.next()?;
+                    (*y, false, Some(p))
+                }
+            };
+            let member = match change {
+                Some(p) if p.active(now) => p.before,
+                _ => in_primary,
+            };
+            if member {
+                return Some(id);
+            }
+        }
+    }))
+}
+
+/// The lag of a write made now, when a Graph call makes it and it is not replicated at once.
+fn write_lag() -> Option<(Instant, Duration)> {
+    match replica::current() {
+        Some(View::Write { lag, .. }) => lag.draw().map(|d| (Instant::now(), d)),
+        _ => None,
+    }
 }
 
 const USER_DEFAULT_PROPERTIES: &[&str] = &[
@@ -402,6 +594,9 @@ impl Directory {
             ));
         }
         self.check_addresses_free(&user)?;
+        if let Some((now, lag)) = write_lag() {
+            self.replication.user_written(user.id, None, now, lag);
+        }
         self.index_addresses(&user);
         self.user_order.insert(user.id);
         self.upn_index.insert(key, user.id);
@@ -410,6 +605,9 @@ impl Directory {
     }
 
     fn insert_group(&mut self, group: Group) {
+        if let Some((now, lag)) = write_lag() {
+            self.replication.group_created(group.id, now, lag);
+        }
         self.group_names
             .entry(group.display_name.to_lowercase())
             .or_default()
@@ -420,12 +618,50 @@ impl Directory {
         self.groups.insert(group.id, group);
     }
 
-    /// Resolves an id or a user principal name (case-insensitive) to a user id.
-    pub fn resolve_user(&self, key: &str) -> Option<Uuid> {
-        match Uuid::parse_str(key) {
-            Ok(id) if self.users.contains_key(&id) => Some(id),
-            _ => self.upn_index.get(&key.to_lowercase()).copied(),
+    /// A user as the current Graph call's view shows it ([`super::replica`]): the primary's,
+    /// its version from before writes not yet replicated in a lagging view, or none when its
+    /// creation is not yet replicated and the view hides new objects. Outside a Graph call, the
+    /// primary's.
+    fn visible_user(&self, id: &Uuid) -> Option<&User> {
+        let primary = self.users.get(id);
+        if self.replication.is_empty() {
+            return primary;
         }
+        let (Some(view), Some(p)) = (replica::current(), self.replication.users.get(id)) else {
+            return primary;
+        };
+        if !p.active(Instant::now()) {
+            primary
+        } else if view.is_lagging() {
+            p.before.as_ref()
+        } else if view.hides_new() && p.before.is_none() {
+            None
+        } else {
+            primary
+        }
+    }
+
+    /// A group as the current Graph call's view shows it: none while its creation is not yet
+    /// replicated and the view hides new objects.
+    fn visible_group(&self, id: &Uuid) -> Option<&Group> {
+        let primary = self.groups.get(id);
+        if self.replication.is_empty() {
+            return primary;
+        }
+        match (replica::current(), self.replication.groups.get(id)) {
+            (Some(view), Some(p)) if view.hides_new() && p.active(Instant::now()) => None,
+            _ => primary,
+        }
+    }
+
+    /// Resolves an id or a user principal name (case-insensitive) to the id of a user the
+    /// current view shows.
+    pub fn resolve_user(&self, key: &str) -> Option<Uuid> {
+        let id = match Uuid::parse_str(key) {
+            Ok(id) if self.users.contains_key(&id) => id,
+            _ => *self.upn_index.get(&key.to_lowercase())?,
+        };
+        self.visible_user(&id).map(|_| id)
     }
 
     /// Number of users.
@@ -458,11 +694,12 @@ impl Directory {
 
     /// `GET /users/{id or upn}` with an optional `$select`.
     pub fn get_user(&self, key: &str, selection: Option<&str>) -> Result<Value, GraphError> {
-        let id = self
+        let user = self
             .resolve_user(key)
+            .and_then(|id| self.visible_user(&id))
             .ok_or_else(|| GraphError::not_found(key))?;
         select(
-            self.users[&id].json(),
+            user.json(),
             selection,
             Some(USER_DEFAULT_PROPERTIES),
             "user",
@@ -562,7 +799,12 @@ impl Directory {
             let i = self.sku_index[sku_id];
             self.skus[i].consumed = self.skus[i].consumed.saturating_sub(1);
         }
+        let lag = write_lag();
         let user = self.users.get_mut(&id).expect("resolved above");
+        if let Some((now, lag)) = lag {
+            self.replication
+                .user_written(id, Some(user.clone()), now, lag);
+        }
         user.licences = after;
         // Graph answers with the user's default properties (not its licences): clients must read.
         select(user.json(), None, Some(USER_DEFAULT_PROPERTIES), "user")
@@ -657,7 +899,12 @@ impl Directory {
     /// `GET /groups?$filter=displayName eq '…'` (the only filter supported).
     pub fn find_groups(&self, filter: Option<&str>) -> Result<Value, GraphError> {
         let Some(filter) = filter else {
-            let all: Vec<Value> = self.groups.values().map(Group::json).collect();
+            let all: Vec<Value> = self
+                .groups
+                .keys()
+                .filter_map(|id| self.visible_group(id))
+                .map(Group::json)
+                .collect();
             return Ok(json!({ "value": all }));
         };
         let name = parse_display_name_filter(filter).ok_or_else(|| {
@@ -670,7 +917,12 @@ impl Directory {
         let value: Vec<Value> = self
             .group_names
             .get(&name.to_lowercase())
-            .map(|ids| ids.iter().map(|id| self.groups[id].json()).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| self.visible_group(id))
+                    .map(Group::json)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(json!({ "value": value }))
     }
@@ -678,7 +930,7 @@ impl Directory {
     fn group(&self, key: &str) -> Result<&Group, GraphError> {
         Uuid::parse_str(key)
             .ok()
-            .and_then(|id| self.groups.get(&id))
+            .and_then(|id| self.visible_group(&id))
             .ok_or_else(|| GraphError::not_found(key))
     }
 
@@ -691,16 +943,17 @@ impl Directory {
         page_size: usize,
     ) -> Result<(Vec<Value>, Option<Uuid>), GraphError> {
         let group = self.group(group)?;
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut ids = group
-            .members
-            .range((start, Bound::Unbounded))
-            .take(page_size.max(1) + 1);
+        let mut ids = membership_ids(
+            Some(&group.members),
+            self.replication.members.get(&group.id),
+            after,
+        )
+        .filter_map(|id| self.visible_user(&id).map(|u| (id, u)));
         let mut page = Vec::new();
         let mut last = None;
-        for id in ids.by_ref().take(page_size.max(1)) {
+        for (id, user) in ids.by_ref().take(page_size.max(1)) {
             let mut v = select(
-                self.users[id].json(),
+                user.json(),
                 selection,
                 Some(USER_DEFAULT_PROPERTIES),
                 "user",
@@ -709,7 +962,7 @@ impl Directory {
                 m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
             }
             page.push(v);
-            last = Some(*id);
+            last = Some(id);
         }
         let more = ids.next().is_some();
         Ok((page, if more { last } else { None }))
@@ -729,16 +982,32 @@ impl Directory {
         let gid = self.group(group)?.id;
         let uid = Uuid::parse_str(user_key)
             .ok()
-            .filter(|id| self.users.contains_key(id))
+            .filter(|id| self.visible_user(id).is_some())
             .ok_or_else(|| GraphError::not_found(user_key))?;
-        let g = self.groups.get_mut(&gid).expect("checked above");
-        if !g.members.insert(uid) {
+        if !self.insert_member(gid, uid) {
             return Err(GraphError::bad_request(
                 "One or more added object references already exist for the following modified properties: 'members'.",
             ));
         }
-        self.member_of.entry(uid).or_default().insert(gid);
         Ok(uid)
+    }
+
+    /// The membership-add primitive behind `add_member` and `members@odata.bind`: adds `uid`
+    /// to `gid` (both checked by the caller) and records the change for the replicas. Returns
+    /// false when the user already was a member.
+    fn insert_member(&mut self, gid: Uuid, uid: Uuid) -> bool {
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return false;
+        };
+        if !g.members.insert(uid) {
+            return false;
+        }
+        self.member_of.entry(uid).or_default().insert(gid);
+        if let Some((now, lag)) = write_lag() {
+            self.replication
+                .membership_written(gid, uid, false, now, lag);
+        }
+        true
     }
 
     /// `DELETE /groups/{id}/members/{user-id}/$ref`.
@@ -749,6 +1018,10 @@ impl Directory {
             Ok(uid) if g.members.remove(&uid) => {
                 if let Some(groups) = self.member_of.get_mut(&uid) {
                     groups.remove(&gid);
+                }
+                if let Some((now, lag)) = write_lag() {
+                    self.replication
+                        .membership_written(gid, uid, true, now, lag);
                 }
                 Ok(())
             }
@@ -788,22 +1061,21 @@ impl Directory {
         let uid = self
             .resolve_user(user)
             .ok_or_else(|| GraphError::not_found(user))?;
-        let empty = BTreeSet::new();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut ids = self
-            .member_of
-            .get(&uid)
-            .unwrap_or(&empty)
-            .range((start, Bound::Unbounded));
+        let mut ids = membership_ids(
+            self.member_of.get(&uid),
+            self.replication.member_of.get(&uid),
+            after,
+        )
+        .filter_map(|id| self.visible_group(&id).map(|g| (id, g)));
         let mut page = Vec::new();
         let mut last = None;
-        for id in ids.by_ref().take(page_size.max(1)) {
-            let mut v = select(self.groups[id].json(), selection, None, "group")?;
+        for (id, group) in ids.by_ref().take(page_size.max(1)) {
+            let mut v = select(group.json(), selection, None, "group")?;
             if let (true, Value::Object(m)) = (annotate, &mut v) {
                 m.insert("@odata.type".into(), json!("#microsoft.graph.group"));
             }
             page.push(v);
-            last = Some(*id);
+            last = Some(id);
         }
         let more = ids.next().is_some();
         Ok((page, if more { last } else { None }))
@@ -1254,9 +1526,13 @@ impl Directory {
         page_size: usize,
     ) -> Result<UsersPage, GraphError> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        // Through the view: a lagging replica shows a user as before its last writes.
         let render = |id: &Uuid| {
+            let user = self
+                .visible_user(id)
+                .ok_or_else(|| GraphError::not_found(&id.to_string()))?;
             select(
-                self.users[id].json(),
+                user.json(),
                 selection,
                 Some(USER_DEFAULT_PROPERTIES),
                 "user",
@@ -1279,7 +1555,7 @@ impl Directory {
                     .take(page_size.max(1) + 1)
                     .copied()
                     .collect(),
-                self.users.len(),
+                self.visible_user_count(),
             ),
         };
         let more = ids.len() > page_size.max(1);
@@ -1313,11 +1589,34 @@ impl Directory {
         Ok(id)
     }
 
-    /// Sets a user's usage location (the mutation primitive of `update_user`).
+    /// Sets a user's usage location (the mutation primitive of `update_user`), recording the
+    /// user's previous version for the replicas the write has not reached yet.
     fn set_usage_location(&mut self, id: Uuid, location: Option<String>) {
+        let lag = write_lag();
         if let Some(u) = self.users.get_mut(&id) {
+            if let Some((now, lag)) = lag {
+                self.replication.user_written(id, Some(u.clone()), now, lag);
+            }
             u.usage_location = location;
         }
+    }
+
+    /// The number of users the current view shows: all of them, less those whose creation is
+    /// not yet replicated when the view hides new objects (from the pending writes only, so
+    /// that no user is scanned).
+    fn visible_user_count(&self) -> usize {
+        let hides_new = replica::current().is_some_and(View::hides_new);
+        if !hides_new || self.replication.is_empty() {
+            return self.users.len();
+        }
+        let now = Instant::now();
+        let hidden = self
+            .replication
+            .users
+            .values()
+            .filter(|p| p.before.is_none() && p.active(now))
+            .count();
+        self.users.len().saturating_sub(hidden)
     }
 
     /// The id of the group with a `uniqueName` (case-insensitive), through the group lookup.
@@ -1347,9 +1646,21 @@ impl Directory {
         }
     }
 
-    /// `GET /groups/{id}/members/$count`: the number of direct members.
+    /// `GET /groups/{id}/members/$count`: the number of direct members the current view shows
+    /// (a lagging replica counts the membership from before changes not yet replicated, and
+    /// leaves out users it does not have yet, as `members_page` lists them).
     pub fn member_count(&self, group: &str) -> Result<usize, GraphError> {
-        Ok(self.group(group)?.members.len())
+        let group = self.group(group)?;
+        if self.replication.is_empty() || !replica::current().is_some_and(View::hides_new) {
+            return Ok(group.members.len());
+        }
+        Ok(membership_ids(
+            Some(&group.members),
+            self.replication.members.get(&group.id),
+            None,
+        )
+        .filter(|id| self.visible_user(id).is_some())
+        .count())
     }
 
     /// Validates a `members@odata.bind` list for group `gid` (absent: none): at most
@@ -1400,13 +1711,12 @@ impl Directory {
         Ok(out)
     }
 
-    /// Adds validated members through the single-member primitive, in order.
-    fn add_members(&mut self, gid: Uuid, members: &[Uuid]) -> Result<(), GraphError> {
+    /// Adds members validated by [`Self::member_binds`] through the membership-add primitive,
+    /// in order; each add is recorded for the replicas like a `POST …/members/$ref`.
+    fn add_members(&mut self, gid: Uuid, members: &[Uuid]) {
         for uid in members {
-            let reference = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{uid}")});
-            self.add_member(&gid.to_string(), &reference)?;
+            self.insert_member(gid, *uid);
         }
-        Ok(())
     }
 
     /// The writable properties of a security group in a `PATCH` body, validated; unknown ones
@@ -1480,7 +1790,7 @@ impl Directory {
         let patch = Self::group_patch(body)?;
         let members = self.member_binds(Some(gid), body)?;
         self.set_group_properties(gid, patch);
-        self.add_members(gid, &members)?;
+        self.add_members(gid, &members);
         Ok(members)
     }
 
@@ -1500,10 +1810,13 @@ impl Directory {
         if let Some(gid) = self.group_by_unique_name(unique_name) {
             let members = self.member_binds(Some(gid), body)?;
             self.set_group_properties(gid, patch);
-            self.add_members(gid, &members)?;
+            self.add_members(gid, &members);
             return Ok(Upsert::Updated(members));
         }
-        if !create_if_missing {
+        // A group that exists but whose creation this write's replica has not seen: the write
+        // names an object not yet replicated and answers 404 ([`super::replica`]), rather than
+        // creating a second group or refusing the name as taken.
+        if !create_if_missing || self.unique_names.contains_key(&unique_name.to_lowercase()) {
             return Err(GraphError::not_found(unique_name));
         }
         self.check_unique_name_free(unique_name)?;
@@ -1530,8 +1843,14 @@ impl Directory {
         };
         let gid = group.id;
         self.insert_group(group);
-        self.add_members(gid, &members)?;
-        let json = self.group(&gid.to_string())?.json();
+        // The group was just created by this very write: its members are added to it whatever
+        // the write's replica shows of new objects.
+        self.add_members(gid, &members);
+        let json = self
+            .groups
+            .get(&gid)
+            .map(Group::json)
+            .ok_or_else(|| GraphError::not_found(unique_name))?;
         Ok(Upsert::Created(json, members))
     }
 }
@@ -1576,7 +1895,278 @@ fn parse_display_name_filter(filter: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::catalogue::{default_catalogue, sku_ids};
+    use super::super::replica::{Lag, enter};
     use super::*;
+
+    fn lag(ms: u64) -> Lag {
+        Lag {
+            max: Duration::from_millis(ms),
+            long_probability: 1.0,
+            long: Duration::from_millis(ms),
+        }
+    }
+
+    fn write(ms: u64, hide_new: bool) -> View {
+        View::Write {
+            hide_new,
+            lag: lag(ms),
+        }
+    }
+
+    /// A directory with one user (GB) and one group with no members; their ids.
+    fn directory() -> (Directory, Uuid, Uuid) {
+        let mut d = Directory::with_catalogue(&default_catalogue());
+        let (user, group) = (Uuid::new_v4(), Uuid::new_v4());
+        let seed: Seed = serde_json::from_value(json!({
+            "users": [{"id": user, "userPrincipalName": "a@example.org", "usageLocation": "GB"}],
+            "groups": [{"id": group, "displayName": "G"}],
+        }))
+        .unwrap();
+        d.seed(&seed).unwrap();
+        assert!(d.replication.is_empty(), "seeding is replicated at once");
+        (d, user, group)
+    }
+
+    fn licences(d: &Directory, user: Uuid) -> Result<usize, GraphError> {
+        let u = d.get_user(&user.to_string(), Some("assignedLicenses"))?;
+        Ok(u["assignedLicenses"].as_array().map_or(0, Vec::len))
+    }
+
+    fn e3() -> AssignLicense {
+        AssignLicense {
+            add: vec![(sku_ids::ENTERPRISEPACK, Vec::new())],
+            remove: Vec::new(),
+        }
+    }
+
+    fn member_ids(d: &Directory, group: Uuid) -> Vec<Uuid> {
+        let (page, _) = d
+            .members_page(&group.to_string(), Some("id"), None, 100)
+            .unwrap();
+        page.iter()
+            .map(|v| serde_json::from_value(v["id"].clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_lagging_replica_shows_the_user_before_the_licence_write() {
+        let (mut d, user, _) = directory();
+        {
+            let _w = enter(write(3_600_000, false));
+            d.assign_license(&user.to_string(), &e3()).unwrap();
+        }
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(licences(&d, user).unwrap(), 0);
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(licences(&d, user).unwrap(), 1);
+        }
+        // Inspection, outside any Graph call, reads the primary.
+        assert_eq!(
+            d.user_json(&user.to_string()).unwrap()["assignedLicenses"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(licences(&d, user).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_write_becomes_visible_everywhere_after_its_lag() {
+        let (mut d, user, _) = directory();
+        {
+            let _w = enter(write(30, false));
+            d.assign_license(&user.to_string(), &e3()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        let _r = enter(View::Lagging);
+        assert_eq!(licences(&d, user).unwrap(), 1);
+        drop(_r);
+        // The next write drops the replicated entry.
+        let _w = enter(write(30, false));
+        d.create_group(&json!({"displayName": "H", "mailNickname": "H",
+            "mailEnabled": false, "securityEnabled": true}))
+            .unwrap();
+        assert!(!d.replication.users.contains_key(&user));
+    }
+
+    #[test]
+    fn without_lag_nothing_is_recorded_and_every_view_is_the_primary() {
+        let (mut d, user, group) = directory();
+        {
+            let _w = enter(write(0, true));
+            let lag0 = View::Write {
+                hide_new: true,
+                lag: Lag::default(),
+            };
+            let _w = enter(lag0);
+            d.assign_license(&user.to_string(), &e3()).unwrap();
+            d.add_member(&group.to_string(), &json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{user}")}))
+                .unwrap();
+        }
+        assert!(d.replication.is_empty());
+        let _r = enter(View::Lagging);
+        assert_eq!(licences(&d, user).unwrap(), 1);
+        assert_eq!(member_ids(&d, group), vec![user]);
+    }
+
+    #[test]
+    fn a_new_group_is_missing_until_replicated_even_to_writes() {
+        let (mut d, user, _) = directory();
+        let created = {
+            let _w = enter(write(3_600_000, false));
+            d.create_group(&json!({"displayName": "New", "mailNickname": "New",
+                "mailEnabled": false, "securityEnabled": true}))
+                .unwrap()
+        };
+        let gid = created["id"].as_str().unwrap().to_owned();
+        let filter = Some("displayName eq 'New'");
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(
+                d.group(&gid).err().map(|e| e.code),
+                Some("Request_ResourceNotFound")
+            );
+            assert_eq!(d.find_groups(filter).unwrap()["value"], json!([]));
+            assert!(
+                d.find_groups(None).unwrap()["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|g| g["id"] != gid.as_str())
+            );
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(
+                d.find_groups(filter).unwrap()["value"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+        let member = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{user}")});
+        {
+            let _w = enter(write(3_600_000, true));
+            let e = d.add_member(&gid, &member).unwrap_err();
+            assert_eq!((e.status, e.code), (404, "Request_ResourceNotFound"));
+        }
+        let _w = enter(write(3_600_000, false));
+        d.add_member(&gid, &member).unwrap();
+    }
+
+    #[test]
+    fn a_new_user_is_missing_to_reads_and_to_writes_that_name_it() {
+        let (mut d, _, group) = directory();
+        let created = {
+            let _w = enter(write(3_600_000, false));
+            d.create_user(
+                &json!({"userPrincipalName": "new@example.org", "displayName": "N",
+                "mailNickname": "new", "accountEnabled": true, "usageLocation": "GB",
+                "passwordProfile": {"password": "x"}}),
+            )
+            .unwrap()
+        };
+        let uid = created["id"].as_str().unwrap().to_owned();
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(d.get_user(&uid, None).unwrap_err().status, 404);
+            assert_eq!(d.get_user("NEW@example.org", None).unwrap_err().status, 404);
+        }
+        {
+            let _w = enter(write(3_600_000, true));
+            assert_eq!(d.assign_license(&uid, &e3()).unwrap_err().status, 404);
+            let member = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{uid}")});
+            assert_eq!(
+                d.add_member(&group.to_string(), &member)
+                    .unwrap_err()
+                    .status,
+                404
+            );
+        }
+        let _w = enter(write(3_600_000, false));
+        d.assign_license(&uid, &e3()).unwrap();
+        assert!(d.user_json(&uid).is_some());
+    }
+
+    #[test]
+    fn lagging_replicas_show_memberships_from_before_their_changes() {
+        let (mut d, user, group) = directory();
+        let others: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let seed: Seed = serde_json::from_value(json!({
+            "users": others.iter().enumerate().map(|(i, id)| json!({"id": id,
+                "userPrincipalName": format!("o{i}@example.org")})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        d.seed(&seed).unwrap();
+        let reference = |u: &Uuid| json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{u}")});
+        // Replicated at once: others[0] and others[1] are members everywhere.
+        {
+            let _w = enter(write(0, false));
+            d.add_member(&group.to_string(), &reference(&others[0]))
+                .unwrap();
+            d.add_member(&group.to_string(), &reference(&others[1]))
+                .unwrap();
+        }
+        // Lagging: add user and others[2], remove others[0].
+        {
+            let _w = enter(write(3_600_000, false));
+            d.add_member(&group.to_string(), &reference(&user)).unwrap();
+            d.add_member(&group.to_string(), &reference(&others[2]))
+                .unwrap();
+            d.remove_member(&group.to_string(), &others[0].to_string())
+                .unwrap();
+        }
+        let sorted = |mut v: Vec<Uuid>| {
+            v.sort();
+            v
+        };
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(
+                member_ids(&d, group),
+                sorted(vec![user, others[1], others[2]])
+            );
+        }
+        let _r = enter(View::Lagging);
+        assert_eq!(member_ids(&d, group), sorted(vec![others[0], others[1]]));
+        // Pages of one, in order, through the skip tokens.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = d
+                .members_page(&group.to_string(), Some("id"), after, 1)
+                .unwrap();
+            seen.extend(
+                page.iter()
+                    .map(|v| serde_json::from_value::<Uuid>(v["id"].clone()).unwrap()),
+            );
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, sorted(vec![others[0], others[1]]));
+        let (groups, _) = d
+            .member_of_page(&user.to_string(), None, false, None, 10)
+            .unwrap();
+        assert!(groups.is_empty());
+        let (groups, _) = d
+            .member_of_page(&others[0].to_string(), None, false, None, 10)
+            .unwrap();
+        assert_eq!(groups.len(), 1);
+        drop(_r);
+        // Inspection reads the primary.
+        assert_eq!(
+            d.group_names_of(&user.to_string()).unwrap(),
+            vec!["G".to_owned()]
+        );
+    }
 
     #[test]
     fn filter_unescapes_doubled_quotes() {
@@ -1788,5 +2378,155 @@ mod tests {
             Some("O'Neil team")
         );
         assert_eq!(parse_unique_name_key("groups(displayName='x')"), None);
+    }
+
+    fn bind(users: &[Uuid]) -> Value {
+        json!({"members@odata.bind": users.iter()
+            .map(|u| format!("https://graph.microsoft.com/v1.0/directoryObjects/{u}"))
+            .collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn an_upserted_group_lags_like_a_created_one_to_reads_and_to_writes_naming_it() {
+        let (mut d, user, _) = directory();
+        let body = json!({"displayName": "Role X", "mailNickname": "rolex",
+            "mailEnabled": false, "securityEnabled": true,
+            "members@odata.bind": [format!("https://graph.microsoft.com/v1.0/users/{user}")]});
+        let created = {
+            // A write that itself hides new objects still creates the group and adds its
+            // members: the group is its own.
+            let _w = enter(write(3_600_000, true));
+            match d.upsert_group("role-x", &body, true).unwrap() {
+                Upsert::Created(g, members) => {
+                    assert_eq!(members, vec![user]);
+                    g
+                }
+                Upsert::Updated(_) => panic!("not created"),
+            }
+        };
+        let gid = created["id"].as_str().unwrap().to_owned();
+        let by_name = GroupKey::UniqueName("ROLE-X".into());
+        let by_id = GroupKey::Id(gid.clone());
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(d.get_group(&by_name, None).unwrap_err().status, 404);
+            assert_eq!(d.get_group(&by_id, None).unwrap_err().status, 404);
+            assert_eq!(
+                d.find_groups(Some("displayName eq 'Role X'")).unwrap()["value"],
+                json!([])
+            );
+            let (groups, _) = d
+                .member_of_page(&user.to_string(), None, false, None, 10)
+                .unwrap();
+            assert!(groups.is_empty());
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(
+                d.get_group(&by_name, Some("id")).unwrap()["id"],
+                gid.as_str()
+            );
+            assert_eq!(d.member_count(&gid).unwrap(), 1);
+        }
+        {
+            // Writes naming the new group, by id or by uniqueName, answer 404 on a replica that
+            // has not seen it, and an upsert does not create a second group.
+            let _w = enter(write(3_600_000, true));
+            let other = Uuid::new_v4();
+            assert_eq!(
+                d.update_group(&gid, &bind(&[other])).unwrap_err().status,
+                404
+            );
+            assert_eq!(
+                d.upsert_group("role-x", &body, true)
+                    .err()
+                    .map(|e| e.status),
+                Some(404)
+            );
+        }
+        assert_eq!(d.unique_names.len(), 1);
+        let _w = enter(write(3_600_000, false));
+        assert!(matches!(
+            d.upsert_group("role-x", &json!({"description": "d"}), true),
+            Ok(Upsert::Updated(_))
+        ));
+    }
+
+    #[test]
+    fn members_bound_by_patch_lag_in_members_count_and_member_of() {
+        let (mut d, user, group) = directory();
+        let gid = group.to_string();
+        {
+            let _w = enter(write(3_600_000, false));
+            assert_eq!(d.update_group(&gid, &bind(&[user])).unwrap(), vec![user]);
+        }
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(member_ids(&d, group), Vec::<Uuid>::new());
+            assert_eq!(d.member_count(&gid).unwrap(), 0);
+            let (groups, _) = d
+                .member_of_page(&user.to_string(), None, false, None, 10)
+                .unwrap();
+            assert!(groups.is_empty());
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(member_ids(&d, group), vec![user]);
+            assert_eq!(d.member_count(&gid).unwrap(), 1);
+        }
+        // The primary has it: binding the user again is refused.
+        let _w = enter(write(3_600_000, false));
+        assert_eq!(
+            d.update_group(&gid, &bind(&[user])).unwrap_err().status,
+            400
+        );
+    }
+
+    #[test]
+    fn user_filters_and_usage_location_patches_go_through_the_replica_view() {
+        let (mut d, user, _) = directory();
+        {
+            let _w = enter(write(3_600_000, false));
+            d.update_user(&user.to_string(), &json!({"usageLocation": "FR"}))
+                .unwrap();
+            d.create_user(
+                &json!({"userPrincipalName": "new@example.org", "displayName": "N",
+                "mailNickname": "new", "accountEnabled": true, "mail": "new@example.org",
+                "passwordProfile": {"password": "x"}}),
+            )
+            .unwrap();
+        }
+        let location = |d: &Directory| {
+            let page = d
+                .list_users(
+                    Some("userPrincipalName eq 'a@example.org'"),
+                    Some("usageLocation"),
+                    None,
+                    10,
+                )
+                .unwrap();
+            page.value[0]["usageLocation"].clone()
+        };
+        {
+            let _r = enter(View::Lagging);
+            assert_eq!(location(&d), json!("GB"));
+            assert_eq!(upns(&d, "mail eq 'new@example.org'"), Vec::<String>::new());
+            assert_eq!(d.list_users(None, None, None, 10).unwrap().count, 1);
+        }
+        {
+            let _r = enter(View::Fresh);
+            assert_eq!(location(&d), json!("FR"));
+            assert_eq!(
+                upns(&d, "mail eq 'new@example.org'"),
+                vec!["new@example.org"]
+            );
+            assert_eq!(d.list_users(None, None, None, 10).unwrap().count, 2);
+        }
+        // A usage-location write naming the new user answers 404 on a replica without it.
+        let _w = enter(write(3_600_000, true));
+        let e = d
+            .update_user("new@example.org", &json!({"usageLocation": "GB"}))
+            .unwrap_err();
+        assert_eq!((e.status, e.code), (404, "Request_ResourceNotFound"));
     }
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::events::WriteApplied;
+use super::throttle::Priority;
 use crate::telemetry::emit;
 
 /// Entries kept in the recent-writes log.
@@ -58,6 +59,11 @@ pub struct StatsSnapshot {
     pub throttled: u64,
     /// Writes answered with 429 that were applied anyway.
     pub throttled_writes_applied: u64,
+    /// Writes (inner `$batch` ones included) by their `x-ms-throttle-priority`: `low`,
+    /// `normal` (also any unknown value), `high`, and `none` when they sent none (an inner
+    /// request without one inherits its `$batch`'s).
+    #[serde(default)]
+    pub writes_by_priority: BTreeMap<String, u64>,
     /// Unix second -> writes attempted in it.
     pub writes_attempted_per_second: BTreeMap<u64, u64>,
     /// Unix second -> writes applied in it.
@@ -76,6 +82,11 @@ impl StatsSnapshot {
             .unwrap_or(0)
     }
 
+    /// Write requests sent with the priority `priority` (`low`, `normal`, `high`, `none`).
+    pub fn writes_with_priority(&self, priority: &str) -> u64 {
+        self.writes_by_priority.get(priority).copied().unwrap_or(0)
+    }
+
     /// Requests of a route, any status.
     pub fn total(&self, route: &str) -> u64 {
         self.requests.get(route).map_or(0, |m| m.values().sum())
@@ -92,6 +103,7 @@ pub struct Stats {
     writes_applied: u64,
     throttled: u64,
     throttled_writes_applied: u64,
+    writes_by_priority: BTreeMap<&'static str, u64>,
     attempted_per_second: BTreeMap<u64, u64>,
     applied_per_second: BTreeMap<u64, u64>,
     log: VecDeque<WriteLogEntry>,
@@ -129,6 +141,14 @@ impl Stats {
     pub fn write_attempted(&mut self, unix_ms: u64) {
         self.writes_attempted += 1;
         bump(&mut self.attempted_per_second, unix_ms / 1000);
+    }
+
+    /// Counts a write request's priority.
+    pub fn write_priority(&mut self, priority: Priority) {
+        *self
+            .writes_by_priority
+            .entry(priority.as_str())
+            .or_default() += 1;
     }
 
     /// Logs a finished write.
@@ -175,6 +195,18 @@ impl Stats {
             writes_applied: self.writes_applied,
             throttled: self.throttled,
             throttled_writes_applied: self.throttled_writes_applied,
+            writes_by_priority: [
+                Priority::Low,
+                Priority::Normal,
+                Priority::High,
+                Priority::None,
+            ]
+            .into_iter()
+            .map(|p| {
+                let n = self.writes_by_priority.get(p.as_str()).copied();
+                (p.as_str().to_owned(), n.unwrap_or(0))
+            })
+            .collect(),
             writes_attempted_per_second: self.attempted_per_second.clone(),
             writes_applied_per_second: self.applied_per_second.clone(),
             recent_writes: self.log.iter().cloned().collect(),

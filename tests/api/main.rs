@@ -22,6 +22,7 @@ mod roles;
 mod schedule;
 mod shutdown;
 mod simulator;
+mod simulator_realism;
 mod simulator_surface;
 mod tenant;
 mod throttle;

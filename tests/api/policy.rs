@@ -715,7 +715,12 @@ async fn users_are_found_by_mail_or_alias_and_an_ambiguous_address_fails_alone()
         &app,
         "policy.changed",
         changed(
-            policy("rx1-aliases", 1, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            policy(
+                "rx1-aliases",
+                1,
+                "ENTERPRISEPACK",
+                json!({ "TEAMS1": true }),
+            ),
             &members,
         ),
     )
@@ -731,7 +736,10 @@ async fn users_are_found_by_mail_or_alias_and_an_ambiguous_address_fails_alone()
         "{detail}"
     );
     let expected = app.sim.expected_licence("ENTERPRISEPACK", &["TEAMS1"]);
-    for upn in ["jo.new@nhs.net", "kim_partner.org#EXT#@nhsuk.onmicrosoft.com"] {
+    for upn in [
+        "jo.new@nhs.net",
+        "kim_partner.org#EXT#@nhsuk.onmicrosoft.com",
+    ] {
         assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
     }
     assert!(app.sim.licences("twin.a@nhs.net").is_empty());
@@ -758,7 +766,12 @@ async fn users_are_found_by_mail_or_alias_and_an_ambiguous_address_fails_alone()
         &app,
         "policy.changed",
         changed(
-            policy("rx1-aliases", 2, "ENTERPRISEPACK", json!({ "TEAMS1": true })),
+            policy(
+                "rx1-aliases",
+                2,
+                "ENTERPRISEPACK",
+                json!({ "TEAMS1": true }),
+            ),
             &members[..2],
         ),
     )
