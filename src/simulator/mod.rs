@@ -174,6 +174,12 @@ impl Shared {
         self.directory.read().group_names_of(key)
     }
 
+    /// The ids of every group with this display name (compared without regard to case),
+    /// sorted (inspection: display names are not unique in Graph).
+    pub fn groups_named(&self, display_name: &str) -> Vec<uuid::Uuid> {
+        self.directory.read().group_ids_named(display_name)
+    }
+
     /// The subscribed SKUs as Graph returns them.
     pub fn subscribed_skus(&self) -> Value {
         self.directory.read().subscribed_skus()

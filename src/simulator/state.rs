@@ -1029,6 +1029,17 @@ impl Directory {
         }
     }
 
+    /// The ids of the groups with this display name, sorted (inspection, primary state).
+    pub fn group_ids_named(&self, display_name: &str) -> Vec<Uuid> {
+        let mut ids = self
+            .group_names
+            .get(&display_name.to_lowercase())
+            .cloned()
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
     /// The display names of the groups a user is a direct member of, sorted (inspection).
     pub fn group_names_of(&self, user: &str) -> Option<Vec<String>> {
         let uid = self.resolve_user(user)?;

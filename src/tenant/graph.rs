@@ -305,6 +305,17 @@ impl Tenant for GraphClient {
             "mailEnabled": false,
             "securityEnabled": true,
         });
+        // A group created a moment ago can answer 404 even to writes until it has replicated
+        // (SupportArticles-docs `404-not-found-error-manage-objects-microsoft-graph.md`): the
+        // upsert naming it then refuses rather than making a second one. Wait for it.
+        let not_yet = |error: TenantError| match error {
+            TenantError::Other { status: 404, .. } | TenantError::UserNotFound(_) => {
+                TenantError::NotConverged(format!(
+                    "group {unique_name} exists but is not visible yet"
+                ))
+            }
+            error => error,
+        };
         let raw = self
             .transport
             .call_with(
@@ -314,19 +325,18 @@ impl Tenant for GraphClient {
                 Some(&body),
                 &[("Prefer", "create-if-missing")],
             )
-            .await?;
+            .await
+            .map_err(not_yet)?;
         if raw.status == 201 {
             return raw.parse(op);
         }
+        // It exists (the upsert said so), but the replica read may not have it yet.
         let read = format!("{url}?$select=id,displayName");
-        match self.transport.call(op, Method::GET, &read, None).await {
-            Ok(raw) => raw.parse(op),
-            // It exists (the upsert said so) but this replica does not have it yet.
-            Err(TenantError::Other { status: 404, .. }) => Err(TenantError::NotConverged(format!(
-                "group {unique_name} exists but cannot be read yet"
-            ))),
-            Err(error) => Err(error),
-        }
+        self.transport
+            .call(op, Method::GET, &read, None)
+            .await
+            .map_err(not_yet)?
+            .parse(op)
     }
 
     /// `PATCH /groups/{id}` with `members@odata.bind` (microsoft-graph-docs-contrib

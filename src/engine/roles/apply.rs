@@ -338,7 +338,7 @@ async fn add_together<P: Sync>(
         };
         if let Some(at) = created {
             for &i in &members {
-                prepared[i].writes.at = Some(at);
+                prepared[i].writes.at.get_or_insert(at);
             }
         }
         for part in members.chunks(MAX_MEMBERS_PER_PATCH) {
@@ -540,7 +540,13 @@ async fn reconcile<P: Sync>(
     let mut added = Vec::new();
     for name in missing {
         let mut created = None;
-        let group = match group(ctx, cache, name, true, &mut created).await {
+        let found = group(ctx, cache, name, true, &mut created).await;
+        // A group just made (or found by its unique name only) may not take members, or show
+        // in reads, for a while: the verify window runs from the first time it was asked for.
+        if let (Some(at), None) = (created, writes.at) {
+            writes.at = Some(at);
+        }
+        let group = match found {
             Ok(Some(group)) => group,
             Ok(None) => {
                 return Ok(Attempt::Retry(TenantError::NotConverged(format!(
@@ -549,9 +555,6 @@ async fn reconcile<P: Sync>(
             }
             Err(error) => return Ok(classify(error)),
         };
-        if created.is_some() {
-            writes.at = created;
-        }
         if writes.accepted.contains(&(group.id, true)) {
             added.push(group);
             continue;
