@@ -10,3 +10,20 @@ CREATE TABLE user_directory (
     matched_by  text NOT NULL CHECK (matched_by IN ('user_principal_name', 'mail', 'proxy_address')),
     resolved_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- The licence this service last wrote for the user (as Graph's `addLicenses` entry) and when
+-- Graph accepted it. A job that reads the user within the verify window and does not see it
+-- is reading a replica that has not caught up: it re-reads rather than writing the same
+-- change again (a ticket re-sent after the portal timed out, say).
+ALTER TABLE user_directory
+    ADD COLUMN written_licence jsonb,
+    ADD COLUMN written_at      timestamptz;
+
+-- The Phone System groups this service found or made, by display name (lower case): a group
+-- made moments ago is not yet visible to a search by display name (replication), and a
+-- removal must still find it.
+CREATE TABLE tenant_groups (
+    display_name text PRIMARY KEY,
+    group_id     uuid NOT NULL,
+    found_at     timestamptz NOT NULL DEFAULT now()
+);

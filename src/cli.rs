@@ -38,6 +38,10 @@ pub enum Command {
         /// Users of the demo policy.
         #[arg(long, default_value_t = 300)]
         users: usize,
+        /// The simulated tenant's `simulator.profile`: `realistic` (the default here) lags,
+        /// fails now and then and throttles as Graph does; `default` is a kind tenant.
+        #[arg(long, value_parser = ["default", "realistic"], default_value = "realistic")]
+        profile: String,
     },
     /// Create the database if allowed and apply the embedded migrations, then exit.
     Migrate,
@@ -159,6 +163,9 @@ impl Cli {
             ..
         } = &self.command
         {
+            overrides.push(("simulator.profile".to_owned(), profile.clone()));
+        }
+        if let Command::Demo { profile, .. } = &self.command {
             overrides.push(("simulator.profile".to_owned(), profile.clone()));
         }
         crate::configuration::ConfigSources {

@@ -55,7 +55,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = writeln!(std::io::stdout().lock(), "{settings:#?}");
         }
-        Command::Demo { users } => {
+        Command::Demo { users, .. } => {
+            // `--profile` reached the settings as a configuration override (`Cli::sources`).
             telemetry::init_tracing(&settings.log);
             let report = policy_reconciler::ops::demo::run(settings, users).await?;
             print!("{}", policy_reconciler::ops::demo::render(&report));

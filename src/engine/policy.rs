@@ -31,6 +31,7 @@ use crate::domain::{
     PolicyChanged,
 };
 use crate::store::policies::{self, PolicyRow};
+use crate::store::users as store_users;
 use crate::store::work;
 use crate::telemetry::emit;
 use crate::tenant::{
@@ -462,10 +463,20 @@ async fn apply(
                 policies::managed_licences(ctx.pool)
             )
         },
-        users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses)
+        async {
+            let keys: Vec<String> = addresses.iter().map(|a| a.to_lowercase()).collect();
+            tokio::try_join!(
+                users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses),
+                async {
+                    store_users::recent_writes(ctx.pool, &keys, ctx.retry.verify_within())
+                        .await
+                        .map_err(EngineError::from)
+                }
+            )
+        }
     );
     let (current, managed_parts) = desired_state?;
-    let first_read = first_read?;
+    let (first_read, recent_writes) = first_read?;
     // Re-reads go by object id (the address may not be the user principal name).
     let mut ids: Vec<Option<Uuid>> = first_read
         .iter()
@@ -527,6 +538,7 @@ async fn apply(
     let mut phase: Vec<Phase> = vec![Phase::Write; items.len()];
     let mut writes_sent: Vec<u32> = vec![0; items.len()];
     let mut read_failures: Vec<u32> = vec![0; items.len()];
+    let mut suspected_stale: Vec<bool> = vec![false; items.len()];
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
     let attempts = ctx.retry.attempts();
     let window = ctx.retry.verify_within();
@@ -578,11 +590,20 @@ async fn apply(
                         error.to_string(),
                     ));
                 }
-                Ok(state) => {
+                Ok(mut state) => {
                     read_failures[i] = 0;
                     let want = desired[i]
                         .as_ref()
                         .expect("pending items have a desired licence");
+                    // A licence of another policy that this service wrote moments ago and the
+                    // read does not show yet (a replica behind): the user holds it, so a move
+                    // must remove it in the same call.
+                    if matches!(phase[i], Phase::Write)
+                        && let Some(other) = other_recent_write(&recent_writes, &items[i].key, want)
+                        && state.licence(other.sku_id).is_none()
+                    {
+                        state.assigned_licenses.push(other);
+                    }
                     let Some(change) = change_for(&state, want, &managed) else {
                         let outcome = if writes_sent[i] > 0 {
                             ItemOutcome::Changed
@@ -610,6 +631,22 @@ async fn apply(
                                 ),
                             ));
                         }
+                        // This service wrote exactly this licence moments ago (another job,
+                        // a ticket sent again): the read comes from a replica that has not
+                        // caught up. Read again until the window of that write passes.
+                        Phase::Write
+                            if writes_sent[i] == 0
+                                && written_recently(&recent_writes, &items[i].key, want)
+                                    .is_some_and(|age| age < window) =>
+                        {
+                            let age = written_recently(&recent_writes, &items[i].key, want)
+                                .unwrap_or_default();
+                            phase[i] = Phase::Verify {
+                                since: now.checked_sub(age).unwrap_or(now),
+                                uncertain: true,
+                            };
+                            keep.push(i);
+                        }
                         // A trusted read (the window has passed) that needs a write.
                         _ if writes_sent[i] >= attempts => {
                             results[i] = Some(ItemRetry::exhausted(
@@ -636,16 +673,37 @@ async fn apply(
                 _ = ctx.stop.cancelled() => return Ok(results.into_iter().flatten().collect()),
             };
             let sent_at = Instant::now();
-            for ((i, _), outcome) in writes.into_iter().zip(outcomes) {
+            let mut accepted: Vec<(String, Value)> = Vec::new();
+            for ((i, change), outcome) in writes.into_iter().zip(outcomes) {
                 let uncertain = match outcome {
-                    Ok(_) => false,
+                    Ok(_) => {
+                        if let Some(licence) = change.add.first() {
+                            accepted.push((
+                                items[i].key.to_lowercase(),
+                                serde_json::to_value(licence).unwrap_or_default(),
+                            ));
+                        }
+                        false
+                    }
                     // Not sent: the chunk is stopping (its token is cancelled).
                     Err(TenantError::Withheld(_)) => continue,
-                    // Planned from a stale read (a licence it removes is already gone): nothing
-                    // was applied, and a write made earlier may be what the read did not show.
-                    Err(error @ TenantError::LicenceNotHeld(_)) => {
+                    // Planned from a stale read: a licence it removes is already gone, or one
+                    // it would conflict with has just been removed (a move made moments ago by
+                    // an earlier job that the read did not show yet). Nothing was applied: read
+                    // again until the window passes, then write from what the tenant shows;
+                    // refused a second time, the item fails with Graph's answer.
+                    Err(
+                        error @ (TenantError::LicenceNotHeld(_)
+                        | TenantError::MutuallyExclusiveLicence(_)),
+                    ) if !suspected_stale[i] => {
+                        suspected_stale[i] = true;
                         last_error.insert(i, error);
-                        true
+                        phase[i] = Phase::Verify {
+                            since: sent_at,
+                            uncertain: true,
+                        };
+                        keep.push(i);
+                        continue;
                     }
                     Err(error) if ItemRetry::is_retryable(&error) => {
                         last_error.insert(i, error);
@@ -667,6 +725,9 @@ async fn apply(
                 };
                 keep.push(i);
             }
+            // Remembered for every replica and later job: a read that does not show these
+            // within the window is a replica that has not caught up.
+            store_users::record_writes(ctx.pool, &accepted).await?;
         }
         pending = keep;
     }
@@ -701,6 +762,36 @@ async fn apply(
         }
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// How long ago this service wrote exactly `want` for `address`, if within the window.
+fn written_recently(
+    recent: &HashMap<String, (Value, std::time::Duration)>,
+    address: &str,
+    want: &AssignedLicence,
+) -> Option<std::time::Duration> {
+    let (licence, age) = recent.get(&address.to_lowercase())?;
+    let written: AssignedLicence = serde_json::from_value(licence.clone()).ok()?;
+    let same = |a: &[Uuid], b: &[Uuid]| {
+        let (mut a, mut b) = (a.to_vec(), b.to_vec());
+        a.sort_unstable();
+        b.sort_unstable();
+        a == b
+    };
+    (written.sku_id == want.sku_id && same(&written.disabled_plans, &want.disabled_plans))
+        .then_some(*age)
+}
+
+/// A licence of another SKU than `want` that this service wrote for `address` within the
+/// window (see [`store_users::recent_writes`]).
+fn other_recent_write(
+    recent: &HashMap<String, (Value, std::time::Duration)>,
+    address: &str,
+    want: &AssignedLicence,
+) -> Option<AssignedLicence> {
+    let (licence, _) = recent.get(&address.to_lowercase())?;
+    let written: AssignedLicence = serde_json::from_value(licence.clone()).ok()?;
+    (written.sku_id != want.sku_id).then_some(written)
 }
 
 /// Reads the users of `which` again: by id when their first read found them, else by address.

@@ -1,6 +1,7 @@
 //! `policy-reconciler demo`: the main job end to end on one machine, for a newcomer.
 //!
-//! It serves the tenant simulator in-process with a few hundred users, starts a worker
+//! It serves the tenant simulator in-process with a few hundred users (with the `realistic`
+//! profile unless `--profile default`: replication lag, stale reads, faults), starts a worker
 //! against the local PostgreSQL and RabbitMQ, publishes a `policy.changed` for those users as
 //! the portal would, waits for its `job.completed`, checks a user in the tenant, and stops the
 //! worker cleanly. Nothing is faked: the job travels through the broker, the database and

@@ -71,6 +71,8 @@ pub struct StoredRole {
     pub assigned_by_job: Option<Uuid>,
     /// The job ending it, while `removing`.
     pub removed_by_job: Option<Uuid>,
+    /// How long ago it took its state (a role realised moments ago may not show in reads yet).
+    pub state_age: std::time::Duration,
 }
 
 /// A lead organisation's mapping as stored.
@@ -141,16 +143,25 @@ pub async fn stored_role(
     executor: impl PgExecutor<'_>,
     email: &str,
 ) -> Result<Option<StoredRole>, StoreError> {
-    type Row = (String, String, String, String, Option<Uuid>, Option<Uuid>);
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        Option<Uuid>,
+        Option<Uuid>,
+        f64,
+    );
     let row: Option<Row> = sqlx::query_as(
-        "SELECT email, ods_code, role, state, assigned_by_job, removed_by_job
+        "SELECT email, ods_code, role, state, assigned_by_job, removed_by_job,
+                extract(epoch FROM now() - state_changed_at)::float8
            FROM admin_roles WHERE email = $1",
     )
     .bind(email)
     .fetch_optional(executor)
     .await?;
     row.map(
-        |(email, ods_code, role, state, assigned_by_job, removed_by_job)| {
+        |(email, ods_code, role, state, assigned_by_job, removed_by_job, age)| {
             let role = AdminRole::parse(&role)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown admin role {role:?}")))?;
             let state = GrantState::parse(&state).ok_or_else(|| {
@@ -165,6 +176,7 @@ pub async fn stored_role(
                 state,
                 assigned_by_job,
                 removed_by_job,
+                state_age: std::time::Duration::from_secs_f64(age.max(0.0)),
             })
         },
     )
@@ -390,4 +402,35 @@ pub async fn notify_granted(
     };
     outbox::enqueue(tx, &header, &event).await?;
     Ok(true)
+}
+
+/// The id of the group this service found or made with this display name, if any.
+pub async fn remembered_group(
+    executor: impl PgExecutor<'_>,
+    display_name: &str,
+) -> Result<Option<Uuid>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT group_id FROM tenant_groups WHERE display_name = lower($1)")
+            .bind(display_name)
+            .fetch_optional(executor)
+            .await?,
+    )
+}
+
+/// Remembers the group of a display name (the newest found wins).
+pub async fn remember_group(
+    executor: impl PgExecutor<'_>,
+    display_name: &str,
+    group_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO tenant_groups (display_name, group_id) VALUES (lower($1), $2)
+         ON CONFLICT (display_name) DO UPDATE SET group_id = EXCLUDED.group_id, found_at = now()
+          WHERE tenant_groups.group_id <> EXCLUDED.group_id",
+    )
+    .bind(display_name)
+    .bind(group_id)
+    .execute(executor)
+    .await?;
+    Ok(())
 }

@@ -56,3 +56,55 @@ pub async fn forget(pool: &PgPool, address: &str, user_id: Uuid) -> Result<(), S
         .await?;
     Ok(())
 }
+
+/// Licences written for these addresses (lower case) less than `within` ago: the licence (as
+/// JSON) and how long ago, by address.
+pub async fn recent_writes(
+    pool: &PgPool,
+    addresses: &[String],
+    within: std::time::Duration,
+) -> Result<HashMap<String, (serde_json::Value, std::time::Duration)>, StoreError> {
+    let rows: Vec<(String, serde_json::Value, f64)> = sqlx::query_as(
+        "SELECT address, written_licence,
+                extract(epoch FROM now() - written_at)::float8
+           FROM user_directory
+          WHERE address = ANY($1::text[])
+            AND written_at > now() - make_interval(secs => $2)",
+    )
+    .bind(addresses)
+    .bind(within.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(address, licence, age)| {
+            (
+                address,
+                (licence, std::time::Duration::from_secs_f64(age.max(0.0))),
+            )
+        })
+        .collect())
+}
+
+/// Records the licences Graph accepted for these addresses (lower case), now.
+pub async fn record_writes(
+    pool: &PgPool,
+    written: &[(String, serde_json::Value)],
+) -> Result<(), StoreError> {
+    if written.is_empty() {
+        return Ok(());
+    }
+    let addresses: Vec<&str> = written.iter().map(|w| w.0.as_str()).collect();
+    let licences: Vec<serde_json::Value> = written.iter().map(|w| w.1.clone()).collect();
+    sqlx::query(
+        "UPDATE user_directory d
+            SET written_licence = w.licence, written_at = now()
+           FROM unnest($1::text[], $2::jsonb[]) AS w(address, licence)
+          WHERE d.address = w.address",
+    )
+    .bind(&addresses)
+    .bind(&licences)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

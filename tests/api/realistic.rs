@@ -56,7 +56,11 @@ async fn a_2000_member_policy_converges_in_a_lagging_tenant_writing_each_member_
     // sent again; one applied and then answered 5xx is found by re-reading, not re-sent.)
     let stats = app.sim.state.stats();
     let mut applied: HashMap<&str, u32> = HashMap::new();
-    for w in stats.recent_writes.iter().filter(|w| w.route == "assign_license") {
+    for w in stats
+        .recent_writes
+        .iter()
+        .filter(|w| w.route == "assign_license")
+    {
         if w.applied {
             *applied.entry(w.targets[0].as_str()).or_default() += 1;
         }
@@ -66,7 +70,11 @@ async fn a_2000_member_policy_converges_in_a_lagging_tenant_writing_each_member_
     assert!(twice.is_empty(), "written more than once: {twice:?}");
     // Bulk work in the off-peak window lets Graph throttle it first.
     assert_eq!(stats.writes_with_priority("normal"), 0);
-    assert!(stats.writes_with_priority("low") >= 2000, "{:?}", stats.writes_by_priority);
+    assert!(
+        stats.writes_with_priority("low") >= 2000,
+        "{:?}",
+        stats.writes_by_priority
+    );
 }
 
 #[tokio::test]

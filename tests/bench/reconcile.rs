@@ -70,7 +70,10 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     realistic_users: usize,
     /// Scenarios to run (comma-separated): overhead,rerun,budget,realistic,manual,memory,ingest.
-    #[arg(long, default_value = "overhead,rerun,budget,realistic,manual,memory,ingest")]
+    #[arg(
+        long,
+        default_value = "overhead,rerun,budget,realistic,manual,memory,ingest"
+    )]
     only: String,
     // `cargo bench` passes `--bench`; accept and ignore it.
     #[arg(long, hide = true)]
@@ -785,15 +788,16 @@ async fn main() {
     // profile (replication lag of up to 3 s and now and then 15 s, half the reads from a
     // lagging replica, writes applied then answered 5xx or dropped, 5xx not applied, latency).
     if wants("realistic") {
-        bench.sim.behave(json!({ "profile": "realistic", "writes_per_window": args.budget_rate,
+        bench.sim.behave(
+            json!({ "profile": "realistic", "writes_per_window": args.budget_rate,
                                  "write_window_seconds": 1, "resource_units_per_window": 0,
-                                 "tenant_writes_per_window": 0 }));
+                                 "tenant_writes_per_window": 0 }),
+        );
         let budget = f64::from(args.budget_rate) * 0.98;
         bench
             .start_worker(&[
                 ("TENANT__WRITES_PER_SECOND", format!("{budget}")),
                 ("TENANT__WRITE_BURST", "5".into()),
-                ("TENANT__TENANT_QUOTA_SHARE", "1".into()),
             ])
             .await;
         let members = bench.sim.seed_users("real", args.realistic_users);

@@ -45,12 +45,17 @@ pub fn isolated(prefix: &str, id: &str) -> Env {
 }
 
 /// The tenant settings (without the prefix) of a worker whose tenant is the simulator at
-/// `base_url`, with no write budget of its own: the simulator's limits are the only ones.
-pub fn simulated_tenant(base_url: &str) -> [(&'static str, String); 3] {
+/// `base_url`, with no write budget of its own: the simulator's limits are the only ones. A
+/// test that sets a budget gets it whole: no tenant-wide quota share caps it.
+pub fn simulated_tenant(base_url: &str) -> [(&'static str, String); 4] {
     [
         ("TENANT__GRAPH_BASE_URL", base_url.to_owned()),
         ("TENANT__LOGIN_BASE_URL", base_url.to_owned()),
         ("TENANT__WRITES_PER_SECOND", "0".into()),
+        (
+            "TENANT__TENANT_WRITE_QUOTA_PER_5_MINUTES",
+            "100000000".into(),
+        ),
     ]
 }
 

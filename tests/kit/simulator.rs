@@ -100,6 +100,17 @@ impl SimThread {
         )
     }
 
+    /// Licence writes (`assignLicense`) the simulator applied (from its write log: a write
+    /// answered 5xx may or may not have been applied, and a realistic tenant fails some).
+    pub fn licence_writes_applied(&self) -> usize {
+        self.state
+            .stats()
+            .recent_writes
+            .iter()
+            .filter(|w| w.route == "assign_license" && w.applied)
+            .count()
+    }
+
     /// Licence writes (`assignLicense`) that reached the simulator, any status.
     pub fn licence_writes(&self) -> u64 {
         self.state.stats().total("assign_license")

@@ -25,13 +25,30 @@ use crate::tenant::{Group, NewGroup, TenantError};
 struct Writes {
     /// (group id, true for an addition, false for a removal).
     accepted: HashSet<(Uuid, bool)>,
+    /// Groups a removal found the user not a member of (at the directory's primary copy).
+    gone: HashSet<Uuid>,
+    /// Groups asked for that the display-name search did not find (so made or found by their
+    /// unique name): when first asked for.
+    new_groups: HashMap<String, Instant>,
+    /// The latest event whose effect reads may not show yet: the verify window runs from it.
     at: Option<Instant>,
 }
 
 impl Writes {
     fn accepted_now(&mut self, group: Uuid, add: bool) {
         self.accepted.insert((group, add));
-        self.at = Some(Instant::now());
+        self.seen(Instant::now());
+    }
+
+    fn seen(&mut self, at: Instant) {
+        self.at = Some(self.at.map_or(at, |t| t.max(at)));
+    }
+
+    /// A group not found by display name, asked for at `at`: the window runs from the first
+    /// time it was (asking again, while it is not yet visible, does not move the window).
+    fn new_group(&mut self, name: &str, at: Instant) {
+        let first = *self.new_groups.entry(name.to_lowercase()).or_insert(at);
+        self.seen(first);
     }
 }
 
@@ -160,6 +177,12 @@ struct Prepared<'n> {
     scope: Scope<'n>,
     /// The user's object id, once read.
     user: Option<Uuid>,
+    /// Groups the stored role gave that the desired state no longer has.
+    ended_before: BTreeSet<String>,
+    /// When the stored role was realised, if within the verify window.
+    realised_at: Option<Instant>,
+    /// The group of the stored role's own organisation (not one a mapping gives).
+    own_group: Option<String>,
     writes: Writes,
     last_error: Option<TenantError>,
     /// How the item ended in the first pass, when it needs no addition.
@@ -205,6 +228,15 @@ async fn prepare<'n, P: Sync>(
         codes.insert(&h.ods_code);
         codes.extend(h.reach.iter().map(String::as_str));
     }
+    let ended_before: BTreeSet<String> = match &stored {
+        Some(s) if holding.is_none() => holding_of(&mut **tx, &s.role)
+            .await?
+            .groups(names)
+            .into_iter()
+            .filter(|n| !desired.iter().any(|d| d.eq_ignore_ascii_case(n)))
+            .collect(),
+        _ => BTreeSet::new(),
+    };
     let scope = Scope {
         names,
         desired: desired.iter().map(|n| n.to_lowercase()).collect(),
@@ -215,6 +247,10 @@ async fn prepare<'n, P: Sync>(
             .collect(),
         sweep: spec.sweep,
     };
+    let realised_at = stored
+        .as_ref()
+        .filter(|s| s.state == GrantState::Realised && s.state_age < ctx.retry.verify_within())
+        .and_then(|s| Instant::now().checked_sub(s.state_age));
     Ok(Prepared {
         seq: item.seq,
         email: email.to_owned(),
@@ -224,6 +260,9 @@ async fn prepare<'n, P: Sync>(
         desired,
         scope,
         user: None,
+        ended_before,
+        realised_at,
+        own_group: holding.as_ref().map(|h| names.name(h.role, &h.ods_code)),
         writes: Writes::default(),
         last_error: None,
         ended: None,
@@ -248,8 +287,7 @@ async fn run<P: Sync>(
         let result = reconcile(ctx, groups, p, step).await?;
         match result {
             Attempt::Retry(error @ TenantError::NotConverged(_))
-                if p
-                    .writes
+                if p.writes
                     .at
                     .is_some_and(|at| at.elapsed() < ctx.retry.verify_within()) =>
             {
@@ -333,12 +371,12 @@ async fn add_together<P: Sync>(
             continue;
         }
         let mut created = None;
-        let Ok(Some(group)) = group(ctx, groups, &name, true, &mut created).await else {
+        let Ok(Ok(Some(group))) = group(ctx, groups, &name, true, &mut created).await else {
             continue;
         };
         if let Some(at) = created {
             for &i in &members {
-                prepared[i].writes.at.get_or_insert(at);
+                prepared[i].writes.new_group(&name, at);
             }
         }
         for part in members.chunks(MAX_MEMBERS_PER_PATCH) {
@@ -407,10 +445,11 @@ fn unique_name(name: &str) -> String {
     format!("policy-reconciler.{}", mail_nickname(name).to_lowercase())
 }
 
-/// The group named `name`: found by display name (cached per apply call), or, when `create`,
-/// made by an upsert on its unique name (`Tenant::ensure_group`), which is idempotent also
-/// while a group created a moment ago (by this replica or another) is not yet visible to the
-/// display-name search: a role never lands in a second group of the same name.
+/// The group named `name`: remembered in PostgreSQL (every group this service found or made
+/// is), found by display name, or, when `create`, made by an upsert on its unique name
+/// (`Tenant::ensure_group`), which is idempotent also while a group created a moment ago (by
+/// this replica or another) is not yet visible to the display-name search: a role never lands
+/// in a second group of the same name, and a removal finds a group made moments ago.
 /// `created` is set when the group came from the upsert (it may be too new to take members).
 async fn group<P: Sync>(
     ctx: &ApplyContext<'_, P>,
@@ -418,34 +457,47 @@ async fn group<P: Sync>(
     name: &str,
     create: bool,
     created: &mut Option<Instant>,
-) -> Result<Option<Group>, TenantError> {
+) -> Result<Result<Option<Group>, TenantError>, EngineError> {
     if let Some(group) = cache.get(name) {
-        return Ok(Some(group.clone()));
+        return Ok(Ok(Some(group.clone())));
     }
-    let found = match ctx.tenant.find_group(name).await? {
-        Some(group) => Some(group),
-        None if create => {
+    if let Some(id) = roles::remembered_group(ctx.pool, name).await? {
+        let group = Group {
+            id,
+            display_name: name.to_owned(),
+        };
+        cache.insert(name.to_owned(), group.clone());
+        return Ok(Ok(Some(group)));
+    }
+    let found = match ctx.tenant.find_group(name).await {
+        Ok(Some(group)) => Some(group),
+        Ok(None) if create => {
             tracing::info!(group = name, "ensuring a Phone System admin group");
             *created = Some(Instant::now());
-            Some(
-                ctx.tenant
-                    .ensure_group(
-                        &unique_name(name),
-                        &NewGroup {
-                            display_name: name.to_owned(),
-                            mail_nickname: mail_nickname(name),
-                        },
-                    )
-                    .await?,
-            )
+            match ctx
+                .tenant
+                .ensure_group(
+                    &unique_name(name),
+                    &NewGroup {
+                        display_name: name.to_owned(),
+                        mail_nickname: mail_nickname(name),
+                    },
+                )
+                .await
+            {
+                Ok(group) => Some(group),
+                Err(error) => return Ok(Err(error)),
+            }
         }
         // Absent groups are not cached: another replica may create one at any time.
-        None => None,
+        Ok(None) => None,
+        Err(error) => return Ok(Err(error)),
     };
     if let Some(group) = &found {
+        roles::remember_group(ctx.pool, name, group.id).await?;
         cache.insert(name.to_owned(), group.clone());
     }
-    Ok(found)
+    Ok(Ok(found))
 }
 
 /// One attempt: read the user's group memberships (`memberOf`), end those the scope ends and
@@ -485,7 +537,26 @@ async fn reconcile<P: Sync>(
         Ok(groups) => groups,
         Err(error) => return Ok(classify(error)),
     };
-    let extra: Vec<&Group> = held.iter().filter(|g| scope.ends(g)).collect();
+    let mut extra: Vec<Group> = held.iter().filter(|g| scope.ends(g)).cloned().collect();
+    // The memberships the stored role gave and the desired state no longer has: ended even
+    // when `memberOf` does not show them, since it may come from a replica that has not
+    // caught up with their addition (a leaver seconds after an assign). A removal of one the
+    // user does not hold answers "not a member", which is done.
+    if !dry_run {
+        for name in &p.ended_before {
+            if extra
+                .iter()
+                .any(|g| g.display_name.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            if let Ok(Some(group)) = group(ctx, cache, name, false, &mut None).await?
+                && !writes.gone.contains(&group.id)
+            {
+                extra.push(group);
+            }
+        }
+    }
     let missing: Vec<&String> = desired
         .iter()
         .filter(|name| {
@@ -508,7 +579,20 @@ async fn reconcile<P: Sync>(
         }
         match ctx.tenant.remove_members(group.id, &[user]).await.pop() {
             Some(Ok(())) => writes.accepted_now(group.id, false),
-            Some(Err(TenantError::NotMember(_))) => {}
+            // A group created moments ago can answer 404 to writes until it has replicated:
+            // Graph's message then names the group, not the member. Wait for it.
+            Some(Err(TenantError::NotMember(message)))
+                if message.contains(&group.id.to_string()) =>
+            {
+                writes.new_group(&group.display_name, Instant::now());
+                return Ok(Attempt::Retry(TenantError::NotConverged(format!(
+                    "group {} cannot lose members yet: {message}",
+                    group.display_name
+                ))));
+            }
+            Some(Err(TenantError::NotMember(_))) => {
+                writes.gone.insert(group.id);
+            }
             Some(Err(error)) => return Ok(classify(error)),
             None => return Ok(Attempt::Retry(TenantError::Transient("no answer".into()))),
         }
@@ -526,6 +610,22 @@ async fn reconcile<P: Sync>(
         }
     }
 
+    // The stored role was realised moments ago (the tenant showed the user in its own group
+    // to an earlier item): a read that does not show that membership comes from a replica
+    // that has not caught up. Read again until the window of that realisation passes rather
+    // than adding it again. (Groups a mapping gives are not the role's own: they may be new.)
+    if let Some(at) = p.realised_at
+        && at.elapsed() < ctx.retry.verify_within()
+        && p.own_group
+            .as_ref()
+            .is_some_and(|own| missing.iter().any(|m| m.eq_ignore_ascii_case(own)))
+    {
+        writes.seen(at);
+        return Ok(Attempt::Retry(TenantError::NotConverged(format!(
+            "{email}'s memberships, realised {:.1} s ago, do not show yet",
+            at.elapsed().as_secs_f64()
+        ))));
+    }
     if step == Step::Removals {
         return Ok(if missing.is_empty() {
             Attempt::Done {
@@ -540,11 +640,11 @@ async fn reconcile<P: Sync>(
     let mut added = Vec::new();
     for name in missing {
         let mut created = None;
-        let found = group(ctx, cache, name, true, &mut created).await;
+        let found = group(ctx, cache, name, true, &mut created).await?;
         // A group just made (or found by its unique name only) may not take members, or show
         // in reads, for a while: the verify window runs from the first time it was asked for.
-        if let (Some(at), None) = (created, writes.at) {
-            writes.at = Some(at);
+        if let Some(at) = created {
+            writes.new_group(name, at);
         }
         let group = match found {
             Ok(Some(group)) => group,
@@ -568,6 +668,7 @@ async fn reconcile<P: Sync>(
             Some(Err(TenantError::UserNotFound(message)))
                 if message.contains(&group.id.to_string()) =>
             {
+                writes.new_group(name, Instant::now());
                 return Ok(Attempt::Retry(TenantError::NotConverged(format!(
                     "group {name} cannot take members yet: {message}"
                 ))));
