@@ -35,6 +35,10 @@ pub struct EngineSettings {
     /// again. Give it the replication delay the tenant shows at its worst.
     #[serde(deserialize_with = "at_least_one")]
     pub verify_within_ms: NonZeroU64,
+    /// How long a write that failed in a way that may have been applied (a 5xx, a timeout) is
+    /// re-read before it is sent again. At most `verify_within_ms`.
+    #[serde(deserialize_with = "at_least_one")]
+    pub resend_after_ms: NonZeroU64,
     /// Items read and written per round within a chunk; outcomes are recorded per round.
     #[serde(deserialize_with = "at_least_one")]
     pub round_size: NonZeroU32,
@@ -65,6 +69,10 @@ impl EngineSettings {
 
     pub fn verify_within(&self) -> Duration {
         Duration::from_millis(self.verify_within_ms.get())
+    }
+
+    pub fn resend_after(&self) -> Duration {
+        Duration::from_millis(self.resend_after_ms.get().min(self.verify_within_ms.get()))
     }
 
     pub fn lease(&self) -> Duration {

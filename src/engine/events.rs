@@ -108,6 +108,21 @@ impl InternalEvent for ChunkReclaimed {
     }
 }
 
+/// A chunk was handed back with items waiting for the tenant to show their writes
+/// (replication), claimable again after `wait`.
+pub struct ChunkDeferred {
+    pub job_id: Uuid,
+    pub chunk: i32,
+    pub wait: std::time::Duration,
+}
+
+impl InternalEvent for ChunkDeferred {
+    fn emit(self) {
+        tracing::debug!(job_id = %self.job_id, chunk = self.chunk, wait_ms = self.wait.as_millis() as u64, "chunk handed back until its writes show in reads");
+        metrics::counter!(m::CHUNKS_DEFERRED_TOTAL).increment(1);
+    }
+}
+
 /// A chunk was given back after an error, claimable again after a pause.
 pub struct ChunkGivenBack<'a> {
     pub job_id: Uuid,

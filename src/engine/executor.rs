@@ -9,11 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::events::{
-    ChunkEndedEarly, ChunkFinished, ChunkGivenBack, ChunkReclaimed, ItemsRecorded, JobCompleted,
-    LeaseLost,
+    ChunkDeferred, ChunkEndedEarly, ChunkFinished, ChunkGivenBack, ChunkReclaimed, ItemsRecorded,
+    JobCompleted, LeaseLost,
 };
 use super::gate::ChunkWrites;
-use super::kind::{ApplyContext, ItemOutcome, ItemResult, JobHeader, WorkItem};
+use super::kind::{ApplyContext, Defer, ItemOutcome, ItemResult, JobHeader, WorkItem};
 use super::registry::AnyKind;
 use super::{Engine, EngineError, Waiter};
 use crate::domain::{FailureCode, JobType};
@@ -31,6 +31,16 @@ enum Next {
     Done,
     /// A chunk was applied; its last outcomes are still to be recorded.
     Tail(Tail),
+}
+
+/// How a chunk's rounds ended.
+enum Rounds {
+    /// Every item of the last round is settled: its results, still to be recorded.
+    Settled(Vec<ItemResult>),
+    /// Items were left to come back to after this wait ([`Defer`]); the rest is recorded.
+    Deferred(Duration),
+    /// Nothing left to return: cancelled, or nothing was open.
+    Open,
 }
 
 /// A chunk whose items are all settled in the tenant, with the last round's outcomes still
@@ -197,6 +207,7 @@ impl Engine {
             cancel.clone(),
         );
         let renewal = self.renew_lease_until(chunk, &cancel);
+        let defer = Defer::default();
         let items: Vec<WorkItem<serde_json::Value>> = items
             .into_iter()
             .map(|(seq, key, spec)| WorkItem { seq, key, spec })
@@ -212,6 +223,7 @@ impl Engine {
             cancel: &cancel,
             stop: shutdown,
             writes: &writes,
+            defer: &defer,
         };
         // Bulk off-peak work lets Graph throttle it before a single ticket's (see
         // `tenant::priority`).
@@ -225,9 +237,20 @@ impl Engine {
         cancel.cancel();
         let _ = renewal.await;
         let results = match result? {
-            Some(results) => results,
+            Rounds::Settled(results) => results,
+            // Some items wait for the tenant to show their writes: hand the chunk back, to be
+            // claimed again (by any replica) after the wait.
+            Rounds::Deferred(wait) => {
+                work::defer_chunk(&self.pool, chunk, &self.owner, wait).await?;
+                emit(ChunkDeferred {
+                    job_id: chunk.job_id,
+                    chunk: chunk.chunk,
+                    wait,
+                });
+                return Ok(None);
+            }
             // What was done is recorded; the rest goes by where the chunk stands.
-            None if interrupted => {
+            Rounds::Open if interrupted => {
                 match work::chunk_fate(&self.pool, chunk, &self.owner).await? {
                     ChunkFate::Lost => {}
                     ChunkFate::JobEnded => self.end_early(chunk).await?,
@@ -245,7 +268,7 @@ impl Engine {
             }
             // Nothing was left to apply (a chunk taken over after its last round was
             // recorded): it only needs ending, like any other.
-            None => Vec::new(),
+            Rounds::Open => Vec::new(),
         };
         Ok(Some(Tail {
             chunk: chunk.clone(),
@@ -324,14 +347,16 @@ impl Engine {
 
     /// Apply the chunk's open items round by round, recording outcomes after each round but
     /// the last: when every item of that one is settled, its results are returned instead,
-    /// to be recorded together with the chunk's end ([`Engine::settle`]).
+    /// to be recorded together with the chunk's end ([`Engine::settle`]). A round whose
+    /// applier left items for later ([`Defer`]) has its other outcomes recorded, and the
+    /// chunk is handed back once every round has run.
     async fn apply_rounds(
         &self,
         chunk: &ClaimedChunk,
         items: Vec<WorkItem<serde_json::Value>>,
         kind: &Arc<dyn AnyKind>,
         ctx: &ApplyContext<'_, serde_json::Value>,
-    ) -> Result<Option<Vec<ItemResult>>, EngineError> {
+    ) -> Result<Rounds, EngineError> {
         let rounds: Vec<&[WorkItem<serde_json::Value>]> = items
             .chunks(self.settings.round_size.get() as usize)
             .collect();
@@ -341,14 +366,18 @@ impl Engine {
             }
             let results = kind.apply(ctx, round).await?;
             let settled = results.len() == round.len();
-            if i + 1 == rounds.len() && settled && !ctx.cancel.is_cancelled() {
-                return Ok(Some(results));
+            if i + 1 == rounds.len()
+                && settled
+                && ctx.defer.asked().is_none()
+                && !ctx.cancel.is_cancelled()
+            {
+                return Ok(Rounds::Settled(results));
             }
             if !results.is_empty() {
                 self.record(chunk, ctx.job.job_type, &results, false)
                     .await?;
             }
-            if !settled && !ctx.cancel.is_cancelled() {
+            if !settled && !ctx.cancel.is_cancelled() && ctx.defer.asked().is_none() {
                 return Err(EngineError::Corrupt(format!(
                     "applier settled {} of {} items",
                     results.len(),
@@ -356,7 +385,10 @@ impl Engine {
                 )));
             }
         }
-        Ok(None)
+        match ctx.defer.asked() {
+            Some(wait) if !ctx.cancel.is_cancelled() => Ok(Rounds::Deferred(wait)),
+            _ => Ok(Rounds::Open),
+        }
     }
 
     /// Record a round's outcomes (and, when `finish`, end the chunk in the same commit).

@@ -272,4 +272,28 @@ pub struct ApplyContext<'a, P> {
     pub stop: &'a CancellationToken,
     /// The chunk's write gates: pass `writes.gate(seqs)` to every tenant write call.
     pub writes: &'a ChunkWrites,
+    /// Items an applier leaves without a result to come back to later (see [`Defer`]).
+    pub defer: &'a Defer,
+}
+
+/// An applier may return no result for items that only wait for the tenant to show a write
+/// it accepted (Entra ID replicates asynchronously), after calling [`Defer::later`]: the
+/// chunk then records the other items' outcomes and is handed back, claimable again after the
+/// wait, instead of holding an executor while a few stragglers replicate. The next claim
+/// reads those items again (their writes' intents make them `changed`).
+#[derive(Debug, Default)]
+pub struct Defer(parking_lot::Mutex<Option<std::time::Duration>>);
+
+impl Defer {
+    /// Come back for the items left without a result after `wait` (the shortest wait asked
+    /// for by any round of the chunk wins).
+    pub fn later(&self, wait: std::time::Duration) {
+        let mut slot = self.0.lock();
+        *slot = Some(slot.map_or(wait, |w| w.min(wait)));
+    }
+
+    /// The wait asked for, if any.
+    pub fn asked(&self) -> Option<std::time::Duration> {
+        *self.0.lock()
+    }
 }

@@ -19,9 +19,14 @@
 //! `portal_access.activated`, `portal_access.remind`) and [`roles`] (`admin_role.assign`,
 //! `admin_role.remove`, `admin_role.change`, `ods_mapping.changed`, `user.leaver`).
 //!
+//! Users are found by the address the portal knows them by ([`users`]: UPN, then mail, then
+//! proxy addresses, remembered in PostgreSQL).
+//!
 //! **Time.** Every decision the engine and its kinds make (off-peak windows, deadlines,
 //! waits) reads the engine's [`Clock`]; nothing here calls `Utc::now()`. Leases and row
-//! timestamps use the database's `now()`: liveness is measured where the lease is held.
+//! timestamps use the database's `now()`: liveness is measured where the lease is held. Waits
+//! within one chunk (retry pauses, how long a write is given to show in reads) are durations
+//! on the monotonic clock (`Instant`).
 
 pub mod clock;
 mod ends;
@@ -110,7 +115,11 @@ impl Engine {
         Ok(Self {
             pool,
             tenant,
-            retry: ItemRetry::new(settings.item_attempts, settings.verify_within()),
+            retry: ItemRetry::new(
+                settings.item_attempts,
+                settings.verify_within(),
+                settings.resend_after(),
+            ),
             settings,
             kinds,
             owner: format!("{instance}/{}", uuid::Uuid::new_v4().simple()),

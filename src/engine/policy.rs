@@ -542,6 +542,10 @@ async fn apply(
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
     let attempts = ctx.retry.attempts();
     let window = ctx.retry.verify_within();
+    let resend_after = ctx.retry.resend_after();
+    // Items waiting for a write another claim or job recorded (see `written_recently`).
+    let mut remembered: Vec<bool> = vec![false; items.len()];
+    let mut last_write = Instant::now();
     let mut round: u32 = 0;
     // Pause before a round only when it has nothing to write: a first read-back right after a
     // write costs one read and, on a caught-up replica, settles the item at once.
@@ -619,7 +623,19 @@ async fn apply(
                     }
                     match phase[i] {
                         // Not showing yet: a replica that has not caught up. Read again.
-                        Phase::Verify { since, .. } if now < since + window => keep.push(i),
+                        // (A write Graph accepted is given the whole window; one that may not
+                        // have been applied, `resend_after`.)
+                        Phase::Verify { since, uncertain }
+                            if now
+                                < since
+                                    + if uncertain && !remembered[i] {
+                                        resend_after
+                                    } else {
+                                        window
+                                    } =>
+                        {
+                            keep.push(i)
+                        }
                         Phase::Verify {
                             uncertain: false, ..
                         } => {
@@ -636,15 +652,19 @@ async fn apply(
                         // caught up. Read again until the window of that write passes.
                         Phase::Write
                             if writes_sent[i] == 0
-                                && written_recently(&recent_writes, &items[i].key, want)
-                                    .is_some_and(|age| age < window) =>
+                                && let Some((age, certain)) =
+                                    written_recently(&recent_writes, &items[i].key, want)
+                                && age < if certain { window } else { resend_after } =>
                         {
-                            let age = written_recently(&recent_writes, &items[i].key, want)
-                                .unwrap_or_default();
+                            // Sent again once its window passes without it showing (not
+                            // `verification_failed`: this job did not write it).
                             phase[i] = Phase::Verify {
                                 since: now.checked_sub(age).unwrap_or(now),
                                 uncertain: true,
                             };
+                            if certain {
+                                remembered[i] = true;
+                            }
                             keep.push(i);
                         }
                         // A trusted read (the window has passed) that needs a write.
@@ -673,16 +693,20 @@ async fn apply(
                 _ = ctx.stop.cancelled() => return Ok(results.into_iter().flatten().collect()),
             };
             let sent_at = Instant::now();
-            let mut accepted: Vec<(String, Value)> = Vec::new();
+            let mut written: Vec<(String, Value, bool)> = Vec::new();
+            let mut remember = |i: usize, change: &LicenceChange, certain: bool| {
+                if let Some(licence) = change.add.first() {
+                    written.push((
+                        items[i].key.to_lowercase(),
+                        serde_json::to_value(licence).unwrap_or_default(),
+                        certain,
+                    ));
+                }
+            };
             for ((i, change), outcome) in writes.into_iter().zip(outcomes) {
                 let uncertain = match outcome {
                     Ok(_) => {
-                        if let Some(licence) = change.add.first() {
-                            accepted.push((
-                                items[i].key.to_lowercase(),
-                                serde_json::to_value(licence).unwrap_or_default(),
-                            ));
-                        }
+                        remember(i, &change, true);
                         false
                     }
                     // Not sent: the chunk is stopping (its token is cancelled).
@@ -706,6 +730,7 @@ async fn apply(
                         continue;
                     }
                     Err(error) if ItemRetry::is_retryable(&error) => {
+                        remember(i, &change, false);
                         last_error.insert(i, error);
                         true
                     }
@@ -727,9 +752,25 @@ async fn apply(
             }
             // Remembered for every replica and later job: a read that does not show these
             // within the window is a replica that has not caught up.
-            store_users::record_writes(ctx.pool, &accepted).await?;
+            store_users::record_writes(ctx.pool, &written).await?;
+            last_write = Instant::now();
         }
         pending = keep;
+        // Only stragglers left, each waiting for a write recorded above to show: hand them
+        // back to be read again shortly, rather than hold the chunk (and an executor, and the
+        // write budget it could use) while a replica catches up.
+        if !pending.is_empty()
+            && !ctx.job.dry_run
+            && last_write.elapsed() >= HOLD_FOR_REPLICATION
+            && pending.iter().all(|&i| {
+                matches!(phase[i], Phase::Verify { .. })
+                    && (writes_sent[i] > 0 || remembered[i])
+                    && !suspected_stale[i]
+            })
+        {
+            ctx.defer.later(COME_BACK_AFTER);
+            return Ok(results.into_iter().flatten().collect());
+        }
     }
     if ctx.cancel.is_cancelled() && !ctx.stop.is_cancelled() {
         // The job ended (or the chunk was lost) mid-way: report what reached the tenant. A
@@ -764,13 +805,21 @@ async fn apply(
     Ok(results.into_iter().flatten().collect())
 }
 
-/// How long ago this service wrote exactly `want` for `address`, if within the window.
+/// How long a round holds its chunk for writes to show in reads before it hands the
+/// stragglers back ([`crate::engine::kind::Defer`]): most replicate within it.
+const HOLD_FOR_REPLICATION: std::time::Duration = std::time::Duration::from_secs(3);
+/// When handed-back stragglers are read again.
+const COME_BACK_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long ago this service wrote exactly `want` for `address` (within the window the query
+/// asked for), and whether Graph accepted it.
 fn written_recently(
-    recent: &HashMap<String, (Value, std::time::Duration)>,
+    recent: &HashMap<String, store_users::RecentWrite>,
     address: &str,
     want: &AssignedLicence,
-) -> Option<std::time::Duration> {
-    let (licence, age) = recent.get(&address.to_lowercase())?;
+) -> Option<(std::time::Duration, bool)> {
+    let recent = recent.get(&address.to_lowercase())?;
+    let (licence, age) = (&recent.licence, recent.age);
     let written: AssignedLicence = serde_json::from_value(licence.clone()).ok()?;
     let same = |a: &[Uuid], b: &[Uuid]| {
         let (mut a, mut b) = (a.to_vec(), b.to_vec());
@@ -779,18 +828,18 @@ fn written_recently(
         a == b
     };
     (written.sku_id == want.sku_id && same(&written.disabled_plans, &want.disabled_plans))
-        .then_some(*age)
+        .then_some((age, recent.certain))
 }
 
 /// A licence of another SKU than `want` that this service wrote for `address` within the
 /// window (see [`store_users::recent_writes`]).
 fn other_recent_write(
-    recent: &HashMap<String, (Value, std::time::Duration)>,
+    recent: &HashMap<String, store_users::RecentWrite>,
     address: &str,
     want: &AssignedLicence,
 ) -> Option<AssignedLicence> {
-    let (licence, _) = recent.get(&address.to_lowercase())?;
-    let written: AssignedLicence = serde_json::from_value(licence.clone()).ok()?;
+    let recent = recent.get(&address.to_lowercase())?;
+    let written: AssignedLicence = serde_json::from_value(recent.licence.clone()).ok()?;
     (written.sku_id != want.sku_id).then_some(written)
 }
 

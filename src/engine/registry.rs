@@ -139,6 +139,7 @@ impl<K: JobKind> AnyKind for Registered<K> {
             cancel: ctx.cancel,
             stop: ctx.stop,
             writes: ctx.writes,
+            defer: ctx.defer,
         };
         self.0.apply(&typed, &items).await
     }

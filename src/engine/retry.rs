@@ -14,7 +14,8 @@
 //!   pauses, until it shows, for at most `engine.verify_within_ms` ([`ItemRetry::verify_within`])
 //!   after the write; only then is it `verification_failed`.
 //! - A write that failed in a way that may have been applied (a 5xx, a timeout) is re-read in
-//!   the same way; it is sent again only when the window passed without the write showing. A
+//!   the same way; it is sent again only when `engine.resend_after_ms`
+//!   ([`ItemRetry::resend_after`]) passed without the write showing. A
 //!   write that finds the desired state already there writes nothing, so a write that reported
 //!   a failure but was applied is found done (and reported `changed`).
 //! - Below this, the Graph client repeats only requests that were certainly not applied (a
@@ -55,14 +56,16 @@ pub enum Verdict {
 pub struct ItemRetry {
     attempts: u32,
     verify_within: Duration,
+    resend_after: Duration,
     backoff: ExponentialBuilder,
 }
 
 impl ItemRetry {
-    pub fn new(attempts: NonZeroU32, verify_within: Duration) -> Self {
+    pub fn new(attempts: NonZeroU32, verify_within: Duration, resend_after: Duration) -> Self {
         Self {
             attempts: attempts.get(),
             verify_within,
+            resend_after: resend_after.min(verify_within),
             backoff: ExponentialBuilder::new()
                 .with_min_delay(FIRST_PAUSE)
                 .with_factor(2.0)
@@ -79,6 +82,12 @@ impl ItemRetry {
     /// How long after a write reads may still not show it (see the module docs).
     pub fn verify_within(&self) -> Duration {
         self.verify_within
+    }
+
+    /// How long a write that may have been applied (a 5xx, a timeout) is re-read before it is
+    /// sent again (see the module docs).
+    pub fn resend_after(&self) -> Duration {
+        self.resend_after
     }
 
     /// Whether a failed attempt is worth another.
@@ -131,7 +140,11 @@ mod tests {
 
     #[test]
     fn pauses_double_from_200_ms_up_to_5_s() {
-        let retry = ItemRetry::new(NonZeroU32::new(3).unwrap(), Duration::from_secs(60));
+        let retry = ItemRetry::new(
+            NonZeroU32::new(3).unwrap(),
+            Duration::from_secs(60),
+            Duration::from_secs(20),
+        );
         let pauses: Vec<u128> = (1..=7).map(|n| retry.pause(n).as_millis()).collect();
         assert_eq!(pauses, vec![200, 400, 800, 1600, 3200, 5000, 5000]);
     }

@@ -57,16 +57,26 @@ pub async fn forget(pool: &PgPool, address: &str, user_id: Uuid) -> Result<(), S
     Ok(())
 }
 
-/// Licences written for these addresses (lower case) less than `within` ago: the licence (as
-/// JSON) and how long ago, by address.
+/// A licence this service wrote for a user.
+#[derive(Debug, Clone)]
+pub struct RecentWrite {
+    /// As Graph's `addLicenses` entry.
+    pub licence: serde_json::Value,
+    /// How long ago.
+    pub age: std::time::Duration,
+    /// Graph accepted it (false: answered 5xx or timed out, so maybe applied).
+    pub certain: bool,
+}
+
+/// Licences written for these addresses (lower case) less than `within` ago, by address.
 pub async fn recent_writes(
     pool: &PgPool,
     addresses: &[String],
     within: std::time::Duration,
-) -> Result<HashMap<String, (serde_json::Value, std::time::Duration)>, StoreError> {
-    let rows: Vec<(String, serde_json::Value, f64)> = sqlx::query_as(
+) -> Result<HashMap<String, RecentWrite>, StoreError> {
+    let rows: Vec<(String, serde_json::Value, f64, bool)> = sqlx::query_as(
         "SELECT address, written_licence,
-                extract(epoch FROM now() - written_at)::float8
+                extract(epoch FROM now() - written_at)::float8, written_certain
            FROM user_directory
           WHERE address = ANY($1::text[])
             AND written_at > now() - make_interval(secs => $2)",
@@ -77,33 +87,41 @@ pub async fn recent_writes(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(address, licence, age)| {
+        .map(|(address, licence, age, certain)| {
+            let age = std::time::Duration::from_secs_f64(age.max(0.0));
             (
                 address,
-                (licence, std::time::Duration::from_secs_f64(age.max(0.0))),
+                RecentWrite {
+                    licence,
+                    age,
+                    certain,
+                },
             )
         })
         .collect())
 }
 
-/// Records the licences Graph accepted for these addresses (lower case), now.
+/// Records licences written for these addresses (lower case), now: (address, licence,
+/// whether Graph accepted it).
 pub async fn record_writes(
     pool: &PgPool,
-    written: &[(String, serde_json::Value)],
+    written: &[(String, serde_json::Value, bool)],
 ) -> Result<(), StoreError> {
     if written.is_empty() {
         return Ok(());
     }
     let addresses: Vec<&str> = written.iter().map(|w| w.0.as_str()).collect();
     let licences: Vec<serde_json::Value> = written.iter().map(|w| w.1.clone()).collect();
+    let certain: Vec<bool> = written.iter().map(|w| w.2).collect();
     sqlx::query(
         "UPDATE user_directory d
-            SET written_licence = w.licence, written_at = now()
-           FROM unnest($1::text[], $2::jsonb[]) AS w(address, licence)
+            SET written_licence = w.licence, written_at = now(), written_certain = w.certain
+           FROM unnest($1::text[], $2::jsonb[], $3::bool[]) AS w(address, licence, certain)
           WHERE d.address = w.address",
     )
     .bind(&addresses)
     .bind(&licences)
+    .bind(&certain)
     .execute(pool)
     .await?;
     Ok(())

@@ -42,6 +42,10 @@ pub const EVENT_TYPES: &[&str] = &["job.accepted", "job.completed", "notificatio
 
 // ---- engine (planning, chunks, completion) ----
 
+/// Counter: chunks handed back with items waiting for the tenant to show their writes
+/// (replication lag), to be claimed again after a short wait.
+pub const CHUNKS_DEFERRED_TOTAL: &str = "reconciler_chunks_deferred_total";
+
 /// Jobs planned, by `job_type` and `schedule` ([`SCHEDULES`]).
 pub const JOBS_ACCEPTED_TOTAL: &str = "reconciler_jobs_accepted_total";
 /// Jobs completed, by `job_type` and `outcome` ([`JOB_OUTCOMES`]).
@@ -186,6 +190,7 @@ pub fn install() -> PrometheusHandle {
             // `increase()` (dashboards, alerts) see them before the first occurrence.
             for counter in [
                 CHUNKS_RECLAIMED_TOTAL,
+                CHUNKS_DEFERRED_TOTAL,
                 BROKER_RECONNECTS_TOTAL,
                 OUTBOX_PUBLISH_FAILURES_TOTAL,
             ] {
@@ -246,6 +251,10 @@ fn describe() {
     describe_counter!(
         CHUNKS_RECLAIMED_TOTAL,
         "Chunks taken over after a lease expired."
+    );
+    describe_counter!(
+        CHUNKS_DEFERRED_TOTAL,
+        "Chunks handed back while writes they made replicate, to be claimed again shortly."
     );
     describe_gauge!(JOBS_UNFINISHED, "Unfinished jobs, by state.");
     describe_gauge!(ITEMS_REMAINING, "Items of unfinished jobs not yet done.");

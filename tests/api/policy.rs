@@ -766,6 +766,15 @@ async fn users_are_found_by_mail_or_alias_and_an_ambiguous_address_fails_alone()
     }
     assert!(app.sim.licences("twin.a@nhs.net").is_empty());
     assert!(app.sim.licences("twin.b@nhs.net").is_empty());
+    // A single ticket's job, not bulk off-peak work: Graph may throttle it last.
+    let stats = app.sim.state.stats();
+    assert!(
+        stats.writes_with_priority("normal") >= 2,
+        "{:?}",
+        stats.writes_by_priority
+    );
+    assert_eq!(stats.writes_with_priority("low"), 0);
+    assert_eq!(stats.writes_with_priority("none"), 0);
 
     // Remembered, with how each was found; the ambiguous address is not.
     let rows: Vec<(String, String)> =

@@ -767,3 +767,50 @@ async fn roles_a_removal_that_failed_keeps_the_role_and_a_leaver_ends_every_memb
     );
     assert!(emails_to(&mut events, carol).await.is_empty());
 }
+
+/// Users who join the same group together are added in one `PATCH` of the group, up to 20
+/// (Graph's `members@odata.bind`), not one request each: three Primary admins of RX1 join
+/// the group of the organisation a mapping change onboards with one write.
+#[tokio::test]
+async fn roles_admins_joining_one_group_are_added_in_one_request() {
+    let mut app = spawn_app().await;
+    let mut events = Events::new(&mut app).await;
+    let users = app.sim.seed_users("together", 3);
+    for user in &users {
+        let assign = publish(&app, "admin_role.assign", target(user, "RX1", PRIMARY)).await;
+        assert_eq!(events.completion(&assign).await["outcome"], "succeeded");
+    }
+    app.sim.state.reset_stats();
+    let mapping = publish_as(
+        &app,
+        "ods_mapping.changed",
+        json!({ "ods_code": "RX1", "managed_ods_codes": ["RX2"], "onboarded": ["RX1", "RX2"] }),
+        None,
+    )
+    .await;
+    let done = events.completion(&mapping).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 3, "{done}");
+    for user in &users {
+        assert_eq!(
+            groups_of(&app, user, CODES).await,
+            set(&["PhoneSystem-Primary-RX1", "PhoneSystem-Primary-RX2"]),
+            "{user}"
+        );
+    }
+    let log = app.sim.state.stats().recent_writes;
+    let together: Vec<_> = log
+        .iter()
+        .filter(|w| w.route == "update_group" && w.applied)
+        .collect();
+    assert_eq!(together.len(), 1, "{log:?}");
+    // The group, then its three new members.
+    assert_eq!(together[0].targets.len(), 4, "{log:?}");
+    if !crate::kit::realistic_tenant() {
+        assert_eq!(
+            log.iter().filter(|w| w.route == "add_member").count(),
+            0,
+            "{log:?}"
+        );
+    }
+}

@@ -66,6 +66,7 @@ pub async fn claim_chunk(
              FROM job_chunks c JOIN jobs j ON j.id = c.job_id
              WHERE j.state IN ('accepted', 'running') AND NOT j.paused
                AND (c.not_before <= $3 OR j.expedited)
+               AND (c.wait_until IS NULL OR c.wait_until <= now())
                AND (j.schedule IS DISTINCT FROM 'off_peak' OR j.expedited OR $4)
                AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_expires_at < now()))
                AND NOT EXISTS (
@@ -160,6 +161,30 @@ pub async fn release_chunk(
     .bind(chunk.chunk)
     .bind(owner)
     .bind(not_before)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Hand a held chunk back, claimable again (by any replica) `wait` from now on the
+/// database's clock: its open items wait for writes to show in reads (replication).
+pub async fn defer_chunk(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    wait: std::time::Duration,
+) -> Result<(), StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
+    sqlx::query(
+        "UPDATE job_chunks SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                wait_until = now() + make_interval(secs => $4)
+         WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(wait.as_secs_f64())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -7,7 +7,7 @@
 //!
 //! * planning: [`claim_job_to_plan`], [`job_payload`], [`defer_planning`],
 //!   [`create_planned_items`], [`accept`];
-//! * chunks and leases: [`claim_chunk`], [`renew_lease`], [`release_chunk`], [`chunk_job`],
+//! * chunks and leases: [`claim_chunk`], [`renew_lease`], [`release_chunk`], [`defer_chunk`], [`chunk_job`],
 //!   [`open_items`], [`record_outcomes`];
 //! * completion: [`complete_now`], [`all_chunks_done`], [`complete_if_done`],
 //!   [`complete_if_done_in`], [`uncompleted_done_jobs`], and ending a job early
@@ -41,8 +41,8 @@ use crate::domain::{Actor, JobType, Schedule, Ticket};
 
 pub use chunks::{
     ChunkFate, ChunkJob, ClaimLimits, ClaimedChunk, Outcomes, Recorded, chunk_fate, chunk_job,
-    claim_chunk, end_chunk_early, intend_writes, open_items, record_outcomes, release_chunk,
-    renew_lease,
+    claim_chunk, defer_chunk, end_chunk_early, intend_writes, open_items, record_outcomes,
+    release_chunk, renew_lease,
 };
 pub use completion::{
     EndedEarly, JOB_ENDED_CHANNEL, all_chunks_done, complete_if_done, complete_if_done_in,
