@@ -384,7 +384,25 @@ async fn add_together<P: Sync>(
             if ids.len() < 2 {
                 continue;
             }
-            match ctx.tenant.add_members_at_once(group.id, &ids).await {
+            // A group made moments ago can answer 404 to writes until it has replicated
+            // (Graph's message names the group): try again within the verify window.
+            let asked = Instant::now();
+            let mut pauses = 0;
+            let result = loop {
+                match ctx.tenant.add_members_at_once(group.id, &ids).await {
+                    Err(TenantError::UserNotFound(message))
+                        if message.contains(&group.id.to_string())
+                            && asked.elapsed() < ctx.retry.verify_within() =>
+                    {
+                        pauses += 1;
+                        if !ctx.retry.wait(pauses, ctx.cancel).await {
+                            break Err(TenantError::UserNotFound(message));
+                        }
+                    }
+                    other => break other,
+                }
+            };
+            match result {
                 Ok(()) => {
                     for &i in part {
                         prepared[i].writes.accepted_now(group.id, true);
