@@ -761,6 +761,7 @@ async fn apply(
         // write budget it could use) while a replica catches up.
         if !pending.is_empty()
             && !ctx.job.dry_run
+            && pause_before
             && last_write.elapsed() >= HOLD_FOR_REPLICATION
             && pending.iter().all(|&i| {
                 matches!(phase[i], Phase::Verify { .. })
@@ -806,10 +807,12 @@ async fn apply(
 }
 
 /// How long a round holds its chunk for writes to show in reads before it hands the
-/// stragglers back ([`crate::engine::kind::Defer`]): most replicate within it.
-const HOLD_FOR_REPLICATION: std::time::Duration = std::time::Duration::from_secs(3);
+/// stragglers back ([`crate::engine::kind::Defer`]), after at least one read-back: none. A
+/// caught-up replica settles every item at the first read-back; against a lagging one,
+/// holding the chunk would idle its executor and the write budget it could use.
+const HOLD_FOR_REPLICATION: std::time::Duration = std::time::Duration::ZERO;
 /// When handed-back stragglers are read again.
-const COME_BACK_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+const COME_BACK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long ago this service wrote exactly `want` for `address` (within the window the query
 /// asked for), and whether Graph accepted it.
