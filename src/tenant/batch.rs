@@ -237,6 +237,8 @@ impl Transport {
     ) -> Vec<Result<Raw, TenantError>> {
         let mut results: Vec<Option<Result<Raw, Failure>>> = vec![None; inners.len()];
         let mut pending: Vec<usize> = (0..inners.len()).collect();
+        // Sent, and answered in a way that may have been applied (a 5xx, a timeout).
+        let mut maybe_applied = vec![false; inners.len()];
         let mut backoff = self.backoff();
         let max = self.max_attempts();
         for attempt in 1..=max {
@@ -247,7 +249,22 @@ impl Transport {
                 )
                 .await;
             pending.clear();
-            for (i, r) in round {
+            for (i, mut r) in round {
+                // A membership change sent again after an answer that may have been applied,
+                // and now answered "already a member" / "not a member": the first one was.
+                if maybe_applied[i]
+                    && let Err(f) = &r
+                    && matches!(
+                        (op, &f.error),
+                        (Operation::AddMember, TenantError::AlreadyMember(_))
+                            | (Operation::RemoveMember, TenantError::NotMember(_))
+                    )
+                {
+                    r = Ok(Raw::new(204, None, b""));
+                }
+                if let Err(f) = &r {
+                    maybe_applied[i] |= matches!(f.fault, Fault::Unavailable(_));
+                }
                 if let Err(f) = &r
                     && f.fault.is_retried(op)
                     && attempt < max

@@ -232,13 +232,18 @@ impl Bench {
         let Ok(text) = text else { return vec![] };
         let text = text.await.unwrap_or_default();
         text.lines()
-            .filter(|l| !l.starts_with('#') && (l.contains("_sum") || l.contains("_count")))
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("_sum") || l.contains("_count") || l.contains("_total"))
+            })
             .filter(|l| {
                 l.contains("chunk_duration")
                     || l.contains("plan_duration")
                     || l.contains("tenant_request_duration")
                     || l.contains("ingest_duration")
                     || l.contains("budget_wait")
+                    || l.contains("chunks_deferred")
+                    || l.contains("retries_total")
             })
             .map(str::to_owned)
             .collect()
@@ -869,10 +874,19 @@ async fn main() {
             None,
         ));
         eprintln!(
-            "realistic: {} users in {:.1} s; chunks handed back while replicating: see reconciler_chunks_deferred_total",
+            "realistic: {} users in {:.1} s",
             args.realistic_users,
             elapsed.as_secs_f64()
         );
+        for line in bench.worker_profile().await {
+            eprintln!("  worker profile: {line}");
+        }
+        let by_status: Vec<String> = stats
+            .requests
+            .iter()
+            .map(|(route, statuses)| format!("{route} {statuses:?}"))
+            .collect();
+        eprintln!("  simulator answers: {}", by_status.join("; "));
     }
 
     // ---- manual ----

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::plan::holding_of;
 use super::{GroupNames, ItemSpec};
-use crate::domain::{AdminRole, FailureCode};
+use crate::domain::{AdminRole, FailureCode, JobType};
 use crate::engine::EngineError;
 use crate::engine::failure_code;
 use crate::engine::kind::{ApplyContext, ItemOutcome, ItemResult, WorkItem};
@@ -228,23 +228,41 @@ async fn prepare<'n, P: Sync>(
         codes.insert(&h.ods_code);
         codes.extend(h.reach.iter().map(String::as_str));
     }
+    let candidates: BTreeSet<String> = codes
+        .iter()
+        .flat_map(|code| AdminRole::ALL.iter().map(|r| names.name(*r, code)))
+        .map(|n| n.to_lowercase())
+        .collect();
+    let not_desired = |n: &String| !desired.iter().any(|d| d.eq_ignore_ascii_case(n));
     let ended_before: BTreeSet<String> = match &stored {
+        // A removal or a leaver: the groups the stored role gave.
         Some(s) if holding.is_none() => holding_of(&mut **tx, &s.role)
             .await?
             .groups(names)
             .into_iter()
-            .filter(|n| !desired.iter().any(|d| d.eq_ignore_ascii_case(n)))
+            .filter(not_desired)
             .collect(),
+        // The role changed moments ago (a change right after an assign): `memberOf` may not
+        // show the old role's memberships yet, and they must end before the new ones begin.
+        Some(s)
+            if s.state_age < ctx.retry.verify_within()
+                && matches!(
+                    ctx.job.job_type,
+                    JobType::AdminRoleChange | JobType::OdsMappingChanged
+                ) =>
+        {
+            candidates
+                .iter()
+                .filter(|n| not_desired(n))
+                .cloned()
+                .collect()
+        }
         _ => BTreeSet::new(),
     };
     let scope = Scope {
         names,
         desired: desired.iter().map(|n| n.to_lowercase()).collect(),
-        candidates: codes
-            .iter()
-            .flat_map(|code| AdminRole::ALL.iter().map(|r| names.name(*r, code)))
-            .map(|n| n.to_lowercase())
-            .collect(),
+        candidates,
         sweep: spec.sweep,
     };
     let realised_at = stored
