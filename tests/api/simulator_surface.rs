@@ -628,20 +628,7 @@ async fn discovery_document_and_the_401_challenge() {
             .contains(&json!("private_key_jwt"))
     );
     // The token endpoint it names works.
-    let token: Value = http
-        .post(token_endpoint)
-        .form(&[
-            ("client_id", "policy-reconciler-dev"),
-            ("client_secret", "simulator-secret"),
-            ("scope", "https://graph.microsoft.com/.default"),
-            ("grant_type", "client_credentials"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = crate::kit::simulator::token_response_at(&http, token_endpoint).await;
     assert_eq!(token["token_type"], "Bearer");
     let keys: Value = http
         .get(doc["jwks_uri"].as_str().unwrap())

@@ -211,7 +211,12 @@ pub fn sku<'a>(skus: &'a Value, part_number: &str) -> &'a Value {
 /// The token endpoint's answer for `tenant` (any name does) at the simulator at `base_url`,
 /// fetched with the development credentials as any client would.
 pub async fn token_response(http: &reqwest::Client, base_url: &str, tenant: &str) -> Value {
-    http.post(format!("{base_url}/{tenant}/oauth2/v2.0/token"))
+    token_response_at(http, &format!("{base_url}/{tenant}/oauth2/v2.0/token")).await
+}
+
+/// The answer of the token endpoint at `url` to the development credentials.
+pub async fn token_response_at(http: &reqwest::Client, url: &str) -> Value {
+    http.post(url)
         .form(&[
             ("client_id", "policy-reconciler-dev"),
             ("client_secret", "simulator-secret"),
