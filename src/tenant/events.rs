@@ -40,7 +40,7 @@ impl RetryReason {
     }
 }
 
-/// Counts answers by operation and status class, and 429s on their own.
+/// The time one request took, by operation.
 fn record_duration(op: Operation, elapsed: Duration) {
     metrics::histogram!(m::TENANT_REQUEST_DURATION_SECONDS, "operation" => op.as_str())
         .record(elapsed.as_secs_f64());
@@ -52,6 +52,7 @@ fn count_unreachable(op: Operation) {
         .increment(1);
 }
 
+/// Counts answers by operation and status class, and 429s on their own.
 fn count_answer(op: Operation, status: u16) {
     metrics::counter!(m::TENANT_REQUESTS_TOTAL, "operation" => op.as_str(), "status" => m::status_class(status))
         .increment(1);
@@ -89,26 +90,19 @@ impl InternalEvent for GraphAnswered<'_> {
         record_duration(self.op, self.elapsed);
         count_answer(self.op, self.status);
         let elapsed = self.elapsed.as_secs_f64();
-        let request_id = self.request_id.unwrap_or_default();
-        if (200..300).contains(&self.status) {
-            tracing::debug!(
-                operation = self.op.as_str(),
-                status = self.status,
-                elapsed,
-                client_request_id = self.client_request_id,
-                request_id,
-                "graph request"
-            );
+        let message = if (200..300).contains(&self.status) {
+            "graph request"
         } else {
-            tracing::debug!(
-                operation = self.op.as_str(),
-                status = self.status,
-                elapsed,
-                client_request_id = self.client_request_id,
-                request_id,
-                "graph request failed"
-            );
-        }
+            "graph request failed"
+        };
+        tracing::debug!(
+            operation = self.op.as_str(),
+            status = self.status,
+            elapsed,
+            client_request_id = self.client_request_id,
+            request_id = self.request_id.unwrap_or_default(),
+            "{message}"
+        );
     }
 }
 
