@@ -444,20 +444,16 @@ async fn apply(
     let mut desired: Vec<Option<AssignedLicence>> = vec![None; items.len()];
     // The desired state (two reads, on two connections) and the users' current state (the
     // first round's read) at once: they are on every chunk's path, and independent.
-    let emails: Vec<String> = if ctx.job.dry_run {
-        vec![]
-    } else {
-        items.iter().map(|i| i.key.clone()).collect()
-    };
     let addresses: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
     let (desired_state, first_read) = tokio::join!(
         async {
             tokio::try_join!(
                 async {
-                    if emails.is_empty() {
+                    // A dry run applies the planned definition: no membership to read.
+                    if ctx.job.dry_run || addresses.is_empty() {
                         Ok(vec![])
                     } else {
-                        policies::memberships(ctx.pool, &emails).await
+                        policies::memberships(ctx.pool, &addresses).await
                     }
                 },
                 policies::managed_licences(ctx.pool)
@@ -545,7 +541,6 @@ async fn apply(
     let resend_after = ctx.retry.resend_after();
     // Items waiting for a write another claim or job recorded (see `written_recently`).
     let mut remembered: Vec<bool> = vec![false; items.len()];
-    let mut last_write = Instant::now();
     let mut round: u32 = 0;
     // Pause before a round only when it has nothing to write: a first read-back right after a
     // write costs one read and, on a caught-up replica, settles the item at once.
@@ -753,16 +748,15 @@ async fn apply(
             // Remembered for every replica and later job: a read that does not show these
             // within the window is a replica that has not caught up.
             store_users::record_writes(ctx.pool, &written).await?;
-            last_write = Instant::now();
         }
         pending = keep;
-        // Only stragglers left, each waiting for a write recorded above to show: hand them
-        // back to be read again shortly, rather than hold the chunk (and an executor, and the
-        // write budget it could use) while a replica catches up.
+        // Only stragglers left after a read-back (a round without writes), each waiting for a
+        // write recorded above to show: hand them back to be read again shortly. A caught-up
+        // replica settles every item at the first read-back; against a lagging one, holding
+        // the chunk would idle its executor and the write budget it could use.
         if !pending.is_empty()
             && !ctx.job.dry_run
             && pause_before
-            && last_write.elapsed() >= HOLD_FOR_REPLICATION
             && pending.iter().all(|&i| {
                 matches!(phase[i], Phase::Verify { .. })
                     && (writes_sent[i] > 0 || remembered[i])
@@ -806,12 +800,7 @@ async fn apply(
     Ok(results.into_iter().flatten().collect())
 }
 
-/// How long a round holds its chunk for writes to show in reads before it hands the
-/// stragglers back ([`crate::engine::kind::Defer`]), after at least one read-back: none. A
-/// caught-up replica settles every item at the first read-back; against a lagging one,
-/// holding the chunk would idle its executor and the write budget it could use.
-const HOLD_FOR_REPLICATION: std::time::Duration = std::time::Duration::ZERO;
-/// When handed-back stragglers are read again.
+/// When stragglers handed back ([`crate::engine::kind::Defer`]) are read again.
 const COME_BACK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long ago this service wrote exactly `want` for `address` (within the window the query
@@ -824,14 +813,7 @@ fn written_recently(
     let recent = recent.get(&address.to_lowercase())?;
     let (licence, age) = (&recent.licence, recent.age);
     let written: AssignedLicence = serde_json::from_value(licence.clone()).ok()?;
-    let same = |a: &[Uuid], b: &[Uuid]| {
-        let (mut a, mut b) = (a.to_vec(), b.to_vec());
-        a.sort_unstable();
-        b.sort_unstable();
-        a == b
-    };
-    (written.sku_id == want.sku_id && same(&written.disabled_plans, &want.disabled_plans))
-        .then_some((age, recent.certain))
+    written.same_as(want).then_some((age, recent.certain))
 }
 
 /// A licence of another SKU than `want` that this service wrote for `address` within the

@@ -64,6 +64,19 @@ pub struct AssignedLicence {
     pub disabled_plans: Vec<Uuid>,
 }
 
+impl AssignedLicence {
+    /// The same SKU with the same disabled plans (order and repeats ignored).
+    pub fn same_as(&self, other: &AssignedLicence) -> bool {
+        let set = |plans: &[Uuid]| {
+            let mut plans = plans.to_vec();
+            plans.sort_unstable();
+            plans.dedup();
+            plans
+        };
+        self.sku_id == other.sku_id && set(&self.disabled_plans) == set(&other.disabled_plans)
+    }
+}
+
 /// What the reconciler reads of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -103,19 +116,10 @@ impl LicenceChange {
     /// Whether `state` already is what this change produces: every added SKU held with exactly
     /// these disabled plans (order ignored), every removed SKU absent.
     pub fn is_satisfied_by(&self, state: &UserLicenceState) -> bool {
-        let same_set = |a: &[Uuid], b: &[Uuid]| {
-            let mut a = a.to_vec();
-            let mut b = b.to_vec();
-            a.sort_unstable();
-            a.dedup();
-            b.sort_unstable();
-            b.dedup();
-            a == b
-        };
         self.add.iter().all(|want| {
             state
                 .licence(want.sku_id)
-                .is_some_and(|have| same_set(&have.disabled_plans, &want.disabled_plans))
+                .is_some_and(|have| have.same_as(want))
         }) && self.remove.iter().all(|sku| state.licence(*sku).is_none())
     }
 
