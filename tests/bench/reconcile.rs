@@ -217,6 +217,17 @@ impl Bench {
         worker::wait_ready(&format!("127.0.0.1:{port}")).await;
     }
 
+    /// A worker whose write budget is as an operator configures it for a tenant limited to
+    /// `limit` writes a second: just under the limit, with a small burst.
+    async fn start_budgeted_worker(&mut self, limit: u32) {
+        let budget = f64::from(limit) * 0.98;
+        self.start_worker(&[
+            ("TENANT__WRITES_PER_SECOND", format!("{budget}")),
+            ("TENANT__WRITE_BURST", "5".into()),
+        ])
+        .await;
+    }
+
     fn stop_worker(&mut self) {
         if let Some(mut child) = self.worker.take() {
             worker::terminate(&mut child, Duration::from_secs(20));
@@ -751,14 +762,7 @@ async fn main() {
             json!({ "latency_ms": args.latency_ms, "writes_per_window": args.budget_rate,
                                  "write_window_seconds": 1, "resource_units_per_window": 0 }),
         );
-        // As an operator configures it: just under the tenant's limit, with a small burst.
-        let budget = f64::from(args.budget_rate) * 0.98;
-        bench
-            .start_worker(&[
-                ("TENANT__WRITES_PER_SECOND", format!("{budget}")),
-                ("TENANT__WRITE_BURST", "5".into()),
-            ])
-            .await;
+        bench.start_budgeted_worker(args.budget_rate).await;
         let members = bench.sim.seed_users("bud", args.users);
         let (elapsed, _) = bench
             .run_policy("bench-budget", 1, e3.clone(), &members)
@@ -798,13 +802,7 @@ async fn main() {
                                  "write_window_seconds": 1, "resource_units_per_window": 0,
                                  "tenant_writes_per_window": 0 }),
         );
-        let budget = f64::from(args.budget_rate) * 0.98;
-        bench
-            .start_worker(&[
-                ("TENANT__WRITES_PER_SECOND", format!("{budget}")),
-                ("TENANT__WRITE_BURST", "5".into()),
-            ])
-            .await;
+        bench.start_budgeted_worker(args.budget_rate).await;
         let members = bench.sim.seed_users("real", args.realistic_users);
         let (elapsed, done) = bench
             .run_policy("bench-realistic", 1, e3.clone(), &members)
