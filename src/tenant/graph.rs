@@ -134,6 +134,23 @@ impl GraphClient {
     }
 }
 
+/// A membership change answered 404 naming the group, not the member: a group created moments
+/// ago answers so to writes until it has replicated (SupportArticles-docs
+/// `404-not-found-error-manage-objects-microsoft-graph.md`). Not the member's absence, and
+/// not done: [`TenantError::NotConverged`], worth waiting for.
+fn group_not_visible(group_id: Uuid, error: TenantError) -> TenantError {
+    match error {
+        TenantError::UserNotFound(message) | TenantError::NotMember(message)
+            if message.contains(&group_id.to_string()) =>
+        {
+            TenantError::NotConverged(format!(
+                "group {group_id} cannot change members yet: {message}"
+            ))
+        }
+        error => error,
+    }
+}
+
 #[async_trait]
 impl Tenant for GraphClient {
     async fn skus(&self) -> Result<Arc<SkuCatalogue>, TenantError> {
@@ -360,6 +377,7 @@ impl Tenant for GraphClient {
             .call(Operation::AddMembersBulk, Method::PATCH, &url, Some(&body))
             .await
             .map(|_| ())
+            .map_err(|e| group_not_visible(group_id, e))
     }
 
     #[tracing::instrument(skip(self))]
@@ -459,7 +477,7 @@ impl Tenant for GraphClient {
             .batch_with_retry(Operation::AddMember, &inners)
             .await
             .into_iter()
-            .map(|r| r.map(|_| ()))
+            .map(|r| r.map(|_| ()).map_err(|e| group_not_visible(group_id, e)))
             .collect()
     }
 
@@ -476,7 +494,7 @@ impl Tenant for GraphClient {
             .batch_with_retry(Operation::RemoveMember, &inners)
             .await
             .into_iter()
-            .map(|r| r.map(|_| ()))
+            .map(|r| r.map(|_| ()).map_err(|e| group_not_visible(group_id, e)))
             .collect()
     }
 

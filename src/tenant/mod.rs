@@ -189,10 +189,12 @@ pub trait Tenant: Send + Sync {
     async fn member_of(&self, user_id: Uuid) -> Result<Vec<Group>, TenantError>;
 
     /// Adds users to a group; [`TenantError::AlreadyMember`] for those already in it (also when
-    /// an earlier, throttled attempt was applied), which an idempotent caller treats as done.
+    /// an earlier, throttled attempt was applied), which an idempotent caller treats as done;
+    /// [`TenantError::NotConverged`] while the group, created moments ago, cannot take members.
     async fn add_members(&self, group_id: Uuid, user_ids: &[Uuid]) -> Vec<Result<(), TenantError>>;
 
-    /// Removes users from a group; [`TenantError::NotMember`] for those not in it.
+    /// Removes users from a group; [`TenantError::NotMember`] for those not in it;
+    /// [`TenantError::NotConverged`] while the group, created moments ago, is not replicated.
     async fn remove_members(
         &self,
         group_id: Uuid,

@@ -408,13 +408,12 @@ async fn add_together<P: Sync>(
             let mut pauses = 0;
             let result = loop {
                 match ctx.tenant.add_members_at_once(group.id, &ids).await {
-                    Err(TenantError::UserNotFound(message))
-                        if message.contains(&group.id.to_string())
-                            && asked.elapsed() < ctx.retry.verify_within() =>
+                    Err(error @ TenantError::NotConverged(_))
+                        if asked.elapsed() < ctx.retry.verify_within() =>
                     {
                         pauses += 1;
                         if !ctx.retry.wait(pauses, ctx.cancel).await {
-                            break Err(TenantError::UserNotFound(message));
+                            break Err(error);
                         }
                     }
                     other => break other,
@@ -615,16 +614,10 @@ async fn reconcile<P: Sync>(
         }
         match ctx.tenant.remove_members(group.id, &[user]).await.pop() {
             Some(Ok(())) => writes.accepted_now(group.id, false),
-            // A group created moments ago can answer 404 to writes until it has replicated:
-            // Graph's message then names the group, not the member. Wait for it.
-            Some(Err(TenantError::NotMember(message)))
-                if message.contains(&group.id.to_string()) =>
-            {
+            // A group created moments ago, not yet replicated (`Tenant::remove_members`): wait.
+            Some(Err(error @ TenantError::NotConverged(_))) => {
                 writes.new_group(&group.display_name, Instant::now());
-                return Ok(Attempt::Retry(TenantError::NotConverged(format!(
-                    "group {} cannot lose members yet: {message}",
-                    group.display_name
-                ))));
+                return Ok(Attempt::Retry(error));
             }
             Some(Err(TenantError::NotMember(_))) => {
                 writes.gone.insert(group.id);
@@ -698,16 +691,10 @@ async fn reconcile<P: Sync>(
         match ctx.tenant.add_members(group.id, &[user]).await.pop() {
             Some(Ok(())) => writes.accepted_now(group.id, true),
             Some(Err(TenantError::AlreadyMember(_))) => {}
-            // A group created moments ago can answer 404 to writes until it has replicated
-            // (SupportArticles-docs `404-not-found-error-manage-objects-microsoft-graph.md`):
-            // Graph's message names the group, not the user.
-            Some(Err(TenantError::UserNotFound(message)))
-                if message.contains(&group.id.to_string()) =>
-            {
+            // A group created moments ago, not yet replicated (`Tenant::add_members`): wait.
+            Some(Err(error @ TenantError::NotConverged(_))) => {
                 writes.new_group(name, Instant::now());
-                return Ok(Attempt::Retry(TenantError::NotConverged(format!(
-                    "group {name} cannot take members yet: {message}"
-                ))));
+                return Ok(Attempt::Retry(error));
             }
             Some(Err(error)) => return Ok(classify(error)),
             None => return Ok(Attempt::Retry(TenantError::Transient("no answer".into()))),
