@@ -47,6 +47,7 @@ pub fn failure_code(error: &TenantError) -> FailureCode {
             FailureCode::TenantUnavailable
         }
         TenantError::NotConverged(_) => FailureCode::VerificationFailed,
+        TenantError::Postponed { error, .. } => failure_code(error),
         _ => FailureCode::TenantRejected,
     }
 }

@@ -187,6 +187,7 @@ impl Engine {
             id: chunk.job_id,
             job_type,
             dry_run: job.dry_run,
+            others_waiting: job.others_waiting,
         };
         if job.ended {
             // Taken over from a worker that died after its job ended: nothing to apply.
@@ -224,6 +225,7 @@ impl Engine {
             stop: shutdown,
             writes: &writes,
             defer: &defer,
+            write_turns: &self.write_turns,
         };
         // Bulk off-peak work lets Graph throttle it before a single ticket's (see
         // `tenant::priority`).

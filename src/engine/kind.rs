@@ -176,6 +176,9 @@ pub struct JobHeader {
     pub id: Uuid,
     pub job_type: JobType,
     pub dry_run: bool,
+    /// Other chunks of the job were waiting to be claimed when this one started: an applier
+    /// may hand its verification back ([`Defer`]) to let the executor get on with them.
+    pub others_waiting: bool,
 }
 
 /// One item of a chunk, not yet done.
@@ -274,7 +277,18 @@ pub struct ApplyContext<'a, P> {
     pub writes: &'a ChunkWrites,
     /// Items an applier leaves without a result to come back to later (see [`Defer`]).
     pub defer: &'a Defer,
+    /// Turns for write calls of jobs with other chunks waiting (see [`WRITE_TURNS`]).
+    pub write_turns: &'a tokio::sync::Semaphore,
 }
+
+/// Write calls of large jobs (other chunks waiting) that one replica makes at once. Why: the
+/// write budget serves callers in turn, so chunks that write together share it evenly, finish
+/// together, and then all read (their read-backs, the next chunks' first reads) while nobody
+/// writes. In turns, the next chunk has read and waits, ready, while one writes, and takes
+/// over the moment it is done; two turns, because one call keeps only a quarter second of
+/// the budget in flight (`tenant::batch`). A single ticket's job does not take a turn: its
+/// few writes never wait behind a large chunk's call.
+pub const WRITE_TURNS: usize = 2;
 
 /// An applier may return no result for items that only wait for the tenant to show a write
 /// it accepted (Entra ID replicates asynchronously), after calling [`Defer::later`]: the

@@ -99,6 +99,8 @@ pub struct Engine {
     jobs_planned: Wakeup,
     /// This replica's running chunks by job, stopped when their job ends.
     job_ends: Arc<JobEnds>,
+    /// Turns for large jobs' write calls ([`kind::WRITE_TURNS`]).
+    write_turns: tokio::sync::Semaphore,
 }
 
 impl Engine {
@@ -130,6 +132,7 @@ impl Engine {
             jobs_stored: Wakeup::default(),
             jobs_planned: Wakeup::default(),
             job_ends: Arc::default(),
+            write_turns: tokio::sync::Semaphore::new(kind::WRITE_TURNS),
         })
     }
 

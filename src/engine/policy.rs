@@ -35,7 +35,7 @@ use crate::store::users as store_users;
 use crate::store::work;
 use crate::telemetry::emit;
 use crate::tenant::{
-    AssignedLicence, LicenceChange, SkuCatalogue, TenantError, UserLicenceState, UserRef,
+    AssignedLicence, LicenceChange, SkuCatalogue, TenantError, UserLicenceState, UserRef, waits,
 };
 
 /// What both policy jobs hand their applier: the definition to reconcile members to.
@@ -462,7 +462,7 @@ async fn apply(
         async {
             let keys: Vec<String> = addresses.iter().map(|a| a.to_lowercase()).collect();
             tokio::try_join!(
-                users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses),
+                waits::return_early(users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses)),
                 async {
                     store_users::recent_writes(ctx.pool, &keys, ctx.retry.verify_within())
                         .await
@@ -541,6 +541,12 @@ async fn apply(
     let resend_after = ctx.retry.resend_after();
     // Items waiting for a write another claim or job recorded (see `written_recently`).
     let mut remembered: Vec<bool> = vec![false; items.len()];
+    // Reads that failed while the rest of their call was answered, handed back to be sent
+    // again after Graph's `Retry-After` (see `tenant::waits`): not before `not_before`, and
+    // for no longer than the window from the first such failure in a row (then they count as
+    // read failures, as if the call had waited).
+    let mut not_before: Vec<Option<Instant>> = vec![None; items.len()];
+    let mut postponed_since: Vec<Option<Instant>> = vec![None; items.len()];
     let mut round: u32 = 0;
     // Pause before a round only when it has nothing to write: a first read-back right after a
     // write costs one read and, on a caught-up replica, settles the item at once.
@@ -552,21 +558,49 @@ async fn apply(
                 break;
             }
         }
+        // Items still waiting out a `Retry-After` sit this round out.
+        let started = Instant::now();
+        let (ready, waiting): (Vec<usize>, Vec<usize>) = pending
+            .iter()
+            .partition(|&&i| not_before[i].is_none_or(|t| t <= started));
+        if ready.is_empty() {
+            let until = waiting.iter().filter_map(|&i| not_before[i]).min();
+            let wait = until.map_or_else(Default::default, |t| t - started);
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            pause_before = false;
+            continue;
+        }
         let states: Vec<Result<UserLicenceState, TenantError>> =
-            if pending.iter().all(|&i| first_read[i].is_some()) {
-                pending
+            if ready.iter().all(|&i| first_read[i].is_some()) {
+                ready
                     .iter()
                     .map(|&i| first_read[i].take().expect("checked above"))
                     .collect()
             } else {
-                read_again(ctx, items, &pending, &mut ids).await?
+                read_again(ctx, items, &ready, &mut ids).await?
             };
         let now = Instant::now();
-        let mut keep = Vec::new();
+        let mut keep = waiting;
         let mut writes: Vec<(usize, LicenceChange)> = Vec::new();
-        for (&i, state) in pending.iter().zip(states) {
+        for (&i, state) in ready.iter().zip(states) {
             let seq = items[i].seq;
+            not_before[i] = None;
+            let postponed_for = match &state {
+                Err(TenantError::Postponed { .. }) => now - *postponed_since[i].get_or_insert(now),
+                _ => {
+                    postponed_since[i] = None;
+                    std::time::Duration::ZERO
+                }
+            };
             match state {
+                Err(TenantError::Postponed { after, error }) if postponed_for < window => {
+                    not_before[i] = Some(now + after);
+                    last_error.insert(i, *error);
+                    keep.push(i);
+                }
                 Err(error) if ItemRetry::is_retryable(&error) => {
                     read_failures[i] += 1;
                     let in_window =
@@ -682,7 +716,15 @@ async fn apply(
                 .writes
                 .gate(writes.iter().map(|(i, _)| items[*i].seq).collect());
             let outcomes = tokio::select! {
-                outcomes = ctx.tenant.assign_licences_gated(&changes, &gate) => outcomes,
+                outcomes = async {
+                    // A large job writes in turns (see `kind::WRITE_TURNS`).
+                    let _turn = if ctx.job.others_waiting {
+                        ctx.write_turns.acquire().await.ok()
+                    } else {
+                        None
+                    };
+                    ctx.tenant.assign_licences_gated(&changes, &gate).await
+                } => outcomes,
                 // Stopping: abandon the call. Its writes' intents are recorded, so the chunk's
                 // next worker, reading the users back, reports them as this job's changes.
                 _ = ctx.stop.cancelled() => return Ok(results.into_iter().flatten().collect()),
@@ -754,16 +796,29 @@ async fn apply(
         // write recorded above to show: hand them back to be read again shortly. A caught-up
         // replica settles every item at the first read-back; against a lagging one, holding
         // the chunk would idle its executor and the write budget it could use.
+        // Items whose read waits out a `Retry-After` and that have nothing written yet are
+        // handed back too: read again when the chunk comes back, as if for the first time.
         if !pending.is_empty()
             && !ctx.job.dry_run
             && pause_before
             && pending.iter().all(|&i| {
-                matches!(phase[i], Phase::Verify { .. })
-                    && (writes_sent[i] > 0 || remembered[i])
-                    && !suspected_stale[i]
+                !suspected_stale[i]
+                    && match phase[i] {
+                        // Waiting for this chunk's write, or for one recorded earlier
+                        // (certain or not: the record is read again on coming back).
+                        Phase::Verify { .. } => true,
+                        Phase::Write => not_before[i].is_some(),
+                    }
             })
         {
-            ctx.defer.later(COME_BACK_AFTER);
+            let now = Instant::now();
+            let longest = pending
+                .iter()
+                .filter_map(|&i| not_before[i])
+                .map(|t| t.saturating_duration_since(now))
+                .max()
+                .unwrap_or_default();
+            ctx.defer.later(COME_BACK_AFTER.max(longest));
             return Ok(results.into_iter().flatten().collect());
         }
     }
@@ -842,13 +897,17 @@ async fn read_again(
         .map(|&i| UserRef::Id(ids[i].expect("partitioned")))
         .collect();
     let addresses: Vec<String> = by_address.iter().map(|&i| items[i].key.clone()).collect();
-    let (read_by_id, read_by_address) = tokio::join!(ctx.tenant.get_users(&refs), async {
-        if addresses.is_empty() {
-            Ok(Vec::new())
-        } else {
-            users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses).await
-        }
-    });
+    // Answers come back at once, the failed ones postponed (see `apply`).
+    let (read_by_id, read_by_address) = waits::return_early(async {
+        tokio::join!(ctx.tenant.get_users(&refs), async {
+            if addresses.is_empty() {
+                Ok(Vec::new())
+            } else {
+                users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses).await
+            }
+        })
+    })
+    .await;
     let mut out: HashMap<usize, Result<UserLicenceState, TenantError>> =
         by_id.into_iter().zip(read_by_id).collect();
     for (i, state) in by_address.into_iter().zip(read_by_address?) {

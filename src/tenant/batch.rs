@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::error::{Operation, TenantError};
-use super::events::{BatchRetrying, InnerAnswered};
+use super::events::{BatchPostponed, BatchRetrying, InnerAnswered};
 use super::transport::{
     CLIENT_REQUEST_ID, Failure, Fault, REQUEST_ID, Raw, Transport, new_client_request_id,
     parse_retry_after,
@@ -20,6 +20,10 @@ use crate::telemetry::emit;
 
 /// Graph's limit of requests per `$batch`.
 pub const MAX_BATCH_SIZE: usize = 20;
+
+/// The share of the write budget one call keeps in flight (see
+/// [`Transport::write_batches_in_flight`]): a round trip with some margin.
+const WRITE_PIPELINE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One request inside a `$batch`; `url` is relative to the version (`/users/…`).
 #[derive(Debug, Clone)]
@@ -86,6 +90,23 @@ impl Transport {
         size
     }
 
+    /// How many `$batch`es of `size` writes one call keeps in flight under a write budget:
+    /// enough to cover [`WRITE_PIPELINE`] of the budget's rate, at least one, at most
+    /// `batch_concurrency`.
+    ///
+    /// Why: a call with one batch in flight writes `size` per round trip, whatever the budget
+    /// (5 writes per 50–90 ms is 55–100 writes/s), so at a high rate a chunk could not use the
+    /// budget on its own, and every pause of a chunk (a read-back, a 503's `Retry-After`) left
+    /// it unused (Little's law: writes in flight = rate × round trip). More in flight than that
+    /// would only queue for tokens, and every token queued ahead delays other jobs' writes: a
+    /// small job's batch waits behind at most `WRITE_PIPELINE` of each running chunk's writes.
+    /// At the default 18 writes/s this is one batch.
+    fn write_batches_in_flight(&self, size: usize) -> usize {
+        let rate = self.settings.effective_writes_per_second();
+        let wanted = (rate * WRITE_PIPELINE.as_secs_f64() / size.max(1) as f64).ceil() as usize;
+        wanted.clamp(1, self.settings.batch_concurrency.get())
+    }
+
     /// Sends `items` once, in `$batch` chunks, several at a time. Each item's result is `Ok` for a
     /// 2xx answer and its [`Failure`] otherwise (an envelope failure fails all of its items).
     pub(crate) async fn batch_round(
@@ -104,11 +125,8 @@ impl Transport {
         gate: &dyn WriteGate,
     ) -> Vec<(usize, Result<Raw, Failure>)> {
         let size = self.chunk_size(op);
-        // Writes under a write budget go one batch at a time per call: more in flight would
-        // only queue for tokens, and every token queued ahead delays other jobs' writes (a
-        // small job's batch waits behind them all).
         let concurrency = if op.is_write() && self.write_limited() {
-            1
+            self.write_batches_in_flight(size)
         } else {
             self.settings.batch_concurrency.get()
         };
@@ -281,6 +299,25 @@ impl Transport {
                 .filter_map(|&i| results[i].as_ref().and_then(|r| r.as_ref().err()))
                 .collect();
             let wait = self.round_delay(failures.iter().map(|f| f.fault), &mut backoff);
+            // The caller can get on with the answers that came (see `super::waits`): hand it
+            // the rest to ask again after `wait`, rather than hold them all. Only when some
+            // did come: a call that got nothing waits, as there is nothing to get on with.
+            if super::waits::returns_early() && results.iter().any(|r| matches!(r, Some(Ok(_)))) {
+                emit(BatchPostponed {
+                    op,
+                    errors: failures.iter().map(|f| &f.error),
+                    wait,
+                });
+                for &i in &pending {
+                    if let Some(Err(f)) = &mut results[i] {
+                        f.error = TenantError::Postponed {
+                            after: wait,
+                            error: Box::new(f.error.clone()),
+                        };
+                    }
+                }
+                break;
+            }
             emit(BatchRetrying {
                 op,
                 errors: failures.iter().map(|f| &f.error),

@@ -45,6 +45,16 @@ pub enum TenantError {
     /// 5xx, timeouts, dropped connections: worth retrying later.
     #[error("tenant unavailable: {0}")]
     Transient(String),
+    /// A request that failed in a way worth retrying and that the call did not retry, because
+    /// its caller asked for the other answers at once (see [`super::waits`]): send it again no
+    /// sooner than `after`. Its code is `error`'s.
+    #[error("{error} (to be asked again in {after:?})")]
+    Postponed {
+        /// The `Retry-After` (or back-off step) not waited for.
+        after: Duration,
+        /// The failure.
+        error: Box<TenantError>,
+    },
     /// The token could not be obtained or was refused.
     #[error("authentication with the tenant failed: {0}")]
     Auth(String),
@@ -193,7 +203,10 @@ impl Operation {
 impl TenantError {
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Throttled { .. } | Self::Transient(_))
+        matches!(
+            self,
+            Self::Throttled { .. } | Self::Transient(_) | Self::Postponed { .. }
+        )
     }
 
     /// The stable snake_case failure code used in events (one of [`TENANT_ERROR_CODES`]).
@@ -211,6 +224,7 @@ impl TenantError {
             Self::NotMember(_) => "not_member",
             Self::Throttled { .. } => "throttled",
             Self::Transient(_) => "tenant_unavailable",
+            Self::Postponed { error, .. } => error.code(),
             Self::Auth(_) => "tenant_auth_failed",
             Self::Forbidden(_) => "forbidden",
             Self::NotConverged(_) => "tenant_state_mismatch",

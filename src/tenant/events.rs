@@ -32,7 +32,9 @@ impl RetryReason {
 
     /// The reason for retrying after `error`.
     pub fn of(error: &TenantError) -> Self {
-        if matches!(error, TenantError::Throttled { .. }) {
+        if let TenantError::Postponed { error, .. } = error {
+            Self::of(error)
+        } else if matches!(error, TenantError::Throttled { .. }) {
             Self::Throttled
         } else {
             Self::Transient
@@ -194,6 +196,26 @@ impl<'a, I: Iterator<Item = &'a TenantError>> InternalEvent for BatchRetrying<'a
             items,
             wait = ?self.wait,
             "retrying batched requests"
+        );
+    }
+}
+
+/// Batched requests left for the caller to send again after `wait` (see
+/// [`super::waits`]); counted as retries, as the caller retries them.
+pub(crate) struct BatchPostponed<'a, I: Iterator<Item = &'a TenantError>> {
+    pub op: Operation,
+    pub errors: I,
+    pub wait: Duration,
+}
+
+impl<'a, I: Iterator<Item = &'a TenantError>> InternalEvent for BatchPostponed<'a, I> {
+    fn emit(self) {
+        let items = count_retries(self.op, self.errors);
+        tracing::debug!(
+            operation = self.op.as_str(),
+            items,
+            wait = ?self.wait,
+            "batched requests handed back to be sent again later"
         );
     }
 }

@@ -23,6 +23,7 @@ pub mod rate;
 pub mod settings;
 pub mod skus;
 pub mod transport;
+pub mod waits;
 
 use std::sync::Arc;
 

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use policy_reconciler::simulator::sku_ids;
 use policy_reconciler::tenant::{
-    AssignedLicence, LicenceChange, LicenceOutcome, NewGroup, NewUser, Tenant, TenantError, UserRef,
+    AssignedLicence, LicenceChange, LicenceOutcome, NewGroup, NewUser, Tenant, TenantError,
+    UserRef, waits,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -687,4 +688,41 @@ async fn a_503_with_retry_after_is_retried_after_it() {
         stats.batch_calls, 2,
         "the first round, and the one retried request"
     );
+}
+
+#[tokio::test]
+async fn work_that_returns_early_gets_the_answers_that_came_and_the_failed_ones_postponed() {
+    let sim = start().await;
+    let ids = seed_users(&sim, "early", 3);
+    let tenant = client(&sim);
+    let refs: Vec<UserRef> = ids.iter().map(|id| UserRef::Id(*id)).collect();
+
+    // One inner 503 among three reads: the other two come back at once, the failed one as
+    // postponed for its Retry-After, not sent again by the call.
+    sim.state().fail_next(1, 503);
+    let out = waits::return_early(tenant.get_users(&refs)).await;
+    let postponed: Vec<&TenantError> = out.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(postponed.len(), 1, "{out:?}");
+    match postponed[0] {
+        TenantError::Postponed { after, error } => {
+            assert!(*after >= Duration::from_secs(1), "{after:?}");
+            assert!(matches!(**error, TenantError::Transient(_)), "{error:?}");
+            assert_eq!(postponed[0].code(), "tenant_unavailable");
+        }
+        other => panic!("not postponed: {other:?}"),
+    }
+    let stats = sim.state().stats();
+    assert_eq!(stats.count("get_user", 503), 1);
+    assert_eq!(stats.count("get_user", 200), 2);
+    assert_eq!(stats.batch_calls, 1, "the failed read was not sent again");
+
+    // Nothing came (every request failed): there is nothing to get on with, so the call
+    // waits out the Retry-After and retries as always.
+    sim.state().reset_stats();
+    sim.state().fail_next(1, 503);
+    let out = waits::return_early(tenant.get_users(&refs[..1])).await;
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let stats = sim.state().stats();
+    assert_eq!(stats.count("get_user", 503), 1);
+    assert_eq!(stats.count("get_user", 200), 1);
 }

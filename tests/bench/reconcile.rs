@@ -822,6 +822,13 @@ async fn main() {
             .map(|(s, n)| (*s, *n))
             .collect();
         let total: u64 = per_second.iter().map(|(_, n)| n).sum();
+        if let Some((start, _)) = per_second.first() {
+            let line: Vec<String> = per_second
+                .iter()
+                .map(|(s, n)| format!("{}:{n}", s - start))
+                .collect();
+            eprintln!("  writes applied per second: {}", line.join(" "));
+        }
         let (first, _) = per_second.first().copied().unwrap_or_default();
         let mut cumulative = 0;
         let mut busy_until = first;

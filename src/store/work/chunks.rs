@@ -201,12 +201,16 @@ pub struct ChunkJob {
     pub ended: bool,
     /// Bulk work scheduled for the off-peak window (even when expedited).
     pub off_peak: bool,
+    /// Other chunks of the job are waiting to be claimed (when this one was read).
+    pub others_waiting: bool,
 }
 
 pub async fn chunk_job(pool: &PgPool, job_id: Uuid) -> Result<ChunkJob, StoreError> {
     Ok(sqlx::query_as(
         "SELECT job_type, dry_run, plan, ended_early IS NOT NULL AS ended,
-                schedule IS NOT DISTINCT FROM 'off_peak' AS off_peak
+                schedule IS NOT DISTINCT FROM 'off_peak' AS off_peak,
+                EXISTS (SELECT 1 FROM job_chunks c
+                         WHERE c.job_id = jobs.id AND c.state = 'pending') AS others_waiting
            FROM jobs WHERE id = $1",
     )
     .bind(job_id)
