@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::access::AccessGuard;
 use super::events::{
-    ChunkDeferred, ChunkEndedEarly, ChunkFinished, ChunkGivenBack, ChunkReclaimed, ItemsRecorded,
-    JobCompleted, LeaseLost,
+    ChunkDeferred, ChunkEndedEarly, ChunkFinished, ChunkGivenBack, ChunkHeld, ChunkReclaimed,
+    ItemsRecorded, JobCompleted, LeaseLost,
 };
 use super::gate::ChunkWrites;
 use super::kind::{ApplyContext, Defer, ItemOutcome, ItemResult, JobHeader, WorkItem};
@@ -19,6 +20,7 @@ use super::{Engine, EngineError, Waiter};
 use crate::domain::{FailureCode, JobType};
 use crate::store::work::{self, ChunkFate, ClaimedChunk};
 use crate::telemetry::emit;
+use crate::tenant::Tenant;
 
 /// How long a chunk given back after an error waits before it may be claimed again.
 const RETRY_AFTER_ERROR: chrono::Duration = chrono::Duration::seconds(5);
@@ -207,6 +209,13 @@ impl Engine {
             cancel.clone(),
         );
         let renewal = self.renew_lease_until(chunk, &cancel);
+        // The applier's tenant: a loss of access stops the chunk (see `engine::access`).
+        let guard = Arc::new(AccessGuard::new(
+            self.tenant.clone(),
+            self.access.clone(),
+            cancel.clone(),
+        ));
+        let tenant: Arc<dyn Tenant> = guard.clone();
         let defer = Defer::default();
         let items: Vec<WorkItem<serde_json::Value>> = items
             .into_iter()
@@ -214,7 +223,7 @@ impl Engine {
             .collect();
         let ctx = ApplyContext {
             pool: &self.pool,
-            tenant: &self.tenant,
+            tenant: &tenant,
             settings: &self.settings,
             clock: self.clock.as_ref(),
             retry: &self.retry,
@@ -232,10 +241,40 @@ impl Engine {
         } else {
             Priority::Normal
         };
-        let result = priority::scope(priority, self.apply_rounds(chunk, items, &kind, &ctx)).await;
+        let result = priority::scope(
+            priority,
+            self.apply_rounds(chunk, items, &kind, &ctx, &guard),
+        )
+        .await;
         let interrupted = cancel.is_cancelled();
         cancel.cancel();
         let _ = renewal.await;
+        if let Some(loss) = guard.tripped() {
+            // The tenant refused the service's access: a fault of the service, not of the
+            // items. What was done is recorded; the rest waits for access, the job held.
+            if let Err(error) = &result {
+                tracing::debug!(%error, "chunk stopped by the loss of access");
+            }
+            match work::chunk_fate(&self.pool, chunk, &self.owner).await? {
+                ChunkFate::Lost => {}
+                ChunkFate::JobEnded => self.end_early(chunk).await?,
+                ChunkFate::Held => {
+                    let wait = self.settings.access_retry();
+                    work::hold_chunk(&self.pool, chunk, &self.owner, wait, &loss).await?;
+                    emit(ChunkHeld {
+                        job_id: chunk.job_id,
+                        chunk: chunk.chunk,
+                        loss: &loss,
+                        wait,
+                    });
+                }
+            }
+            return Ok(None);
+        }
+        if job.held && result.is_ok() {
+            // Access is back for this job: its detail no longer says it is held.
+            work::clear_hold(&self.pool, chunk.job_id).await?;
+        }
         let results = match result? {
             Rounds::Settled(results) => results,
             // Some items wait for the tenant to show their writes: hand the chunk back, to be
@@ -356,6 +395,7 @@ impl Engine {
         items: Vec<WorkItem<serde_json::Value>>,
         kind: &Arc<dyn AnyKind>,
         ctx: &ApplyContext<'_, serde_json::Value>,
+        guard: &AccessGuard,
     ) -> Result<Rounds, EngineError> {
         let rounds: Vec<&[WorkItem<serde_json::Value>]> = items
             .chunks(self.settings.round_size.get() as usize)
@@ -364,7 +404,7 @@ impl Engine {
             if ctx.cancel.is_cancelled() {
                 break;
             }
-            let results = kind.apply(ctx, round).await?;
+            let results = guard.keep(kind.apply(ctx, round).await?);
             let settled = results.len() == round.len();
             if i + 1 == rounds.len()
                 && settled
