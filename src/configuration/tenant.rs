@@ -210,7 +210,10 @@ impl TenantSettings {
             Credential::Secret => {}
             Credential::Certificate => {
                 for (key, value) in [
-                    ("tenant.client_certificate_path", &self.client_certificate_path),
+                    (
+                        "tenant.client_certificate_path",
+                        &self.client_certificate_path,
+                    ),
                     ("tenant.client_key_path", &self.client_key_path),
                 ] {
                     if value.is_none() {

@@ -24,9 +24,8 @@ pub fn generate(common_name: &str, days: u32) -> anyhow::Result<DevCertificate> 
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, common_name);
-    let ymd = |d: chrono::DateTime<Utc>| {
-        rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
-    };
+    let ymd =
+        |d: chrono::DateTime<Utc>| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
     let today = Utc::now() - chrono::Duration::days(1);
     params.not_before = ymd(today);
     params.not_after = ymd(today + chrono::Duration::days(i64::from(days.max(1)) + 1));
@@ -101,11 +100,18 @@ mod tests {
         let key = CertificateKey::load(&written.certificate, &written.key).unwrap();
         assert_eq!(key.thumbprint_s256, cert.thumbprint_s256);
         let jwt = key
-            .assertion("app", "https://login.example/t/oauth2/v2.0/token", std::time::Duration::from_secs(60))
+            .assertion(
+                "app",
+                "https://login.example/t/oauth2/v2.0/token",
+                std::time::Duration::from_secs(60),
+            )
             .unwrap();
         let header = jsonwebtoken::decode_header(&jwt).unwrap();
         assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
-        assert_eq!(header.x5t_s256.as_deref(), Some(cert.thumbprint_s256.as_str()));
+        assert_eq!(
+            header.x5t_s256.as_deref(),
+            Some(cert.thumbprint_s256.as_str())
+        );
         assert!(write(&dir, "client", &cert).is_err(), "never overwrites");
         assert!(!render(&written).contains("PRIVATE KEY"));
         let _ = std::fs::remove_dir_all(dir);

@@ -143,9 +143,11 @@ fn certificate_key(pem: &[u8]) -> Result<(String, DecodingKey), String> {
     let der = certificate_der(pem)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| format!("not an X.509 certificate ({e})"))?;
-    let key = match cert.public_key().parsed() {
-        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
-            DecodingKey::from_rsa_raw_components(rsa.modulus, rsa.exponent)
+    let spki = cert.public_key();
+    let key = match spki.parsed() {
+        // The subject public key of an RSA certificate is the PKCS#1 `RSAPublicKey` DER.
+        Ok(x509_parser::public_key::PublicKey::RSA(_)) => {
+            DecodingKey::from_rsa_der(&spki.subject_public_key.data)
         }
         _ => return Err("the certificate's key is not RSA".to_owned()),
     };
@@ -164,7 +166,10 @@ fn read_certificate(path: &Path) -> std::io::Result<(String, DecodingKey)> {
 
 impl Credentials {
     /// Loads the certificate files of the settings.
-    pub fn load(certificates: &[impl AsRef<Path>], federated: &[FederatedIssuer]) -> std::io::Result<Self> {
+    pub fn load(
+        certificates: &[impl AsRef<Path>],
+        federated: &[FederatedIssuer],
+    ) -> std::io::Result<Self> {
         let mut c = Self::default();
         for path in certificates {
             let (thumbprint, key) = read_certificate(path.as_ref())?;
@@ -205,7 +210,9 @@ impl Credentials {
         let header = jsonwebtoken::decode_header(assertion)
             .map_err(|_| Refusal::invalid_jwt("The token format isn't proper."))?;
         match header.x5t_s256.as_deref() {
-            Some(thumbprint) => self.verify_certificate(thumbprint, assertion, client_id, token_url, now),
+            Some(thumbprint) => {
+                self.verify_certificate(thumbprint, assertion, client_id, token_url, now)
+            }
             None => self.verify_federated(assertion, now),
         }
     }
@@ -332,7 +339,8 @@ fn decode(assertion: &str, key: &DecodingKey) -> Result<Claims, ErrorKind> {
 fn in_time(claims: &Claims, now: i64) -> Result<(), Refusal> {
     let exp = claims.exp.unwrap_or(i64::MIN);
     let nbf = claims.nbf.unwrap_or(i64::MIN);
-    if now > exp.saturating_add(CLOCK_SKEW_SECONDS) || now < nbf.saturating_sub(CLOCK_SKEW_SECONDS) {
+    if now > exp.saturating_add(CLOCK_SKEW_SECONDS) || now < nbf.saturating_sub(CLOCK_SKEW_SECONDS)
+    {
         return Err(Refusal::new(
             401,
             "invalid_client",

@@ -75,7 +75,9 @@ use tokio::task::JoinHandle;
 
 pub use catalogue::{Seed, default_catalogue, sku_ids};
 pub use routes::MAX_BATCH_REQUESTS;
-pub use settings::{SimulatorBehaviour, SimulatorProfile, SimulatorSettings};
+pub use settings::{
+    FEDERATED_AUDIENCE, FederatedIssuer, SimulatorBehaviour, SimulatorProfile, SimulatorSettings,
+};
 pub use state::{GraphError, RequestIds, USAGE_LOCATION_MESSAGE};
 pub use stats::{StatsSnapshot, WriteLogEntry};
 

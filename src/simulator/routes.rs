@@ -1329,10 +1329,11 @@ async fn token(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let fail = |status: u16, error: &str, code: u32, description: &str| {
-        shared.stats.lock().request("token", status);
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-        (
+    let fail =
+        |status: u16, error: &str, code: u32, description: &str| {
+            shared.stats.lock().request("token", status);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            (
             status,
             Json(json!({"error": error, "error_description": format!("AADSTS{code}: {description}"),
             "error_codes": [code], "timestamp": chrono::Utc::now().to_rfc3339(),
@@ -1340,7 +1341,7 @@ async fn token(
             "error_uri": format!("https://login.microsoftonline.com/error?code={code}")})),
         )
             .into_response()
-    };
+        };
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     if field("grant_type") != "client_credentials" {
         return fail(
@@ -1388,7 +1389,12 @@ async fn token(
         }
     } else if let Some(secret) = form.get("client_secret") {
         if secret.as_str() != shared.client_secret.expose_secret() {
-            return fail(401, "invalid_client", 7000215, "Invalid client secret provided.");
+            return fail(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided.",
+            );
         }
     } else {
         return fail(

@@ -93,8 +93,11 @@ impl AccessWatch {
         );
         *lost = Some(AccessLoss::new(reason, detail));
         for r in AccessLossReason::ALL {
-            metrics::gauge!(m::TENANT_ACCESS_LOST, "reason" => r.as_str())
-                .set(if r == reason { 1.0 } else { 0.0 });
+            metrics::gauge!(m::TENANT_ACCESS_LOST, "reason" => r.as_str()).set(if r == reason {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
 
@@ -141,7 +144,10 @@ mod tests {
     fn a_loss_lasts_until_a_call_succeeds() {
         let watch = AccessWatch::default();
         assert!(watch.current().is_none());
-        watch.lost(AccessLossReason::Credential, "AADSTS7000112: Application is disabled.");
+        watch.lost(
+            AccessLossReason::Credential,
+            "AADSTS7000112: Application is disabled.",
+        );
         let since = watch.current().unwrap().since;
         watch.lost(AccessLossReason::Credential, "again");
         let loss = watch.current().unwrap();

@@ -26,7 +26,8 @@ use crate::telemetry::emit;
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523), for certificates and
 /// federated tokens alike.
-pub const JWT_BEARER_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const JWT_BEARER_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The claims of a client assertion (entra-docs `certificate-credentials.md`, "Claims (payload)").
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,8 +55,9 @@ impl CertificateKey {
         let cert_pem = std::fs::read(certificate).map_err(|e| {
             TenantError::Auth(format!("certificate {}: {e}", certificate.display()))
         })?;
-        let der = certificate_der(&cert_pem)
-            .map_err(|e| TenantError::Auth(format!("certificate {}: {e}", certificate.display())))?;
+        let der = certificate_der(&cert_pem).map_err(|e| {
+            TenantError::Auth(format!("certificate {}: {e}", certificate.display()))
+        })?;
         let key_pem = std::fs::read(key)
             .map_err(|e| TenantError::Auth(format!("private key {}: {e}", key.display())))?;
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(&key_pem).map_err(|e| {
@@ -218,13 +220,11 @@ impl TokenSource {
                 certificate,
                 key,
                 lifetime,
-            } => assertion(
-                CertificateKey::load(certificate, key)?.assertion(
-                    &self.client_id,
-                    &self.url,
-                    *lifetime,
-                )?,
-            ),
+            } => assertion(CertificateKey::load(certificate, key)?.assertion(
+                &self.client_id,
+                &self.url,
+                *lifetime,
+            )?),
             Proof::Federated(file) => {
                 let token = std::fs::read_to_string(file).map_err(|e| {
                     TenantError::Auth(format!("federated token file {}: {e}", file.display()))
