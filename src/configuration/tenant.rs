@@ -328,9 +328,84 @@ mod tests {
         );
         assert_eq!(s.tenant_quota_share, d.tenant_quota_share);
         assert_eq!(s.sku_cache_ttl_seconds, d.sku_cache_ttl_seconds);
+        assert_eq!(s.credential, d.credential);
+        assert_eq!(
+            s.client_assertion_lifetime_seconds,
+            d.client_assertion_lifetime_seconds
+        );
         assert!(
             !format!("{s:?}").contains("simulator-secret"),
             "Debug redacts the secret"
         );
+    }
+
+    #[test]
+    fn workload_identity_variables_fill_a_federated_credential_only() {
+        let env = |k: &str| match k {
+            AZURE_CLIENT_ID => Some("client-from-webhook".to_owned()),
+            AZURE_TENANT_ID => Some("tenant-from-webhook".to_owned()),
+            AZURE_AUTHORITY_HOST => Some("https://login.microsoftonline.us/".to_owned()),
+            AZURE_FEDERATED_TOKEN_FILE => Some("/var/run/secrets/azure/tokens/t".to_owned()),
+            _ => None,
+        };
+        let mut secret = TenantSettings::default();
+        secret.apply_azure_environment(env);
+        assert_eq!(
+            secret.client_id, "policy-reconciler-dev",
+            "other credentials ignore them"
+        );
+
+        let mut s = TenantSettings {
+            credential: Credential::Federated,
+            ..TenantSettings::default()
+        };
+        assert!(
+            s.validate().is_err(),
+            "a federated credential needs a token file"
+        );
+        s.apply_azure_environment(env);
+        assert_eq!(s.client_id, "client-from-webhook");
+        assert_eq!(s.tenant_id, "tenant-from-webhook");
+        assert_eq!(s.login_base_url, "https://login.microsoftonline.us");
+        assert_eq!(
+            s.federated_token_file.as_deref(),
+            Some(std::path::Path::new("/var/run/secrets/azure/tokens/t"))
+        );
+        s.validate().unwrap();
+        assert!(
+            s.credential_summary()
+                .starts_with("tenant credential: federated")
+        );
+
+        // A configured token file wins over the variable.
+        let mut s = TenantSettings {
+            credential: Credential::Federated,
+            federated_token_file: Some("/etc/token".into()),
+            ..TenantSettings::default()
+        };
+        s.apply_azure_environment(env);
+        assert_eq!(
+            s.federated_token_file.as_deref(),
+            Some(std::path::Path::new("/etc/token"))
+        );
+    }
+
+    #[test]
+    fn a_certificate_credential_needs_both_files_and_its_summary_shows_paths_only() {
+        let mut s = TenantSettings {
+            credential: Credential::Certificate,
+            client_certificate_path: Some("/etc/c.crt".into()),
+            ..TenantSettings::default()
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("tenant.client_key_path"), "{e}");
+        s.client_key_path = Some("/etc/c.key".into());
+        s.validate().unwrap();
+        let summary = s.credential_summary();
+        assert!(
+            summary.contains("/etc/c.crt") && summary.contains("/etc/c.key"),
+            "{summary}"
+        );
+        assert!(!summary.contains("simulator-secret"), "{summary}");
     }
 }

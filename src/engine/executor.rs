@@ -233,6 +233,7 @@ impl Engine {
             stop: shutdown,
             writes: &writes,
             defer: &defer,
+            access: &guard,
         };
         // Bulk off-peak work lets Graph throttle it before a single ticket's (see
         // `tenant::priority`).

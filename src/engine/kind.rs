@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::EngineError;
+use super::access::AccessGuard;
 use super::clock::Clock;
 use super::gate::ChunkWrites;
 use super::retry::ItemRetry;
@@ -274,6 +275,10 @@ pub struct ApplyContext<'a, P> {
     pub writes: &'a ChunkWrites,
     /// Items an applier leaves without a result to come back to later (see [`Defer`]).
     pub defer: &'a Defer,
+    /// The chunk's watch on tenant access ([`super::access`]): once it has tripped, the chunk
+    /// stops and the results an access failure produced are dropped, so an applier settles no
+    /// stored state for them (`access.tripped().is_some()`).
+    pub access: &'a AccessGuard,
 }
 
 /// An applier may return no result for items that only wait for the tenant to show a write

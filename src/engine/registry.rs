@@ -140,6 +140,7 @@ impl<K: JobKind> AnyKind for Registered<K> {
             stop: ctx.stop,
             writes: ctx.writes,
             defer: ctx.defer,
+            access: ctx.access,
         };
         self.0.apply(&typed, &items).await
     }

@@ -671,3 +671,57 @@ fn check_config_names_the_credential_without_its_key_material() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The hold is the engine's, not the policy kind's: an admin role job holds alike, and its grant
+/// is realised (not failed) once access is back.
+#[tokio::test]
+async fn an_admin_role_job_holds_while_permissions_are_revoked_and_succeeds_once_restored() {
+    let mut app = slow_app(&[]).await;
+    let user = app.sim.seed_users("role-held", 1).remove(0);
+    app.sim.state.set_access(AccessKnobs {
+        credentials_revoked: false,
+        permissions_revoked: true,
+    });
+    let job = app.job(
+        "admin_role.assign",
+        json!({ "user": user, "ods_code": "RX1", "role": "phone_system_local_admin" }),
+    );
+    let mut events = app.event_queue().await;
+    app.publish_job(&job).await;
+    let message_id = job["message_id"].as_str().unwrap().to_owned();
+    let pool = app.pool.clone();
+    let held = wait_for(Duration::from_secs(30), "the job to hold", || {
+        let pool = pool.clone();
+        let message_id = message_id.clone();
+        async move { held_detail(&pool, &message_id).await }
+    })
+    .await;
+    assert_eq!(held["code"], "tenant_access_lost", "{held}");
+    assert_eq!(held["reason"], "permission", "{held}");
+    assert!(
+        held["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Insufficient privileges"),
+        "{held}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(failed_items(&app.pool, &message_id).await, 0);
+
+    app.sim.state.set_access(AccessKnobs::default());
+    let done = completion(&mut events, &job["message_id"]).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 1, "{done}");
+    let groups = app.sim.state.groups_of(&user).unwrap_or_default();
+    assert_eq!(
+        groups,
+        vec!["PhoneSystem-Local-RX1".to_owned()],
+        "{groups:?}"
+    );
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM admin_roles WHERE email = $1")
+        .bind(&user)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "realised");
+}
