@@ -423,6 +423,10 @@ mod tests {
         }
         let s: SimulatorSettings = cfg.get("simulator").unwrap();
         assert_eq!(s.behaviour(), SimulatorBehaviour::default());
+        // The documented credential examples parse too.
+        assert_eq!(s.client_certificate_paths.len(), 1);
+        assert_eq!(s.federated_issuers.len(), 1);
+        assert_eq!(s.federated_issuers[0].audience, FEDERATED_AUDIENCE);
     }
 
     #[test]
