@@ -242,11 +242,7 @@ impl Engine {
         } else {
             Priority::Normal
         };
-        let result = priority::scope(
-            priority,
-            self.apply_rounds(chunk, items, &kind, &ctx, &guard),
-        )
-        .await;
+        let result = priority::scope(priority, self.apply_rounds(chunk, items, &kind, &ctx)).await;
         let interrupted = cancel.is_cancelled();
         cancel.cancel();
         let _ = renewal.await;
@@ -396,7 +392,6 @@ impl Engine {
         items: Vec<WorkItem<serde_json::Value>>,
         kind: &Arc<dyn AnyKind>,
         ctx: &ApplyContext<'_, serde_json::Value>,
-        guard: &AccessGuard,
     ) -> Result<Rounds, EngineError> {
         let rounds: Vec<&[WorkItem<serde_json::Value>]> = items
             .chunks(self.settings.round_size.get() as usize)
@@ -405,7 +400,8 @@ impl Engine {
             if ctx.cancel.is_cancelled() {
                 break;
             }
-            let results = guard.keep(kind.apply(ctx, round).await?);
+            // After a loss of access, the results it caused are dropped (`engine::access`).
+            let results = ctx.access.keep(kind.apply(ctx, round).await?);
             let settled = results.len() == round.len();
             if i + 1 == rounds.len()
                 && settled
