@@ -56,10 +56,13 @@ else
 fi
 
 render_k8s() { "$@" deploy/k8s >/dev/null; }
+render_k8s_overlay() { "$@" deploy/k8s-overlay-example >/dev/null; }
 if command -v kubectl >/dev/null 2>&1; then
   run "kubernetes base" render_k8s kubectl kustomize
+  run "kubernetes overlay example" render_k8s_overlay kubectl kustomize
 elif command -v kustomize >/dev/null 2>&1; then
   run "kubernetes base" render_k8s kustomize build
+  run "kubernetes overlay example" render_k8s_overlay kustomize build
 else
   missing "kubernetes base" "neither kubectl (1.21+) nor kustomize found"
 fi

@@ -45,8 +45,26 @@ pub enum Command {
     },
     /// Create the database if allowed and apply the embedded migrations, then exit.
     Migrate,
-    /// Load and validate the configuration and print it, secrets redacted.
+    /// Load and validate the configuration and print it, secrets redacted, with the tenant
+    /// credential in use (never key material).
     CheckConfig,
+    /// Write a self-signed certificate and its RSA private key (`NAME.crt`, `NAME.key`) for the
+    /// certificate credential, for development and the simulator; prints their paths and the
+    /// certificate's `x5t#S256`, never the key.
+    DevCertificate {
+        /// Directory to write into (created if missing; existing files are not overwritten).
+        #[arg(long, default_value = ".")]
+        out_dir: std::path::PathBuf,
+        /// File name stem of the pair.
+        #[arg(long, default_value = "policy-reconciler")]
+        name: String,
+        /// The certificate's common name.
+        #[arg(long, default_value = "policy-reconciler-dev")]
+        common_name: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Serve the Graph-compatible tenant simulator until SIGTERM.
     TenantSimulator {
         /// `host:port` to listen on (default: `simulator.listen_address`).

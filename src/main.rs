@@ -48,12 +48,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Command::DevCertificate {
+        out_dir,
+        name,
+        common_name,
+        days,
+    } = &cli.command
+    {
+        // Needs no configuration either.
+        let cert = ops::certificate::generate(common_name, *days)?;
+        let written = ops::certificate::write(out_dir, name, &cert)?;
+        print(&ops::certificate::render(&written));
+        return Ok(());
+    }
     let settings = Settings::load(&cli.sources()).context("loading configuration")?;
     match cli.command {
         Command::CheckConfig => {
             use std::io::Write;
             // A closed pipe (`| head`) is not an error worth a panic.
-            let _ = writeln!(std::io::stdout().lock(), "{settings:#?}");
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{}\n{settings:#?}",
+                settings.tenant.credential_summary()
+            );
         }
         Command::Demo { users, .. } => {
             // `--profile` reached the settings as a configuration override (`Cli::sources`).
@@ -125,8 +142,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pool.close().await;
             print(&text);
         }
-        // Printed above, before the configuration was loaded.
-        Command::Permissions => {}
+        // Done above, before the configuration was loaded.
+        Command::Permissions | Command::DevCertificate { .. } => {}
     }
     Ok(())
 }

@@ -156,9 +156,17 @@ impl Application {
                     &instance,
                     clock,
                 ) {
-                    Ok(engine) => Arc::new(
-                        engine.with_items_per_second(settings.tenant.effective_writes_per_second()),
-                    ),
+                    Ok(engine) => {
+                        let access = Arc::new(crate::tenant::AccessWatch::default());
+                        health.watch_tenant_access(access.clone());
+                        Arc::new(
+                            engine
+                                .with_items_per_second(
+                                    settings.tenant.effective_writes_per_second(),
+                                )
+                                .with_access_watch(access),
+                        )
+                    }
                     Err(error) => {
                         tracing::error!(%error, "cannot start the engine");
                         return;

@@ -51,6 +51,10 @@ pub struct EngineSettings {
     /// How long a `policy.members_added` waits for its policy's definition before it fails
     /// with `unknown_policy`.
     pub unknown_policy_wait_seconds: u64,
+    /// How long a chunk held because the service lost its access to the tenant (a credential
+    /// refused, a permission revoked: `tenant_access_lost`) waits before it tries again.
+    #[serde(deserialize_with = "at_least_one")]
+    pub access_retry_seconds: NonZeroU64,
 }
 
 impl EngineSettings {
@@ -77,6 +81,10 @@ impl EngineSettings {
 
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds.get())
+    }
+
+    pub fn access_retry(&self) -> Duration {
+        Duration::from_secs(self.access_retry_seconds.get())
     }
 
     pub fn poll_interval(&self) -> Duration {

@@ -36,8 +36,10 @@ pub use database::DatabaseSettings;
 pub use engine::EngineSettings;
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
 pub use schedule::{OffPeakWindow, ScheduleSettings, TimeOfDay};
-pub use simulator::{SimulatorBehaviour, SimulatorProfile, SimulatorSettings};
-pub use tenant::TenantSettings;
+pub use simulator::{
+    FEDERATED_AUDIENCE, FederatedIssuer, SimulatorBehaviour, SimulatorProfile, SimulatorSettings,
+};
+pub use tenant::{Credential, TenantSettings};
 
 use parse::{at_least_one, socket_address};
 
@@ -209,7 +211,11 @@ impl Settings {
         for (key, value) in &sources.overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        // The workload identity webhook's variables (only with `tenant.credential = "federated"`).
+        settings
+            .tenant
+            .apply_azure_environment(|k| std::env::var(k).ok());
         settings.validate()?;
         Ok(settings)
     }

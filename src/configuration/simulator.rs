@@ -43,10 +43,42 @@ pub struct SimulatorSettings {
     pub client_id: String,
     /// The only client secret the token endpoint accepts.
     pub client_secret: SecretString,
+    /// PEM files of the certificates registered on the application: the token endpoint accepts
+    /// client assertions signed with their keys (and named by their `x5t#S256`).
+    pub client_certificate_paths: Vec<PathBuf>,
+    /// Federated identity credentials of the application: tokens of these issuers and
+    /// subjects are accepted as client assertions (workload identity federation).
+    pub federated_issuers: Vec<FederatedIssuer>,
     /// The profile whose figures the behaviour keys not set take.
     pub profile: SimulatorProfile,
     /// The runtime-tunable part (`GET`/`POST /_sim/config`).
     pub behaviour: SimulatorBehaviour,
+}
+
+/// A federated identity credential registered on the simulated application, as in Entra ID
+/// (MicrosoftDocs/entra-docs `docs/workload-id/workload-identity-federation-create-trust.md`:
+/// issuer, subject and audiences), with the certificate whose key signs the issuer's tokens
+/// (Entra ID fetches the issuer's keys from its OIDC discovery document; the simulator is given
+/// them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedIssuer {
+    /// The token's `iss` (for AKS, the cluster's OIDC issuer URL).
+    pub issuer: String,
+    /// The token's `sub` (for AKS, `system:serviceaccount:{namespace}:{name}`).
+    pub subject: String,
+    /// The audience the token must carry (Entra's recommended `api://AzureADTokenExchange`).
+    #[serde(default = "default_federated_audience")]
+    pub audience: String,
+    /// PEM certificate of the key that signs the issuer's tokens (RS256).
+    pub certificate_path: PathBuf,
+}
+
+/// The audience Entra ID recommends for federated identity credentials.
+pub const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+fn default_federated_audience() -> String {
+    FEDERATED_AUDIENCE.to_owned()
 }
 
 /// `settings.latency_ms` and the like read and write [`SimulatorSettings::behaviour`]: the
@@ -211,6 +243,8 @@ impl Default for SimulatorSettings {
             seed_file: None,
             client_id: "policy-reconciler-dev".to_owned(),
             client_secret: SecretString::from("simulator-secret"),
+            client_certificate_paths: Vec::new(),
+            federated_issuers: Vec::new(),
             profile: SimulatorProfile::Default,
             behaviour: SimulatorBehaviour::default(),
         }
@@ -275,6 +309,10 @@ struct RawSimulatorSettings {
     #[serde(default, deserialize_with = "lenient_string")]
     client_secret: Option<String>,
     #[serde(default)]
+    client_certificate_paths: Vec<PathBuf>,
+    #[serde(default)]
+    federated_issuers: Vec<FederatedIssuer>,
+    #[serde(default)]
     profile: Option<SimulatorProfile>,
     #[serde(flatten)]
     behaviour: serde_json::Map<String, serde_json::Value>,
@@ -296,6 +334,8 @@ impl<'de> Deserialize<'de> for SimulatorSettings {
             client_secret: raw
                 .client_secret
                 .map_or(d.client_secret, SecretString::from),
+            client_certificate_paths: raw.client_certificate_paths,
+            federated_issuers: raw.federated_issuers,
             profile,
             behaviour,
         })
@@ -383,6 +423,10 @@ mod tests {
         }
         let s: SimulatorSettings = cfg.get("simulator").unwrap();
         assert_eq!(s.behaviour(), SimulatorBehaviour::default());
+        // The documented credential examples parse too.
+        assert_eq!(s.client_certificate_paths.len(), 1);
+        assert_eq!(s.federated_issuers.len(), 1);
+        assert_eq!(s.federated_issuers[0].audience, FEDERATED_AUDIENCE);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `[tenant]`: settings of the Graph client ([`crate::tenant::GraphClient`]).
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -21,8 +22,23 @@ pub struct TenantSettings {
     pub tenant_id: String,
     /// Application (client) id.
     pub client_id: String,
-    /// Client secret; redacted in `Debug`.
+    /// How the application proves its identity to the token endpoint (see [`Credential`]).
+    pub credential: Credential,
+    /// Client secret (`credential = "secret"`); redacted in `Debug`.
     pub client_secret: SecretString,
+    /// PEM file of the application's certificate (`credential = "certificate"`); its SHA-256
+    /// thumbprint goes in every client assertion's `x5t#S256` header.
+    pub client_certificate_path: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8 or PKCS#1 RSA), which signs the
+    /// client assertions (`credential = "certificate"`). Only its path is ever printed.
+    pub client_key_path: Option<PathBuf>,
+    /// File holding the federated token (`credential = "federated"`): the projected
+    /// service-account token of AKS workload identity, read again at every token fetch because
+    /// the kubelet rotates it. When unset, `AZURE_FEDERATED_TOKEN_FILE`.
+    pub federated_token_file: Option<PathBuf>,
+    /// Lifetime of a client assertion signed with the certificate (short: it is made afresh,
+    /// with a new `jti`, for every token fetch).
+    pub client_assertion_lifetime_seconds: u64,
     /// OAuth2 scope requested (client credentials need the `/.default` form).
     pub scope: String,
     /// A token is renewed this long before it expires, so no request carries an expiring token.
@@ -74,7 +90,12 @@ impl Default for TenantSettings {
             login_base_url: "http://127.0.0.1:8900".to_owned(),
             tenant_id: "simulated-tenant".to_owned(),
             client_id: "policy-reconciler-dev".to_owned(),
+            credential: Credential::Secret,
             client_secret: SecretString::from("simulator-secret"),
+            client_certificate_path: None,
+            client_key_path: None,
+            federated_token_file: None,
+            client_assertion_lifetime_seconds: 600,
             scope: "https://graph.microsoft.com/.default".to_owned(),
             token_refresh_margin_seconds: 300,
             request_timeout_ms: 30_000,
@@ -95,8 +116,130 @@ impl Default for TenantSettings {
     }
 }
 
+/// How the application authenticates to Entra ID (`tenant.credential`): all three use the
+/// OAuth 2.0 client credentials grant, and differ in what proves the application's identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    /// `client_secret`: for development and the simulator only.
+    #[default]
+    Secret,
+    /// A client assertion (JWT, RS256) signed with the private key of a certificate registered
+    /// on the application (MicrosoftDocs/entra-docs `docs/identity-platform/certificate-credentials.md`).
+    Certificate,
+    /// Workload identity federation: the client assertion is a token from a trusted issuer
+    /// (AKS's service-account token), read from `federated_token_file`
+    /// (MicrosoftDocs/entra-docs `docs/workload-id/workload-identity-federation.md`).
+    Federated,
+}
+
+impl Credential {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Secret => "secret",
+            Self::Certificate => "certificate",
+            Self::Federated => "federated",
+        }
+    }
+}
+
+/// The variables the Azure Workload Identity webhook injects into a pod whose service account
+/// is annotated for it (and that the Azure SDKs' `WorkloadIdentityCredential` reads).
+pub const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+pub const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
+pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+pub const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+
 impl TenantSettings {
+    /// With `credential = "federated"`, take the identity from the variables the workload
+    /// identity webhook injects, as the Azure SDKs' `WorkloadIdentityCredential` does:
+    /// `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_AUTHORITY_HOST` (the login base URL) when
+    /// set win over the configuration (the webhook writes them from the service account the pod
+    /// runs as, which is what the federated credential trusts), and `AZURE_FEDERATED_TOKEN_FILE`
+    /// is the token file unless `federated_token_file` is set. Other credentials ignore them.
+    pub fn apply_azure_environment(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if self.credential != Credential::Federated {
+            return;
+        }
+        let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = var(AZURE_CLIENT_ID) {
+            self.client_id = v;
+        }
+        if let Some(v) = var(AZURE_TENANT_ID) {
+            self.tenant_id = v;
+        }
+        if let Some(v) = var(AZURE_AUTHORITY_HOST) {
+            self.login_base_url = v.trim_end_matches('/').to_owned();
+        }
+        if self.federated_token_file.is_none() {
+            self.federated_token_file = var(AZURE_FEDERATED_TOKEN_FILE).map(PathBuf::from);
+        }
+    }
+
+    /// One line naming the credential in use and where its material is, never the material
+    /// itself (`check-config` prints it).
+    pub fn credential_summary(&self) -> String {
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "(not set)".to_owned(), |p| p.display().to_string())
+        };
+        match self.credential {
+            Credential::Secret => format!(
+                "tenant credential: secret (client {}, tenant {}; the secret is not shown)",
+                self.client_id, self.tenant_id
+            ),
+            Credential::Certificate => format!(
+                "tenant credential: certificate (client {}, tenant {}, certificate {}, key {})",
+                self.client_id,
+                self.tenant_id,
+                path(&self.client_certificate_path),
+                path(&self.client_key_path)
+            ),
+            Credential::Federated => format!(
+                "tenant credential: federated (client {}, tenant {}, token file {}, authority {})",
+                self.client_id,
+                self.tenant_id,
+                path(&self.federated_token_file),
+                self.login_base_url
+            ),
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        match self.credential {
+            Credential::Secret => {}
+            Credential::Certificate => {
+                for (key, value) in [
+                    (
+                        "tenant.client_certificate_path",
+                        &self.client_certificate_path,
+                    ),
+                    ("tenant.client_key_path", &self.client_key_path),
+                ] {
+                    if value.is_none() {
+                        return Err(super::ConfigError::invalid(
+                            key,
+                            "is required with tenant.credential = \"certificate\"".to_owned(),
+                        ));
+                    }
+                }
+            }
+            Credential::Federated => {
+                if self.federated_token_file.is_none() {
+                    return Err(super::ConfigError::invalid(
+                        "tenant.federated_token_file",
+                        "is required with tenant.credential = \"federated\" (or set AZURE_FEDERATED_TOKEN_FILE)"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        if self.client_assertion_lifetime_seconds == 0 {
+            return Err(super::ConfigError::invalid(
+                "tenant.client_assertion_lifetime_seconds",
+                "must be at least 1".to_owned(),
+            ));
+        }
         if !(self.tenant_quota_share > 0.0 && self.tenant_quota_share <= 1.0) {
             return Err(super::ConfigError::invalid(
                 "tenant.tenant_quota_share",
@@ -185,9 +328,84 @@ mod tests {
         );
         assert_eq!(s.tenant_quota_share, d.tenant_quota_share);
         assert_eq!(s.sku_cache_ttl_seconds, d.sku_cache_ttl_seconds);
+        assert_eq!(s.credential, d.credential);
+        assert_eq!(
+            s.client_assertion_lifetime_seconds,
+            d.client_assertion_lifetime_seconds
+        );
         assert!(
             !format!("{s:?}").contains("simulator-secret"),
             "Debug redacts the secret"
         );
+    }
+
+    #[test]
+    fn workload_identity_variables_fill_a_federated_credential_only() {
+        let env = |k: &str| match k {
+            AZURE_CLIENT_ID => Some("client-from-webhook".to_owned()),
+            AZURE_TENANT_ID => Some("tenant-from-webhook".to_owned()),
+            AZURE_AUTHORITY_HOST => Some("https://login.microsoftonline.us/".to_owned()),
+            AZURE_FEDERATED_TOKEN_FILE => Some("/var/run/secrets/azure/tokens/t".to_owned()),
+            _ => None,
+        };
+        let mut secret = TenantSettings::default();
+        secret.apply_azure_environment(env);
+        assert_eq!(
+            secret.client_id, "policy-reconciler-dev",
+            "other credentials ignore them"
+        );
+
+        let mut s = TenantSettings {
+            credential: Credential::Federated,
+            ..TenantSettings::default()
+        };
+        assert!(
+            s.validate().is_err(),
+            "a federated credential needs a token file"
+        );
+        s.apply_azure_environment(env);
+        assert_eq!(s.client_id, "client-from-webhook");
+        assert_eq!(s.tenant_id, "tenant-from-webhook");
+        assert_eq!(s.login_base_url, "https://login.microsoftonline.us");
+        assert_eq!(
+            s.federated_token_file.as_deref(),
+            Some(std::path::Path::new("/var/run/secrets/azure/tokens/t"))
+        );
+        s.validate().unwrap();
+        assert!(
+            s.credential_summary()
+                .starts_with("tenant credential: federated")
+        );
+
+        // A configured token file wins over the variable.
+        let mut s = TenantSettings {
+            credential: Credential::Federated,
+            federated_token_file: Some("/etc/token".into()),
+            ..TenantSettings::default()
+        };
+        s.apply_azure_environment(env);
+        assert_eq!(
+            s.federated_token_file.as_deref(),
+            Some(std::path::Path::new("/etc/token"))
+        );
+    }
+
+    #[test]
+    fn a_certificate_credential_needs_both_files_and_its_summary_shows_paths_only() {
+        let mut s = TenantSettings {
+            credential: Credential::Certificate,
+            client_certificate_path: Some("/etc/c.crt".into()),
+            ..TenantSettings::default()
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("tenant.client_key_path"), "{e}");
+        s.client_key_path = Some("/etc/c.key".into());
+        s.validate().unwrap();
+        let summary = s.credential_summary();
+        assert!(
+            summary.contains("/etc/c.crt") && summary.contains("/etc/c.key"),
+            "{summary}"
+        );
+        assert!(!summary.contains("simulator-secret"), "{summary}");
     }
 }

@@ -123,6 +123,29 @@ impl InternalEvent for ChunkDeferred {
     }
 }
 
+/// A chunk was handed back because the tenant refused the service's access: its job holds.
+pub struct ChunkHeld<'a> {
+    pub job_id: Uuid,
+    pub chunk: i32,
+    pub loss: &'a crate::tenant::AccessLoss,
+    pub wait: std::time::Duration,
+}
+
+impl InternalEvent for ChunkHeld<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            job_id = %self.job_id,
+            chunk = self.chunk,
+            code = self.loss.code,
+            reason = self.loss.reason.as_str(),
+            detail = %self.loss.detail,
+            wait_s = self.wait.as_secs(),
+            "chunk held: the tenant refuses the service's access; its items wait"
+        );
+        metrics::counter!(m::CHUNKS_HELD_TOTAL, "reason" => self.loss.reason.as_str()).increment(1);
+    }
+}
+
 /// A chunk was given back after an error, claimable again after a pause.
 pub struct ChunkGivenBack<'a> {
     pub job_id: Uuid,

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::access::AccessGuard;
 use super::events::{
-    ChunkDeferred, ChunkEndedEarly, ChunkFinished, ChunkGivenBack, ChunkReclaimed, ItemsRecorded,
-    JobCompleted, LeaseLost,
+    ChunkDeferred, ChunkEndedEarly, ChunkFinished, ChunkGivenBack, ChunkHeld, ChunkReclaimed,
+    ItemsRecorded, JobCompleted, LeaseLost,
 };
 use super::gate::ChunkWrites;
 use super::kind::{ApplyContext, Defer, ItemOutcome, ItemResult, JobHeader, WorkItem};
@@ -19,6 +20,7 @@ use super::{Engine, EngineError, Waiter};
 use crate::domain::{FailureCode, JobType};
 use crate::store::work::{self, ChunkFate, ClaimedChunk};
 use crate::telemetry::emit;
+use crate::tenant::Tenant;
 
 /// How long a chunk given back after an error waits before it may be claimed again.
 const RETRY_AFTER_ERROR: chrono::Duration = chrono::Duration::seconds(5);
@@ -208,6 +210,13 @@ impl Engine {
             cancel.clone(),
         );
         let renewal = self.renew_lease_until(chunk, &cancel);
+        // The applier's tenant: a loss of access stops the chunk (see `engine::access`).
+        let guard = Arc::new(AccessGuard::new(
+            self.tenant.clone(),
+            self.access.clone(),
+            cancel.clone(),
+        ));
+        let tenant: Arc<dyn Tenant> = guard.clone();
         let defer = Defer::default();
         let items: Vec<WorkItem<serde_json::Value>> = items
             .into_iter()
@@ -215,7 +224,7 @@ impl Engine {
             .collect();
         let ctx = ApplyContext {
             pool: &self.pool,
-            tenant: &self.tenant,
+            tenant: &tenant,
             settings: &self.settings,
             clock: self.clock.as_ref(),
             retry: &self.retry,
@@ -226,6 +235,7 @@ impl Engine {
             writes: &writes,
             defer: &defer,
             write_turns: &self.write_turns,
+            access: &guard,
         };
         // Bulk off-peak work lets Graph throttle it before a single ticket's (see
         // `tenant::priority`).
@@ -238,6 +248,32 @@ impl Engine {
         let interrupted = cancel.is_cancelled();
         cancel.cancel();
         let _ = renewal.await;
+        if let Some(loss) = guard.tripped() {
+            // The tenant refused the service's access: a fault of the service, not of the
+            // items. What was done is recorded; the rest waits for access, the job held.
+            if let Err(error) = &result {
+                tracing::debug!(%error, "chunk stopped by the loss of access");
+            }
+            match work::chunk_fate(&self.pool, chunk, &self.owner).await? {
+                ChunkFate::Lost => {}
+                ChunkFate::JobEnded => self.end_early(chunk).await?,
+                ChunkFate::Held => {
+                    let wait = self.settings.access_retry();
+                    work::hold_chunk(&self.pool, chunk, &self.owner, wait, &loss).await?;
+                    emit(ChunkHeld {
+                        job_id: chunk.job_id,
+                        chunk: chunk.chunk,
+                        loss: &loss,
+                        wait,
+                    });
+                }
+            }
+            return Ok(None);
+        }
+        if job.held && result.is_ok() {
+            // Access is back for this job: its detail no longer says it is held.
+            work::clear_hold(&self.pool, chunk.job_id).await?;
+        }
         let results = match result? {
             Rounds::Settled(results) => results,
             // Some items wait for the tenant to show their writes: hand the chunk back, to be
@@ -366,7 +402,8 @@ impl Engine {
             if ctx.cancel.is_cancelled() {
                 break;
             }
-            let results = kind.apply(ctx, round).await?;
+            // After a loss of access, the results it caused are dropped (`engine::access`).
+            let results = ctx.access.keep(kind.apply(ctx, round).await?);
             let settled = results.len() == round.len();
             if i + 1 == rounds.len()
                 && settled

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::EngineError;
+use super::access::AccessGuard;
 use super::clock::Clock;
 use super::gate::ChunkWrites;
 use super::retry::ItemRetry;
@@ -279,6 +280,10 @@ pub struct ApplyContext<'a, P> {
     pub defer: &'a Defer,
     /// Turns for write calls of jobs with other chunks waiting (see [`WRITE_TURNS`]).
     pub write_turns: &'a tokio::sync::Semaphore,
+    /// The chunk's watch on tenant access ([`super::access`]): once it has tripped, the chunk
+    /// stops and the results an access failure produced are dropped, so an applier settles no
+    /// stored state for them (`access.tripped().is_some()`).
+    pub access: &'a AccessGuard,
 }
 
 /// Write calls of large jobs (other chunks waiting) that one replica makes at once. Why: the

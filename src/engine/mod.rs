@@ -28,6 +28,7 @@
 //! within one chunk (retry pauses, how long a write is given to show in reads) are durations
 //! on the monotonic clock (`Instant`).
 
+pub mod access;
 pub mod clock;
 mod ends;
 mod error;
@@ -61,7 +62,7 @@ pub use registry::{Kinds, KindsBuilder};
 pub use retry::ItemRetry;
 
 use crate::configuration::{EngineSettings, ScheduleSettings};
-use crate::tenant::Tenant;
+use crate::tenant::{AccessWatch, Tenant};
 use clock::Clock;
 use ends::JobEnds;
 use schedule::OffPeak;
@@ -101,6 +102,8 @@ pub struct Engine {
     job_ends: Arc<JobEnds>,
     /// Turns for large jobs' write calls ([`kind::WRITE_TURNS`]).
     write_turns: tokio::sync::Semaphore,
+    /// Whether the tenant still grants this process access (shared with `/readyz`).
+    access: Arc<AccessWatch>,
 }
 
 impl Engine {
@@ -133,7 +136,14 @@ impl Engine {
             jobs_planned: Wakeup::default(),
             job_ends: Arc::default(),
             write_turns: tokio::sync::Semaphore::new(kind::WRITE_TURNS),
+            access: Arc::default(),
         })
+    }
+
+    /// Report access losses to `watch` (the one `/readyz` reads) instead of the engine's own.
+    pub fn with_access_watch(mut self, watch: Arc<AccessWatch>) -> Self {
+        self.access = watch;
+        self
     }
 
     /// What this replica's ingest nudges when it stores a job.

@@ -38,6 +38,12 @@ impl Engine {
                 Ok(true) => {}
                 Ok(false) => self.idle_until_nudged(&shutdown, &mut stored).await,
                 Err(error) => {
+                    if let EngineError::Tenant(e) = &error
+                        && let Some(reason) = e.access_lost()
+                    {
+                        // The job waits for access as chunks do; the loss shows in `/readyz`.
+                        self.access.lost(reason, &e.to_string());
+                    }
                     emit(PlanningDeferred { error: &error });
                     self.idle(&shutdown, Duration::from_secs(1)).await;
                 }

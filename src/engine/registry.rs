@@ -141,6 +141,7 @@ impl<K: JobKind> AnyKind for Registered<K> {
             writes: ctx.writes,
             defer: ctx.defer,
             write_turns: ctx.write_turns,
+            access: ctx.access,
         };
         self.0.apply(&typed, &items).await
     }

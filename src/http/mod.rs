@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::store;
+use crate::tenant::{AccessLoss, AccessWatch};
 
 /// What readiness depends on, shared by the parts that know it.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub struct Health {
     /// Set when the existing jobs queue has other settings than the configuration asks for:
     /// what differs and what to do (the worker keeps serving with the queue's own settings).
     queue_settings: Mutex<Option<String>>,
+    /// The engine's view of its access to the tenant (set once the engine starts).
+    tenant_access: std::sync::OnceLock<Arc<AccessWatch>>,
 }
 
 /// Whether ingest is taking deliveries from the jobs queue.
@@ -72,7 +75,13 @@ impl Health {
             migrations_applied: AtomicBool::new(false),
             ingest: AtomicU8::new(IngestState::Idle as u8),
             queue_settings: Mutex::new(None),
+            tenant_access: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Show `watch`'s access losses in readiness (the engine's watch).
+    pub fn watch_tenant_access(&self, watch: Arc<AccessWatch>) {
+        let _ = self.tenant_access.set(watch);
     }
 
     pub fn set_ingest(&self, state: IngestState) {
@@ -139,6 +148,17 @@ impl Health {
                     .to_owned(),
             );
         }
+        let tenant_access = self.tenant_access.get().and_then(|w| w.current());
+        if let Some(loss) = &tenant_access {
+            reasons.push(format!(
+                "{}: the tenant refuses the service's access ({}) since {}: {}; jobs hold \
+                 (no item fails) and resume by themselves once access is back",
+                loss.code,
+                loss.reason.as_str(),
+                loss.since.to_rfc3339(),
+                loss.detail
+            ));
+        }
         Readiness {
             database,
             migrations,
@@ -146,6 +166,7 @@ impl Health {
             ingest: ingest.as_str(),
             reasons,
             queue_settings: self.queue_settings_notice(),
+            tenant_access,
         }
     }
 }
@@ -162,6 +183,9 @@ pub struct Readiness {
     /// How the existing jobs queue differs from the settings, and what to do; the worker
     /// stays ready and uses the queue's settings meanwhile.
     pub queue_settings: Option<String>,
+    /// The tenant refuses the service's access: jobs hold meanwhile. Not a readiness failure
+    /// (restarting cannot bring access back), but shown with its code `tenant_access_lost`.
+    pub tenant_access: Option<AccessLoss>,
 }
 
 impl Readiness {
@@ -218,6 +242,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             },
             "reasons": readiness.reasons,
             "queue_settings": readiness.queue_settings,
+            "tenant_access": readiness.tenant_access,
         })),
     )
 }

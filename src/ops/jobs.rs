@@ -183,6 +183,22 @@ pub fn render_list(jobs: &[JobSummary]) -> String {
 /// `jobs show` as text.
 pub fn render_detail(job: &JobDetail) -> String {
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    // `tenant_access_lost (credential) since …: detail`.
+    let held = |h: Option<&serde_json::Value>| {
+        h.map_or_else(
+            || "-".to_owned(),
+            |h| {
+                let f = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+                format!(
+                    "{} ({}) since {}: {}",
+                    f("code"),
+                    f("reason"),
+                    f("since"),
+                    f("detail")
+                )
+            },
+        )
+    };
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
     let fields: Vec<Vec<String>> = [
         ("id", job.id.to_string()),
@@ -195,6 +211,7 @@ pub fn render_detail(job: &JobDetail) -> String {
         ("paused", yes_no(job.paused)),
         ("expedited", yes_no(job.expedited)),
         ("ended early", or_dash(&job.ended_early)),
+        ("held", held(job.held.as_ref())),
         (
             "schedule",
             or_dash(&job.schedule.map(|s| s.as_str().to_owned())),

@@ -10,6 +10,7 @@
 //! * [`enqueue`] publishes `policy.members_added` or `policy.changed` with publisher confirms.
 //! * [`jobs`] lists and shows jobs and applies the operator controls.
 
+pub mod certificate;
 pub mod csv;
 pub mod demo;
 pub mod enqueue;

@@ -45,11 +45,13 @@
 //! | `GET /_sim/config`, `POST /_sim/config` | reads / patches the [`SimulatorBehaviour`] (every knob; `"profile"` starts from that profile's figures) |
 //! | `GET /_sim/users/{id or upn}` | a user with every property |
 //! | `POST /_sim/revoke-tokens` | invalidates every issued token |
+//! | `GET /_sim/access`, `POST /_sim/access` | `{"credentials_revoked": bool, "permissions_revoked": bool}`: access lost (token endpoint AADSTS7000112 and issued tokens invalid; Graph 403 `Authorization_RequestDenied`) and restored ([`identity::AccessKnobs`]) |
 //! | `POST /_sim/fail-next` | `{"count":N,"status":503}`: the next N Graph calls fail (status 0: drop N connections) |
 //!
 //! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).
 pub mod catalogue;
 mod events;
+pub mod identity;
 pub mod replica;
 mod routes;
 pub mod settings;
@@ -73,7 +75,9 @@ use tokio::task::JoinHandle;
 
 pub use catalogue::{Seed, default_catalogue, sku_ids};
 pub use routes::MAX_BATCH_REQUESTS;
-pub use settings::{SimulatorBehaviour, SimulatorProfile, SimulatorSettings};
+pub use settings::{
+    FEDERATED_AUDIENCE, FederatedIssuer, SimulatorBehaviour, SimulatorProfile, SimulatorSettings,
+};
 pub use state::{GraphError, RequestIds, USAGE_LOCATION_MESSAGE};
 pub use stats::{StatsSnapshot, WriteLogEntry};
 
@@ -90,6 +94,10 @@ pub struct Shared {
     fail_next: Mutex<(u32, u16)>,
     client_id: String,
     client_secret: SecretString,
+    /// Registered certificates and federated credentials, and redeemed assertions.
+    credentials: Mutex<identity::Credentials>,
+    /// Access taken away by `POST /_sim/access`.
+    access: RwLock<identity::AccessKnobs>,
     public_base_url: Option<String>,
 }
 
@@ -121,6 +129,11 @@ impl Shared {
             fail_next: Mutex::new((0, 0)),
             client_id: settings.client_id.clone(),
             client_secret: settings.client_secret.clone(),
+            credentials: Mutex::new(identity::Credentials::load(
+                &settings.client_certificate_paths,
+                &settings.federated_issuers,
+            )?),
+            access: RwLock::new(identity::AccessKnobs::default()),
             public_base_url: settings.public_base_url.clone().filter(|s| !s.is_empty()),
         })
     }
@@ -159,6 +172,25 @@ impl Shared {
     }
 
     /// Invalidates every issued token (the next Graph call of a client gets 401).
+    /// Registers a certificate (PEM) on the application; returns its `x5t#S256`.
+    pub fn register_certificate(&self, pem: &[u8]) -> Result<String, String> {
+        self.credentials.lock().register_certificate(pem)
+    }
+
+    /// The access knobs in force.
+    pub fn access(&self) -> identity::AccessKnobs {
+        *self.access.read()
+    }
+
+    /// Takes access away or gives it back (`POST /_sim/access`). Revoking the credentials also
+    /// invalidates every issued token, so the loss shows at once.
+    pub fn set_access(&self, knobs: identity::AccessKnobs) {
+        *self.access.write() = knobs;
+        if knobs.credentials_revoked {
+            self.revoke_tokens();
+        }
+    }
+
     pub fn revoke_tokens(&self) {
         self.tokens.lock().clear();
     }

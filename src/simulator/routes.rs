@@ -48,6 +48,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/_sim/users/{key}", get(sim_user))
         .route("/_sim/fail-next", post(fail_next))
         .route("/_sim/revoke-tokens", post(revoke_tokens))
+        .route("/_sim/access", get(get_access).post(set_access))
         .fallback(graph)
         .with_state(shared)
 }
@@ -670,6 +671,15 @@ impl Shared {
                 400,
                 "BadRequest",
                 "Nested batch requests are not supported.",
+            ))
+        } else if self.access.read().permissions_revoked {
+            // The application's Graph permissions were revoked: every call is denied, inner
+            // `$batch` requests one by one (microsoft-graph-docs-contrib `concepts/errors.md`:
+            // 403 Forbidden, code `Authorization_RequestDenied`).
+            SimResponse::error(&GraphError::new(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
             ))
         } else if let Some(status) = self.take_fault(false) {
             if status == 503 {
@@ -1308,52 +1318,90 @@ async fn graph(
     r.into_http(&ids)
 }
 
-/// `POST /{tenant}/oauth2/v2.0/token` (client credentials only), with Entra ID's error shape.
+/// `POST /{tenant}/oauth2/v2.0/token` (client credentials only: a client secret, or a client
+/// assertion from a registered certificate or federated issuer; see [`super::identity`]), with
+/// Entra ID's error shape (MicrosoftDocs/entra-docs `docs/identity-platform/reference-error-codes.md`,
+/// "Handling error codes in your application": `error`, `error_description` starting with the
+/// AADSTS code, `error_codes`, `timestamp`, `trace_id`, `correlation_id`, `error_uri`).
 async fn token(
     State(shared): State<Arc<Shared>>,
-    Path(_tenant): Path<String>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let fail = |status: StatusCode, error: &str, description: &str| {
-        (
+    let fail =
+        |status: u16, error: &str, code: u32, description: &str| {
+            shared.stats.lock().request("token", status);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            (
             status,
-            Json(json!({"error": error, "error_description": description,
-            "error_codes": [], "timestamp": chrono::Utc::now().to_rfc3339(),
-            "trace_id": Uuid::new_v4(), "correlation_id": Uuid::new_v4()})),
+            Json(json!({"error": error, "error_description": format!("AADSTS{code}: {description}"),
+            "error_codes": [code], "timestamp": chrono::Utc::now().to_rfc3339(),
+            "trace_id": Uuid::new_v4(), "correlation_id": Uuid::new_v4(),
+            "error_uri": format!("https://login.microsoftonline.com/error?code={code}")})),
         )
             .into_response()
-    };
+        };
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
-    let fail = |status: StatusCode, error: &str, description: &str| {
-        shared.stats.lock().request("token", status.as_u16());
-        fail(status, error, description)
-    };
     if field("grant_type") != "client_credentials" {
         return fail(
-            StatusCode::BAD_REQUEST,
+            400,
             "unsupported_grant_type",
-            "AADSTS70003: The app requested an unsupported grant type.",
+            70003,
+            "The app requested an unsupported grant type.",
         );
     }
     if !field("scope").ends_with("/.default") {
         return fail(
-            StatusCode::BAD_REQUEST,
+            400,
             "invalid_scope",
-            "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+            1002012,
+            "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
         );
     }
     if field("client_id") != shared.client_id {
         return fail(
-            StatusCode::BAD_REQUEST,
+            400,
             "unauthorized_client",
-            "AADSTS700016: Application was not found in the directory.",
+            700016,
+            "Application was not found in the directory.",
         );
     }
-    if field("client_secret") != shared.client_secret.expose_secret() {
+    if shared.access.read().credentials_revoked {
         return fail(
-            StatusCode::UNAUTHORIZED,
+            400,
+            "unauthorized_client",
+            7000112,
+            "Application is disabled.",
+        );
+    }
+    if let Some(assertion) = form.get("client_assertion") {
+        let token_url = format!("{}/{tenant}/oauth2/v2.0/token", shared.base_url(&headers));
+        let verified = shared.credentials.lock().verify(
+            field("client_assertion_type"),
+            assertion,
+            &shared.client_id,
+            &token_url,
+            chrono::Utc::now().timestamp(),
+        );
+        if let Err(r) = verified {
+            return fail(r.status, r.error, r.code, &r.message);
+        }
+    } else if let Some(secret) = form.get("client_secret") {
+        if secret.as_str() != shared.client_secret.expose_secret() {
+            return fail(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided.",
+            );
+        }
+    } else {
+        return fail(
+            401,
             "invalid_client",
-            "AADSTS7000215: Invalid client secret provided.",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
         );
     }
     let lifetime = shared.behaviour.read().token_lifetime_seconds;
@@ -1471,6 +1519,32 @@ async fn fail_next(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -
     let status = body.get("status").and_then(Value::as_u64).unwrap_or(503) as u16;
     *shared.fail_next.lock() = (count, status);
     StatusCode::NO_CONTENT
+}
+
+async fn get_access(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.access()).into_response()
+}
+
+/// `POST /_sim/access {"credentials_revoked": bool, "permissions_revoked": bool}` (keys left
+/// out keep their value): take the application's access away, or give it back.
+async fn set_access(State(shared): State<Arc<Shared>>, Json(patch): Json<Value>) -> Response {
+    let mut current = serde_json::to_value(shared.access()).unwrap_or_default();
+    if let (Some(c), Some(p)) = (current.as_object_mut(), patch.as_object()) {
+        for (k, v) in p {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    match serde_json::from_value(current) {
+        Ok(knobs) => {
+            shared.set_access(knobs);
+            Json(shared.access()).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 /// `POST /_sim/revoke-tokens`: every issued token becomes invalid (clients must fetch new ones).

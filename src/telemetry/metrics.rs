@@ -46,6 +46,10 @@ pub const EVENT_TYPES: &[&str] = &["job.accepted", "job.completed", "notificatio
 /// (replication lag), to be claimed again after a short wait.
 pub const CHUNKS_DEFERRED_TOTAL: &str = "reconciler_chunks_deferred_total";
 
+/// Counter: chunks handed back because the service lost its access to the tenant (the job
+/// holds, its items do not fail), by `reason` ([`ACCESS_LOSS_REASONS`]).
+pub const CHUNKS_HELD_TOTAL: &str = "reconciler_chunks_held_total";
+
 /// Jobs planned, by `job_type` and `schedule` ([`SCHEDULES`]).
 pub const JOBS_ACCEPTED_TOTAL: &str = "reconciler_jobs_accepted_total";
 /// Jobs completed, by `job_type` and `outcome` ([`JOB_OUTCOMES`]).
@@ -95,6 +99,12 @@ pub const TENANT_REQUEST_DURATION_SECONDS: &str = "reconciler_tenant_request_dur
 pub const TENANT_WRITE_BUDGET_WAIT_SECONDS: &str = "reconciler_tenant_write_budget_wait_seconds";
 /// Gauge: share of the configured write rate in force (below 1 after 429s, recovering).
 pub const TENANT_WRITE_RATE_FACTOR: &str = "reconciler_tenant_write_rate_factor";
+/// Gauge: 1 while this replica has lost its access to the tenant, by `reason`
+/// ([`ACCESS_LOSS_REASONS`]: its credential refused, or a Graph permission revoked); jobs hold
+/// meanwhile and resume once it is back.
+pub const TENANT_ACCESS_LOST: &str = "reconciler_tenant_access_lost";
+/// Values of the `reason` label of [`TENANT_ACCESS_LOST`] and [`CHUNKS_HELD_TOTAL`].
+pub const ACCESS_LOSS_REASONS: &[&str] = &["credential", "permission"];
 /// Counter: access tokens fetched.
 pub const TENANT_TOKEN_REFRESHES_TOTAL: &str = "reconciler_tenant_token_refreshes_total";
 
@@ -196,6 +206,10 @@ pub fn install() -> PrometheusHandle {
             ] {
                 metrics::counter!(counter).increment(0);
             }
+            for reason in ACCESS_LOSS_REASONS {
+                metrics::counter!(CHUNKS_HELD_TOTAL, "reason" => *reason).increment(0);
+                metrics::gauge!(TENANT_ACCESS_LOST, "reason" => *reason).set(0.0);
+            }
             handle
         })
         .clone()
@@ -291,6 +305,14 @@ fn describe() {
         "Time spent waiting for the tenant write budget."
     );
     describe_counter!(TENANT_TOKEN_REFRESHES_TOTAL, "Access tokens fetched.");
+    describe_gauge!(
+        TENANT_ACCESS_LOST,
+        "1 while the tenant refuses the service's access (credential or permission), by reason."
+    );
+    describe_counter!(
+        CHUNKS_HELD_TOTAL,
+        "Chunks handed back because the tenant refused the service's access, by reason."
+    );
     describe_gauge!(
         TENANT_WRITE_RATE_FACTOR,
         "Share of the configured write rate in force (adaptive)."

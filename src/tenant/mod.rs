@@ -12,6 +12,7 @@
 //! [`batch`] (`$batch`) → [`transport`] (one request: token, status, `Retry-After`, back-off)
 //! → [`auth`], [`rate`], [`error`], [`events`]. [`model`] uses only [`transport`]'s URL
 //! encoding.
+pub mod access;
 pub mod auth;
 pub mod batch;
 pub mod error;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+pub use access::{AccessLoss, AccessLossReason, AccessWatch, TENANT_ACCESS_LOST};
 pub use error::{Operation, TENANT_ERROR_CODES, TenantError};
 pub use graph::GraphClient;
 pub use model::{

@@ -269,7 +269,7 @@ impl Transport {
                 message: e.to_string(),
             })?;
         Ok(Self {
-            auth: TokenSource::new(http.clone(), &settings),
+            auth: TokenSource::new(http.clone(), &settings)?,
             root: format!("{}/v1.0", settings.graph_base_url.trim_end_matches('/')),
             http,
             settings,

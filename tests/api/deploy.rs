@@ -55,6 +55,16 @@ const LABEL_SETS: &[(&str, &str, &str)] = &[
         "SIMULATOR_ROUTES",
     ),
     (
+        "reconciler_chunks_held_total",
+        "reason",
+        "ACCESS_LOSS_REASONS",
+    ),
+    (
+        "reconciler_tenant_access_lost",
+        "reason",
+        "ACCESS_LOSS_REASONS",
+    ),
+    (
         "reconciler_simulator_requests_total",
         "status",
         "TENANT_STATUS_CLASSES",

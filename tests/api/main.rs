@@ -6,6 +6,7 @@ mod deploy;
 mod ending;
 mod health;
 mod helpers;
+mod identity;
 mod ingest;
 // Shared with the benchmark (`tests/bench`), which uses other parts of it: what one of the two
 // targets leaves unused is not dead.

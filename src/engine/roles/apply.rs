@@ -358,7 +358,13 @@ async fn finish<P: Sync>(
             ItemResult::failed(p.seq, code, error.to_string())
         }
     };
-    if result.outcome == ItemOutcome::Failed && p.own_grant && p.held {
+    // A failure from a loss of tenant access is not the item's: its result is dropped and the
+    // item tried again once access is back (`engine::access`), so the grant keeps its place.
+    if result.outcome == ItemOutcome::Failed
+        && p.own_grant
+        && p.held
+        && ctx.access.tripped().is_none()
+    {
         // The grant's tenant work failed: it holds no place under the limit any more, and a
         // new assign for the user is a grant again (with its email once realised).
         roles::mark_failed(tx, &p.email, job).await?;

@@ -10,6 +10,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::store::StoreError;
+use crate::tenant::AccessLoss;
 
 /// A chunk claimed by this worker.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -191,6 +192,56 @@ pub async fn defer_chunk(
     Ok(())
 }
 
+/// Hand a chunk back because the tenant refused the service's access, claimable again after
+/// `wait`, and say so in its job's detail (`jobs.held`: the [`AccessLoss`], code
+/// `tenant_access_lost`), in one transaction. The job stays running; its items keep no outcome.
+pub async fn hold_chunk(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+    owner: &str,
+    wait: std::time::Duration,
+    loss: &AccessLoss,
+) -> Result<(), StoreError> {
+    let mut tx = begin_relaxed(pool).await?;
+    let held = sqlx::query(
+        "UPDATE job_chunks SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                wait_until = now() + make_interval(secs => $4)
+         WHERE job_id = $1 AND chunk = $2 AND lease_owner = $3 AND state = 'running'",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .bind(owner)
+    .bind(wait.as_secs_f64())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if held > 0 {
+        sqlx::query(
+            "UPDATE jobs SET held = jsonb_build_object('code', $2::text, 'reason', $3::text,
+                    'detail', $4::text, 'since', coalesce(held->'since', to_jsonb($5::timestamptz)))
+             WHERE id = $1",
+        )
+        .bind(chunk.job_id)
+        .bind(loss.code)
+        .bind(loss.reason.as_str())
+        .bind(&loss.detail)
+        .bind(loss.since)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The job is no longer held (a chunk of it ran with access).
+pub async fn clear_hold(pool: &PgPool, job_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET held = NULL WHERE id = $1 AND held IS NOT NULL")
+        .bind(job_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// The job of a claimed chunk.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ChunkJob {
@@ -203,12 +254,14 @@ pub struct ChunkJob {
     pub off_peak: bool,
     /// Other chunks of the job are waiting to be claimed (when this one was read).
     pub others_waiting: bool,
+    /// A chunk of the job was held for lost tenant access ([`hold_chunk`]) and not cleared since.
+    pub held: bool,
 }
 
 pub async fn chunk_job(pool: &PgPool, job_id: Uuid) -> Result<ChunkJob, StoreError> {
     Ok(sqlx::query_as(
         "SELECT job_type, dry_run, plan, ended_early IS NOT NULL AS ended,
-                schedule IS NOT DISTINCT FROM 'off_peak' AS off_peak,
+                schedule IS NOT DISTINCT FROM 'off_peak' AS off_peak, held IS NOT NULL AS held,
                 EXISTS (SELECT 1 FROM job_chunks c
                          WHERE c.job_id = jobs.id AND c.state = 'pending') AS others_waiting
            FROM jobs WHERE id = $1",

@@ -102,6 +102,9 @@ pub struct JobDetail {
     pub paused: bool,
     pub expedited: bool,
     pub ended_early: Option<String>,
+    /// Why the job is held, while it is: `{"code": "tenant_access_lost", "reason", "detail",
+    /// "since"}` (the tenant refuses the service's access; its items wait, none fails).
+    pub held: Option<Value>,
     pub schedule: Option<Schedule>,
     pub earliest_start: Option<DateTime<Utc>>,
     pub received_at: DateTime<Utc>,
@@ -134,6 +137,7 @@ struct JobRow {
     paused: bool,
     expedited: bool,
     ended_early: Option<String>,
+    held: Option<Value>,
     schedule: Option<Schedule>,
     earliest_start: Option<DateTime<Utc>>,
     received_at: DateTime<Utc>,
@@ -154,7 +158,8 @@ pub async fn detail(
 ) -> Result<Option<JobDetail>, StoreError> {
     let row: Option<JobRow> = sqlx::query_as(
         "SELECT id, message_id, job_type, state, outcome, dry_run, paused, expedited,
-                ended_early, schedule, earliest_start, received_at, accepted_at, started_at,
+                ended_early, CASE WHEN state <> 'completed' THEN held END AS held, schedule,
+                earliest_start, received_at, accepted_at, started_at,
                 completed_at, subject, ticket, total_items
          FROM jobs WHERE id = $1 OR message_id = $2
          ORDER BY (id = $1) DESC NULLS LAST LIMIT 1",
@@ -222,6 +227,7 @@ pub async fn detail(
         paused: row.paused,
         expedited: row.expedited,
         ended_early: row.ended_early,
+        held: row.held,
         schedule: row.schedule,
         earliest_start: row.earliest_start,
         received_at: row.received_at,
