@@ -119,20 +119,21 @@ async fn the_shared_rate_drops_on_429_and_recovers() {
     assert_eq!(factor().await, 1.0);
 
     budget.throttled();
+    // Down by 15 % (`store::budget::DECREASE_FACTOR`).
     crate::kit::wait_until(Duration::from_secs(5), "the rate to drop", || async {
-        factor().await < 0.75
+        factor().await < 0.9
     })
     .await;
     let dropped = factor().await;
-    assert!((0.69..0.75).contains(&dropped), "{dropped}");
+    assert!((0.84..0.9).contains(&dropped), "{dropped}");
     // A second 429 within the same second does not lower it again.
     budget.throttled();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(factor().await > 0.6);
+    assert!(factor().await > 0.8);
 
-    // Writing on, the factor climbs back (0.1 a second).
+    // Writing on, the factor climbs back (0.1 a second) to the full rate.
     tokio::time::sleep(Duration::from_secs(2)).await;
     budget.acquire(1).await;
     let recovered = factor().await;
-    assert!(recovered > 0.85, "{recovered}");
+    assert!(recovered > 0.99, "{recovered}");
 }
