@@ -32,6 +32,12 @@ pub enum FailureCode {
     UsageLocationMissing,
     NoSeatsAvailable,
     MutuallyExclusiveLicence,
+    /// Toggles disable a plan that an enabled plan requires (the detail names both), found at
+    /// planning against the dependency table or refused by the tenant.
+    ServicePlanDependency,
+    /// What the policy asks cannot be reached by direct assignment because a group-based
+    /// licence enables or holds it (the detail names the group).
+    LicenceInheritedFromGroup,
     AdminLimitReached,
     /// The user already holds the other Phone System admin role.
     RoleConflict,
@@ -81,6 +87,8 @@ impl FailureCode {
         Self::UsageLocationMissing,
         Self::NoSeatsAvailable,
         Self::MutuallyExclusiveLicence,
+        Self::ServicePlanDependency,
+        Self::LicenceInheritedFromGroup,
         Self::AdminLimitReached,
         Self::RoleConflict,
         Self::DuplicateEmail,
@@ -116,6 +124,8 @@ impl FailureCode {
             Self::UsageLocationMissing => "usage_location_missing",
             Self::NoSeatsAvailable => "no_seats_available",
             Self::MutuallyExclusiveLicence => "mutually_exclusive_licence",
+            Self::ServicePlanDependency => "service_plan_dependency",
+            Self::LicenceInheritedFromGroup => "licence_inherited_from_group",
             Self::AdminLimitReached => "admin_limit_reached",
             Self::RoleConflict => "role_conflict",
             Self::DuplicateEmail => "duplicate_email",

@@ -873,6 +873,7 @@ mod tests {
             user_principal_name: "u@nhs.net".into(),
             usage_location: Some("GB".into()),
             assigned_licenses: licences,
+            inherited: vec![],
         }
     }
 
