@@ -51,6 +51,8 @@ pub struct EngineSettings {
     /// How long a `policy.members_added` waits for its policy's definition before it fails
     /// with `unknown_policy`.
     pub unknown_policy_wait_seconds: u64,
+    /// `[engine.licensing]`: the dependency table and the catalogue watcher.
+    pub licensing: super::LicensingSettings,
 }
 
 impl EngineSettings {

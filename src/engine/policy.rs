@@ -23,6 +23,7 @@ use super::events::JobCompleted;
 use super::kind::{
     ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItems, WorkItem,
 };
+use super::licensing;
 use super::retry::ItemRetry;
 use super::users;
 use super::{EngineError, failure_code};
@@ -30,6 +31,7 @@ use crate::domain::{
     EmailAddress, Failure, FailureCode, JobType, MAX_FAILURES_LISTED, MembersAdded, OdsCode,
     PolicyChanged,
 };
+use crate::store::licensing as store_licensing;
 use crate::store::policies::{self, PolicyRow};
 use crate::store::users as store_users;
 use crate::store::work;
@@ -212,7 +214,7 @@ fn check_definition(policy: &PolicyRow, catalogue: &SkuCatalogue) -> Vec<Failure
 }
 
 async fn plan_changed(
-    ctx: PlanContext<'_, '_>,
+    mut ctx: PlanContext<'_, '_>,
     payload: PolicyChanged,
 ) -> Result<Plan<PolicyPlan, ()>, EngineError> {
     let def = &payload.policy;
@@ -227,6 +229,13 @@ async fn plan_changed(
     let job_subject = subject(&incoming, def.version);
     let catalogue = ctx.tenant.skus().await?;
     let mut failures = check_definition(&incoming, &catalogue);
+    if let Ok(sku) = catalogue.by_part_number(&incoming.licence) {
+        failures.extend(licensing::dependency_failures(
+            &incoming,
+            sku,
+            &ctx.settings.licensing.plan_dependencies,
+        ));
+    }
     // The payload's list was left in the database (an empty list here means "given").
     let listed = payload.members.is_some();
     let mut listed_count = 0;
@@ -253,6 +262,20 @@ async fn plan_changed(
     } else {
         incoming.clone()
     };
+    // Seats: before any desired state changes (the count compares with the stored policies).
+    if !stale {
+        let needed = if listed {
+            store_licensing::staged_needing_seat(ctx.tx, &incoming.licence).await?
+        } else {
+            store_licensing::stored_needing_seat(ctx.tx, &incoming.id, &incoming.licence).await?
+        };
+        if let Some(failure) = licensing::check_seats(&mut ctx, &incoming.licence, needed).await? {
+            return Ok(Plan::Reject {
+                subject: Some(job_subject),
+                failures: vec![failure],
+            });
+        }
+    }
     let items = match (listed, stale) {
         // The list given is the whole membership: it is what the items are (no re-read).
         (true, false) => {
@@ -339,7 +362,7 @@ async fn supersede_older_jobs(
 }
 
 async fn plan_members_added(
-    ctx: PlanContext<'_, '_>,
+    mut ctx: PlanContext<'_, '_>,
     payload: MembersAdded,
 ) -> Result<Plan<PolicyPlan, ()>, EngineError> {
     let (count, failures) = check_members(ctx.tx, ctx.job.id, Some(payload.total_members)).await?;
@@ -370,6 +393,13 @@ async fn plan_members_added(
         return Ok(Plan::Reject {
             subject: Some(job_subject),
             failures,
+        });
+    }
+    let needed = store_licensing::staged_needing_seat(ctx.tx, &policy.licence).await?;
+    if let Some(failure) = licensing::check_seats(&mut ctx, &policy.licence, needed).await? {
+        return Ok(Plan::Reject {
+            subject: Some(job_subject),
+            failures: vec![failure],
         });
     }
     if !ctx.job.dry_run {
@@ -536,6 +566,8 @@ async fn apply(
     let mut read_failures: Vec<u32> = vec![0; items.len()];
     let mut suspected_stale: Vec<bool> = vec![false; items.len()];
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
+    // What a group's licence keeps direct assignment from reaching, per item (`licensing`).
+    let mut unreachable: Vec<Option<licensing::Unreachable>> = vec![None; items.len()];
     let attempts = ctx.retry.attempts();
     let window = ctx.retry.verify_within();
     let resend_after = ctx.retry.resend_after();
@@ -603,7 +635,18 @@ async fn apply(
                     {
                         state.assigned_licenses.push(other);
                     }
+                    unreachable[i] = licensing::unreachable(&state, want, &managed, &catalogue);
                     let Some(change) = change_for(&state, want, &managed) else {
+                        // The direct assignment holds; what a group's licence keeps it from
+                        // reaching is reported, not written again.
+                        if let Some(u) = unreachable[i].take() {
+                            results[i] = Some(ItemResult::failed(
+                                seq,
+                                FailureCode::LicenceInheritedFromGroup,
+                                u.detail,
+                            ));
+                            continue;
+                        }
                         let outcome = if writes_sent[i] > 0 {
                             ItemOutcome::Changed
                         } else {
@@ -706,6 +749,19 @@ async fn apply(
                     }
                     // Not sent: the chunk is stopping (its token is cancelled).
                     Err(TenantError::Withheld(_)) => continue,
+                    // Refused because of another policy's licence the user inherits from a
+                    // group: no direct write can reach the policy (`licensing::unreachable`).
+                    Err(TenantError::MutuallyExclusiveLicence(_) | TenantError::LicenceInherited(_))
+                        if unreachable[i].as_ref().is_some_and(|u| u.other_licence) =>
+                    {
+                        let detail = unreachable[i].take().map(|u| u.detail).unwrap_or_default();
+                        results[i] = Some(ItemResult::failed(
+                            items[i].seq,
+                            FailureCode::LicenceInheritedFromGroup,
+                            detail,
+                        ));
+                        continue;
+                    }
                     // Planned from a stale read: a licence it removes is already gone, or one
                     // it would conflict with has just been removed (a move made moments ago by
                     // an earlier job that the read did not show yet). Nothing was applied: read
