@@ -68,6 +68,12 @@ pub enum FailureCode {
     NotInvited,
     /// Portal access: a reminder for a contact that has already activated.
     AlreadyActivated,
+    /// Contract 1.1, guard rails on large changes: a job waiting for approval longer than the
+    /// configured time (not produced by this release yet).
+    AwaitingApprovalExpired,
+    /// Contract 1.1: the service lost its access to the tenant; only in the detail of a held
+    /// job, never an item's final code (not produced by this release yet).
+    TenantAccessLost,
 }
 
 impl FailureCode {
@@ -106,6 +112,8 @@ impl FailureCode {
         Self::UnknownContact,
         Self::NotInvited,
         Self::AlreadyActivated,
+        Self::AwaitingApprovalExpired,
+        Self::TenantAccessLost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +151,8 @@ impl FailureCode {
             Self::UnknownContact => "unknown_contact",
             Self::NotInvited => "not_invited",
             Self::AlreadyActivated => "already_activated",
+            Self::AwaitingApprovalExpired => "awaiting_approval_expired",
+            Self::TenantAccessLost => "tenant_access_lost",
         }
     }
 }

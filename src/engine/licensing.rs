@@ -143,8 +143,7 @@ pub fn unreachable(
             .map_or_else(|| sku.to_string(), |s| s.sku_part_number.clone())
     };
     let active = || state.inherited.iter().filter(|i| i.is_active());
-    if let Some(other) = active().find(|i| i.sku_id != want.sku_id && managed.contains(&i.sku_id))
-    {
+    if let Some(other) = active().find(|i| i.sku_id != want.sku_id && managed.contains(&i.sku_id)) {
         return Some(Unreachable {
             detail: format!(
                 "holds {} through group {}: a licence inherited from a group cannot be removed \
@@ -201,8 +200,7 @@ impl InternalEvent for SeatsRead<'_> {
             let label = sku.sku_part_number.clone();
             metrics::gauge!(m::LICENCE_SEATS_CONSUMED, "sku" => label.clone())
                 .set(f64::from(sku.consumed_units));
-            metrics::gauge!(m::LICENCE_SEATS_ASSIGNABLE, "sku" => label)
-                .set(f64::from(assignable));
+            metrics::gauge!(m::LICENCE_SEATS_ASSIGNABLE, "sku" => label).set(f64::from(assignable));
         }
     }
 }
@@ -334,7 +332,9 @@ mod tests {
         let f = dependency_failures(&policy(&[("SHAREPOINTWAC", true)]), &s, &table);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].code, FailureCode::ServicePlanDependency);
-        assert!(f[0].detail.contains("SHAREPOINTWAC") && f[0].detail.contains("SHAREPOINTENTERPRISE"));
+        assert!(
+            f[0].detail.contains("SHAREPOINTWAC") && f[0].detail.contains("SHAREPOINTENTERPRISE")
+        );
         assert!(
             dependency_failures(
                 &policy(&[("SHAREPOINTWAC", true), ("SHAREPOINTENTERPRISE", true)]),
@@ -350,7 +350,10 @@ mod tests {
     fn seats_count_what_unfinished_jobs_take_and_a_suspended_sku_gives_none() {
         let s = sku(1000, 200, "Enabled");
         let f = seat_failure(&s, 1200, 0).unwrap();
-        assert!(f.detail.starts_with("1200 users need a new seat of ENTERPRISEPACK but 800 are free"));
+        assert!(
+            f.detail
+                .starts_with("1200 users need a new seat of ENTERPRISEPACK but 800 are free")
+        );
         assert!(seat_failure(&s, 800, 0).is_none());
         assert!(seat_failure(&s, 800, 1).is_some());
         let suspended = seat_failure(&sku(1000, 0, "Suspended"), 1, 0).unwrap();

@@ -751,9 +751,9 @@ async fn apply(
                     Err(TenantError::Withheld(_)) => continue,
                     // Refused because of another policy's licence the user inherits from a
                     // group: no direct write can reach the policy (`licensing::unreachable`).
-                    Err(TenantError::MutuallyExclusiveLicence(_) | TenantError::LicenceInherited(_))
-                        if unreachable[i].as_ref().is_some_and(|u| u.other_licence) =>
-                    {
+                    Err(
+                        TenantError::MutuallyExclusiveLicence(_) | TenantError::LicenceInherited(_),
+                    ) if unreachable[i].as_ref().is_some_and(|u| u.other_licence) => {
                         let detail = unreachable[i].take().map(|u| u.detail).unwrap_or_default();
                         results[i] = Some(ItemResult::failed(
                             items[i].seq,

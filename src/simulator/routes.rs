@@ -51,7 +51,10 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/_sim/skus/{part}", patch(sim_update_sku))
         .route("/_sim/skus/{part}/plans", post(sim_add_plan))
         .route("/_sim/groups", post(sim_create_group))
-        .route("/_sim/groups/{id}/assignedLicenses", put(sim_group_licences))
+        .route(
+            "/_sim/groups/{id}/assignedLicenses",
+            put(sim_group_licences),
+        )
         .route("/_sim/groups/{id}/members", post(sim_group_members))
         .fallback(graph)
         .with_state(shared)

@@ -802,7 +802,12 @@ impl Directory {
         }
         // Every SKU held afterwards: direct ones and those inherited without error.
         let mut held_after: Vec<Uuid> = after.iter().map(|(s, _)| *s).collect();
-        for sku in user.inherited.iter().filter(|i| i.error.is_none()).map(|i| i.sku) {
+        for sku in user
+            .inherited
+            .iter()
+            .filter(|i| i.error.is_none())
+            .map(|i| i.sku)
+        {
             if !held_after.contains(&sku) {
                 held_after.push(sku);
             }

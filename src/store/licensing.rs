@@ -96,10 +96,9 @@ pub async fn record_plans(pool: &PgPool, plans: &[SeenPlan]) -> Result<Vec<SeenP
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sku_service_plans'))")
         .execute(&mut *tx)
         .await?;
-    let known_skus: Vec<Uuid> =
-        sqlx::query_scalar("SELECT DISTINCT sku_id FROM sku_service_plans")
-            .fetch_all(&mut *tx)
-            .await?;
+    let known_skus: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT sku_id FROM sku_service_plans")
+        .fetch_all(&mut *tx)
+        .await?;
     let mut added = Vec::new();
     for p in plans {
         let later = known_skus.contains(&p.sku_id);
@@ -155,9 +154,8 @@ pub async fn store_reverify_jobs(pool: &PgPool) -> Result<Vec<String>, StoreErro
     let mut stored = Vec::new();
     for (_, plan_id, plan_name, policy_id, part, payload) in &rows {
         let version = payload["policy"]["version"].as_i64().unwrap_or_default();
-        let message_id = format!(
-            "service-plan-added:{part}:{plan_name}:{plan_id}:{policy_id}:v{version}"
-        );
+        let message_id =
+            format!("service-plan-added:{part}:{plan_name}:{plan_id}:{policy_id}:v{version}");
         let id = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, message_id, job_type, schema_version, state, dry_run, payload,

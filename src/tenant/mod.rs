@@ -32,8 +32,8 @@ use uuid::Uuid;
 pub use error::{Operation, TENANT_ERROR_CODES, TenantError};
 pub use graph::GraphClient;
 pub use model::{
-    AddressMatch, AssignedLicence, EnsuredLicence, Group, GroupMember, InheritedLicence, LicenceChange,
-    LicenceOutcome, MatchedBy, NewGroup, NewUser, UserLicenceState, UserRef,
+    AddressMatch, AssignedLicence, EnsuredLicence, Group, GroupMember, InheritedLicence,
+    LicenceChange, LicenceOutcome, MatchedBy, NewGroup, NewUser, UserLicenceState, UserRef,
 };
 pub use priority::Priority;
 pub use rate::{LocalTokenBucket, Unlimited, WriteBudget};

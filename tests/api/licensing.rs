@@ -195,9 +195,11 @@ async fn graphs_conflict_wording_is_reported_as_mutually_exclusive_licence() {
     let mut events = app.event_queue().await;
     let mut seen = Vec::new();
     // The user holds Office 365 E1 (no policy of this service assigns it): E3 conflicts.
-    app.sim.seed(json!({ "users": [{ "userPrincipalName": "e1.holder@nhs.net",
+    app.sim.seed(
+        json!({ "users": [{ "userPrincipalName": "e1.holder@nhs.net",
         "usageLocation": "GB",
-        "assignedLicenses": [{ "skuId": sku_ids::STANDARDPACK }] }] }));
+        "assignedLicenses": [{ "skuId": sku_ids::STANDARDPACK }] }] }),
+    );
     let members = vec!["e1.holder@nhs.net".to_owned()];
     let job = publish(&app, changed(policy("conflict", 1, e3_toggles()), &members)).await;
     let done = completion(&mut events, &job, &mut seen).await;
@@ -219,7 +221,10 @@ async fn a_job_needing_1200_seats_with_800_free_is_rejected_with_nothing_written
     let members = app.sim.seed_users("seat", 1200);
     app.sim
         .state
-        .update_sku("ENTERPRISEPACK", &json!({ "prepaidUnits": { "enabled": 800 } }))
+        .update_sku(
+            "ENTERPRISEPACK",
+            &json!({ "prepaidUnits": { "enabled": 800 } }),
+        )
         .unwrap();
     let job = publish(&app, changed(policy("seats", 1, e3_toggles()), &members)).await;
     let done = completion(&mut events, &job, &mut seen).await;
@@ -248,9 +253,20 @@ async fn a_job_needing_1200_seats_with_800_free_is_rejected_with_nothing_written
     // 8 are counted while it runs (reserved at its planning) and once done (consumedUnits).
     app.sim
         .state
-        .update_sku("ENTERPRISEPACK", &json!({ "prepaidUnits": { "enabled": 10 } }))
+        .update_sku(
+            "ENTERPRISEPACK",
+            &json!({ "prepaidUnits": { "enabled": 10 } }),
+        )
         .unwrap();
-    let first = publish(&app, changed(policy("seats", 2, e3_toggles()), &members[..8])).await;
+    let first = publish(
+        &app,
+        changed(policy("seats", 2, e3_toggles()), &members[..8]),
+    )
+    .await;
+    // Planned first (two messages published together may be planned in either order).
+    events
+        .next_of("job.accepted", first["message_id"].as_str().unwrap())
+        .await;
     let others = app.sim.seed_users("seat-more", 3);
     let job = json!({ "policy": { "id": "other", "name": "other", "ods_code": "RX2",
         "version": 1, "licence": "ENTERPRISEPACK", "toggles": e3_toggles() },
@@ -281,7 +297,10 @@ async fn a_suspended_licence_rejects_jobs_that_need_new_seats_of_it() {
     let members = app.sim.seed_users("suspended", 2);
     app.sim
         .state
-        .update_sku("ENTERPRISEPACK", &json!({ "capabilityStatus": "Suspended" }))
+        .update_sku(
+            "ENTERPRISEPACK",
+            &json!({ "capabilityStatus": "Suspended" }),
+        )
         .unwrap();
     let job = publish(&app, changed(policy("susp", 1, e3_toggles()), &members)).await;
     let done = completion(&mut events, &job, &mut seen).await;
@@ -295,9 +314,7 @@ async fn a_suspended_licence_rejects_jobs_that_need_new_seats_of_it() {
 #[tokio::test]
 async fn a_plan_added_to_enterprisepack_ends_disabled_for_every_member() {
     // A Saturday: the off-peak window is open.
-    let clock = Arc::new(ManualClock::new(
-        "2026-11-28T10:00:00Z".parse().unwrap(),
-    ));
+    let clock = Arc::new(ManualClock::new("2026-11-28T10:00:00Z".parse().unwrap()));
     let mut app = spawn_app_with(AppOptions {
         clock: Some(clock),
         env: vec![(
@@ -351,16 +368,18 @@ async fn a_plan_added_to_enterprisepack_ends_disabled_for_every_member() {
         assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
     }
     // Once only: a later reading does not re-verify again.
-    let jobs: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE message_id LIKE 'service-plan-added:%'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let jobs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE message_id LIKE 'service-plan-added:%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let later: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE message_id LIKE 'service-plan-added:%'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let later: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE message_id LIKE 'service-plan-added:%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!((jobs, later), (1, 1));
 }

@@ -69,10 +69,7 @@ impl Sku {
     }
 
     fn plan_name(&self, id: Uuid) -> Option<&str> {
-        self.plans
-            .iter()
-            .find(|p| p.0 == id)
-            .map(|p| p.1.as_str())
+        self.plans.iter().find(|p| p.0 == id).map(|p| p.1.as_str())
     }
 
     fn plan_named(&self, name: &str) -> Option<Uuid> {
@@ -234,7 +231,8 @@ impl Directory {
                     other != sku_id
                         && self.sku_index.get(other).is_some_and(|&j| {
                             let o = &self.skus[j];
-                            sku.exclusive_group.is_some() && o.exclusive_group == sku.exclusive_group
+                            sku.exclusive_group.is_some()
+                                && o.exclusive_group == sku.exclusive_group
                         })
                 };
                 let error = if held.iter().any(exclusive) {
@@ -413,8 +411,10 @@ impl Directory {
         if let Some(n) = warning {
             sku.warning = n;
         }
-        Ok(json!({"skuPartNumber": sku.part_number, "capabilityStatus": sku.status,
+        Ok(
+            json!({"skuPartNumber": sku.part_number, "capabilityStatus": sku.status,
                   "prepaidUnits": sku.prepaid_units_json(), "consumedUnits": sku.consumed,
-                  "servicePlans": sku.plans.iter().filter_map(|p| sku.plan_name(p.0)).collect::<Vec<_>>()}))
+                  "servicePlans": sku.plans.iter().filter_map(|p| sku.plan_name(p.0)).collect::<Vec<_>>()}),
+        )
     }
 }
