@@ -115,6 +115,41 @@ pub async fn check_seats(
     Ok(None)
 }
 
+/// Whether a job is one the service stored itself to re-verify a policy after a plan was
+/// added to its licence ([`crate::store::licensing::REVERIFY_PREFIX`]).
+pub fn is_reverification(message_id: &str) -> bool {
+    message_id.starts_with(store::REVERIFY_PREFIX)
+}
+
+/// The service plan ids of `licence` in `catalogue` (none when it has no such licence).
+pub fn plans_of(catalogue: &SkuCatalogue, licence: &str) -> Vec<Uuid> {
+    catalogue.by_part_number(licence).map_or_else(
+        |_| Vec::new(),
+        |sku| {
+            sku.service_plans
+                .iter()
+                .map(|p| p.service_plan_id)
+                .collect()
+        },
+    )
+}
+
+/// The cached catalogue, or a fresh one when the cached `licence` lacks a plan the planner saw
+/// (`planned`): an applier on another replica must not compute the policy's disabled plans
+/// from a catalogue that predates a plan the vendor added.
+pub async fn fresh_catalogue(
+    tenant: &dyn crate::tenant::Tenant,
+    licence: &str,
+    planned: &[Uuid],
+) -> Result<Arc<SkuCatalogue>, EngineError> {
+    let cached = tenant.skus().await?;
+    let known = plans_of(&cached, licence);
+    if planned.iter().all(|p| known.contains(p)) {
+        return Ok(cached);
+    }
+    Ok(tenant.refresh_skus().await?)
+}
+
 /// What direct assignment cannot reach for a user because of a group's licence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreachable {
@@ -123,6 +158,36 @@ pub struct Unreachable {
     /// The group holds another policy's licence (which a direct assignment of the policy's
     /// licence may conflict with, and which cannot be removed directly).
     pub other_licence: bool,
+    /// The groups the detail names (by id).
+    pub groups: Vec<Uuid>,
+}
+
+impl Unreachable {
+    /// The detail with each group named by its display name too (`group 'E3 staff' (id)`),
+    /// reading the names the cache `names` lacks from the tenant. A name that cannot be read
+    /// leaves the id alone.
+    pub async fn detail_naming_groups(
+        self,
+        tenant: &dyn crate::tenant::Tenant,
+        names: &mut std::collections::HashMap<Uuid, String>,
+    ) -> String {
+        let unknown: Vec<Uuid> = self
+            .groups
+            .iter()
+            .copied()
+            .filter(|g| !names.contains_key(g))
+            .collect();
+        if !unknown.is_empty() {
+            names.extend(tenant.group_names(&unknown).await);
+        }
+        let mut detail = self.detail;
+        for g in &self.groups {
+            if let Some(name) = names.get(g) {
+                detail = detail.replace(&format!("group {g}"), &format!("group '{name}' ({g})"));
+            }
+        }
+        detail
+    }
 }
 
 /// Decides what the policy asks that direct assignment cannot give `state`: a licence of
@@ -152,6 +217,7 @@ pub fn unreachable(
                 other.group_id
             ),
             other_licence: true,
+            groups: vec![other.group_id],
         });
     }
     let plan_name = |plan: Uuid| {
@@ -161,6 +227,7 @@ pub fn unreachable(
             .map_or_else(|| plan.to_string(), |p| p.service_plan_name.clone())
     };
     let mut reasons = Vec::new();
+    let mut groups = Vec::new();
     for inh in active().filter(|i| i.sku_id == want.sku_id) {
         let enabled_by_group: Vec<String> = want
             .disabled_plans
@@ -169,6 +236,7 @@ pub fn unreachable(
             .map(|p| plan_name(*p))
             .collect();
         if !enabled_by_group.is_empty() {
+            groups.push(inh.group_id);
             reasons.push(format!(
                 "group {} assigns {} with {} enabled",
                 inh.group_id,
@@ -184,6 +252,7 @@ pub fn unreachable(
             reasons.join("; ")
         ),
         other_licence: false,
+        groups,
     })
 }
 

@@ -47,6 +47,11 @@ pub struct PolicyPlan {
     pub policy: PolicyRow,
     /// The job carried an older version than the one stored.
     pub stale: bool,
+    /// The service plans of the policy's licence as the planner saw them: an applier whose
+    /// cached catalogue lacks one (a plan the vendor added since) reads it afresh
+    /// ([`licensing::fresh_catalogue`]).
+    #[serde(default)]
+    pub sku_plans: Vec<Uuid>,
 }
 
 /// `policy.changed`: a new definition, and optionally the whole membership.
@@ -227,7 +232,13 @@ async fn plan_changed(
         toggles: def.toggles.clone(),
     };
     let job_subject = subject(&incoming, def.version);
-    let catalogue = ctx.tenant.skus().await?;
+    // A re-verification after a plan was added reads the catalogue afresh: this replica's
+    // cache may predate the plan.
+    let catalogue = if licensing::is_reverification(&ctx.job.message_id) {
+        ctx.tenant.refresh_skus().await?
+    } else {
+        ctx.tenant.skus().await?
+    };
     let mut failures = check_definition(&incoming, &catalogue);
     if let Ok(sku) = catalogue.by_part_number(&incoming.licence) {
         failures.extend(licensing::dependency_failures(
@@ -308,6 +319,7 @@ async fn plan_changed(
     Ok(Plan::Accept {
         subject: subject(&definition, def.version),
         plan: PolicyPlan {
+            sku_plans: licensing::plans_of(&catalogue, &definition.licence),
             policy: definition,
             stale,
         },
@@ -405,11 +417,13 @@ async fn plan_members_added(
     if !ctx.job.dry_run {
         policies::store_staged_members(ctx.tx, &policy.id, false).await?;
     }
+    let sku_plans = licensing::plans_of(&*ctx.tenant.skus().await?, &policy.licence);
     Ok(Plan::Accept {
         subject: job_subject,
         plan: PolicyPlan {
             policy,
             stale: false,
+            sku_plans,
         },
         items: PlannedItems::Staged {
             table: policies::STAGED_MEMBERS,
@@ -467,7 +481,9 @@ async fn apply(
     items: &[WorkItem<()>],
 ) -> Result<Vec<ItemResult>, EngineError> {
     let snapshot = &ctx.plan.policy;
-    let catalogue = ctx.tenant.skus().await?;
+    let catalogue =
+        licensing::fresh_catalogue(ctx.tenant.as_ref(), &snapshot.licence, &ctx.plan.sku_plans)
+            .await?;
 
     // The desired definition of each item, read now (see the module docs).
     let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
@@ -568,6 +584,7 @@ async fn apply(
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
     // What a group's licence keeps direct assignment from reaching, per item (`licensing`).
     let mut unreachable: Vec<Option<licensing::Unreachable>> = vec![None; items.len()];
+    let mut group_names: HashMap<Uuid, String> = HashMap::new();
     let attempts = ctx.retry.attempts();
     let window = ctx.retry.verify_within();
     let resend_after = ctx.retry.resend_after();
@@ -640,10 +657,13 @@ async fn apply(
                         // The direct assignment holds; what a group's licence keeps it from
                         // reaching is reported, not written again.
                         if let Some(u) = unreachable[i].take() {
+                            let detail = u
+                                .detail_naming_groups(ctx.tenant.as_ref(), &mut group_names)
+                                .await;
                             results[i] = Some(ItemResult::failed(
                                 seq,
                                 FailureCode::LicenceInheritedFromGroup,
-                                u.detail,
+                                detail,
                             ));
                             continue;
                         }
@@ -754,7 +774,13 @@ async fn apply(
                     Err(
                         TenantError::MutuallyExclusiveLicence(_) | TenantError::LicenceInherited(_),
                     ) if unreachable[i].as_ref().is_some_and(|u| u.other_licence) => {
-                        let detail = unreachable[i].take().map(|u| u.detail).unwrap_or_default();
+                        let detail = match unreachable[i].take() {
+                            Some(u) => {
+                                u.detail_naming_groups(ctx.tenant.as_ref(), &mut group_names)
+                                    .await
+                            }
+                            None => String::new(),
+                        };
                         results[i] = Some(ItemResult::failed(
                             items[i].seq,
                             FailureCode::LicenceInheritedFromGroup,

@@ -124,12 +124,9 @@ pub async fn record_plans(pool: &PgPool, plans: &[SeenPlan]) -> Result<Vec<SeenP
     Ok(added)
 }
 
-/// An internal job to store: re-verify a policy after a plan was added to its SKU.
-#[derive(Debug, Clone)]
-pub struct Reverify {
-    pub message_id: String,
-    pub payload: serde_json::Value,
-}
+/// How the message id of an internal re-verification job begins; the rest is
+/// `{skuPartNumber}:{plan name}:{plan id}:{policy id}:v{version}`.
+pub const REVERIFY_PREFIX: &str = "service-plan-added:";
 
 /// For every plan added later and not yet re-verified, stores a `policy.changed` job per
 /// stored policy that uses its SKU (its stored definition, no member list: the stored
@@ -155,7 +152,7 @@ pub async fn store_reverify_jobs(pool: &PgPool) -> Result<Vec<String>, StoreErro
     for (_, plan_id, plan_name, policy_id, part, payload) in &rows {
         let version = payload["policy"]["version"].as_i64().unwrap_or_default();
         let message_id =
-            format!("service-plan-added:{part}:{plan_name}:{plan_id}:{policy_id}:v{version}");
+            format!("{REVERIFY_PREFIX}{part}:{plan_name}:{plan_id}:{policy_id}:v{version}");
         let id = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, message_id, job_type, schema_version, state, dry_run, payload,

@@ -417,6 +417,25 @@ impl Tenant for GraphClient {
         })
     }
 
+    /// `GET /groups/{id}?$select=id,displayName` for each, in `$batch` (reads, retried as
+    /// reads are).
+    async fn group_names(&self, group_ids: &[Uuid]) -> std::collections::HashMap<Uuid, String> {
+        let inners: Vec<Inner> = group_ids
+            .iter()
+            .map(|id| Inner::get(format!("/groups/{id}?$select=id,displayName")))
+            .collect();
+        self.transport
+            .batch_with_retry(Operation::FindGroup, &inners)
+            .await
+            .into_iter()
+            .filter_map(|r| {
+                r.and_then(|raw| raw.parse::<Group>(Operation::FindGroup))
+                    .ok()
+            })
+            .map(|g| (g.id, g.display_name))
+            .collect()
+    }
+
     async fn create_group(&self, group: &NewGroup) -> Result<Group, TenantError> {
         let body = json!({
             "displayName": group.display_name,

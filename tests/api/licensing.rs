@@ -86,7 +86,10 @@ async fn an_inherited_licence_is_reported_with_its_group_and_not_rewritten() {
     assert_eq!(failure["item"], members[0].as_str());
     assert_eq!(failure["code"], "licence_inherited_from_group");
     let detail = failure["detail"].as_str().unwrap();
-    assert!(detail.contains(&group.to_string()), "{detail}");
+    assert!(
+        detail.contains(&format!("group 'E3 everything' ({group})")),
+        "{detail}"
+    );
     assert!(detail.contains("SWAY"), "{detail}");
 
     // What direct assignment can reach, it reached: the direct licence is the policy's, beside
