@@ -386,3 +386,100 @@ async fn a_plan_added_to_enterprisepack_ends_disabled_for_every_member() {
     .unwrap();
     assert_eq!((jobs, later), (1, 1));
 }
+
+/// The simulator's group-based licensing, seen through the client and raw HTTP: a group with
+/// one seat left licenses one member and leaves the other in `CountViolation`; an inherited
+/// licence cannot be removed directly; removing a licence not held is done already; the admin
+/// routes change a SKU's status and add a plan.
+#[tokio::test]
+async fn the_simulator_licenses_group_members_as_entra_id_does() {
+    let sim = crate::kit::simulator::start().await;
+    let users = crate::kit::simulator::seed_users(&sim, "gbl", 2);
+    let http = reqwest::Client::new();
+    let base = sim.base_url();
+    let patched = http
+        .patch(format!("{base}/_sim/skus/ENTERPRISEPACK"))
+        .json(&json!({ "prepaidUnits": { "enabled": 1 } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let created: Value = http
+        .post(format!("{base}/_sim/groups"))
+        .json(&json!({ "displayName": "E3 staff",
+            "assignedLicenses": [{ "skuId": sku_ids::ENTERPRISEPACK, "disabledPlans": [] }],
+            "members": users }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let group: Uuid = serde_json::from_value(created["id"].clone()).unwrap();
+
+    let client = crate::kit::simulator::client(&sim);
+    let states = client
+        .get_users(&[UserRef::Id(users[0]), UserRef::Id(users[1])])
+        .await;
+    let (first, second) = (states[0].clone().unwrap(), states[1].clone().unwrap());
+    // The first member took the last seat; the second is in error and holds nothing.
+    let errors: Vec<Option<String>> = [&first, &second]
+        .iter()
+        .map(|s| {
+            assert!(s.assigned_licenses.is_empty(), "no direct licence");
+            assert_eq!(s.inherited.len(), 1);
+            assert_eq!(s.inherited[0].group_id, group);
+            s.inherited[0].error.clone()
+        })
+        .collect();
+    let mut errors = errors;
+    errors.sort();
+    assert_eq!(errors, vec![None, Some("CountViolation".to_owned())]);
+    let (holder, unlicensed) = if first.inherited[0].is_active() {
+        (users[0], users[1])
+    } else {
+        (users[1], users[0])
+    };
+    assert_eq!(
+        crate::kit::simulator::licences(&sim, &holder.to_string()),
+        vec![(sku_ids::ENTERPRISEPACK, vec![])]
+    );
+    assert!(crate::kit::simulator::licences(&sim, &unlicensed.to_string()).is_empty());
+
+    // Removing the inherited licence directly: Graph's refusal, its own error.
+    let remove = |user: Uuid| LicenceChange {
+        user: UserRef::Id(user),
+        add: vec![],
+        remove: vec![sku_ids::ENTERPRISEPACK],
+    };
+    let refused = client.assign_licences(&[remove(holder)]).await;
+    assert_eq!(
+        refused[0].clone().unwrap_err().code(),
+        "licence_inherited_from_group"
+    );
+    // Removing a licence the user does not hold: already done.
+    let done = client.assign_licences(&[remove(unlicensed)]).await;
+    assert!(done[0].is_ok(), "{:?}", done[0]);
+
+    // The vendor adds a plan; the subscription is suspended.
+    let plan = http
+        .post(format!("{base}/_sim/skus/ENTERPRISEPACK/plans"))
+        .json(&json!({ "servicePlanName": "NEW_PLAN" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plan.status(), 201);
+    http.patch(format!("{base}/_sim/skus/ENTERPRISEPACK"))
+        .json(&json!({ "capabilityStatus": "Suspended" }))
+        .send()
+        .await
+        .unwrap();
+    let skus = client.refresh_skus().await.unwrap();
+    let e3 = skus.by_part_number("ENTERPRISEPACK").unwrap();
+    assert!(e3.plan_id("NEW_PLAN").is_some());
+    assert_eq!(e3.capability_status, "Suspended");
+    assert_eq!(
+        e3.prepaid_units.enabled, 0,
+        "suspended seats are not enabled"
+    );
+}
