@@ -55,6 +55,8 @@ pub struct EngineSettings {
     /// refused, a permission revoked: `tenant_access_lost`) waits before it tries again.
     #[serde(deserialize_with = "at_least_one")]
     pub access_retry_seconds: NonZeroU64,
+    /// `[engine.licensing]`: the dependency table and the catalogue watcher.
+    pub licensing: super::LicensingSettings,
 }
 
 impl EngineSettings {

@@ -148,6 +148,13 @@ pub struct SimulatorBehaviour {
     /// Probability that a write naming a user or group not yet replicated answers 404
     /// `Request_ResourceNotFound`.
     pub new_object_write_404_probability: f64,
+    /// Refuse a licence whose disabled plans leave a plan on without one it requires (the
+    /// catalogue's dependency table, e.g. `SHAREPOINTWAC` needs `SHAREPOINTENTERPRISE`), with
+    /// Graph's 400; for a group's licence, its members get `DependencyViolation`.
+    pub plan_dependencies: bool,
+    /// Word a licence conflict as Graph does ("… Conflicting Service Plans: X, Y") instead of
+    /// the simulator's older "… are mutually exclusive".
+    pub graph_conflict_wording: bool,
 }
 
 impl Default for SimulatorBehaviour {
@@ -173,6 +180,8 @@ impl Default for SimulatorBehaviour {
             long_lag_ms: 0,
             stale_read_probability: 0.0,
             new_object_write_404_probability: 0.0,
+            plan_dependencies: false,
+            graph_conflict_wording: false,
         }
     }
 }
@@ -203,7 +212,17 @@ impl SimulatorBehaviour {
             long_lag_ms: 15_000,
             stale_read_probability: 0.5,
             new_object_write_404_probability: 0.5,
+            plan_dependencies: true,
+            graph_conflict_wording: true,
             ..Self::default()
+        }
+    }
+
+    /// The licensing rules the simulator's directory enforces.
+    pub fn licensing_rules(&self) -> crate::simulator::state::LicensingRules {
+        crate::simulator::state::LicensingRules {
+            plan_dependencies: self.plan_dependencies,
+            graph_conflict_wording: self.graph_conflict_wording,
         }
     }
 

@@ -32,6 +32,12 @@ pub enum FailureCode {
     UsageLocationMissing,
     NoSeatsAvailable,
     MutuallyExclusiveLicence,
+    /// Toggles disable a plan that an enabled plan requires (the detail names both), found at
+    /// planning against the dependency table or refused by the tenant.
+    ServicePlanDependency,
+    /// What the policy asks cannot be reached by direct assignment because a group-based
+    /// licence enables or holds it (the detail names the group).
+    LicenceInheritedFromGroup,
     AdminLimitReached,
     /// The user already holds the other Phone System admin role.
     RoleConflict,
@@ -62,6 +68,12 @@ pub enum FailureCode {
     NotInvited,
     /// Portal access: a reminder for a contact that has already activated.
     AlreadyActivated,
+    /// Contract 1.1, guard rails on large changes: a job waiting for approval longer than the
+    /// configured time (not produced by this release yet).
+    AwaitingApprovalExpired,
+    /// Contract 1.1: the service lost its access to the tenant; only in the detail of a held
+    /// job, never an item's final code (not produced by this release yet).
+    TenantAccessLost,
 }
 
 impl FailureCode {
@@ -81,6 +93,8 @@ impl FailureCode {
         Self::UsageLocationMissing,
         Self::NoSeatsAvailable,
         Self::MutuallyExclusiveLicence,
+        Self::ServicePlanDependency,
+        Self::LicenceInheritedFromGroup,
         Self::AdminLimitReached,
         Self::RoleConflict,
         Self::DuplicateEmail,
@@ -98,6 +112,8 @@ impl FailureCode {
         Self::UnknownContact,
         Self::NotInvited,
         Self::AlreadyActivated,
+        Self::AwaitingApprovalExpired,
+        Self::TenantAccessLost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +132,8 @@ impl FailureCode {
             Self::UsageLocationMissing => "usage_location_missing",
             Self::NoSeatsAvailable => "no_seats_available",
             Self::MutuallyExclusiveLicence => "mutually_exclusive_licence",
+            Self::ServicePlanDependency => "service_plan_dependency",
+            Self::LicenceInheritedFromGroup => "licence_inherited_from_group",
             Self::AdminLimitReached => "admin_limit_reached",
             Self::RoleConflict => "role_conflict",
             Self::DuplicateEmail => "duplicate_email",
@@ -133,6 +151,8 @@ impl FailureCode {
             Self::UnknownContact => "unknown_contact",
             Self::NotInvited => "not_invited",
             Self::AlreadyActivated => "already_activated",
+            Self::AwaitingApprovalExpired => "awaiting_approval_expired",
+            Self::TenantAccessLost => "tenant_access_lost",
         }
     }
 }

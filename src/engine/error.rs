@@ -42,6 +42,8 @@ pub fn failure_code(error: &TenantError) -> FailureCode {
         TenantError::UnknownServicePlan(_) => FailureCode::UnknownServicePlan,
         TenantError::UnknownLicence(_) => FailureCode::UnknownLicence,
         TenantError::MutuallyExclusiveLicence(_) => FailureCode::MutuallyExclusiveLicence,
+        TenantError::ServicePlanDependency(_) => FailureCode::ServicePlanDependency,
+        TenantError::LicenceInherited(_) => FailureCode::LicenceInheritedFromGroup,
         TenantError::Forbidden(_) => FailureCode::Forbidden,
         TenantError::Throttled { .. } | TenantError::Transient(_) | TenantError::Auth(_) => {
             FailureCode::TenantUnavailable

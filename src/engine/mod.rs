@@ -36,6 +36,7 @@ mod events;
 pub mod executor;
 pub mod gate;
 pub mod kind;
+pub mod licensing;
 pub mod monitor;
 pub mod planner;
 pub mod policy;
@@ -178,6 +179,11 @@ impl Engine {
             let engine = self.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move { engine.monitor_loop(shutdown).await });
+        }
+        {
+            let engine = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { engine.catalogue_loop(shutdown).await });
         }
         tasks.spawn(
             self.job_ends

@@ -23,6 +23,7 @@ use super::events::JobCompleted;
 use super::kind::{
     ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItems, WorkItem,
 };
+use super::licensing;
 use super::retry::ItemRetry;
 use super::users;
 use super::{EngineError, failure_code};
@@ -30,6 +31,7 @@ use crate::domain::{
     EmailAddress, Failure, FailureCode, JobType, MAX_FAILURES_LISTED, MembersAdded, OdsCode,
     PolicyChanged,
 };
+use crate::store::licensing as store_licensing;
 use crate::store::policies::{self, PolicyRow};
 use crate::store::users as store_users;
 use crate::store::work;
@@ -45,6 +47,11 @@ pub struct PolicyPlan {
     pub policy: PolicyRow,
     /// The job carried an older version than the one stored.
     pub stale: bool,
+    /// The service plans of the policy's licence as the planner saw them: an applier whose
+    /// cached catalogue lacks one (a plan the vendor added since) reads it afresh
+    /// ([`licensing::fresh_catalogue`]).
+    #[serde(default)]
+    pub sku_plans: Vec<Uuid>,
 }
 
 /// `policy.changed`: a new definition, and optionally the whole membership.
@@ -212,7 +219,7 @@ fn check_definition(policy: &PolicyRow, catalogue: &SkuCatalogue) -> Vec<Failure
 }
 
 async fn plan_changed(
-    ctx: PlanContext<'_, '_>,
+    mut ctx: PlanContext<'_, '_>,
     payload: PolicyChanged,
 ) -> Result<Plan<PolicyPlan, ()>, EngineError> {
     let def = &payload.policy;
@@ -225,8 +232,21 @@ async fn plan_changed(
         toggles: def.toggles.clone(),
     };
     let job_subject = subject(&incoming, def.version);
-    let catalogue = ctx.tenant.skus().await?;
+    // A re-verification after a plan was added reads the catalogue afresh: this replica's
+    // cache may predate the plan.
+    let catalogue = if licensing::is_reverification(&ctx.job.message_id) {
+        ctx.tenant.refresh_skus().await?
+    } else {
+        ctx.tenant.skus().await?
+    };
     let mut failures = check_definition(&incoming, &catalogue);
+    if let Ok(sku) = catalogue.by_part_number(&incoming.licence) {
+        failures.extend(licensing::dependency_failures(
+            &incoming,
+            sku,
+            &ctx.settings.licensing.plan_dependencies,
+        ));
+    }
     // The payload's list was left in the database (an empty list here means "given").
     let listed = payload.members.is_some();
     let mut listed_count = 0;
@@ -253,6 +273,20 @@ async fn plan_changed(
     } else {
         incoming.clone()
     };
+    // Seats: before any desired state changes (the count compares with the stored policies).
+    if !stale {
+        let needed = if listed {
+            store_licensing::staged_needing_seat(ctx.tx, &incoming.licence).await?
+        } else {
+            store_licensing::stored_needing_seat(ctx.tx, &incoming.id, &incoming.licence).await?
+        };
+        if let Some(failure) = licensing::check_seats(&mut ctx, &incoming.licence, needed).await? {
+            return Ok(Plan::Reject {
+                subject: Some(job_subject),
+                failures: vec![failure],
+            });
+        }
+    }
     let items = match (listed, stale) {
         // The list given is the whole membership: it is what the items are (no re-read).
         (true, false) => {
@@ -285,6 +319,7 @@ async fn plan_changed(
     Ok(Plan::Accept {
         subject: subject(&definition, def.version),
         plan: PolicyPlan {
+            sku_plans: licensing::plans_of(&catalogue, &definition.licence),
             policy: definition,
             stale,
         },
@@ -339,7 +374,7 @@ async fn supersede_older_jobs(
 }
 
 async fn plan_members_added(
-    ctx: PlanContext<'_, '_>,
+    mut ctx: PlanContext<'_, '_>,
     payload: MembersAdded,
 ) -> Result<Plan<PolicyPlan, ()>, EngineError> {
     let (count, failures) = check_members(ctx.tx, ctx.job.id, Some(payload.total_members)).await?;
@@ -372,14 +407,23 @@ async fn plan_members_added(
             failures,
         });
     }
+    let needed = store_licensing::staged_needing_seat(ctx.tx, &policy.licence).await?;
+    if let Some(failure) = licensing::check_seats(&mut ctx, &policy.licence, needed).await? {
+        return Ok(Plan::Reject {
+            subject: Some(job_subject),
+            failures: vec![failure],
+        });
+    }
     if !ctx.job.dry_run {
         policies::store_staged_members(ctx.tx, &policy.id, false).await?;
     }
+    let sku_plans = licensing::plans_of(&*ctx.tenant.skus().await?, &policy.licence);
     Ok(Plan::Accept {
         subject: job_subject,
         plan: PolicyPlan {
             policy,
             stale: false,
+            sku_plans,
         },
         items: PlannedItems::Staged {
             table: policies::STAGED_MEMBERS,
@@ -437,7 +481,9 @@ async fn apply(
     items: &[WorkItem<()>],
 ) -> Result<Vec<ItemResult>, EngineError> {
     let snapshot = &ctx.plan.policy;
-    let catalogue = ctx.tenant.skus().await?;
+    let catalogue =
+        licensing::fresh_catalogue(ctx.tenant.as_ref(), &snapshot.licence, &ctx.plan.sku_plans)
+            .await?;
 
     // The desired definition of each item, read now (see the module docs).
     let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
@@ -536,6 +582,9 @@ async fn apply(
     let mut read_failures: Vec<u32> = vec![0; items.len()];
     let mut suspected_stale: Vec<bool> = vec![false; items.len()];
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
+    // What a group's licence keeps direct assignment from reaching, per item (`licensing`).
+    let mut unreachable: Vec<Option<licensing::Unreachable>> = vec![None; items.len()];
+    let mut group_names: HashMap<Uuid, String> = HashMap::new();
     let attempts = ctx.retry.attempts();
     let window = ctx.retry.verify_within();
     let resend_after = ctx.retry.resend_after();
@@ -637,7 +686,21 @@ async fn apply(
                     {
                         state.assigned_licenses.push(other);
                     }
+                    unreachable[i] = licensing::unreachable(&state, want, &managed, &catalogue);
                     let Some(change) = change_for(&state, want, &managed) else {
+                        // The direct assignment holds; what a group's licence keeps it from
+                        // reaching is reported, not written again.
+                        if let Some(u) = unreachable[i].take() {
+                            let detail = u
+                                .detail_naming_groups(ctx.tenant.as_ref(), &mut group_names)
+                                .await;
+                            results[i] = Some(ItemResult::failed(
+                                seq,
+                                FailureCode::LicenceInheritedFromGroup,
+                                detail,
+                            ));
+                            continue;
+                        }
                         let outcome = if writes_sent[i] > 0 {
                             ItemOutcome::Changed
                         } else {
@@ -748,6 +811,25 @@ async fn apply(
                     }
                     // Not sent: the chunk is stopping (its token is cancelled).
                     Err(TenantError::Withheld(_)) => continue,
+                    // Refused because of another policy's licence the user inherits from a
+                    // group: no direct write can reach the policy (`licensing::unreachable`).
+                    Err(
+                        TenantError::MutuallyExclusiveLicence(_) | TenantError::LicenceInherited(_),
+                    ) if unreachable[i].as_ref().is_some_and(|u| u.other_licence) => {
+                        let detail = match unreachable[i].take() {
+                            Some(u) => {
+                                u.detail_naming_groups(ctx.tenant.as_ref(), &mut group_names)
+                                    .await
+                            }
+                            None => String::new(),
+                        };
+                        results[i] = Some(ItemResult::failed(
+                            items[i].seq,
+                            FailureCode::LicenceInheritedFromGroup,
+                            detail,
+                        ));
+                        continue;
+                    }
                     // Planned from a stale read: a licence it removes is already gone, or one
                     // it would conflict with has just been removed (a move made moments ago by
                     // an earlier job that the read did not show yet). Nothing was applied: read
@@ -932,6 +1014,7 @@ mod tests {
             user_principal_name: "u@nhs.net".into(),
             usage_location: Some("GB".into()),
             assigned_licenses: licences,
+            inherited: vec![],
         }
     }
 

@@ -36,14 +36,22 @@ pub struct SeedSku {
     /// SKUs with the same group are mutually exclusive (simulator-only field).
     #[serde(default)]
     pub mutually_exclusive_group: Option<String>,
+    /// Graph's `capabilityStatus`: `Enabled` (the default), `Warning`, `Suspended` or
+    /// `LockedOut` (microsoft-graph-docs-contrib `api-reference/v1.0/resources/subscribedsku.md`).
+    #[serde(default)]
+    pub capability_status: Option<String>,
 }
 
-/// Graph's `prepaidUnits` (only `enabled` matters to the simulator).
+/// Graph's `prepaidUnits`: seats `enabled`, and those in `warning` (a subscription past its
+/// end, still assignable: `enabled + warning − consumedUnits` are free, tenant.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PrepaidUnits {
     /// Seats bought.
     pub enabled: u32,
+    /// Seats in the warning state (still assignable).
+    #[serde(default)]
+    pub warning: u32,
 }
 
 /// A service plan of a SKU.
@@ -121,6 +129,9 @@ pub struct SeedGroup {
     /// Members, by user id or user principal name.
     #[serde(default)]
     pub members: Vec<String>,
+    /// Licences the group holds (group-based licensing): its members inherit them.
+    #[serde(default)]
+    pub assigned_licenses: Vec<SeedLicence>,
 }
 
 /// Well-known SKU ids of the built-in catalogue (the real Microsoft 365 GUIDs).
@@ -192,7 +203,10 @@ fn sku(
     SeedSku {
         sku_id,
         sku_part_number: part.to_owned(),
-        prepaid_units: PrepaidUnits { enabled: seats },
+        prepaid_units: PrepaidUnits {
+            enabled: seats,
+            warning: 0,
+        },
         service_plans: plans
             .iter()
             .map(|(id, name)| SeedPlan {
@@ -202,8 +216,21 @@ fn sku(
             })
             .collect(),
         mutually_exclusive_group: group.map(str::to_owned),
+        capability_status: None,
     }
 }
+
+/// Service-plan dependencies of the catalogue: a plan (first) works only with one of the
+/// plans listed after it enabled in the same licence. Graph publishes no API for these; the
+/// one modelled is documented: Office for the web (`SHAREPOINTWAC`) needs SharePoint Online
+/// (entra-docs `docs/identity/users/licensing-service-plan-reference.md` lists both in every
+/// Office 365 suite; the contract's "Licensing semantics" names this pair), and the refusal's
+/// wording is that of entra-docs `licensing-groups-resolve-problems.md`, "Manage licenses for
+/// products with prerequisites". Enforced when `plan_dependencies` is on.
+pub const PLAN_DEPENDENCIES: &[(&str, &[&str])] = &[(
+    "SHAREPOINTWAC",
+    &["SHAREPOINTENTERPRISE", "SHAREPOINTSTANDARD"],
+)];
 
 /// The built-in catalogue: Office 365 E1, E3 and E5 (mutually exclusive) and Phone System.
 pub fn default_catalogue() -> Vec<SeedSku> {

@@ -47,6 +47,20 @@
 //! | `POST /_sim/revoke-tokens` | invalidates every issued token |
 //! | `GET /_sim/access`, `POST /_sim/access` | `{"credentials_revoked": bool, "permissions_revoked": bool}`: access lost (token endpoint AADSTS7000112 and issued tokens invalid; Graph 403 `Authorization_RequestDenied`) and restored ([`identity::AccessKnobs`]) |
 //! | `POST /_sim/fail-next` | `{"count":N,"status":503}`: the next N Graph calls fail (status 0: drop N connections) |
+//! | `PATCH /_sim/skus/{skuPartNumber}` | `{"capabilityStatus":"Suspended","prepaidUnits":{"enabled":800,"warning":0}}` (each optional) |
+//! | `POST /_sim/skus/{skuPartNumber}/plans` | `{"servicePlanName":"NEW_PLAN","servicePlanId":"…"}` (id optional): the vendor adds a plan; holders get it enabled |
+//! | `POST /_sim/groups` | `{"displayName","assignedLicenses":[{"skuId","disabledPlans"}],"members":[id or upn]}`: a licensed group; 201 `{"id"}` |
+//! | `PUT /_sim/groups/{id}/assignedLicenses` | `{"assignedLicenses":[…]}`: replaces a group's licences, members reprocessed |
+//! | `POST /_sim/groups/{id}/members` | `{"members":[id or upn]}`: members added, reprocessed for the group's licences |
+//!
+//! Licensing as Graph and Entra ID do it ([`state`]'s `licensing`): a group may hold licences
+//! that its members inherit (`assignedLicenses` lists them, `licenseAssignmentStates` tells
+//! direct from inherited and shows `CountViolation`, `MutuallyExclusiveViolation` and
+//! `DependencyViolation`); removing an inherited licence directly answers 400 "User license is
+//! inherited from a group membership and it cannot be removed directly from the user."; a
+//! direct assignment beside an inherited one is allowed (one seat, effective plans the union);
+//! a `Suspended` or `LockedOut` SKU has no assignable seats. Knobs `plan_dependencies` and
+//! `graph_conflict_wording` switch the dependency refusals and Graph's conflict wording.
 //!
 //! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).
 pub mod catalogue;
@@ -120,6 +134,7 @@ impl Shared {
                 )
             })?;
         }
+        directory.rules = settings.behaviour().licensing_rules();
         Ok(Self {
             directory: RwLock::new(directory),
             stats: Mutex::default(),
@@ -163,6 +178,7 @@ impl Shared {
         let mut b = self.behaviour.write();
         let new = b.patched(patch)?;
         *b = new.clone();
+        self.directory.write().rules = new.licensing_rules();
         Ok(new)
     }
 
@@ -215,6 +231,55 @@ impl Shared {
     /// The subscribed SKUs as Graph returns them.
     pub fn subscribed_skus(&self) -> Value {
         self.directory.read().subscribed_skus()
+    }
+
+    /// Creates a security group holding `licences` ((skuId, disabledPlans)) with `members`
+    /// (ids or UPNs), who inherit them (group-based licensing). Returns its id.
+    pub fn create_licensed_group(
+        &self,
+        display_name: &str,
+        licences: Vec<(uuid::Uuid, Vec<uuid::Uuid>)>,
+        members: &[String],
+    ) -> Result<uuid::Uuid, GraphError> {
+        self.directory
+            .write()
+            .create_licensed_group(display_name, licences, members)
+    }
+
+    /// Replaces the licences a group holds; its members are reprocessed.
+    pub fn set_group_licences(
+        &self,
+        group: uuid::Uuid,
+        licences: Vec<(uuid::Uuid, Vec<uuid::Uuid>)>,
+    ) -> Result<(), GraphError> {
+        self.directory.write().set_group_licences(group, licences)
+    }
+
+    /// Adds members (ids or UPNs) to a group, reprocessed for its licences.
+    pub fn add_group_members(
+        &self,
+        group: uuid::Uuid,
+        members: &[String],
+    ) -> Result<(), GraphError> {
+        self.directory.write().add_group_members(group, members)
+    }
+
+    /// Adds a service plan to a SKU, as the vendor does (enabled for everyone holding it).
+    pub fn add_service_plan(
+        &self,
+        part_number: &str,
+        id: Option<uuid::Uuid>,
+        name: &str,
+    ) -> Result<Value, GraphError> {
+        self.directory
+            .write()
+            .add_service_plan(part_number, id, name)
+    }
+
+    /// Changes a SKU's `capabilityStatus` and seats (`{"capabilityStatus": "Suspended",
+    /// "prepaidUnits": {"enabled": 800, "warning": 0}}`, every field optional).
+    pub fn update_sku(&self, part_number: &str, patch: &Value) -> Result<Value, GraphError> {
+        self.directory.write().update_sku(part_number, patch)
     }
 }
 

@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post, put};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use secrecy::ExposeSecret;
@@ -49,6 +49,14 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/_sim/fail-next", post(fail_next))
         .route("/_sim/revoke-tokens", post(revoke_tokens))
         .route("/_sim/access", get(get_access).post(set_access))
+        .route("/_sim/skus/{part}", patch(sim_update_sku))
+        .route("/_sim/skus/{part}/plans", post(sim_add_plan))
+        .route("/_sim/groups", post(sim_create_group))
+        .route(
+            "/_sim/groups/{id}/assignedLicenses",
+            put(sim_group_licences),
+        )
+        .route("/_sim/groups/{id}/members", post(sim_group_members))
         .fallback(graph)
         .with_state(shared)
 }
@@ -1545,6 +1553,105 @@ async fn set_access(State(shared): State<Arc<Shared>>, Json(patch): Json<Value>)
         )
             .into_response(),
     }
+}
+
+/// An admin route's answer: the value, or the error in Graph's shape.
+fn admin_answer(status: StatusCode, result: Result<Value, GraphError>) -> Response {
+    match result {
+        Ok(v) => (status, Json(v)).into_response(),
+        Err(e) => SimResponse::error(&e).into_http(&RequestIds::new(None)),
+    }
+}
+
+/// `[{"skuId","disabledPlans"}]` of an admin body.
+fn licences_of(body: &Value) -> Result<Vec<(Uuid, Vec<Uuid>)>, GraphError> {
+    let parsed = AssignLicense::parse(&json!({
+        "addLicenses": body.get("assignedLicenses").cloned().unwrap_or(json!([])),
+        "removeLicenses": [],
+    }))?;
+    Ok(parsed.add)
+}
+
+fn strings_of(body: &Value, key: &str) -> Vec<String> {
+    body.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `PATCH /_sim/skus/{skuPartNumber}`: `capabilityStatus` and seats.
+async fn sim_update_sku(
+    State(shared): State<Arc<Shared>>,
+    Path(part): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    admin_answer(StatusCode::OK, shared.update_sku(&part, &body))
+}
+
+/// `POST /_sim/skus/{skuPartNumber}/plans`: the vendor adds a service plan to the SKU.
+async fn sim_add_plan(
+    State(shared): State<Arc<Shared>>,
+    Path(part): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let name = body.get("servicePlanName").and_then(Value::as_str);
+    let id = body
+        .get("servicePlanId")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok());
+    let result = match name {
+        Some(name) => shared.add_service_plan(&part, id, name),
+        None => Err(GraphError::bad_request("servicePlanName is required")),
+    };
+    admin_answer(StatusCode::CREATED, result)
+}
+
+/// `POST /_sim/groups`: a security group holding licences, with members.
+async fn sim_create_group(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+    let result = (|| {
+        let name = body
+            .get("displayName")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GraphError::bad_request("displayName is required"))?;
+        let licences = licences_of(&body)?;
+        let id = shared.create_licensed_group(name, licences, &strings_of(&body, "members"))?;
+        Ok(json!({ "id": id }))
+    })();
+    admin_answer(StatusCode::CREATED, result)
+}
+
+fn group_id(id: &str) -> Result<Uuid, GraphError> {
+    Uuid::parse_str(id).map_err(|_| GraphError::not_found(id))
+}
+
+/// `PUT /_sim/groups/{id}/assignedLicenses`: replaces the licences a group holds.
+async fn sim_group_licences(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let result = group_id(&id)
+        .and_then(|gid| Ok((gid, licences_of(&body)?)))
+        .and_then(|(gid, licences)| shared.set_group_licences(gid, licences))
+        .map(|()| json!({}));
+    admin_answer(StatusCode::OK, result)
+}
+
+/// `POST /_sim/groups/{id}/members`: adds members, reprocessed for the group's licences.
+async fn sim_group_members(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let result = group_id(&id)
+        .and_then(|gid| shared.add_group_members(gid, &strings_of(&body, "members")))
+        .map(|()| json!({}));
+    admin_answer(StatusCode::OK, result)
 }
 
 /// `POST /_sim/revoke-tokens`: every issued token becomes invalid (clients must fetch new ones).

@@ -24,6 +24,9 @@ use uuid::Uuid;
 use super::catalogue::{Seed, SeedSku};
 use super::replica::{self, Pending, View};
 
+mod licensing;
+pub use licensing::{INHERITED_REMOVAL_MESSAGE, Rules as LicensingRules};
+
 /// An error in Graph's shape: `{"error":{"code","message"}}` with an HTTP status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraphError {
@@ -113,8 +116,12 @@ struct Sku {
     plans: Vec<(Uuid, String, String)>,
     plan_ids: HashSet<Uuid>,
     enabled: u32,
+    /// `prepaidUnits.warning`: seats still assignable.
+    warning: u32,
     consumed: u32,
     exclusive_group: Option<String>,
+    /// `capabilityStatus`.
+    status: String,
 }
 
 /// A simulated user (only what the reconciler touches plus Graph's default properties).
@@ -131,6 +138,9 @@ struct User {
     mail: Option<String>,
     proxy_addresses: Vec<String>,
     other_mails: Vec<String>,
+    /// Licences inherited from licensed groups ([`licensing`]), recomputed when a group's
+    /// licences or members change.
+    inherited: Vec<licensing::Inherited>,
 }
 
 struct Group {
@@ -142,6 +152,8 @@ struct Group {
     description: Option<String>,
     /// Ordered so that `$skiptoken` paging is a cheap range query with stable pages.
     members: BTreeSet<Uuid>,
+    /// Group-based licensing: (skuId, disabledPlans) its members inherit.
+    licences: Vec<(Uuid, Vec<Uuid>)>,
 }
 
 /// The directory behind the simulator's lock.
@@ -170,6 +182,8 @@ pub struct Directory {
     user_order: BTreeSet<Uuid>,
     /// Writes of Graph calls not yet replicated.
     replication: Replication,
+    /// Which licensing rules are enforced (from the behaviour's knobs).
+    pub(crate) rules: licensing::Rules,
 }
 
 /// An object or membership with a write not yet replicated.
@@ -412,8 +426,8 @@ impl User {
             "usageLocation": self.usage_location,
             "proxyAddresses": self.proxy_addresses,
             "otherMails": self.other_mails,
-            "assignedLicenses": self.licences.iter().map(|(sku, disabled)| json!({
-                "disabledPlans": disabled, "skuId": sku})).collect::<Vec<_>>(),
+            "assignedLicenses": self.assigned_licenses_json(),
+            "licenseAssignmentStates": self.assignment_states_json(),
         })
     }
 }
@@ -504,8 +518,13 @@ impl Directory {
                     .collect(),
                 plan_ids: s.service_plans.iter().map(|p| p.service_plan_id).collect(),
                 enabled: s.prepaid_units.enabled,
+                warning: s.prepaid_units.warning,
                 consumed: 0,
                 exclusive_group: s.mutually_exclusive_group.clone(),
+                status: s
+                    .capability_status
+                    .clone()
+                    .unwrap_or_else(|| "Enabled".to_owned()),
             })
             .collect();
         self.sku_index = self
@@ -515,8 +534,8 @@ impl Directory {
             .map(|(i, s)| (s.id, i))
             .collect();
         for u in self.users.values() {
-            for (sku, _) in &u.licences {
-                if let Some(&i) = self.sku_index.get(sku) {
+            for sku in u.held() {
+                if let Some(&i) = self.sku_index.get(&sku) {
                     self.skus[i].consumed += 1;
                 }
             }
@@ -547,6 +566,7 @@ impl Directory {
                 mail: u.mail.clone(),
                 proxy_addresses: u.proxy_addresses.clone(),
                 other_mails: u.other_mails.clone(),
+                inherited: Vec::new(),
             })?;
             if !u.assigned_licenses.is_empty() {
                 let req = AssignLicense {
@@ -572,6 +592,7 @@ impl Directory {
                 unique_name: g.unique_name.clone(),
                 description: None,
                 members: BTreeSet::new(),
+                licences: Vec::new(),
             });
             for m in &g.members {
                 let uid = self
@@ -581,6 +602,14 @@ impl Directory {
                     group.members.insert(uid);
                     self.member_of.entry(uid).or_default().insert(id);
                 }
+            }
+            if !g.assigned_licenses.is_empty() {
+                let licences = g
+                    .assigned_licenses
+                    .iter()
+                    .map(|l| (l.sku_id, l.disabled_plans.clone()))
+                    .collect();
+                self.set_group_licences(id, licences)?;
             }
         }
         Ok(())
@@ -676,13 +705,13 @@ impl Directory {
             .iter()
             .map(|s| {
                 json!({
-                    "capabilityStatus": "Enabled",
+                    "capabilityStatus": s.status,
                     "consumedUnits": s.consumed,
                     "id": format!("00000000-0000-0000-0000-000000000000_{}", s.id),
                     "skuId": s.id,
                     "skuPartNumber": s.part_number,
                     "appliesTo": "User",
-                    "prepaidUnits": {"enabled": s.enabled, "suspended": 0, "warning": 0, "lockedOut": 0},
+                    "prepaidUnits": s.prepaid_units_json(),
                     "servicePlans": s.plans.iter().map(|(id, name, applies)| json!({
                         "servicePlanId": id, "servicePlanName": name,
                         "provisioningStatus": "Success", "appliesTo": applies})).collect::<Vec<_>>(),
@@ -712,6 +741,11 @@ impl Directory {
     }
 
     /// `POST /users/{id or upn}/assignLicense`: validates everything first, then applies atomically.
+    ///
+    /// Licences inherited from groups ([`licensing`]) take part: a SKU held through a group
+    /// takes no second seat, conflicts with it are refused, and removing it directly is refused
+    /// with Graph's message ([`INHERITED_REMOVAL_MESSAGE`]); a direct assignment beside it is
+    /// allowed.
     pub fn assign_license(&mut self, key: &str, req: &AssignLicense) -> Result<Value, GraphError> {
         let id = self
             .resolve_user(key)
@@ -734,9 +768,13 @@ impl Directory {
                     "License {sku_id} cannot be both added and removed."
                 )));
             }
+            self.check_dependencies(sku, disabled, "user")?;
         }
         for sku_id in &req.remove {
             if !user.licences.iter().any(|(s, _)| s == sku_id) {
+                if user.inherits(*sku_id) {
+                    return Err(GraphError::bad_request(INHERITED_REMOVAL_MESSAGE));
+                }
                 return Err(GraphError::bad_request(format!(
                     "User does not have a corresponding license {sku_id}."
                 )));
@@ -745,45 +783,52 @@ impl Directory {
         if !req.add.is_empty() && user.usage_location.as_deref().is_none_or(str::is_empty) {
             return Err(GraphError::bad_request(USAGE_LOCATION_MESSAGE));
         }
-        // The licences the user would hold afterwards.
+        let held_before = user.held();
+        // The licences the user would hold directly afterwards.
         let mut after: Vec<(Uuid, Vec<Uuid>)> = user
             .licences
             .iter()
             .filter(|(s, _)| !req.remove.contains(s))
             .cloned()
             .collect();
-        let mut newly_added = Vec::new();
         for (sku_id, disabled) in &req.add {
             let mut disabled = disabled.clone();
             disabled.sort();
             disabled.dedup();
             match after.iter_mut().find(|(s, _)| s == sku_id) {
                 Some(existing) => existing.1 = disabled,
-                None => {
-                    after.push((*sku_id, disabled));
-                    if !user.licences.iter().any(|(s, _)| s == sku_id) {
-                        newly_added.push(*sku_id);
-                    }
-                }
+                None => after.push((*sku_id, disabled)),
             }
         }
-        for (i, (a, _)) in after.iter().enumerate() {
+        // Every SKU held afterwards: direct ones and those inherited without error.
+        let mut held_after: Vec<Uuid> = after.iter().map(|(s, _)| *s).collect();
+        for sku in user
+            .inherited
+            .iter()
+            .filter(|i| i.error.is_none())
+            .map(|i| i.sku)
+        {
+            if !held_after.contains(&sku) {
+                held_after.push(sku);
+            }
+        }
+        for (i, a) in held_after.iter().enumerate() {
             let sa = &self.skus[self.sku_index[a]];
-            for (b, _) in &after[i + 1..] {
+            for b in &held_after[i + 1..] {
                 let sb = &self.skus[self.sku_index[b]];
                 if sa.exclusive_group.is_some() && sa.exclusive_group == sb.exclusive_group {
-                    let first = |s: &Sku| s.plans.first().map(|p| p.1.clone()).unwrap_or_default();
-                    return Err(GraphError::bad_request(format!(
-                        "License assignment failed because service plans {} and {} are mutually exclusive.",
-                        first(sa),
-                        first(sb)
-                    )));
+                    return Err(self.conflict_error(sa, sb));
                 }
             }
         }
+        let newly_added: Vec<Uuid> = held_after
+            .iter()
+            .copied()
+            .filter(|s| !held_before.contains(s))
+            .collect();
         for sku_id in &newly_added {
             let sku = &self.skus[self.sku_index[sku_id]];
-            if sku.consumed >= sku.enabled {
+            if sku.consumed >= sku.assignable() {
                 return Err(GraphError::bad_request(format!(
                     "Subscription {} ({}) does not have any available licenses.",
                     sku.part_number, sku.id
@@ -795,7 +840,7 @@ impl Directory {
             let i = self.sku_index[sku_id];
             self.skus[i].consumed += 1;
         }
-        for sku_id in &req.remove {
+        for sku_id in held_before.iter().filter(|s| !held_after.contains(s)) {
             let i = self.sku_index[sku_id];
             self.skus[i].consumed = self.skus[i].consumed.saturating_sub(1);
         }
@@ -849,6 +894,7 @@ impl Directory {
             mail,
             proxy_addresses,
             other_mails,
+            inherited: Vec::new(),
         };
         let json = user.json();
         self.insert_user(user)?;
@@ -890,6 +936,7 @@ impl Directory {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             members: BTreeSet::new(),
+            licences: Vec::new(),
         };
         let json = group.json();
         self.insert_group(group);
@@ -1007,6 +1054,7 @@ impl Directory {
             self.replication
                 .membership_written(gid, uid, false, now, lag);
         }
+        self.recompute_inherited(uid);
         true
     }
 
@@ -1023,6 +1071,7 @@ impl Directory {
                     self.replication
                         .membership_written(gid, uid, true, now, lag);
                 }
+                self.recompute_inherited(uid);
                 Ok(())
             }
             _ => Err(GraphError::not_found(user)),
@@ -1851,6 +1900,7 @@ impl Directory {
             unique_name: Some(unique_name.to_owned()),
             description: patch.description,
             members: BTreeSet::new(),
+            licences: Vec::new(),
         };
         let gid = group.id;
         self.insert_group(group);

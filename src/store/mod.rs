@@ -12,6 +12,7 @@
 //! | [`roles`] | `admin_roles`, `ods_mappings`, `admin_role_notifications` | desired state of Phone System admin roles |
 //! | [`portal`] | `portal_contacts` | contacts granted portal access, and what was done about them |
 //! | [`budget`] | `write_budget` | the tenant write budget shared by every replica |
+//! | [`licensing`] | `jobs` (seat columns), `sku_service_plans` | seats jobs will take; plans seen per SKU, and the internal jobs re-verifying policies after a plan is added |
 //!
 //! Here: creating the database, the pool, migrations, and the readiness checks ([`ping`],
 //! [`migrations_applied`]). Job, chunk and schedule states are Rust enums
@@ -22,6 +23,7 @@ pub mod budget;
 mod error;
 mod events;
 pub mod inbox;
+pub mod licensing;
 pub mod outbox;
 pub mod policies;
 pub mod portal;

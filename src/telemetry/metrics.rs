@@ -72,6 +72,12 @@ pub const OLDEST_UNFINISHED_JOB_AGE_SECONDS: &str = "reconciler_oldest_unfinishe
 pub const JOBS_AT_RISK: &str = "reconciler_jobs_at_risk";
 /// Messages ready in the broker's queues, by `queue` ([`QUEUES`]).
 pub const QUEUE_MESSAGES: &str = "reconciler_queue_messages";
+/// Seats of a licence in use (`consumedUnits`), by `sku` (its `skuPartNumber`: the tenant's
+/// catalogue, a few dozen at most), as the catalogue watcher last read them.
+pub const LICENCE_SEATS_CONSUMED: &str = "reconciler_licence_seats_consumed";
+/// Seats of a licence that can be assigned in all (`prepaidUnits.enabled + warning`; 0 while
+/// the subscription is `Suspended` or `LockedOut`), by `sku`.
+pub const LICENCE_SEATS_ASSIGNABLE: &str = "reconciler_licence_seats_assignable";
 
 pub const SCHEDULES: &[&str] = &["immediate", "off_peak"];
 pub const JOB_OUTCOMES: &[&str] = &["succeeded", "partially_succeeded", "failed", "rejected"];
@@ -280,6 +286,14 @@ fn describe() {
     describe_gauge!(
         JOBS_AT_RISK,
         "Unfinished jobs expected to miss the 24-hour target."
+    );
+    describe_gauge!(
+        LICENCE_SEATS_CONSUMED,
+        "Seats of a licence in use (consumedUnits), by sku part number."
+    );
+    describe_gauge!(
+        LICENCE_SEATS_ASSIGNABLE,
+        "Seats of a licence that can be assigned (enabled + warning; 0 when suspended), by sku."
     );
     describe_gauge!(
         QUEUE_MESSAGES,

@@ -27,9 +27,18 @@ pub enum TenantError {
     /// A licence (`skuPartNumber` or `skuId`) the tenant does not subscribe to.
     #[error("unknown licence: {0}")]
     UnknownLicence(String),
-    /// The licence conflicts with one the user holds.
+    /// The licence conflicts with one the user holds (Graph: "… Conflicting Service Plans:
+    /// X, Y", or "… are mutually exclusive").
     #[error("mutually exclusive licence: {0}")]
     MutuallyExclusiveLicence(String),
+    /// The disabled plans leave a plan on without a plan it requires (Graph: "… The service X
+    /// requires Y to be enabled as well.").
+    #[error("service plan dependency: {0}")]
+    ServicePlanDependency(String),
+    /// A removal of a licence the user holds through a group (Graph: "User license is
+    /// inherited from a group membership and it cannot be removed directly from the user.").
+    #[error("licence inherited from a group: {0}")]
+    LicenceInherited(String),
     /// Adding a group member that is already one (an idempotent caller treats it as done).
     #[error("already a member: {0}")]
     AlreadyMember(String),
@@ -90,6 +99,8 @@ pub const TENANT_ERROR_CODES: &[&str] = &[
     "unknown_service_plan",
     "unknown_licence",
     "mutually_exclusive_licence",
+    "service_plan_dependency",
+    "licence_inherited_from_group",
     "already_member",
     "not_member",
     "throttled",
@@ -220,6 +231,8 @@ impl TenantError {
             Self::UnknownServicePlan(_) => "unknown_service_plan",
             Self::UnknownLicence(_) => "unknown_licence",
             Self::MutuallyExclusiveLicence(_) => "mutually_exclusive_licence",
+            Self::ServicePlanDependency(_) => "service_plan_dependency",
+            Self::LicenceInherited(_) => "licence_inherited_from_group",
             Self::AlreadyMember(_) => "already_member",
             Self::NotMember(_) => "not_member",
             Self::Throttled { .. } => "throttled",
@@ -273,7 +286,25 @@ impl TenantError {
             400 if lower.contains("does not have any available licenses") => {
                 Self::NoSeatsAvailable(detail())
             }
-            400 if lower.contains("mutually exclusive") => Self::MutuallyExclusiveLicence(detail()),
+            // Before "does not have a corresponding license": a removal of an inherited licence
+            // is refused for another reason than its absence.
+            400 if lower.contains("inherited from a group") => Self::LicenceInherited(detail()),
+            // Graph's wording ends "Conflicting Service Plans: X, Y" (tenant.md, "Conflicts");
+            // MSOnline's "… cannot be assigned at the same time"; the simulator's older one
+            // "… are mutually exclusive". Before the "service plan" match below.
+            400 if lower.contains("mutually exclusive")
+                || lower.contains("conflicting service plans")
+                || lower.contains("cannot be assigned at the same time") =>
+            {
+                Self::MutuallyExclusiveLicence(detail())
+            }
+            // entra-docs `licensing-groups-resolve-problems.md`: "… before adding or removing a
+            // dependent service. The service X requires Y to be enabled as well."
+            400 if lower.contains("dependent service")
+                || lower.contains("to be enabled as well") =>
+            {
+                Self::ServicePlanDependency(detail())
+            }
             400 if lower.contains("service plan") || lower.contains("disabled plan") => {
                 Self::UnknownServicePlan(detail())
             }
@@ -352,6 +383,47 @@ mod tests {
         assert_eq!(
             TenantError::from_graph(op, 403, "Authorization_RequestDenied", "no", None).code(),
             "forbidden"
+        );
+    }
+
+    #[test]
+    fn maps_licensing_refusals_in_graph_wording() {
+        let op = Operation::AssignLicence;
+        let code = |m: &str| TenantError::from_graph(op, 400, "Request_BadRequest", m, None).code();
+        assert_eq!(
+            code(
+                "Unable to update license for this user. This set of licenses includes two or \
+                 more service plans which cannot be assigned at the same time. Conflicting \
+                 Service Plans: EXCHANGE_S_STANDARD, EXCHANGE_S_ENTERPRISE"
+            ),
+            "mutually_exclusive_licence"
+        );
+        assert_eq!(
+            code("License assignment failed because service plans A and B are mutually exclusive."),
+            "mutually_exclusive_licence"
+        );
+        assert_eq!(
+            code(
+                "License operation failed. Make sure that the user has necessary services before \
+                 adding or removing a dependent service. The service SHAREPOINTWAC requires \
+                 SHAREPOINTENTERPRISE to be enabled as well."
+            ),
+            "service_plan_dependency"
+        );
+        assert_eq!(
+            code(
+                "User license is inherited from a group membership and it cannot be removed \
+                 directly from the user."
+            ),
+            "licence_inherited_from_group"
+        );
+        assert_eq!(
+            code("User does not have a corresponding license"),
+            "licence_not_held"
+        );
+        assert_eq!(
+            code("Invalid disabled plan id x: the service plan is not part of the license y."),
+            "unknown_service_plan"
         );
     }
 }

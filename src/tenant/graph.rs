@@ -53,7 +53,10 @@ use super::{Tenant, WriteGate};
 use crate::telemetry::emit;
 
 /// The `$select` of every user read: exactly what licence reconciliation needs.
-pub const USER_SELECT: &str = "id,userPrincipalName,usageLocation,assignedLicenses";
+/// `licenseAssignmentStates` tells direct licences from those inherited from groups
+/// ([`super::model::UserLicenceState`]).
+pub const USER_SELECT: &str =
+    "id,userPrincipalName,usageLocation,assignedLicenses,licenseAssignmentStates";
 
 /// The Graph client. What it retries, and how often, is in the [module docs](self).
 pub struct GraphClient {
@@ -259,7 +262,15 @@ impl Tenant for GraphClient {
         }
         results
             .into_iter()
-            .map(|r| match r {
+            .zip(changes)
+            .map(|(r, change)| match r {
+                // A removal of a licence the user does not hold (Graph: "User does not have a
+                // corresponding license"): what it asked already holds. A change that also adds
+                // was refused whole, so it stays an error (the caller re-reads and re-plans).
+                Some(Err(Failure {
+                    error: TenantError::LicenceNotHeld(_),
+                    ..
+                })) if change.add.is_empty() => Ok(LicenceOutcome::AlreadyHeld),
                 Some(r) => r.map_err(|f| f.error),
                 None => Err(TenantError::Transient("no answer".to_owned())),
             })
@@ -406,6 +417,25 @@ impl Tenant for GraphClient {
         })
     }
 
+    /// `GET /groups/{id}?$select=id,displayName` for each, in `$batch` (reads, retried as
+    /// reads are).
+    async fn group_names(&self, group_ids: &[Uuid]) -> std::collections::HashMap<Uuid, String> {
+        let inners: Vec<Inner> = group_ids
+            .iter()
+            .map(|id| Inner::get(format!("/groups/{id}?$select=id,displayName")))
+            .collect();
+        self.transport
+            .batch_with_retry(Operation::FindGroup, &inners)
+            .await
+            .into_iter()
+            .filter_map(|r| {
+                r.and_then(|raw| raw.parse::<Group>(Operation::FindGroup))
+                    .ok()
+            })
+            .map(|g| (g.id, g.display_name))
+            .collect()
+    }
+
     async fn create_group(&self, group: &NewGroup) -> Result<Group, TenantError> {
         let body = json!({
             "displayName": group.display_name,
@@ -531,6 +561,7 @@ impl Tenant for GraphClient {
             user_principal_name: user.user_principal_name.clone(),
             usage_location: user.usage_location.clone(),
             assigned_licenses: Vec::new(),
+            inherited: Vec::new(),
         })
     }
 }

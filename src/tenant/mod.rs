@@ -35,8 +35,8 @@ pub use access::{AccessLoss, AccessLossReason, AccessWatch, TENANT_ACCESS_LOST};
 pub use error::{Operation, TENANT_ERROR_CODES, TenantError};
 pub use graph::GraphClient;
 pub use model::{
-    AddressMatch, AssignedLicence, EnsuredLicence, Group, GroupMember, LicenceChange,
-    LicenceOutcome, MatchedBy, NewGroup, NewUser, UserLicenceState, UserRef,
+    AddressMatch, AssignedLicence, EnsuredLicence, Group, GroupMember, InheritedLicence,
+    LicenceChange, LicenceOutcome, MatchedBy, NewGroup, NewUser, UserLicenceState, UserRef,
 };
 pub use priority::Priority;
 pub use rate::{LocalTokenBucket, Unlimited, WriteBudget};
@@ -177,6 +177,13 @@ pub trait Tenant: Send + Sync {
         group_id: Uuid,
         user_ids: &[Uuid],
     ) -> Result<(), TenantError>;
+
+    /// The display names of groups, by id (to name a group in a failure's detail); a group
+    /// that cannot be read is left out. The default knows none.
+    async fn group_names(&self, group_ids: &[Uuid]) -> std::collections::HashMap<Uuid, String> {
+        let _ = group_ids;
+        std::collections::HashMap::new()
+    }
 
     /// The security group with this display name, if any (the first when several share it).
     async fn find_group(&self, display_name: &str) -> Result<Option<Group>, TenantError>;

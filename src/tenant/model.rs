@@ -78,8 +78,15 @@ impl AssignedLicence {
 }
 
 /// What the reconciler reads of a user.
+///
+/// `assigned_licenses` are the licences assigned *directly*: what `assignLicense` can change.
+/// Graph's `assignedLicenses` also lists licences inherited from groups (group-based
+/// licensing), so when the answer carries `licenseAssignmentStates` the direct ones are taken
+/// from there (`assignedByGroup` null) and the inherited ones go to `inherited`
+/// (microsoft-graph-docs-contrib `api-reference/v1.0/resources/licenseassignmentstate.md`).
+/// Without the states (a tenant that does not send them), `assignedLicenses` is taken as direct.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "RawUserLicenceState")]
 pub struct UserLicenceState {
     /// Object id.
     pub id: Uuid,
@@ -88,9 +95,111 @@ pub struct UserLicenceState {
     /// ISO 3166 usage location; licences need one.
     #[serde(default)]
     pub usage_location: Option<String>,
-    /// Licences held.
+    /// Licences assigned directly.
     #[serde(default)]
     pub assigned_licenses: Vec<AssignedLicence>,
+    /// Licences inherited from groups (also those Entra ID could not give: `error` says why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited: Vec<InheritedLicence>,
+}
+
+/// A licence a user inherits from a group (one of Graph's `licenseAssignmentStates` with
+/// `assignedByGroup` set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InheritedLicence {
+    /// The SKU.
+    pub sku_id: Uuid,
+    /// The group's disabled plans of it.
+    #[serde(default)]
+    pub disabled_plans: Vec<Uuid>,
+    /// The group that assigns it.
+    pub group_id: Uuid,
+    /// Graph's `error` when the group's licence could not be given (`CountViolation`,
+    /// `MutuallyExclusiveViolation`, `DependencyViolation`, …); `None` when it is active.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl InheritedLicence {
+    /// Whether the user holds it (Entra ID gave it without error).
+    pub fn is_active(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// One of Graph's `licenseAssignmentStates`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LicenceAssignmentState {
+    sku_id: Uuid,
+    #[serde(default)]
+    disabled_plans: Option<Vec<Uuid>>,
+    #[serde(default)]
+    assigned_by_group: Option<Uuid>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// A user as Graph answers it (see [`UserLicenceState`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawUserLicenceState {
+    id: Uuid,
+    user_principal_name: String,
+    #[serde(default)]
+    usage_location: Option<String>,
+    #[serde(default)]
+    assigned_licenses: Vec<AssignedLicence>,
+    #[serde(default)]
+    license_assignment_states: Option<Vec<LicenceAssignmentState>>,
+    /// Our own serialised form (the states already split).
+    #[serde(default)]
+    inherited: Vec<InheritedLicence>,
+}
+
+impl From<RawUserLicenceState> for UserLicenceState {
+    fn from(raw: RawUserLicenceState) -> Self {
+        let Some(states) = raw.license_assignment_states else {
+            return Self {
+                id: raw.id,
+                user_principal_name: raw.user_principal_name,
+                usage_location: raw.usage_location,
+                assigned_licenses: raw.assigned_licenses,
+                inherited: raw.inherited,
+            };
+        };
+        let mut direct = Vec::new();
+        let mut inherited = Vec::new();
+        for s in states {
+            let disabled_plans = s.disabled_plans.unwrap_or_default();
+            match s.assigned_by_group {
+                None => direct.push(AssignedLicence {
+                    sku_id: s.sku_id,
+                    disabled_plans,
+                }),
+                Some(group_id) => {
+                    let failed = s.state.as_deref() == Some("Error")
+                        || s.error.as_deref().is_some_and(|e| e != "None");
+                    inherited.push(InheritedLicence {
+                        sku_id: s.sku_id,
+                        disabled_plans,
+                        group_id,
+                        error: failed.then(|| s.error.unwrap_or_else(|| "Error".to_owned())),
+                    });
+                }
+            }
+        }
+        Self {
+            id: raw.id,
+            user_principal_name: raw.user_principal_name,
+            usage_location: raw.usage_location,
+            assigned_licenses: direct,
+            inherited,
+        }
+    }
 }
 
 impl UserLicenceState {

@@ -28,6 +28,9 @@ pub struct PrepaidUnits {
     /// Seats bought and active.
     #[serde(default)]
     pub enabled: u32,
+    /// Seats of a subscription past its end, still assignable until it is suspended.
+    #[serde(default)]
+    pub warning: u32,
 }
 
 /// A subscribed SKU as `GET /subscribedSkus` lists it.
@@ -166,7 +169,10 @@ mod tests {
                 plan(2, "TEAMS1"),
                 plan(3, "SWAY"),
             ],
-            prepaid_units: PrepaidUnits { enabled: 5 },
+            prepaid_units: PrepaidUnits {
+                enabled: 5,
+                warning: 0,
+            },
             consumed_units: 0,
             capability_status: "Enabled".to_owned(),
         }])

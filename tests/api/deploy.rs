@@ -72,7 +72,11 @@ const LABEL_SETS: &[(&str, &str, &str)] = &[
 ];
 
 /// Labels whose values are not checked: Prometheus' own, and open or enum-backed ones.
-const OTHER_LABELS: &[&str] = &["job", "instance", "le", "code", "job_type", "version"];
+/// Labels whose values are not a declared set: scrape labels, and values the tenant or the
+/// contract bounds (`sku`: the tenant's `skuPartNumber`s).
+const OTHER_LABELS: &[&str] = &[
+    "job", "instance", "le", "code", "job_type", "version", "sku",
+];
 
 const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
 

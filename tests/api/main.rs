@@ -13,6 +13,7 @@ mod ingest;
 #[allow(dead_code)]
 #[path = "../kit/mod.rs"]
 mod kit;
+mod licensing;
 mod ops;
 mod outbox;
 mod policy;
