@@ -1,5 +1,5 @@
 //! Licensing bookkeeping: the seats jobs will take, and the service plans seen per SKU
-//! (migration `0012_licensing.sql`).
+//! (migration `0013_licensing.sql`).
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
