@@ -167,6 +167,10 @@ impl Tenant for AccessGuard {
         self.check(self.inner.add_members_at_once(group_id, user_ids).await)
     }
 
+    async fn group_names(&self, group_ids: &[Uuid]) -> std::collections::HashMap<Uuid, String> {
+        self.inner.group_names(group_ids).await
+    }
+
     async fn find_group(&self, display_name: &str) -> Result<Option<Group>, TenantError> {
         self.check(self.inner.find_group(display_name).await)
     }

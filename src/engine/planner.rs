@@ -123,7 +123,19 @@ impl Engine {
             }
             Err(error) => {
                 drop(tx);
-                let _ = work::defer_planning(&self.pool, job_id, RETRY_AFTER_FAILURE).await;
+                // Planning reads the tenant (licences, seats): a refused access holds the job
+                // as it holds a chunk, said in its detail, and tries again after the same wait.
+                let wait = match &error {
+                    EngineError::Tenant(e) if let Some(reason) = e.access_lost() => {
+                        let loss = crate::tenant::AccessLoss::new(reason, e.to_string());
+                        let _ = work::hold_job(&self.pool, job_id, &loss).await;
+                        chrono::Duration::seconds(
+                            self.settings.access_retry_seconds.get().min(86_400) as i64,
+                        )
+                    }
+                    _ => RETRY_AFTER_FAILURE,
+                };
+                let _ = work::defer_planning(&self.pool, job_id, wait).await;
                 Err(error)
             }
         }

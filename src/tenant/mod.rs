@@ -179,11 +179,9 @@ pub trait Tenant: Send + Sync {
     ) -> Result<(), TenantError>;
 
     /// The display names of groups, by id (to name a group in a failure's detail); a group
-    /// that cannot be read is left out. The default knows none.
-    async fn group_names(&self, group_ids: &[Uuid]) -> std::collections::HashMap<Uuid, String> {
-        let _ = group_ids;
-        std::collections::HashMap::new()
-    }
+    /// that cannot be read is left out. (No default: a wrapper such as the engine's access
+    /// guard must pass it on, not answer "none".)
+    async fn group_names(&self, group_ids: &[Uuid]) -> std::collections::HashMap<Uuid, String>;
 
     /// The security group with this display name, if any (the first when several share it).
     async fn find_group(&self, display_name: &str) -> Result<Option<Group>, TenantError>;

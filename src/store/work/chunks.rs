@@ -233,6 +233,25 @@ pub async fn hold_chunk(
     Ok(())
 }
 
+/// Say in a job's detail that it is held because the tenant refuses the service's access
+/// (as [`hold_chunk`] does, for a job whose planning met the refusal: planning reads the
+/// tenant's licences and seats).
+pub async fn hold_job(pool: &PgPool, job_id: Uuid, loss: &AccessLoss) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jobs SET held = jsonb_build_object('code', $2::text, 'reason', $3::text,
+                'detail', $4::text, 'since', coalesce(held->'since', to_jsonb($5::timestamptz)))
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(loss.code)
+    .bind(loss.reason.as_str())
+    .bind(&loss.detail)
+    .bind(loss.since)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The job is no longer held (a chunk of it ran with access).
 pub async fn clear_hold(pool: &PgPool, job_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("UPDATE jobs SET held = NULL WHERE id = $1 AND held IS NOT NULL")
