@@ -786,7 +786,8 @@ async fn apply(
                     } else {
                         None
                     };
-                    ctx.tenant.assign_licences_gated(&changes, &gate).await
+                    // Throttled writes come back postponed rather than hold the turn.
+                    waits::return_early(ctx.tenant.assign_licences_gated(&changes, &gate)).await
                 } => outcomes,
                 // Stopping: abandon the call. Its writes' intents are recorded, so the chunk's
                 // next worker, reading the users back, reports them as this job's changes.
@@ -811,6 +812,14 @@ async fn apply(
                     }
                     // Not sent: the chunk is stopping (its token is cancelled).
                     Err(TenantError::Withheld(_)) => continue,
+                    // Throttled (not applied) while the call's other writes went through:
+                    // read and written again after Graph's `Retry-After`, in a later round.
+                    Err(TenantError::Postponed { after, error }) => {
+                        not_before[i] = Some(sent_at + after);
+                        last_error.insert(i, *error);
+                        keep.push(i);
+                        continue;
+                    }
                     // Refused because of another policy's licence the user inherits from a
                     // group: no direct write can reach the policy (`licensing::unreachable`).
                     Err(

@@ -235,6 +235,20 @@ impl Tenant for GraphClient {
             let wait = self
                 .transport
                 .round_delay(failures.iter().map(|f| f.fault), &mut backoff);
+            // The caller can get on with the writes that went through (see `super::waits`):
+            // hand it the throttled ones (not applied) to read and write again after `wait`,
+            // rather than hold the call, and the caller's turn at writing, for it.
+            if super::waits::returns_early() && results.iter().any(|r| matches!(r, Some(Ok(_)))) {
+                for &i in &retry {
+                    if let Some(Err(f)) = &mut results[i] {
+                        f.error = TenantError::Postponed {
+                            after: wait,
+                            error: Box::new(f.error.clone()),
+                        };
+                    }
+                }
+                break;
+            }
             emit(LicenceWritesThrottled {
                 errors: failures.iter().map(|f| &f.error),
                 wait,

@@ -726,3 +726,38 @@ async fn work_that_returns_early_gets_the_answers_that_came_and_the_failed_ones_
     assert_eq!(stats.count("get_user", 503), 1);
     assert_eq!(stats.count("get_user", 200), 1);
 }
+
+#[tokio::test]
+async fn throttled_licence_writes_come_back_postponed_when_the_others_went_through() {
+    let sim = start_with(|s| {
+        s.writes_per_window = 2;
+        s.write_window_seconds = 60;
+    })
+    .await;
+    let ids = seed_users(&sim, "tp", 3);
+    let tenant = client(&sim);
+    let changes = mcoev_for(&ids);
+    // Two writes go through, the third is throttled for most of a minute: the call does not
+    // wait for it (nor re-read and retry it), it hands it back, not applied.
+    let started = std::time::Instant::now();
+    let out = waits::return_early(tenant.assign_licences(&changes)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 2, "{out:?}");
+    let err = out.iter().find_map(|r| r.as_ref().err()).unwrap();
+    let TenantError::Postponed { after, error } = err else {
+        panic!("expected a postponed write, got {err:?}");
+    };
+    assert!(*after >= Duration::from_secs(1), "{after:?}");
+    assert!(
+        matches!(**error, TenantError::Throttled { .. }),
+        "{error:?}"
+    );
+    assert_eq!(err.code(), "throttled");
+    let stats = sim.state().stats();
+    assert_eq!(stats.writes_applied, 2);
+    assert_eq!(stats.total("assign_license"), 3, "sent once each");
+}
