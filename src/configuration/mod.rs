@@ -18,6 +18,7 @@
 mod broker;
 mod database;
 mod engine;
+mod approval;
 mod licensing;
 mod parse;
 mod roles;
@@ -35,6 +36,7 @@ use serde::Deserialize;
 pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
 pub use engine::EngineSettings;
+pub use approval::ApprovalSettings;
 pub use licensing::{LicensingSettings, PlanDependency};
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
 pub use schedule::{OffPeakWindow, ScheduleSettings, TimeOfDay};

@@ -14,7 +14,8 @@ pub mod permissions;
 pub use codes::FailureCode;
 pub use email::EmailAddress;
 pub use events::{
-    Counts, EVENT_SCHEMA_VERSION, EventHeader, Failure, JobAccepted, JobCompleted,
+    ApprovalThreshold, ChangeEffect, Counts, EVENT_SCHEMA_VERSION, EventHeader, Failure,
+    JobAccepted, JobApprovalRequired, JobCompleted,
     MAX_FAILURES_LISTED, NotificationEmail, Outcome, Schedule,
 };
 pub use job::{

@@ -5,10 +5,14 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::events::{JobAccepted, JobCompleted, JobPlanned, PlanningDeferred};
+use super::events::{
+    ApprovalRequired, JobAccepted, JobCompleted, JobPlanned, PlanningDeferred,
+};
 use super::kind::{Plan, PlanContext, PlannedItems, StoredJob};
 use super::{Engine, EngineError};
-use crate::domain::{Counts, Failure, FailureCode, JobType, Outcome, Schedule};
+use crate::domain::{
+    ApprovalThreshold, Counts, Failure, FailureCode, JobType, Outcome, Schedule,
+};
 use crate::store::work::{self, JobIdentity};
 use crate::telemetry::emit;
 
@@ -170,12 +174,14 @@ impl Engine {
             actor: work::actor(row.actor),
             received_at: row.received_at,
         };
+        let mut effect = None;
         let ctx = PlanContext {
             tx,
             tenant: &self.tenant,
             settings: &self.settings,
             clock: self.clock.as_ref(),
             job: &job,
+            effect: &mut effect,
         };
         let plan = match kind.plan(ctx, payload).await? {
             Ok(plan) => plan,
@@ -235,6 +241,26 @@ impl Engine {
                     total,
                     earliest_start,
                 });
+                // Guard rails on large changes: planned, but held for an operator. A dry run
+                // writes nothing and never waits.
+                let approval = &self.settings.approval;
+                if let Some((effect, size)) = effect
+                    && !job.dry_run
+                    && total > 0
+                    && approval.needs_approval(effect.affected(), size)
+                {
+                    let threshold = ApprovalThreshold {
+                        users: approval.users,
+                        share: approval.share,
+                    };
+                    work::await_approval(tx, &identity, &subject, effect, threshold).await?;
+                    emit(ApprovalRequired {
+                        job_id: job.id,
+                        effect,
+                        policy_size: size,
+                    });
+                    return Ok(false);
+                }
                 if total > 0 {
                     return Ok(true);
                 }
