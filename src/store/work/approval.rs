@@ -1,7 +1,9 @@
-//! Guard rails on large changes (contract 1.1): a planned job whose effect is over the
-//! thresholds waits (`jobs.awaiting_approval`), its chunks unclaimed, until an operator
-//! approves it ([`super::controls::approve`]) or cancels it, or until it has waited too long
-//! ([`expire_approval`]: it ends `rejected`, `awaiting_approval_expired`).
+//! Guard rails on large changes (contract 1.1): a job whose planned effect is over the
+//! thresholds waits (`jobs.awaiting_approval`), `received`, with nothing of its plan stored
+//! (no desired state changed, no items), until an operator approves it
+//! ([`super::controls::approve`]: it is then planned again, from the state of then, and runs)
+//! or cancels it, or until it has waited too long ([`expire_approval`]: it ends `rejected`,
+//! `awaiting_approval_expired`).
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -15,8 +17,8 @@ use crate::domain::{
 };
 use crate::store::{StoreError, outbox};
 
-/// Make a just accepted job wait for approval, and publish `job.approval_required`; in the
-/// planning transaction.
+/// Make a job being planned wait for approval (not planned again until approved), and
+/// publish `job.approval_required`; in the planning transaction.
 pub async fn await_approval(
     tx: &mut Transaction<'_, Postgres>,
     job: &JobIdentity<'_>,
@@ -25,11 +27,16 @@ pub async fn await_approval(
     threshold: ApprovalThreshold,
 ) -> Result<(), StoreError> {
     let since = Utc::now();
-    sqlx::query("UPDATE jobs SET awaiting_approval = $2, updated_at = now() WHERE id = $1")
-        .bind(job.id)
-        .bind(json!({ "effect": effect, "threshold": threshold, "since": since }))
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE jobs SET awaiting_approval = $2, subject = $3, plan_not_before = 'infinity',
+                updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job.id)
+    .bind(json!({ "effect": effect, "threshold": threshold, "since": since }))
+    .bind(subject)
+    .execute(&mut **tx)
+    .await?;
     let header = EventHeader::new(
         JobApprovalRequired::TYPE,
         job.id,
@@ -44,6 +51,19 @@ pub async fn await_approval(
         threshold,
     };
     outbox::enqueue(tx, &header, &event).await
+}
+
+/// Whether an operator approved the job (it is then never held again).
+pub async fn approved(
+    executor: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM job_operator_actions WHERE job_id = $1 AND action = 'approve')",
+    )
+    .bind(job_id)
+    .fetch_one(executor)
+    .await?)
 }
 
 /// Jobs that have waited for approval since before `before`.

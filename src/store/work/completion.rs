@@ -245,10 +245,24 @@ pub async fn complete_if_done_in(
                 .unwrap_or(FailureCode::TenantRejected),
             detail: detail.unwrap_or_default(),
         })
-        .collect();
+        .collect::<Vec<_>>();
     // A job that waited for an approval that never came did nothing it was asked to: the
     // contract's `rejected`, `awaiting_approval_expired`.
     let expired = ended_code.as_deref() == Some(FailureCode::AwaitingApprovalExpired.as_str());
+    let mut failures = failures;
+    if expired && failures.is_empty() {
+        // Held before planning stored items: the job itself is the failure.
+        let detail: Option<String> =
+            sqlx::query_scalar("SELECT ended_early FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        failures.push(Failure {
+            item: message_id.clone(),
+            code: FailureCode::AwaitingApprovalExpired,
+            detail: detail.unwrap_or_default(),
+        });
+    }
     let outcome = if expired {
         Outcome::Rejected
     } else if counts.failed == 0 {

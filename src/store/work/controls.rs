@@ -268,8 +268,8 @@ async fn try_cancel(
     })
 }
 
-/// Approve a job that waits for approval: its chunks become claimable and it runs as
-/// planned.
+/// Approve a job that waits for approval: it is planned again at once (from the state of
+/// now, as the contract's "runs as planned": the same job, its effect recounted) and runs.
 pub async fn approve(
     pool: &PgPool,
     job: JobRef<'_>,
@@ -295,7 +295,11 @@ pub async fn approve(
     if !awaiting {
         return Err(ControlError::NotAwaitingApproval);
     }
-    sqlx::query("UPDATE jobs SET awaiting_approval = NULL, updated_at = now() WHERE id = $1")
+    // Planned again now: from the state of now, and never held again.
+    sqlx::query(
+        "UPDATE jobs SET awaiting_approval = NULL, plan_not_before = now(), updated_at = now()
+         WHERE id = $1",
+    )
         .bind(id)
         .execute(&mut *tx)
         .await?;

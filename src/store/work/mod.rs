@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use crate::domain::{Actor, JobType, Schedule, Ticket};
 
-pub use approval::{approvals_expired, await_approval, expire_approval};
+pub use approval::{approvals_expired, approved, await_approval, expire_approval};
 pub use chunks::{
     ChunkFate, ChunkJob, ClaimLimits, ClaimedChunk, Outcomes, Recorded, chunk_fate, chunk_job,
     claim_chunk, clear_hold, defer_chunk, end_chunk_early, hold_chunk, intend_writes, open_items,
