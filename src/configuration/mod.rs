@@ -15,10 +15,10 @@
 //! other part of the crate: parts use their settings from here (`tenant` and `simulator`
 //! re-export theirs), so every arrow points into `configuration`, none out of it.
 
+mod approval;
 mod broker;
 mod database;
 mod engine;
-mod approval;
 mod licensing;
 mod parse;
 mod roles;
@@ -33,10 +33,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use approval::ApprovalSettings;
 pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
 pub use engine::EngineSettings;
-pub use approval::ApprovalSettings;
 pub use licensing::{LicensingSettings, PlanDependency};
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
 pub use schedule::{OffPeakWindow, ScheduleSettings, TimeOfDay};

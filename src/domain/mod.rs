@@ -15,8 +15,8 @@ pub use codes::FailureCode;
 pub use email::EmailAddress;
 pub use events::{
     ApprovalThreshold, ChangeEffect, Counts, EVENT_SCHEMA_VERSION, EventHeader, Failure,
-    JobAccepted, JobApprovalRequired, JobCompleted,
-    MAX_FAILURES_LISTED, NotificationEmail, Outcome, Schedule,
+    JobAccepted, JobApprovalRequired, JobCompleted, MAX_FAILURES_LISTED, NotificationEmail,
+    Outcome, Schedule,
 };
 pub use job::{
     Actor, AdminRole, AdminRoleChange, AdminRoleTarget, Contact, ContactKind, JobMessage,

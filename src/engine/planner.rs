@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::events::{
-    ApprovalRequired, JobAccepted, JobCompleted, JobPlanned, PlanningDeferred,
-};
+use super::events::{ApprovalRequired, JobAccepted, JobCompleted, JobPlanned, PlanningDeferred};
 use super::kind::{Plan, PlanContext, PlannedItems, StoredJob};
 use super::{Engine, EngineError};
 use crate::domain::{
@@ -239,12 +237,12 @@ impl Engine {
             } => {
                 let total = items.len();
                 // Guard rails on large changes: over the thresholds, the job waits for an
-                // operator (unless one approved it already). A dry run writes nothing and never
-                // waits.
+                // operator (unless one approved it already), even with no items left: an
+                // emptied member list is the accident this is for. A dry run writes nothing
+                // and never waits.
                 let approval = &self.settings.approval;
                 if let Some((effect, size)) = effect
                     && !job.dry_run
-                    && total > 0
                     && approval.needs_approval(effect.affected(), size)
                     && !work::approved(&mut **tx, job.id).await?
                 {

@@ -17,7 +17,7 @@ use crate::store::work::views::{self, Listed};
 use crate::store::work::{JobRef, JobState};
 
 pub use crate::store::work::controls::{
-    CANCELLED_BY_OPERATOR, CancelReport, OperatorAction, Operator,
+    CANCELLED_BY_OPERATOR, CancelReport, Operator, OperatorAction,
 };
 pub use crate::store::work::views::{ChunkCounts, FailureRow, ItemCounts, JobDetail, JobSummary};
 

@@ -235,20 +235,21 @@ pub async fn change_effect(
     } else {
         "SELECT email FROM policy_members WHERE policy_id = $1"
     };
-    let (changed, toggles, unchanged, added): (i64, i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FILTER (WHERE p.id IS NOT NULL AND p.licence <> $2),
+    let (changed, toggles, unchanged, added): (i64, i64, i64, i64) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE p.id IS NOT NULL AND p.licence <> $2),
                 count(*) FILTER (WHERE p.licence = $2 AND p.toggles <> $3::jsonb),
                 count(*) FILTER (WHERE p.licence = $2 AND p.toggles = $3::jsonb),
                 count(*) FILTER (WHERE p.id IS NULL)
          FROM ({target}) t
          LEFT JOIN policy_members m ON m.email = t.email
          LEFT JOIN policies p ON p.id = m.policy_id"
-    )))
-    .bind(&incoming.id)
-    .bind(&incoming.licence)
-    .bind(serde_json::to_value(&incoming.toggles).expect("toggles serialize"))
-    .fetch_one(&mut **tx)
-    .await?;
+        )))
+        .bind(&incoming.id)
+        .bind(&incoming.licence)
+        .bind(serde_json::to_value(&incoming.toggles).expect("toggles serialize"))
+        .fetch_one(&mut **tx)
+        .await?;
     let removed: i64 = if listed {
         sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT email FROM policy_members WHERE policy_id = $1
@@ -260,10 +261,11 @@ pub async fn change_effect(
     } else {
         0
     };
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_members WHERE policy_id = $1")
-        .bind(&incoming.id)
-        .fetch_one(&mut **tx)
-        .await?;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM policy_members WHERE policy_id = $1")
+            .bind(&incoming.id)
+            .fetch_one(&mut **tx)
+            .await?;
     let effect = ChangeEffect {
         licence_removed: removed as u64,
         licence_changed: changed as u64,

@@ -11,7 +11,7 @@ use policy_reconciler::simulator::SimulatorSettings;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{OPERATOR, AppOptions, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{AppOptions, OPERATOR, TestApp, spawn_app, spawn_app_with};
 use crate::kit::broker::EventQueue;
 use crate::kit::wait_until;
 
@@ -301,7 +301,9 @@ async fn a_job_not_yet_planned_is_cancelled_with_no_items() {
     .await
     .unwrap();
     app.wait_for_jobs(1).await;
-    let report = ops::cancel(&app.pool, &enqueued.message_id, &OPERATOR).await.unwrap();
+    let report = ops::cancel(&app.pool, &enqueued.message_id, &OPERATOR)
+        .await
+        .unwrap();
     assert_eq!(report.previous_state.as_str(), "received");
     let (_, counts) = report.completed.expect("completed at once: nothing ran");
     assert_eq!((report.items_skipped, counts.total), (0, 0));
@@ -391,7 +393,9 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
     assert_eq!(later, 0, "chunks not done still wait after expedite");
 
     ops::pause(&app.pool, &message_id, &OPERATOR).await.unwrap();
-    let report = ops::cancel(&app.pool, &message_id, &OPERATOR).await.unwrap();
+    let report = ops::cancel(&app.pool, &message_id, &OPERATOR)
+        .await
+        .unwrap();
     assert!(report.items_skipped > 0, "{report:?}");
     assert!(ops::render_cancel(&report).contains("skipped"));
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use policy_reconciler::engine::clock::ManualClock;
 use serde_json::{Value, json};
 
-use crate::helpers::{OPERATOR, AppOptions, spawn_app_with};
+use crate::helpers::{AppOptions, OPERATOR, spawn_app_with};
 use crate::kit::broker::EventQueue;
 
 fn at(s: &str) -> DateTime<Utc> {

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::{JobIdentity, JobState, complete_if_done_in, end_early_in};
 use crate::domain::{
-    ApprovalThreshold, ChangeEffect, EventHeader, FailureCode, JobApprovalRequired, JobType,
-    Outcome, Counts,
+    ApprovalThreshold, ChangeEffect, Counts, EventHeader, FailureCode, JobApprovalRequired,
+    JobType, Outcome,
 };
 use crate::store::{StoreError, outbox};
 

@@ -300,9 +300,9 @@ pub async fn approve(
         "UPDATE jobs SET awaiting_approval = NULL, plan_not_before = now(), updated_at = now()
          WHERE id = $1",
     )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     record(&mut tx, id, "approve", operator).await?;
     tx.commit().await?;
     Ok(Controlled { id, message_id })
