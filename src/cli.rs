@@ -158,13 +158,56 @@ pub enum JobsCommand {
     /// One job: state, schedule, timestamps, items by outcome, chunks, failures.
     Show { id: String },
     /// Claim no new chunk of an unfinished job (chunks running finish).
-    Pause { id: String },
+    Pause {
+        id: String,
+        #[command(flatten)]
+        who: Who,
+    },
     /// Undo `pause`.
-    Resume { id: String },
+    Resume {
+        id: String,
+        #[command(flatten)]
+        who: Who,
+    },
     /// Run an unfinished job now, outside the off-peak windows.
-    Expedite { id: String },
+    Expedite {
+        id: String,
+        #[command(flatten)]
+        who: Who,
+    },
     /// End an unfinished job: open items skipped, completed with one job.completed.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Run a job awaiting approval (its effect was over `engine.approval`'s thresholds).
+    Approve {
+        id: String,
+        #[command(flatten)]
+        who: Who,
+    },
+}
+
+/// Who uses an operator control and why: recorded with the time, shown by `jobs show` and
+/// carried in the job's `job.completed` (`subject.operator_actions`).
+#[derive(Debug, clap::Args)]
+pub struct Who {
+    /// The operator's name.
+    #[arg(long)]
+    pub by: String,
+    /// Why (a ticket reference, a sentence).
+    #[arg(long)]
+    pub reason: String,
+}
+
+impl Who {
+    pub fn operator(&self) -> crate::ops::Operator<'_> {
+        crate::ops::Operator {
+            by: &self.by,
+            reason: &self.reason,
+        }
+    }
 }
 
 /// The output of `policy-reconciler permissions`: the permissions table of the two Phone

@@ -132,12 +132,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ops::render_list(&ops::list(&pool, state, limit).await?)
                 }
                 JobsCommand::Show { id } => ops::render_detail(&ops::show(&pool, &id).await?),
-                JobsCommand::Pause { id } => ops::render_control(&ops::pause(&pool, &id).await?),
-                JobsCommand::Resume { id } => ops::render_control(&ops::resume(&pool, &id).await?),
-                JobsCommand::Expedite { id } => {
-                    ops::render_control(&ops::expedite(&pool, &id).await?)
+                JobsCommand::Pause { id, who } => {
+                    ops::render_control(&ops::pause(&pool, &id, &who.operator()).await?)
                 }
-                JobsCommand::Cancel { id } => ops::render_cancel(&ops::cancel(&pool, &id).await?),
+                JobsCommand::Resume { id, who } => {
+                    ops::render_control(&ops::resume(&pool, &id, &who.operator()).await?)
+                }
+                JobsCommand::Expedite { id, who } => {
+                    ops::render_control(&ops::expedite(&pool, &id, &who.operator()).await?)
+                }
+                JobsCommand::Cancel { id, who } => {
+                    ops::render_cancel(&ops::cancel(&pool, &id, &who.operator()).await?)
+                }
+                JobsCommand::Approve { id, who } => {
+                    ops::render_control(&ops::approve(&pool, &id, &who.operator()).await?)
+                }
             };
             pool.close().await;
             print(&text);

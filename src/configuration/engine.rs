@@ -57,10 +57,13 @@ pub struct EngineSettings {
     pub access_retry_seconds: NonZeroU64,
     /// `[engine.licensing]`: the dependency table and the catalogue watcher.
     pub licensing: super::LicensingSettings,
+    /// `[engine.approval]`: the thresholds over which a job waits for an operator.
+    pub approval: super::ApprovalSettings,
 }
 
 impl EngineSettings {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.approval.validate()?;
         if self.small_job_reserve >= self.max_running_chunks.get() {
             return Err(ConfigError::invalid(
                 "engine.small_job_reserve",

@@ -15,6 +15,7 @@
 //! other part of the crate: parts use their settings from here (`tenant` and `simulator`
 //! re-export theirs), so every arrow points into `configuration`, none out of it.
 
+mod approval;
 mod broker;
 mod database;
 mod engine;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use approval::ApprovalSettings;
 pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
 pub use engine::EngineSettings;

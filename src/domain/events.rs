@@ -77,6 +77,52 @@ impl JobAccepted {
     pub const TYPE: &'static str = "job.accepted";
 }
 
+/// What a planned job would do to its users' licences (contract 1.1, "Guard rails on large
+/// changes"), counted at planning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ChangeEffect {
+    /// Members the job drops from the policy: the policy no longer grants them its licence.
+    pub licence_removed: u64,
+    /// Members whose licence the job changes (the policy's licence changed, or a move from a
+    /// policy of another licence).
+    pub licence_changed: u64,
+    /// Members whose licence stays and whose toggles change.
+    pub toggles_changed: u64,
+    /// Members the job leaves as they are.
+    pub unchanged: u64,
+    /// Members new to every policy, who get a licence (beyond the contract's four: additive).
+    pub licence_added: u64,
+}
+
+impl ChangeEffect {
+    /// Users who lose or change their licence: what the guard rail counts.
+    pub fn affected(&self) -> u64 {
+        self.licence_removed + self.licence_changed
+    }
+}
+
+/// The thresholds a job's effect was over.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct ApprovalThreshold {
+    pub users: u64,
+    pub share: f64,
+}
+
+/// Published when a planned job waits for an operator's approval.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobApprovalRequired {
+    #[serde(flatten)]
+    pub header: EventHeader,
+    pub job_type: JobType,
+    pub subject: Value,
+    pub effect: ChangeEffect,
+    pub threshold: ApprovalThreshold,
+}
+
+impl JobApprovalRequired {
+    pub const TYPE: &'static str = "job.approval_required";
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {

@@ -14,8 +14,9 @@ pub mod permissions;
 pub use codes::FailureCode;
 pub use email::EmailAddress;
 pub use events::{
-    Counts, EVENT_SCHEMA_VERSION, EventHeader, Failure, JobAccepted, JobCompleted,
-    MAX_FAILURES_LISTED, NotificationEmail, Outcome, Schedule,
+    ApprovalThreshold, ChangeEffect, Counts, EVENT_SCHEMA_VERSION, EventHeader, Failure,
+    JobAccepted, JobApprovalRequired, JobCompleted, MAX_FAILURES_LISTED, NotificationEmail,
+    Outcome, Schedule,
 };
 pub use job::{
     Actor, AdminRole, AdminRoleChange, AdminRoleTarget, Contact, ContactKind, JobMessage,

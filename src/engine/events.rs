@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::kind::{ItemOutcome, ItemResult};
-use crate::domain::{Counts, JobType, Outcome, Schedule};
+use crate::domain::{ChangeEffect, Counts, JobType, Outcome, Schedule};
 use crate::store::work::Backlog;
 use crate::telemetry::InternalEvent;
 use crate::telemetry::metrics as m;
@@ -255,5 +255,39 @@ pub struct OrphanCompleting {
 impl InternalEvent for OrphanCompleting {
     fn emit(self) {
         tracing::warn!(job_id = %self.job_id, "every chunk done but the job not completed; completing it");
+    }
+}
+
+/// A planned job waits for an operator's approval (guard rails on large changes).
+pub struct ApprovalRequired {
+    pub job_id: Uuid,
+    pub effect: ChangeEffect,
+    pub policy_size: u64,
+}
+
+impl InternalEvent for ApprovalRequired {
+    fn emit(self) {
+        let e = self.effect;
+        tracing::warn!(
+            job_id = %self.job_id,
+            licence_removed = e.licence_removed,
+            licence_changed = e.licence_changed,
+            toggles_changed = e.toggles_changed,
+            unchanged = e.unchanged,
+            licence_added = e.licence_added,
+            policy_size = self.policy_size,
+            "the job's effect is over the approval thresholds; it waits for `jobs approve`"
+        );
+    }
+}
+
+/// A job waited for approval longer than `engine.approval.wait_seconds`.
+pub struct ApprovalExpired {
+    pub job_id: Uuid,
+}
+
+impl InternalEvent for ApprovalExpired {
+    fn emit(self) {
+        tracing::warn!(job_id = %self.job_id, "no approval came in time; the job ends rejected (awaiting_approval_expired)");
     }
 }

@@ -27,7 +27,7 @@ use super::clock::Clock;
 use super::gate::ChunkWrites;
 use super::retry::ItemRetry;
 use crate::configuration::EngineSettings;
-use crate::domain::{Actor, Failure, FailureCode, JobType, Ticket};
+use crate::domain::{Actor, ChangeEffect, Failure, FailureCode, JobType, Ticket};
 use crate::tenant::Tenant;
 
 /// A job kind: the planner and applier of one job type.
@@ -169,6 +169,10 @@ pub struct PlanContext<'a, 'c> {
     pub settings: &'a EngineSettings,
     pub clock: &'a dyn Clock,
     pub job: &'a StoredJob,
+    /// What the job would do to its users' licences, and the size of what it is about (the
+    /// policy's members), when the kind knows: the engine holds a job over
+    /// `engine.approval`'s thresholds for an operator's approval.
+    pub effect: &'a mut Option<(ChangeEffect, u64)>,
 }
 
 /// A planned job, as the applier sees it.

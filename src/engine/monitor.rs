@@ -1,11 +1,12 @@
-//! The monitor: backlog gauges, the 24-hour forecast, and completing jobs whose last worker
-//! stopped between finishing their last chunk and completing them.
+//! The monitor: backlog gauges, the 24-hour forecast, completing jobs whose last worker
+//! stopped between finishing their last chunk and completing them, and ending jobs that
+//! waited for an approval too long.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::events::{BacklogMeasured, JobsAtRisk, OrphanCompleting};
+use super::events::{ApprovalExpired, BacklogMeasured, JobCompleted, JobsAtRisk, OrphanCompleting};
 use super::{Engine, EngineError, RESOLUTION_TARGET};
 use crate::domain::Schedule;
 use crate::store::work;
@@ -27,6 +28,7 @@ impl Engine {
                 emit(JobsAtRisk(at_risk));
             }
             self.complete_orphans().await;
+            self.expire_approvals().await;
             self.idle(&shutdown, EVERY).await;
         }
     }
@@ -51,6 +53,41 @@ impl Engine {
                 needed > available || (job.remaining > 0 && available.is_zero())
             })
             .count())
+    }
+
+    /// End the jobs that have waited for approval longer than `engine.approval.wait_seconds`:
+    /// `rejected`, their items skipped with `awaiting_approval_expired`. Judged by the
+    /// database's clock at approval time and this replica's when ending; a few seconds of skew
+    /// matter nothing against a wait of hours.
+    pub async fn expire_approvals(&self) {
+        let wait = self.settings.approval.wait();
+        let Ok(wait) = chrono::Duration::from_std(wait) else {
+            return;
+        };
+        let before = chrono::Utc::now() - wait;
+        let Ok(jobs) = work::approvals_expired(&self.pool, before).await else {
+            return;
+        };
+        let reason = format!(
+            "no approval within {} s (engine.approval.wait_seconds)",
+            wait.num_seconds()
+        );
+        for job_id in jobs {
+            match work::expire_approval(&self.pool, job_id, before, &reason).await {
+                Ok(Some((job_type, outcome, counts))) => {
+                    emit(ApprovalExpired { job_id });
+                    emit(JobCompleted {
+                        job_id,
+                        job_type,
+                        outcome,
+                        counts: &counts,
+                        failures: 0,
+                    });
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%job_id, %error, "cannot end the job yet"),
+            }
+        }
     }
 
     /// Complete jobs whose last worker stopped between finishing their last chunk and

@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::events::{JobAccepted, JobCompleted, JobPlanned, PlanningDeferred};
+use super::events::{ApprovalRequired, JobAccepted, JobCompleted, JobPlanned, PlanningDeferred};
 use super::kind::{Plan, PlanContext, PlannedItems, StoredJob};
 use super::{Engine, EngineError};
-use crate::domain::{Counts, Failure, FailureCode, JobType, Outcome, Schedule};
+use crate::domain::{
+    ApprovalThreshold, ChangeEffect, Counts, Failure, FailureCode, JobType, Outcome, Schedule,
+};
 use crate::store::work::{self, JobIdentity};
 use crate::telemetry::emit;
 
@@ -78,7 +80,36 @@ impl Engine {
             .instrument(span.clone())
             .await;
         let result = match result {
-            Ok(planned) => attempt.commit().await.map(|()| planned).map_err(Into::into),
+            Ok(Planned::Held(held)) => {
+                // Held for approval: nothing the kind did (desired state, items) is kept, so
+                // a cancel or an expiry leaves the stored policies as they were, and an
+                // approval plans the job afresh from the state of then.
+                attempt.rollback().await?;
+                let identity = JobIdentity {
+                    id: job_id,
+                    message_id: &message_id,
+                    job_type: held.job_type,
+                    ticket: work::ticket(ticket.clone()),
+                    dry_run,
+                };
+                work::await_approval(
+                    &mut tx,
+                    &identity,
+                    &held.subject,
+                    held.effect,
+                    held.threshold,
+                )
+                .await?;
+                emit(ApprovalRequired {
+                    job_id,
+                    effect: held.effect,
+                    policy_size: held.policy_size,
+                });
+                Ok(false)
+            }
+            Ok(Planned::Chunks(planned)) => {
+                attempt.commit().await.map(|()| planned).map_err(Into::into)
+            }
             Err(error) => {
                 attempt.rollback().await?;
                 Err(error)
@@ -141,12 +172,13 @@ impl Engine {
         }
     }
 
-    /// Plan one claimed job in `tx`. Returns whether chunks were stored.
+    /// Plan one claimed job in `tx`. Returns whether chunks were stored, or that the job is
+    /// held for approval (the caller then undoes `tx`'s work).
     async fn plan_job(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         row: work::JobToPlan,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Planned, EngineError> {
         let job_type = row
             .job_type
             .as_deref()
@@ -168,7 +200,7 @@ impl Engine {
             // without blocking the planner.
             tracing::warn!("no planner for this job type in this release; kept for later");
             work::defer_planning(&mut **tx, row.id, RETRY_UNKNOWN_TYPE).await?;
-            return Ok(false);
+            return Ok(Planned::Chunks(false));
         };
         let payload = work::job_payload(tx, row.id, kind.list_left_in_database())
             .await?
@@ -182,12 +214,14 @@ impl Engine {
             actor: work::actor(row.actor),
             received_at: row.received_at,
         };
+        let mut effect = None;
         let ctx = PlanContext {
             tx,
             tenant: &self.tenant,
             settings: &self.settings,
             clock: self.clock.as_ref(),
             job: &job,
+            effect: &mut effect,
         };
         let plan = match kind.plan(ctx, payload).await? {
             Ok(plan) => plan,
@@ -204,7 +238,7 @@ impl Engine {
             Plan::Wait { until } => {
                 let delay = (until - self.clock.now()).max(chrono::Duration::zero());
                 work::defer_planning(&mut **tx, job.id, delay).await?;
-                return Ok(false);
+                return Ok(Planned::Chunks(false));
             }
             Plan::Reject { subject, failures } => (Outcome::Rejected, subject, failures),
             Plan::Fail { subject, failures } => (Outcome::Failed, subject, failures),
@@ -214,6 +248,27 @@ impl Engine {
                 items,
             } => {
                 let total = items.len();
+                // Guard rails on large changes: over the thresholds, the job waits for an
+                // operator (unless one approved it already), even with no items left: an
+                // emptied member list is the accident this is for. A dry run writes nothing
+                // and never waits.
+                let approval = &self.settings.approval;
+                if let Some((effect, size)) = effect
+                    && !job.dry_run
+                    && approval.needs_approval(effect.affected(), size)
+                    && !work::approved(&mut **tx, job.id).await?
+                {
+                    return Ok(Planned::Held(Held {
+                        job_type,
+                        subject,
+                        effect,
+                        policy_size: size,
+                        threshold: ApprovalThreshold {
+                            users: approval.users,
+                            share: approval.share,
+                        },
+                    }));
+                }
                 let now = self.clock.now();
                 let large = total > self.large_job_threshold && kind.writes_to_tenant();
                 let (schedule, earliest_start) = if large {
@@ -248,14 +303,30 @@ impl Engine {
                     earliest_start,
                 });
                 if total > 0 {
-                    return Ok(true);
+                    return Ok(Planned::Chunks(true));
                 }
                 (Outcome::Succeeded, Some(subject), vec![])
             }
         };
         complete_at_planning(tx, &identity, subject.as_ref(), outcome, failures).await?;
-        Ok(false)
+        Ok(Planned::Chunks(false))
     }
+}
+
+/// What planning one job came to.
+enum Planned {
+    /// Planned (or completed, or deferred); whether chunks were stored.
+    Chunks(bool),
+    /// Over the approval thresholds: it waits for an operator, with nothing stored.
+    Held(Held),
+}
+
+struct Held {
+    job_type: JobType,
+    subject: serde_json::Value,
+    effect: ChangeEffect,
+    policy_size: u64,
+    threshold: ApprovalThreshold,
 }
 
 /// Complete a job in its planning transaction, with no item done: rejected, failed, or

@@ -287,6 +287,11 @@ async fn plan_changed(
             });
         }
     }
+    // The guard rail's count, before any desired state changes (an older version changes
+    // nothing).
+    if !stale {
+        *ctx.effect = Some(policies::change_effect(ctx.tx, &incoming, listed).await?);
+    }
     let items = match (listed, stale) {
         // The list given is the whole membership: it is what the items are (no re-read).
         (true, false) => {

@@ -1,5 +1,6 @@
-//! `jobs list`, `jobs show` and the operator controls `pause`, `resume`, `expedite` and
-//! `cancel`: the operator's arguments in, plain text out. The reads and writes themselves are
+//! `jobs list`, `jobs show` and the operator controls `pause`, `resume`, `expedite`,
+//! `cancel` and `approve` (each with `--by` and `--reason`, recorded with the time): the
+//! operator's arguments in, plain text out. The reads and writes themselves are
 //! the store's ([`views`], [`controls`]), which the engine honours.
 //!
 //! A job is named by its `id` (a UUID) or by its `message_id`, whichever the operator has
@@ -15,7 +16,9 @@ use crate::store::work::controls::{self, ControlError};
 use crate::store::work::views::{self, Listed};
 use crate::store::work::{JobRef, JobState};
 
-pub use crate::store::work::controls::{CANCELLED_BY_OPERATOR, CancelReport};
+pub use crate::store::work::controls::{
+    CANCELLED_BY_OPERATOR, CancelReport, Operator, OperatorAction,
+};
 pub use crate::store::work::views::{ChunkCounts, FailureRow, ItemCounts, JobDetail, JobSummary};
 
 /// Failures `jobs show` lists; the rest are counted.
@@ -66,24 +69,37 @@ pub async fn show(pool: &PgPool, job: &str) -> Result<JobDetail, OpsError> {
 pub struct ControlReport {
     pub id: Uuid,
     pub message_id: String,
-    /// `paused`, `resumed`, `expedited`.
+    /// `paused`, `resumed`, `expedited`, `approved`.
     pub action: &'static str,
     /// For `expedite`: chunks made claimable now.
     pub chunks_rescheduled: Option<u64>,
 }
 
 /// `paused = true`: the engine claims no new chunk of the job (chunks running finish).
-pub async fn pause(pool: &PgPool, job: &str) -> Result<ControlReport, OpsError> {
-    set_paused(pool, job, true).await
+pub async fn pause(
+    pool: &PgPool,
+    job: &str,
+    operator: &Operator<'_>,
+) -> Result<ControlReport, OpsError> {
+    set_paused(pool, job, true, operator).await
 }
 
 /// `paused = false`.
-pub async fn resume(pool: &PgPool, job: &str) -> Result<ControlReport, OpsError> {
-    set_paused(pool, job, false).await
+pub async fn resume(
+    pool: &PgPool,
+    job: &str,
+    operator: &Operator<'_>,
+) -> Result<ControlReport, OpsError> {
+    set_paused(pool, job, false, operator).await
 }
 
-async fn set_paused(pool: &PgPool, job: &str, paused: bool) -> Result<ControlReport, OpsError> {
-    let controlled = controls::set_paused(pool, JobRef::parse(job), paused)
+async fn set_paused(
+    pool: &PgPool,
+    job: &str,
+    paused: bool,
+    operator: &Operator<'_>,
+) -> Result<ControlReport, OpsError> {
+    let controlled = controls::set_paused(pool, JobRef::parse(job), paused, operator)
         .await
         .map_err(|e| refused(job, e))?;
     Ok(ControlReport {
@@ -96,8 +112,12 @@ async fn set_paused(pool: &PgPool, job: &str, paused: bool) -> Result<ControlRep
 
 /// `expedited = true`, and every chunk not done claimable now: the job runs at once,
 /// outside the off-peak windows.
-pub async fn expedite(pool: &PgPool, job: &str) -> Result<ControlReport, OpsError> {
-    let (controlled, rescheduled) = controls::expedite(pool, JobRef::parse(job))
+pub async fn expedite(
+    pool: &PgPool,
+    job: &str,
+    operator: &Operator<'_>,
+) -> Result<ControlReport, OpsError> {
+    let (controlled, rescheduled) = controls::expedite(pool, JobRef::parse(job), operator)
         .await
         .map_err(|e| refused(job, e))?;
     Ok(ControlReport {
@@ -108,10 +128,31 @@ pub async fn expedite(pool: &PgPool, job: &str) -> Result<ControlReport, OpsErro
     })
 }
 
+/// Approve a job awaiting approval (guard rails on large changes): it runs as planned.
+pub async fn approve(
+    pool: &PgPool,
+    job: &str,
+    operator: &Operator<'_>,
+) -> Result<ControlReport, OpsError> {
+    let controlled = controls::approve(pool, JobRef::parse(job), operator)
+        .await
+        .map_err(|e| refused(job, e))?;
+    Ok(ControlReport {
+        id: controlled.id,
+        message_id: controlled.message_id,
+        action: "approved",
+        chunks_rescheduled: None,
+    })
+}
+
 /// Cancel an unfinished job: its open items are skipped and it completes at once, with one
 /// `job.completed` (see [`controls::cancel`]).
-pub async fn cancel(pool: &PgPool, job: &str) -> Result<CancelReport, OpsError> {
-    controls::cancel(pool, JobRef::parse(job))
+pub async fn cancel(
+    pool: &PgPool,
+    job: &str,
+    operator: &Operator<'_>,
+) -> Result<CancelReport, OpsError> {
+    controls::cancel(pool, JobRef::parse(job), operator)
         .await
         .map_err(|e| refused(job, e))
 }
@@ -121,6 +162,12 @@ fn refused(job: &str, error: ControlError) -> OpsError {
     match error {
         ControlError::NotFound => not_found(job),
         ControlError::AlreadyCompleted => OpsError::AlreadyCompleted(job.to_owned()),
+        ControlError::NotAwaitingApproval => {
+            OpsError::Invalid(format!("job {job} is not awaiting approval"))
+        }
+        ControlError::MissingOperator(flag) => {
+            OpsError::Invalid(format!("{flag} must not be empty"))
+        }
         ControlError::Store(error) => OpsError::Store(error),
     }
 }
@@ -213,6 +260,20 @@ pub fn render_detail(job: &JobDetail) -> String {
         ("ended early", or_dash(&job.ended_early)),
         ("held", held(job.held.as_ref())),
         (
+            "awaiting approval",
+            job.awaiting_approval
+                .as_ref()
+                .map(|a| {
+                    format!(
+                        "since {}: effect {}, threshold {}",
+                        a.get("since").and_then(Value::as_str).unwrap_or("?"),
+                        a.get("effect").map(Value::to_string).unwrap_or_default(),
+                        a.get("threshold").map(Value::to_string).unwrap_or_default(),
+                    )
+                })
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
             "schedule",
             or_dash(&job.schedule.map(|s| s.as_str().to_owned())),
         ),
@@ -262,6 +323,15 @@ pub fn render_detail(job: &JobDetail) -> String {
         .split_once('\n')
         .map(|(_, rest)| rest.to_owned())
         .unwrap_or_default();
+    if !job.operator_actions.is_empty() {
+        out.push_str("\noperator actions:\n");
+        let rows: Vec<Vec<String>> = job
+            .operator_actions
+            .iter()
+            .map(|a| vec![time(a.at), a.action.clone(), a.by.clone(), a.reason.clone()])
+            .collect();
+        out.push_str(&table::render(&["AT", "ACTION", "BY", "REASON"], &rows));
+    }
     if !job.failures.is_empty() {
         out.push_str("\nfailures:\n");
         let rows: Vec<Vec<String>> = job

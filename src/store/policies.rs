@@ -8,6 +8,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::domain::ChangeEffect;
 
 /// A policy definition as stored (and as snapshotted into a job's plan).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
@@ -215,6 +216,69 @@ pub async fn store_staged_members(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// What a `policy.changed` of `incoming` would do to its members, before any desired state
+/// changes (see [`ChangeEffect`]): `listed` when the job's member list is staged
+/// ([`STAGED_MEMBERS`], checked) and replaces the stored membership. Returns the effect and
+/// the policy's size for the share threshold (its stored members, or the new list's length
+/// for a policy with none yet).
+pub async fn change_effect(
+    tx: &mut Transaction<'_, Postgres>,
+    incoming: &PolicyRow,
+    listed: bool,
+) -> Result<(ChangeEffect, u64), StoreError> {
+    // The members after the job, classified by where they stand now. Set operations
+    // (EXCEPT), as in `store_staged_members`, so that a 200,000-member list is hashed.
+    let target = if listed {
+        "SELECT item AS email FROM staged_members"
+    } else {
+        "SELECT email FROM policy_members WHERE policy_id = $1"
+    };
+    let (changed, toggles, unchanged, added): (i64, i64, i64, i64) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE p.id IS NOT NULL AND p.licence <> $2),
+                count(*) FILTER (WHERE p.licence = $2 AND p.toggles <> $3::jsonb),
+                count(*) FILTER (WHERE p.licence = $2 AND p.toggles = $3::jsonb),
+                count(*) FILTER (WHERE p.id IS NULL)
+         FROM ({target}) t
+         LEFT JOIN policy_members m ON m.email = t.email
+         LEFT JOIN policies p ON p.id = m.policy_id"
+        )))
+        .bind(&incoming.id)
+        .bind(&incoming.licence)
+        .bind(serde_json::to_value(&incoming.toggles).expect("toggles serialize"))
+        .fetch_one(&mut **tx)
+        .await?;
+    let removed: i64 = if listed {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT email FROM policy_members WHERE policy_id = $1
+                                   EXCEPT SELECT item FROM staged_members) AS gone",
+        )
+        .bind(&incoming.id)
+        .fetch_one(&mut **tx)
+        .await?
+    } else {
+        0
+    };
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM policy_members WHERE policy_id = $1")
+            .bind(&incoming.id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let effect = ChangeEffect {
+        licence_removed: removed as u64,
+        licence_changed: changed as u64,
+        toggles_changed: toggles as u64,
+        unchanged: unchanged as u64,
+        licence_added: added as u64,
+    };
+    let size = if stored > 0 {
+        stored as u64
+    } else {
+        (changed + toggles + unchanged + added) as u64
+    };
+    Ok((effect, size))
 }
 
 /// The staged members as the plan's items, in list order: once checked (every one valid

@@ -10,7 +10,7 @@ use policy_reconciler::ops;
 use policy_reconciler::simulator::SimulatorSettings;
 use serde_json::{Value, json};
 
-use crate::helpers::{AppOptions, TestApp, spawn_app_with};
+use crate::helpers::{AppOptions, OPERATOR, TestApp, spawn_app_with};
 use crate::kit::wait_until;
 
 fn policy(id: &str, version: i64, toggles: Value) -> Value {
@@ -86,7 +86,9 @@ async fn a_cancel_stops_the_writes_and_the_completion_counts_every_write_made() 
     })
     .await;
 
-    let report = ops::cancel(&app.pool, &message_id).await.unwrap();
+    let report = ops::cancel(&app.pool, &message_id, &OPERATOR)
+        .await
+        .unwrap();
     let cancelled_at = Utc::now();
     let done = events.next_of("job.completed", &message_id).await;
     assert_eq!(
@@ -360,7 +362,7 @@ async fn a_small_job_completes_within_15_s_beside_a_large_one_at_18_writes_a_sec
         "the small job took {took:?}"
     );
     // The large job is still under way (it needs minutes at this rate): end it.
-    ops::cancel(&app.pool, large["message_id"].as_str().unwrap())
+    ops::cancel(&app.pool, large["message_id"].as_str().unwrap(), &OPERATOR)
         .await
         .unwrap();
 }

@@ -410,3 +410,9 @@ impl Drop for TcpProxy {
         self.cut();
     }
 }
+
+/// The operator tests name in `jobs pause/resume/expedite/cancel/approve`.
+pub const OPERATOR: policy_reconciler::ops::Operator<'static> = policy_reconciler::ops::Operator {
+    by: "test.operator",
+    reason: "a test",
+};

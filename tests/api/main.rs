@@ -2,6 +2,7 @@
 //! in its own database and with its own queue names; tenant and simulator tests run the
 //! simulator in-process on port 0. What they share with the benchmark is in the test kit
 //! (`tests/kit`); `helpers` holds the API tests' own harness on top of it.
+mod approval;
 mod deploy;
 mod ending;
 mod health;

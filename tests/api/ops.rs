@@ -11,7 +11,7 @@ use policy_reconciler::simulator::SimulatorSettings;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{AppOptions, OPERATOR, TestApp, spawn_app, spawn_app_with};
 use crate::kit::broker::EventQueue;
 use crate::kit::wait_until;
 
@@ -266,10 +266,10 @@ async fn controls_refuse_completed_and_unknown_jobs() {
     assert_eq!(seed.state.as_str(), "completed");
     let id = seed.id.to_string();
     for result in [
-        ops::cancel(&app.pool, &id).await.map(|_| ()),
-        ops::pause(&app.pool, &id).await.map(|_| ()),
-        ops::resume(&app.pool, &id).await.map(|_| ()),
-        ops::expedite(&app.pool, &id).await.map(|_| ()),
+        ops::cancel(&app.pool, &id, &OPERATOR).await.map(|_| ()),
+        ops::pause(&app.pool, &id, &OPERATOR).await.map(|_| ()),
+        ops::resume(&app.pool, &id, &OPERATOR).await.map(|_| ()),
+        ops::expedite(&app.pool, &id, &OPERATOR).await.map(|_| ()),
     ] {
         assert!(
             matches!(&result, Err(OpsError::AlreadyCompleted(_))),
@@ -277,7 +277,7 @@ async fn controls_refuse_completed_and_unknown_jobs() {
         );
     }
     assert!(matches!(
-        ops::cancel(&app.pool, &Uuid::new_v4().to_string()).await,
+        ops::cancel(&app.pool, &Uuid::new_v4().to_string(), &OPERATOR).await,
         Err(OpsError::NotFound(_))
     ));
     // The refused cancel published nothing more.
@@ -301,7 +301,9 @@ async fn a_job_not_yet_planned_is_cancelled_with_no_items() {
     .await
     .unwrap();
     app.wait_for_jobs(1).await;
-    let report = ops::cancel(&app.pool, &enqueued.message_id).await.unwrap();
+    let report = ops::cancel(&app.pool, &enqueued.message_id, &OPERATOR)
+        .await
+        .unwrap();
     assert_eq!(report.previous_state.as_str(), "received");
     let (_, counts) = report.completed.expect("completed at once: nothing ran");
     assert_eq!((report.items_skipped, counts.total), (0, 0));
@@ -349,7 +351,7 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
             .is_ok_and(|d| d.total == Some(50))
     })
     .await;
-    let paused = ops::pause(&app.pool, &message_id).await.unwrap();
+    let paused = ops::pause(&app.pool, &message_id, &OPERATOR).await.unwrap();
     assert_eq!(paused.action, "paused");
     assert_eq!(paused.message_id, message_id);
     let detail = ops::show(&app.pool, &message_id).await.unwrap();
@@ -366,7 +368,7 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
     assert!(unfinished[0].paused);
 
     assert!(
-        !ops::resume(&app.pool, &message_id)
+        !ops::resume(&app.pool, &message_id, &OPERATOR)
             .await
             .unwrap()
             .message_id
@@ -374,7 +376,7 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
     );
     assert!(!ops::show(&app.pool, &message_id).await.unwrap().paused);
 
-    let expedited = ops::expedite(&app.pool, &paused.id.to_string())
+    let expedited = ops::expedite(&app.pool, &paused.id.to_string(), &OPERATOR)
         .await
         .unwrap();
     let detail = ops::show(&app.pool, &message_id).await.unwrap();
@@ -390,8 +392,10 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
     .unwrap();
     assert_eq!(later, 0, "chunks not done still wait after expedite");
 
-    ops::pause(&app.pool, &message_id).await.unwrap();
-    let report = ops::cancel(&app.pool, &message_id).await.unwrap();
+    ops::pause(&app.pool, &message_id, &OPERATOR).await.unwrap();
+    let report = ops::cancel(&app.pool, &message_id, &OPERATOR)
+        .await
+        .unwrap();
     assert!(report.items_skipped > 0, "{report:?}");
     assert!(ops::render_cancel(&report).contains("skipped"));
 

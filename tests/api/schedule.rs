@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use policy_reconciler::engine::clock::ManualClock;
 use serde_json::{Value, json};
 
-use crate::helpers::{AppOptions, spawn_app_with};
+use crate::helpers::{AppOptions, OPERATOR, spawn_app_with};
 use crate::kit::broker::EventQueue;
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -242,7 +242,7 @@ async fn expedite_runs_a_large_job_now_and_pause_holds_one_until_resumed() {
     next_of(&mut events, "job.accepted", &job["message_id"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.sim.licence_writes(), 0);
-    jobs::expedite(&app.pool, job["message_id"].as_str().unwrap())
+    jobs::expedite(&app.pool, job["message_id"].as_str().unwrap(), &OPERATOR)
         .await
         .unwrap();
     let done = next_of(&mut events, "job.completed", &job["message_id"]).await;
@@ -255,7 +255,7 @@ async fn expedite_runs_a_large_job_now_and_pause_holds_one_until_resumed() {
     );
     app.publish_job(&job).await;
     next_of(&mut events, "job.accepted", &job["message_id"]).await;
-    jobs::pause(&app.pool, job["message_id"].as_str().unwrap())
+    jobs::pause(&app.pool, job["message_id"].as_str().unwrap(), &OPERATOR)
         .await
         .unwrap();
     clock.set(at("2026-11-24T19:00:00Z"));
@@ -265,7 +265,7 @@ async fn expedite_runs_a_large_job_now_and_pause_holds_one_until_resumed() {
         60,
         "a paused job is not worked on"
     );
-    jobs::resume(&app.pool, job["message_id"].as_str().unwrap())
+    jobs::resume(&app.pool, job["message_id"].as_str().unwrap(), &OPERATOR)
         .await
         .unwrap();
     let done = next_of(&mut events, "job.completed", &job["message_id"]).await;

@@ -39,7 +39,7 @@ pub struct ClaimLimits {
 }
 
 /// Claim the next claimable chunk: pending, or running with an expired lease, of an
-/// accepted or running job that is not paused, due by `limits.now`, of an immediate or
+/// accepted or running job that is not paused (nor awaiting approval), due by `limits.now`, of an immediate or
 /// expedited job or within an open window; and only while fewer than `limits.max_running`
 /// chunks hold live leases across all replicas (the claim is serialised by an advisory
 /// lock, so the cap holds). Lower chunk numbers first across jobs, so that many jobs
@@ -66,6 +66,7 @@ pub async fn claim_chunk(
              SELECT c.job_id, c.chunk, c.state = 'running' AS reclaimed
              FROM job_chunks c JOIN jobs j ON j.id = c.job_id
              WHERE j.state IN ('accepted', 'running') AND NOT j.paused
+               AND j.awaiting_approval IS NULL
                AND (c.not_before <= $3 OR j.expedited)
                AND (c.wait_until IS NULL OR c.wait_until <= now())
                AND (j.schedule IS DISTINCT FROM 'off_peak' OR j.expedited OR $4)

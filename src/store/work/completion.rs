@@ -51,9 +51,24 @@ async fn finish(
     started_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let now = Utc::now();
+    // What operators did to the job (who, when, why) goes with its completion.
+    let actions = super::controls::operator_actions(&mut **tx, job.id).await?;
+    let subject = if actions.is_empty() {
+        subject
+    } else {
+        let mut subject = match subject {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        subject.insert(
+            "operator_actions".into(),
+            serde_json::to_value(&actions).expect("actions serialize"),
+        );
+        Some(Value::Object(subject))
+    };
     sqlx::query(
         "UPDATE jobs SET state = 'completed', outcome = $2, subject = coalesce($3, subject),
-                counts = $4, completed_at = $5, updated_at = $5
+                counts = $4, completed_at = $5, updated_at = $5, awaiting_approval = NULL
          WHERE id = $1",
     )
     .bind(job.id)
@@ -146,9 +161,10 @@ pub async fn complete_if_done_in(
         ticket: super::StoredTicket,
         subject: Option<Value>,
         started_at: Option<DateTime<Utc>>,
+        ended_code: Option<String>,
     }
     let row: Option<Row> = sqlx::query_as(
-        "SELECT state, message_id, job_type, dry_run, ticket, subject,
+        "SELECT state, message_id, job_type, dry_run, ticket, subject, ended_code,
                 coalesce(started_at, accepted_at) AS started_at
          FROM jobs WHERE id = $1 FOR UPDATE",
     )
@@ -163,6 +179,7 @@ pub async fn complete_if_done_in(
         ticket,
         subject,
         started_at,
+        ended_code,
     }) = row
     else {
         return Ok(None);
@@ -228,8 +245,27 @@ pub async fn complete_if_done_in(
                 .unwrap_or(FailureCode::TenantRejected),
             detail: detail.unwrap_or_default(),
         })
-        .collect();
-    let outcome = if counts.failed == 0 {
+        .collect::<Vec<_>>();
+    // A job that waited for an approval that never came did nothing it was asked to: the
+    // contract's `rejected`, `awaiting_approval_expired`.
+    let expired = ended_code.as_deref() == Some(FailureCode::AwaitingApprovalExpired.as_str());
+    let mut failures = failures;
+    if expired && failures.is_empty() {
+        // Held before planning stored items: the job itself is the failure.
+        let detail: Option<String> =
+            sqlx::query_scalar("SELECT ended_early FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        failures.push(Failure {
+            item: message_id.clone(),
+            code: FailureCode::AwaitingApprovalExpired,
+            detail: detail.unwrap_or_default(),
+        });
+    }
+    let outcome = if expired {
+        Outcome::Rejected
+    } else if counts.failed == 0 {
         Outcome::Succeeded
     } else if counts.failed == counts.total {
         Outcome::Failed

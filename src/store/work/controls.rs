@@ -1,7 +1,10 @@
-//! The operator controls: pause, resume, expedite and cancel an unfinished job. The engine
-//! honours the flags: it claims no chunk of a paused job, and lets an expedited job's chunks
-//! run at once, outside the off-peak windows.
+//! The operator controls: pause, resume, expedite, cancel and approve an unfinished job. The
+//! engine honours the flags: it claims no chunk of a paused job (or of one awaiting approval),
+//! and lets an expedited job's chunks run at once, outside the off-peak windows. Every control
+//! records who used it, when and why (`job_operator_actions`), in its own transaction.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -22,6 +25,12 @@ pub enum ControlError {
     /// The job is completed; controls apply to unfinished jobs only.
     #[error("the job is already completed")]
     AlreadyCompleted,
+    /// `approve` of a job that does not wait for approval.
+    #[error("the job is not awaiting approval")]
+    NotAwaitingApproval,
+    /// `--by` or `--reason` is empty.
+    #[error("{0} must not be empty")]
+    MissingOperator(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -30,6 +39,67 @@ impl From<sqlx::Error> for ControlError {
     fn from(error: sqlx::Error) -> Self {
         Self::Store(error.into())
     }
+}
+
+/// Who used a control, and why (`--by`, `--reason`: both required).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator<'a> {
+    pub by: &'a str,
+    pub reason: &'a str,
+}
+
+impl Operator<'_> {
+    fn check(&self) -> Result<(), ControlError> {
+        if self.by.trim().is_empty() {
+            return Err(ControlError::MissingOperator("--by"));
+        }
+        if self.reason.trim().is_empty() {
+            return Err(ControlError::MissingOperator("--reason"));
+        }
+        Ok(())
+    }
+}
+
+/// A recorded operator action, as `jobs show` lists it and `job.completed` carries it
+/// (`subject.operator_actions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct OperatorAction {
+    pub action: String,
+    pub by: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    action: &str,
+    operator: &Operator<'_>,
+) -> Result<(), ControlError> {
+    sqlx::query(
+        "INSERT INTO job_operator_actions (job_id, action, by_whom, reason) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(job_id)
+    .bind(action)
+    .bind(operator.by.trim())
+    .bind(operator.reason.trim())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The operator actions on a job, oldest first.
+pub async fn operator_actions(
+    executor: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+) -> Result<Vec<OperatorAction>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT action, by_whom AS by, reason, at FROM job_operator_actions
+         WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(job_id)
+    .fetch_all(executor)
+    .await?)
 }
 
 /// The job a control changed.
@@ -45,7 +115,10 @@ pub async fn set_paused(
     pool: &PgPool,
     job: JobRef<'_>,
     paused: bool,
+    operator: &Operator<'_>,
 ) -> Result<Controlled, ControlError> {
+    operator.check()?;
+    let mut tx = pool.begin().await?;
     let updated: Option<(Uuid, String)> = sqlx::query_as(
         "UPDATE jobs SET paused = $3, updated_at = now()
          WHERE (id = $1 OR message_id = $2) AND state <> 'completed'
@@ -54,17 +127,26 @@ pub async fn set_paused(
     .bind(job.id)
     .bind(job.message_id)
     .bind(paused)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some((id, message_id)) = updated else {
+        drop(tx);
         return Err(why_unchanged(pool, job).await);
     };
+    let action = if paused { "pause" } else { "resume" };
+    record(&mut tx, id, action, operator).await?;
+    tx.commit().await?;
     Ok(Controlled { id, message_id })
 }
 
 /// Set `expedited`, and make every chunk not done claimable now: the job runs at once,
 /// outside the off-peak windows. Returns the job and how many chunks were rescheduled.
-pub async fn expedite(pool: &PgPool, job: JobRef<'_>) -> Result<(Controlled, u64), ControlError> {
+pub async fn expedite(
+    pool: &PgPool,
+    job: JobRef<'_>,
+    operator: &Operator<'_>,
+) -> Result<(Controlled, u64), ControlError> {
+    operator.check()?;
     let mut tx = pool.begin().await?;
     let updated: Option<(Uuid, String)> = sqlx::query_as(
         "UPDATE jobs SET expedited = true, updated_at = now()
@@ -86,6 +168,7 @@ pub async fn expedite(pool: &PgPool, job: JobRef<'_>) -> Result<(Controlled, u64
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    record(&mut tx, id, "expedite", operator).await?;
     tx.commit().await?;
     Ok((Controlled { id, message_id }, rescheduled))
 }
@@ -118,10 +201,15 @@ pub struct CancelReport {
 /// A worker's claim of a chunk of an `accepted` job can deadlock with this transaction
 /// (chunk then job, against job then chunk); PostgreSQL aborts one of the two, and a
 /// transient failure here is retried.
-pub async fn cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, ControlError> {
+pub async fn cancel(
+    pool: &PgPool,
+    job: JobRef<'_>,
+    operator: &Operator<'_>,
+) -> Result<CancelReport, ControlError> {
+    operator.check()?;
     let mut attempt = 1;
     loop {
-        match try_cancel(pool, job).await {
+        match try_cancel(pool, job, operator).await {
             Err(ControlError::Store(error)) if error.is_transient() && attempt < 3 => {
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
@@ -131,7 +219,11 @@ pub async fn cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, Cont
     }
 }
 
-async fn try_cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, ControlError> {
+async fn try_cancel(
+    pool: &PgPool,
+    job: JobRef<'_>,
+    operator: &Operator<'_>,
+) -> Result<CancelReport, ControlError> {
     let mut tx = pool.begin().await?;
     let row: Option<(Uuid, String, JobState)> = sqlx::query_as(
         "SELECT id, message_id, state FROM jobs WHERE id = $1 OR message_id = $2
@@ -147,6 +239,9 @@ async fn try_cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, Cont
     if previous_state == JobState::Completed {
         return Err(ControlError::AlreadyCompleted);
     }
+    // Recorded first, so that the completion (now or when the last running chunk stops)
+    // carries it.
+    record(&mut tx, id, "cancel", operator).await?;
     let ended = end_early_in(
         &mut tx,
         id,
@@ -171,6 +266,46 @@ async fn try_cancel(pool: &PgPool, job: JobRef<'_>) -> Result<CancelReport, Cont
         chunks_running: ended.chunks_running,
         completed,
     })
+}
+
+/// Approve a job that waits for approval: it is planned again at once (from the state of
+/// now, as the contract's "runs as planned": the same job, its effect recounted) and runs.
+pub async fn approve(
+    pool: &PgPool,
+    job: JobRef<'_>,
+    operator: &Operator<'_>,
+) -> Result<Controlled, ControlError> {
+    operator.check()?;
+    let mut tx = pool.begin().await?;
+    let row: Option<(Uuid, String, JobState, bool)> = sqlx::query_as(
+        "SELECT id, message_id, state, awaiting_approval IS NOT NULL FROM jobs
+         WHERE id = $1 OR message_id = $2
+         ORDER BY (id = $1) DESC NULLS LAST LIMIT 1 FOR UPDATE",
+    )
+    .bind(job.id)
+    .bind(job.message_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, message_id, state, awaiting)) = row else {
+        return Err(ControlError::NotFound);
+    };
+    if state == JobState::Completed {
+        return Err(ControlError::AlreadyCompleted);
+    }
+    if !awaiting {
+        return Err(ControlError::NotAwaitingApproval);
+    }
+    // Planned again now: from the state of now, and never held again.
+    sqlx::query(
+        "UPDATE jobs SET awaiting_approval = NULL, plan_not_before = now(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    record(&mut tx, id, "approve", operator).await?;
+    tx.commit().await?;
+    Ok(Controlled { id, message_id })
 }
 
 async fn complete(

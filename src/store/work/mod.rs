@@ -23,6 +23,7 @@
 //! without blocking each other; every write by a chunk's worker is guarded by its lease, so a
 //! worker that lost its lease (it stalled and another took over) changes nothing.
 
+mod approval;
 mod chunks;
 mod completion;
 pub mod controls;
@@ -39,6 +40,7 @@ use uuid::Uuid;
 
 use crate::domain::{Actor, JobType, Schedule, Ticket};
 
+pub use approval::{approvals_expired, approved, await_approval, expire_approval};
 pub use chunks::{
     ChunkFate, ChunkJob, ClaimLimits, ClaimedChunk, Outcomes, Recorded, chunk_fate, chunk_job,
     claim_chunk, clear_hold, defer_chunk, end_chunk_early, hold_chunk, hold_job, intend_writes,

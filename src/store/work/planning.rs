@@ -29,6 +29,7 @@ pub async fn claim_job_to_plan(
     Ok(sqlx::query_as(
         "SELECT id, message_id, job_type, dry_run, ticket, actor, received_at
          FROM jobs WHERE state = 'received' AND plan_not_before <= now()
+           AND awaiting_approval IS NULL
          ORDER BY received_at LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .fetch_optional(&mut **tx)

@@ -105,6 +105,10 @@ pub struct JobDetail {
     /// Why the job is held, while it is: `{"code": "tenant_access_lost", "reason", "detail",
     /// "since"}` (the tenant refuses the service's access; its items wait, none fails).
     pub held: Option<Value>,
+    /// While the job waits for an operator's approval: `{"effect", "threshold", "since"}`.
+    pub awaiting_approval: Option<Value>,
+    /// Who paused, resumed, expedited, cancelled or approved the job, when and why.
+    pub operator_actions: Vec<super::controls::OperatorAction>,
     pub schedule: Option<Schedule>,
     pub earliest_start: Option<DateTime<Utc>>,
     pub received_at: DateTime<Utc>,
@@ -138,6 +142,7 @@ struct JobRow {
     expedited: bool,
     ended_early: Option<String>,
     held: Option<Value>,
+    awaiting_approval: Option<Value>,
     schedule: Option<Schedule>,
     earliest_start: Option<DateTime<Utc>>,
     received_at: DateTime<Utc>,
@@ -158,7 +163,7 @@ pub async fn detail(
 ) -> Result<Option<JobDetail>, StoreError> {
     let row: Option<JobRow> = sqlx::query_as(
         "SELECT id, message_id, job_type, state, outcome, dry_run, paused, expedited,
-                ended_early, CASE WHEN state <> 'completed' THEN held END AS held, schedule,
+                ended_early, CASE WHEN state <> 'completed' THEN held END AS held, awaiting_approval, schedule,
                 earliest_start, received_at, accepted_at, started_at,
                 completed_at, subject, ticket, total_items
          FROM jobs WHERE id = $1 OR message_id = $2
@@ -228,6 +233,8 @@ pub async fn detail(
         expedited: row.expedited,
         ended_early: row.ended_early,
         held: row.held,
+        awaiting_approval: row.awaiting_approval,
+        operator_actions: super::controls::operator_actions(pool, row.id).await?,
         schedule: row.schedule,
         earliest_start: row.earliest_start,
         received_at: row.received_at,

@@ -1,0 +1,115 @@
+//! Guard rails on large changes (contract 1.1): a job whose planned effect is over the
+//! thresholds waits (`jobs.awaiting_approval`), `received`, with nothing of its plan stored
+//! (no desired state changed, no items), until an operator approves it
+//! ([`super::controls::approve`]: it is then planned again, from the state of then, and runs)
+//! or cancels it, or until it has waited too long ([`expire_approval`]: it ends `rejected`,
+//! `awaiting_approval_expired`).
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{JobIdentity, JobState, complete_if_done_in, end_early_in};
+use crate::domain::{
+    ApprovalThreshold, ChangeEffect, Counts, EventHeader, FailureCode, JobApprovalRequired,
+    JobType, Outcome,
+};
+use crate::store::{StoreError, outbox};
+
+/// Make a job being planned wait for approval (not planned again until approved), and
+/// publish `job.approval_required`; in the planning transaction.
+pub async fn await_approval(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &JobIdentity<'_>,
+    subject: &Value,
+    effect: ChangeEffect,
+    threshold: ApprovalThreshold,
+) -> Result<(), StoreError> {
+    let since = Utc::now();
+    sqlx::query(
+        "UPDATE jobs SET awaiting_approval = $2, subject = $3, plan_not_before = 'infinity',
+                updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job.id)
+    .bind(json!({ "effect": effect, "threshold": threshold, "since": since }))
+    .bind(subject)
+    .execute(&mut **tx)
+    .await?;
+    let header = EventHeader::new(
+        JobApprovalRequired::TYPE,
+        job.id,
+        job.message_id.to_owned(),
+        job.ticket.clone(),
+    );
+    let event = JobApprovalRequired {
+        header: header.clone(),
+        job_type: job.job_type,
+        subject: subject.clone(),
+        effect,
+        threshold,
+    };
+    outbox::enqueue(tx, &header, &event).await
+}
+
+/// Whether an operator approved the job (it is then never held again).
+pub async fn approved(
+    executor: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM job_operator_actions WHERE job_id = $1 AND action = 'approve')",
+    )
+    .bind(job_id)
+    .fetch_one(executor)
+    .await?)
+}
+
+/// Jobs that have waited for approval since before `before`.
+pub async fn approvals_expired(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE awaiting_approval IS NOT NULL AND state <> 'completed'
+           AND (awaiting_approval ->> 'since')::timestamptz < $1",
+    )
+    .bind(before)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// End a job that waited for approval since before `before`: its items are skipped with
+/// `awaiting_approval_expired` and it completes `rejected`. `None` when it no longer waits
+/// (approved or ended meanwhile).
+pub async fn expire_approval(
+    pool: &PgPool,
+    job_id: Uuid,
+    before: DateTime<Utc>,
+    reason: &str,
+) -> Result<Option<(JobType, Outcome, Counts)>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let waiting: Option<JobState> = sqlx::query_scalar(
+        "SELECT state FROM jobs WHERE id = $1 AND awaiting_approval IS NOT NULL
+           AND (awaiting_approval ->> 'since')::timestamptz < $2 FOR UPDATE",
+    )
+    .bind(job_id)
+    .bind(before)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if waiting.is_none_or(|state| state == JobState::Completed) {
+        return Ok(None);
+    }
+    end_early_in(
+        &mut tx,
+        job_id,
+        FailureCode::AwaitingApprovalExpired,
+        reason,
+        None,
+    )
+    .await?;
+    let completed = complete_if_done_in(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(completed)
+}

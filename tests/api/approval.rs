@@ -1,0 +1,258 @@
+//! Guard rails on large changes and the record of operator actions (contract 1.1) end to end:
+//! a `policy.changed` over the approval thresholds waits, publishes `job.approval_required`
+//! and writes nothing (no tenant write, no desired state) until `jobs approve`; `jobs cancel`
+//! ends it; waiting too long ends it `rejected` with `awaiting_approval_expired`.
+
+use std::time::Duration;
+
+use policy_reconciler::ops::{self, Operator, OpsError};
+use serde_json::{Value, json};
+
+use crate::helpers::{AppOptions, OPERATOR, TestApp, spawn_app_with};
+use crate::kit::broker::EventQueue;
+
+const E3_ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
+
+fn changed(id: &str, version: i64, toggles: Value, members: &[String]) -> Value {
+    json!({ "policy": { "id": id, "name": format!("{id} users"), "ods_code": "RX1",
+                        "version": version, "licence": "ENTERPRISEPACK", "toggles": toggles },
+            "members": members, "total_members": members.len() })
+}
+
+async fn app_with(env: &[(&str, &str)]) -> TestApp {
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    // A 2,000-member job is not left for the off-peak windows here.
+    env.push(("SCHEDULE__LARGE_JOB_THRESHOLD".into(), "100000".into()));
+    spawn_app_with(AppOptions {
+        env,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// Store policy `id` (version 1) with `members` and reconcile them.
+async fn seed_policy(app: &TestApp, events: &mut EventQueue, id: &str, members: &[String]) {
+    let job = app.job(
+        "policy.changed",
+        changed(
+            id,
+            1,
+            json!({ "EXCHANGE_S_ENTERPRISE": true, "TEAMS1": true }),
+            members,
+        ),
+    );
+    app.publish_job(&job).await;
+    let done = events
+        .next_of("job.completed", job["message_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], members.len() as u64);
+}
+
+async fn stored_members(app: &TestApp, id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM policy_members WHERE policy_id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn stored_version(app: &TestApp, id: &str) -> i64 {
+    sqlx::query_scalar("SELECT version FROM policies WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dropping_1800_of_2000_members_waits_for_approval_and_runs_once_approved() {
+    let mut app = app_with(&[]).await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("appr", 2000);
+    seed_policy(&app, &mut events, "rx1-approval", &members).await;
+    app.sim.state.reset_stats();
+
+    // The new list keeps 200 members (with one more plan enabled) and drops 1,800.
+    let kept = &members[..200];
+    let toggles = json!({ "EXCHANGE_S_ENTERPRISE": true, "TEAMS1": true, "SWAY": true });
+    let job = app.job("policy.changed", changed("rx1-approval", 2, toggles, kept));
+    let message_id = job["message_id"].as_str().unwrap().to_owned();
+    app.publish_job(&job).await;
+    let required = events.next_of("job.approval_required", &message_id).await;
+    assert_eq!(
+        required["effect"],
+        json!({ "licence_removed": 1800, "licence_changed": 0, "toggles_changed": 200,
+                "unchanged": 0, "licence_added": 0 }),
+        "{required}"
+    );
+    assert_eq!(required["threshold"], json!({ "users": 500, "share": 0.2 }));
+    assert_eq!(required["job_type"], "policy.changed");
+    assert_eq!(required["subject"]["policy_id"], "rx1-approval");
+    assert_eq!(required["subject"]["version"], 2);
+    assert_eq!(required["ticket"], job["ticket"]);
+    assert_eq!(required["schema_version"], 1);
+
+    // Waiting: nothing written to the tenant, no desired state changed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
+    assert_eq!(stored_members(&app, "rx1-approval").await, 2000);
+    assert_eq!(stored_version(&app, "rx1-approval").await, 1);
+    let shown = ops::show(&app.pool, &message_id).await.unwrap();
+    assert_eq!(shown.state.as_str(), "received");
+    assert_eq!(
+        shown.awaiting_approval.as_ref().unwrap()["effect"]["licence_removed"],
+        1800
+    );
+    assert!(ops::render_detail(&shown).contains("awaiting approval"));
+
+    // Approval needs a name and a reason.
+    let anonymous = Operator {
+        by: " ",
+        reason: "looks fine",
+    };
+    assert!(matches!(
+        ops::approve(&app.pool, &message_id, &anonymous).await,
+        Err(OpsError::Invalid(_))
+    ));
+    let approver = Operator {
+        by: "jane.ops",
+        reason: "INC0012345: the practice split, confirmed by phone",
+    };
+    let report = ops::approve(&app.pool, &message_id, &approver)
+        .await
+        .unwrap();
+    assert_eq!(report.action, "approved");
+
+    let done = events.next_of("job.completed", &message_id).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["total"], 200);
+    assert_eq!(done["counts"]["changed"], 200);
+    let actions = done["subject"]["operator_actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "{done}");
+    assert_eq!(actions[0]["action"], "approve");
+    assert_eq!(actions[0]["by"], "jane.ops");
+    assert_eq!(actions[0]["reason"], approver.reason);
+    assert!(actions[0]["at"].is_string());
+    // The tenant: the kept members hold the new plans; the dropped ones keep their licence
+    // (a user removed from a member list keeps it until another policy claims them).
+    let new = app.sim.expected_licence(
+        "ENTERPRISEPACK",
+        &["EXCHANGE_S_ENTERPRISE", "TEAMS1", "SWAY"],
+    );
+    let old = app.sim.expected_licence("ENTERPRISEPACK", E3_ON);
+    for upn in kept {
+        assert_eq!(app.sim.licences(upn), vec![new.clone()], "{upn}");
+    }
+    for upn in &members[200..] {
+        assert_eq!(app.sim.licences(upn), vec![old.clone()], "{upn}");
+    }
+    assert_eq!(app.sim.state.stats().writes_applied, 200);
+    assert_eq!(stored_members(&app, "rx1-approval").await, 200);
+    assert_eq!(stored_version(&app, "rx1-approval").await, 2);
+    let shown = ops::show(&app.pool, &message_id).await.unwrap();
+    assert!(shown.awaiting_approval.is_none());
+    assert_eq!(shown.operator_actions.len(), 1);
+    assert!(ops::render_detail(&shown).contains("jane.ops"));
+}
+
+#[tokio::test]
+async fn an_approval_that_never_comes_ends_the_job_rejected() {
+    let mut app = app_with(&[
+        ("ENGINE__APPROVAL__USERS", "5"),
+        ("ENGINE__APPROVAL__WAIT_SECONDS", "1"),
+    ])
+    .await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("exp", 10);
+    seed_policy(&app, &mut events, "rx1-expiry", &members).await;
+    app.sim.state.reset_stats();
+
+    // An accidental empty member list.
+    let job = app.job(
+        "policy.changed",
+        changed("rx1-expiry", 2, json!({ "TEAMS1": true }), &[]),
+    );
+    let message_id = job["message_id"].as_str().unwrap().to_owned();
+    app.publish_job(&job).await;
+    let required = events.next_of("job.approval_required", &message_id).await;
+    assert_eq!(required["effect"]["licence_removed"], 10, "{required}");
+    let done = events.next_of("job.completed", &message_id).await;
+    assert_eq!(done["outcome"], "rejected", "{done}");
+    assert_eq!(
+        done["failures"][0]["code"], "awaiting_approval_expired",
+        "{done}"
+    );
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
+    assert_eq!(stored_members(&app, "rx1-expiry").await, 10);
+    assert_eq!(stored_version(&app, "rx1-expiry").await, 1);
+    // Ended: it can no longer be approved.
+    assert!(matches!(
+        ops::approve(&app.pool, &message_id, &OPERATOR).await,
+        Err(OpsError::AlreadyCompleted(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
+    let mut app = app_with(&[("ENGINE__APPROVAL__USERS", "5")]).await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("can", 10);
+    seed_policy(&app, &mut events, "rx1-cancel", &members).await;
+    app.sim.state.reset_stats();
+
+    // A dry run of the same accident reports and completes.
+    let mut dry = app.job(
+        "policy.changed",
+        changed("rx1-cancel", 2, json!({ "TEAMS1": true }), &[]),
+    );
+    dry["dry_run"] = json!(true);
+    app.publish_job(&dry).await;
+    let done = events
+        .next_of("job.completed", dry["message_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+
+    let job = app.job(
+        "policy.changed",
+        changed("rx1-cancel", 2, json!({ "TEAMS1": true }), &[]),
+    );
+    let message_id = job["message_id"].as_str().unwrap().to_owned();
+    app.publish_job(&job).await;
+    events.next_of("job.approval_required", &message_id).await;
+    // A job not awaiting approval cannot be approved.
+    assert!(matches!(
+        ops::approve(&app.pool, dry["message_id"].as_str().unwrap(), &OPERATOR).await,
+        Err(OpsError::AlreadyCompleted(_))
+    ));
+    let canceller = Operator {
+        by: "sam.ops",
+        reason: "the member list was sent empty by mistake",
+    };
+    ops::cancel(&app.pool, &message_id, &canceller)
+        .await
+        .unwrap();
+    let done = events.next_of("job.completed", &message_id).await;
+    assert_eq!(
+        done["subject"]["ended_early"], "cancelled by an operator",
+        "{done}"
+    );
+    let actions = done["subject"]["operator_actions"].as_array().unwrap();
+    assert_eq!(actions[0]["action"], "cancel");
+    assert_eq!(actions[0]["by"], "sam.ops");
+    assert_eq!(actions[0]["reason"], canceller.reason);
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
+    assert_eq!(stored_members(&app, "rx1-cancel").await, 10);
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_operator_actions a JOIN jobs j ON j.id = a.job_id
+         WHERE j.message_id = $1 AND a.action = 'cancel' AND a.by_whom = 'sam.ops'",
+    )
+    .bind(&message_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+}
