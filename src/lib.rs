@@ -38,6 +38,7 @@
 pub mod broker;
 pub mod cli;
 pub mod configuration;
+pub mod contract;
 pub mod domain;
 pub mod engine;
 pub mod http;

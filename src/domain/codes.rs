@@ -1,11 +1,12 @@
 //! The bounded set of failure codes used in `job.completed` failures and in the
 //! `x-reconciler-error` header of dead letters.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 /// A stable snake_case word saying why an item or a message failed. Adding a variant is a
 /// contract change: document it in the README's failure-code table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureCode {
     /// The body is not JSON, or a field has the wrong shape.

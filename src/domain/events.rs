@@ -1,6 +1,7 @@
 //! Events the reconciler publishes (`messages.md`, "Events").
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -13,7 +14,7 @@ pub const EVENT_SCHEMA_VERSION: u32 = 1;
 pub const MAX_FAILURES_LISTED: usize = 1_000;
 
 /// Fields every event about a job carries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct EventHeader {
     pub event_id: Uuid,
     #[serde(rename = "type")]
@@ -45,7 +46,7 @@ impl EventHeader {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     Immediate,
@@ -63,7 +64,7 @@ impl Schedule {
 }
 
 /// Published once the job is planned.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct JobAccepted {
     #[serde(flatten)]
     pub header: EventHeader,
@@ -123,7 +124,7 @@ impl JobApprovalRequired {
     pub const TYPE: &'static str = "job.approval_required";
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -143,7 +144,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Counts {
     pub total: u64,
     pub changed: u64,
@@ -152,7 +153,7 @@ pub struct Counts {
     pub skipped: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Failure {
     pub item: String,
     pub code: FailureCode,
@@ -160,7 +161,7 @@ pub struct Failure {
 }
 
 /// Exactly one per accepted job; resolves the ticket.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct JobCompleted {
     #[serde(flatten)]
     pub header: EventHeader,
@@ -192,7 +193,7 @@ impl JobCompleted {
 }
 
 /// An email for the notification service to send (`template` names its text).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct NotificationEmail {
     #[serde(flatten)]
     pub header: EventHeader,

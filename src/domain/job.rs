@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -106,6 +107,18 @@ impl Serialize for JobType {
     }
 }
 
+/// The contract's job types, as the strings they are.
+impl JsonSchema for JobType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JobType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = Self::ALL.iter().map(|t| t.as_str()).collect();
+        schemars::json_schema!({ "type": "string", "enum": names })
+    }
+}
+
 impl std::fmt::Display for JobType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -167,6 +180,25 @@ impl Serialize for Ticket {
     }
 }
 
+/// An object with string `reference` and `originator`; other fields are allowed and kept.
+impl JsonSchema for Ticket {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Ticket".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The ticket the job resolves; carried byte for byte on every event about the job (fields beyond these two included).",
+            "type": "object",
+            "required": ["reference", "originator"],
+            "properties": {
+                "reference": { "type": "string" },
+                "originator": { "type": "string" }
+            }
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Ticket {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -186,7 +218,7 @@ impl<'de> Deserialize<'de> for Ticket {
 }
 
 /// Who asked for the job in the portal (authorisation of admin-role jobs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Actor {
     pub email: String,
     pub ods_code: String,
@@ -232,7 +264,7 @@ pub enum JobPayload {
     PortalAccessRemind(PortalAccessContacts),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct PolicyDefinition {
     pub id: String,
     pub name: String,
@@ -245,11 +277,15 @@ pub struct PolicyDefinition {
 }
 
 /// `L` is the member list: the emails, or at ingest only their shape (`ListShape`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[schemars(
+    description = "A user policy's definition, optionally with its whole membership (then `total_members` must equal its length)."
+)]
 pub struct PolicyChanged<L = Vec<String>> {
     pub policy: PolicyDefinition,
     /// When present, the whole membership (replacing the stored one).
     #[serde(default = "none")]
+    #[schemars(default = "none::<L>")]
     pub members: Option<L>,
     #[serde(default)]
     pub total_members: Option<u64>,
@@ -259,7 +295,7 @@ fn none<L>() -> Option<L> {
     None
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct MembersAdded<L = Vec<String>> {
     pub policy_id: String,
     pub members: L,
@@ -318,7 +354,7 @@ impl<'de> Deserialize<'de> for ListShape {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminRole {
     PhoneSystemPrimaryAdmin,
@@ -341,14 +377,14 @@ impl AdminRole {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct AdminRoleTarget {
     pub user: String,
     pub ods_code: String,
     pub role: AdminRole,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct AdminRoleChange {
     pub user: String,
     pub ods_code: String,
@@ -356,27 +392,27 @@ pub struct AdminRoleChange {
     pub to: AdminRole,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct OdsMappingChanged {
     pub ods_code: String,
     pub managed_ods_codes: Vec<String>,
     pub onboarded: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct UserLeaver {
     pub user: String,
     pub marked_for_deletion_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ContactKind {
     Individual,
     Organisation,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct Contact {
     pub contact_id: String,
     pub name: String,
@@ -392,13 +428,13 @@ pub struct Contact {
     pub has_portal_access: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct PortalAccessGrant {
     pub batch_label: String,
     pub contacts: Vec<Contact>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct PortalAccessContacts {
     pub contact_ids: Vec<String>,
 }
