@@ -111,7 +111,14 @@ impl AccessGuard {
 #[async_trait]
 impl Tenant for AccessGuard {
     async fn skus(&self) -> Result<Arc<SkuCatalogue>, TenantError> {
-        self.check(self.inner.skus().await)
+        // Usually answered from the client's cache, without asking the tenant: a success says
+        // nothing of access (it cleared a loss in `/readyz` while every Graph call was
+        // refused), so only a failure counts.
+        let result = self.inner.skus().await;
+        if let Err(e) = &result {
+            self.see(Some(e));
+        }
+        result
     }
 
     async fn refresh_skus(&self) -> Result<Arc<SkuCatalogue>, TenantError> {
