@@ -217,18 +217,7 @@ pub async fn hold_chunk(
     .await?
     .rows_affected();
     if held > 0 {
-        sqlx::query(
-            "UPDATE jobs SET held = jsonb_build_object('code', $2::text, 'reason', $3::text,
-                    'detail', $4::text, 'since', coalesce(held->'since', to_jsonb($5::timestamptz)))
-             WHERE id = $1",
-        )
-        .bind(chunk.job_id)
-        .bind(loss.code)
-        .bind(loss.reason.as_str())
-        .bind(&loss.detail)
-        .bind(loss.since)
-        .execute(&mut *tx)
-        .await?;
+        mark_held(&mut *tx, chunk.job_id, loss).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -238,6 +227,15 @@ pub async fn hold_chunk(
 /// (as [`hold_chunk`] does, for a job whose planning met the refusal: planning reads the
 /// tenant's licences and seats).
 pub async fn hold_job(pool: &PgPool, job_id: Uuid, loss: &AccessLoss) -> Result<(), StoreError> {
+    mark_held(pool, job_id, loss).await
+}
+
+/// `jobs.held` = `loss`, keeping the time the hold began.
+async fn mark_held(
+    db: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+    loss: &AccessLoss,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE jobs SET held = jsonb_build_object('code', $2::text, 'reason', $3::text,
                 'detail', $4::text, 'since', coalesce(held->'since', to_jsonb($5::timestamptz)))
@@ -248,7 +246,7 @@ pub async fn hold_job(pool: &PgPool, job_id: Uuid, loss: &AccessLoss) -> Result<
     .bind(loss.reason.as_str())
     .bind(&loss.detail)
     .bind(loss.since)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
