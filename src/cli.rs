@@ -1,5 +1,5 @@
 //! The command line: `run`, `migrate`, `tenant-simulator`, `check-config`, `demo`,
-//! `permissions`, and the operator commands `enqueue` and `jobs …` (their logic lives in
+//! `permissions`, `contract`, and the operator commands `enqueue` and `jobs …` (their logic lives in
 //! [`crate::ops`]).
 
 use std::path::PathBuf;
@@ -79,6 +79,12 @@ pub enum Command {
     /// Print what a Phone System Primary and Local admin may do, for their own organisation
     /// and for the other organisations of their ODS mapping.
     Permissions,
+    /// Print the message contract: the AsyncAPI 3.0 document, or with `--schema NAME` the
+    /// JSON Schema of one job message or event (NAME is its type, e.g. `policy.changed`).
+    Contract {
+        #[arg(long, value_name = "NAME")]
+        schema: Option<String>,
+    },
     /// Publish a policy job for the members of a portal CSV export (`Email Address` column),
     /// with publisher confirms; prints its message_id and the member count.
     Enqueue(EnqueueArgs),
@@ -214,6 +220,11 @@ impl Who {
 /// System admin roles.
 pub fn permissions() -> String {
     crate::domain::permissions::render_table()
+}
+
+/// The output of `policy-reconciler contract [--schema NAME]`.
+pub fn contract(schema: Option<&str>) -> Result<String, crate::contract::UnknownSchema> {
+    crate::contract::document(schema)
 }
 
 impl Cli {

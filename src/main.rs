@@ -48,6 +48,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Command::Contract { schema } = &cli.command {
+        // Needs no configuration either.
+        print(&policy_reconciler::cli::contract(schema.as_deref())?);
+        return Ok(());
+    }
     if let Command::DevCertificate {
         out_dir,
         name,
@@ -152,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(&text);
         }
         // Done above, before the configuration was loaded.
-        Command::Permissions | Command::DevCertificate { .. } => {}
+        Command::Permissions | Command::DevCertificate { .. } | Command::Contract { .. } => {}
     }
     Ok(())
 }

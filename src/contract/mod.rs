@@ -6,9 +6,17 @@
 //! names them. The schema files under `contract/schemas/` are what these functions derive: a
 //! test fails when they differ (`UPDATE_CONTRACT=1 cargo test --lib contract` rewrites them).
 //!
-//! Two events of contract 1.1 that the service does not publish yet (`job.approval_required`,
-//! `drift.detected`) have no Rust type: their schemas are written by hand and checked against
-//! the contract's examples in the tests.
+//! `drift.detected` (contract 1.1), which the service does not publish yet, has no Rust type:
+//! its schema is written by hand and checked against the contract's example in the tests. Once
+//! the event has a type, it moves from [`HAND_WRITTEN`] to [`derived_event_schema`].
+//!
+//! Job schemas state what ingest refuses ([`crate::domain::limits`]) so that a body the
+//! schema accepts is never dead-lettered and one it refuses always is. Three of ingest's rules
+//! have no JSON Schema keyword; they are written as annotations that standard tools ignore and
+//! the project's tests enforce (`tests/kit/contract.rs`): [`MAX_UTF8_BYTES`] (a length limit is
+//! in bytes of UTF-8, `maxLength` counts characters), [`INTEGER_LITERAL`] (`8.0` is an integer
+//! to JSON Schema, not to ingest) and [`MAX_DEPTH`]. What no schema can state (lone UTF-16
+//! surrogates, duplicate keys, a number's text) is listed in the README.
 
 use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, schema_for};
@@ -18,7 +26,23 @@ use crate::domain::{
     Actor, AdminRoleChange, AdminRoleTarget, JobType, MembersAdded, OdsMappingChanged,
     PolicyChanged, PortalAccessContacts, PortalAccessGrant, SCHEMA_VERSION, Ticket, UserLeaver,
 };
-use crate::domain::{EVENT_SCHEMA_VERSION, JobAccepted, JobCompleted, NotificationEmail};
+use crate::domain::limits::{
+    MAX_DEPTH as DEPTH_LIMIT, MAX_IDENTIFIER_BYTES, MAX_MESSAGE_ID_BYTES, MAX_TEXT_BYTES,
+};
+use crate::domain::{
+    EVENT_SCHEMA_VERSION, JobAccepted, JobApprovalRequired, JobCompleted, NotificationEmail,
+};
+
+/// Annotation: the string is at most this many bytes of UTF-8 (its `maxLength` is the same
+/// number, which is what a standard tool checks: exact for ASCII, wider otherwise).
+pub const MAX_UTF8_BYTES: &str = "x-max-utf8-bytes";
+/// Annotation: the number is written as an integer (no fraction, no exponent): `8`, not `8.0`.
+pub const INTEGER_LITERAL: &str = "x-integer-literal";
+/// Annotation: values nest at most this deep (the message object is level 1).
+pub const MAX_DEPTH: &str = "x-max-depth";
+
+/// No NUL character (PostgreSQL `text` cannot hold one), as a regular expression.
+const NO_NUL: &str = "^[^\u{0}]*$";
 
 /// The AsyncAPI 3.0 document (`contract/asyncapi.yaml`).
 pub const ASYNCAPI: &str = include_str!("../../contract/asyncapi.yaml");
@@ -28,11 +52,10 @@ pub const EVENT_TYPES: &[&str] = &[
     JobAccepted::TYPE,
     JobCompleted::TYPE,
     NotificationEmail::TYPE,
-    APPROVAL_REQUIRED,
+    JobApprovalRequired::TYPE,
     DRIFT_DETECTED,
 ];
 
-const APPROVAL_REQUIRED: &str = "job.approval_required";
 const DRIFT_DETECTED: &str = "drift.detected";
 
 /// The templates of `notification.email` (`messages.md`, "notification.email").
@@ -43,14 +66,71 @@ pub const EMAIL_TEMPLATES: &[&str] = &[
 ];
 
 /// Schemas written by hand (events without a Rust type yet).
-const HAND_WRITTEN: &[(&str, &str)] = &[
+const HAND_WRITTEN: &[(&str, &str)] = &[(
+    DRIFT_DETECTED,
+    include_str!("../../contract/schemas/drift.detected.json"),
+)];
+
+/// The byte limits of ingest ([`crate::domain::limits`]), by the JSON pointer of the string
+/// schema in a job schema (`propertyNames` for the keys of `toggles`). A pointer that a job
+/// type's schema lacks is not about that type.
+const BYTE_LIMITS: &[(&str, usize)] = &[
+    ("/properties/message_id", MAX_MESSAGE_ID_BYTES),
+    ("/$defs/Ticket/properties/reference", MAX_IDENTIFIER_BYTES),
+    ("/$defs/Ticket/properties/originator", MAX_TEXT_BYTES),
+    ("/$defs/Actor/properties/email", MAX_TEXT_BYTES),
+    ("/$defs/Actor/properties/ods_code", MAX_IDENTIFIER_BYTES),
+    ("/$defs/PolicyDefinition/properties/id", MAX_IDENTIFIER_BYTES),
+    ("/$defs/PolicyDefinition/properties/name", MAX_TEXT_BYTES),
+    ("/$defs/PolicyDefinition/properties/ods_code", MAX_IDENTIFIER_BYTES),
+    ("/$defs/PolicyDefinition/properties/licence", MAX_IDENTIFIER_BYTES),
     (
-        APPROVAL_REQUIRED,
-        include_str!("../../contract/schemas/job.approval_required.json"),
+        "/$defs/PolicyDefinition/properties/toggles/propertyNames",
+        MAX_IDENTIFIER_BYTES,
+    ),
+    ("/$defs/PolicyChanged/properties/members/items", MAX_TEXT_BYTES),
+    ("/$defs/MembersAdded/properties/policy_id", MAX_IDENTIFIER_BYTES),
+    ("/$defs/MembersAdded/properties/members/items", MAX_TEXT_BYTES),
+    ("/$defs/AdminRoleTarget/properties/user", MAX_TEXT_BYTES),
+    ("/$defs/AdminRoleTarget/properties/ods_code", MAX_IDENTIFIER_BYTES),
+    ("/$defs/AdminRoleChange/properties/user", MAX_TEXT_BYTES),
+    ("/$defs/AdminRoleChange/properties/ods_code", MAX_IDENTIFIER_BYTES),
+    ("/$defs/OdsMappingChanged/properties/ods_code", MAX_IDENTIFIER_BYTES),
+    (
+        "/$defs/OdsMappingChanged/properties/managed_ods_codes/items",
+        MAX_IDENTIFIER_BYTES,
     ),
     (
-        DRIFT_DETECTED,
-        include_str!("../../contract/schemas/drift.detected.json"),
+        "/$defs/OdsMappingChanged/properties/onboarded/items",
+        MAX_IDENTIFIER_BYTES,
+    ),
+    ("/$defs/UserLeaver/properties/user", MAX_TEXT_BYTES),
+    ("/$defs/PortalAccessGrant/properties/batch_label", MAX_IDENTIFIER_BYTES),
+    ("/$defs/Contact/properties/contact_id", MAX_IDENTIFIER_BYTES),
+    ("/$defs/Contact/properties/name", MAX_TEXT_BYTES),
+    ("/$defs/Contact/properties/council", MAX_TEXT_BYTES),
+    ("/$defs/Contact/properties/email", MAX_TEXT_BYTES),
+    (
+        "/$defs/PortalAccessContacts/properties/contact_ids/items",
+        MAX_IDENTIFIER_BYTES,
+    ),
+];
+
+/// The integers of job messages, by JSON pointer, and their range (ingest reads them as
+/// `i64`, `u64` and `u32`).
+const INTEGERS: &[(&str, Option<(i64, u64)>)] = &[
+    ("/properties/schema_version", None),
+    (
+        "/$defs/PolicyDefinition/properties/version",
+        Some((i64::MIN, i64::MAX as u64)),
+    ),
+    (
+        "/$defs/PolicyChanged/properties/total_members",
+        Some((0, u64::MAX)),
+    ),
+    (
+        "/$defs/MembersAdded/properties/total_members",
+        Some((0, u64::MAX)),
     ),
 ];
 
@@ -61,7 +141,8 @@ const HAND_WRITTEN: &[(&str, &str)] = &[
 #[allow(dead_code)]
 struct JobEnvelope<P> {
     /// The idempotency key. The AMQP `message_id` property, when set, must equal it. Not
-    /// blank, at most 255 bytes (an AMQP short string; the schema counts characters).
+    /// blank, at most 255 bytes (an AMQP short string): `maxLength` counts characters,
+    /// `x-max-utf8-bytes` bytes.
     #[schemars(length(min = 1, max = 255), regex(pattern = r"\S"))]
     message_id: String,
     /// The job type; also the routing key.
@@ -87,6 +168,24 @@ pub fn names() -> Vec<&'static str> {
         .map(|t| t.as_str())
         .chain(EVENT_TYPES.iter().copied())
         .collect()
+}
+
+/// A name that is not a schema's.
+#[derive(Debug, thiserror::Error)]
+#[error("no schema is called {name:?}; the schemas are: {}", names().join(", "))]
+pub struct UnknownSchema {
+    pub name: String,
+}
+
+/// What `policy-reconciler contract` prints: the AsyncAPI document, or with `schema` the JSON
+/// Schema of that name.
+pub fn document(schema: Option<&str>) -> Result<String, UnknownSchema> {
+    match schema {
+        None => Ok(ASYNCAPI.to_owned()),
+        Some(name) => self::schema(name).map(|s| render(&s)).ok_or(UnknownSchema {
+            name: name.to_owned(),
+        }),
+    }
 }
 
 /// The schema called `name` (a job type or an event type).
@@ -138,7 +237,51 @@ fn job_schema(job_type: JobType) -> Value {
         &format!("The `{job_type}` job message (envelope and payload)."),
         SCHEMA_VERSION,
     );
+    state_ingest_limits(&mut schema);
     schema
+}
+
+/// Add what ingest refuses beyond the types ([`crate::domain::limits`]): byte limits, integers
+/// written as such, no NUL in any string or key, and the nesting limit.
+fn state_ingest_limits(schema: &mut Value) {
+    for (pointer, bytes) in BYTE_LIMITS {
+        let target = if let Some(names) = pointer.strip_suffix("/propertyNames") {
+            match schema.pointer_mut(names) {
+                Some(map) => map
+                    .as_object_mut()
+                    .expect("a map schema")
+                    .entry("propertyNames")
+                    .or_insert_with(|| json!({ "type": "string" })),
+                None => continue,
+            }
+        } else {
+            match schema.pointer_mut(pointer) {
+                Some(target) => target,
+                None => continue,
+            }
+        };
+        target["maxLength"] = json!(bytes);
+        target[MAX_UTF8_BYTES] = json!(bytes);
+    }
+    for (pointer, range) in INTEGERS {
+        if let Some(target) = schema.pointer_mut(pointer) {
+            target[INTEGER_LITERAL] = json!(true);
+            if let Some((min, max)) = range {
+                target["minimum"] = json!(min);
+                target["maximum"] = json!(max);
+            }
+        }
+    }
+    schema["$defs"]["Storable"] = json!({
+        "description": "Any value ingest can store: no NUL character in a string or an object key, at any depth (PostgreSQL `text` and `jsonb` cannot hold one).",
+        "pattern": NO_NUL,
+        "propertyNames": { "pattern": NO_NUL },
+        "additionalProperties": { "$ref": "#/$defs/Storable" },
+        "items": { "$ref": "#/$defs/Storable" }
+    });
+    let object = schema.as_object_mut().expect("a schema object");
+    object.insert("allOf".into(), json!([{ "$ref": "#/$defs/Storable" }]));
+    object.insert(MAX_DEPTH.into(), json!(DEPTH_LIMIT));
 }
 
 fn derived_event_schema(name: &str) -> Option<Value> {
@@ -146,6 +289,7 @@ fn derived_event_schema(name: &str) -> Option<Value> {
         JobAccepted::TYPE => schema_for!(JobAccepted),
         JobCompleted::TYPE => schema_for!(JobCompleted),
         NotificationEmail::TYPE => schema_for!(NotificationEmail),
+        JobApprovalRequired::TYPE => schema_for!(JobApprovalRequired),
         _ => return None,
     };
     let mut schema = serde_json::to_value(schema).expect("a schema serializes");
@@ -157,6 +301,20 @@ fn derived_event_schema(name: &str) -> Option<Value> {
     );
     if name == NotificationEmail::TYPE {
         schema["properties"]["template"] = json!({ "type": "string", "enum": EMAIL_TEMPLATES });
+    }
+    if name == JobApprovalRequired::TYPE {
+        // A `Value` in the type: what the policy planners put there (`engine::policy`).
+        schema["properties"]["subject"] = json!({
+            "description": "What the job is about: the policy, its name and the job's version (`applied_version`: the stored policy's, when it differs).",
+            "type": "object",
+            "required": ["policy_id", "version"],
+            "properties": {
+                "policy_id": { "type": "string" },
+                "policy_name": { "type": "string" },
+                "version": { "type": "integer" },
+                "applied_version": { "type": "integer" }
+            }
+        });
     }
     Some(schema)
 }

@@ -188,3 +188,74 @@ fn the_asyncapi_check_refuses_a_broken_document() {
     broken["channels"]["jobs"]["bindings"]["amqp"]["is"] = json!("topic");
     assert!(!validator.is_valid(&broken), "a wrong AMQP binding passed");
 }
+
+/// The pointers of the string schemas under `schema` (at `at`) that state no byte limit:
+/// every free string of a job message is limited by ingest, so every one needs it.
+fn unlimited_strings(schema: &Value, at: String, found: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            let is_string = match map.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+                _ => false,
+            };
+            let free = !["enum", "const", "format"].iter().any(|k| map.contains_key(*k));
+            if is_string && free && !map.contains_key(MAX_UTF8_BYTES) {
+                found.push(at.clone());
+            }
+            for (key, value) in map {
+                if key == "Storable" {
+                    continue; // any value at all: the NUL rule, not a field
+                }
+                unlimited_strings(value, format!("{at}/{key}"), found);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                unlimited_strings(item, format!("{at}/{i}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every free string of every job message has the byte limit ingest checks, every entry of
+/// the table of limits is about some job message, and the limits are ingest's numbers.
+#[test]
+fn every_string_of_a_job_message_states_its_byte_limit() {
+    let mut used = vec![false; BYTE_LIMITS.len()];
+    for job_type in JobType::ALL {
+        let schema = schema(job_type.as_str()).unwrap();
+        let mut found = Vec::new();
+        unlimited_strings(&schema, String::new(), &mut found);
+        assert!(found.is_empty(), "{job_type}: no byte limit at {found:?}");
+        for (i, (pointer, bytes)) in BYTE_LIMITS.iter().enumerate() {
+            if let Some(target) = schema.pointer(pointer) {
+                used[i] = true;
+                assert_eq!(target[MAX_UTF8_BYTES], json!(bytes), "{pointer}");
+                assert_eq!(target["maxLength"], json!(bytes), "{pointer}");
+            }
+        }
+        assert_eq!(schema[MAX_DEPTH], json!(DEPTH_LIMIT));
+        assert_eq!(schema["allOf"][0]["$ref"], "#/$defs/Storable");
+    }
+    let unused: Vec<&str> = BYTE_LIMITS
+        .iter()
+        .zip(&used)
+        .filter(|(_, used)| !**used)
+        .map(|((pointer, _), _)| *pointer)
+        .collect();
+    assert!(unused.is_empty(), "limits about no job message: {unused:?}");
+}
+
+#[test]
+fn the_contract_command_prints_the_document_or_one_schema_or_names_them_all() {
+    assert_eq!(document(None).unwrap(), ASYNCAPI);
+    let one: Value = serde_json::from_str(&document(Some("user.leaver")).unwrap()).unwrap();
+    assert_eq!(one["title"], "user.leaver");
+    let error = document(Some("user.left")).unwrap_err().to_string();
+    assert!(error.contains("\"user.left\""), "{error}");
+    for name in names() {
+        assert!(error.contains(name), "{error}");
+    }
+}

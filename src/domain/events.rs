@@ -80,7 +80,7 @@ impl JobAccepted {
 
 /// What a planned job would do to its users' licences (contract 1.1, "Guard rails on large
 /// changes"), counted at planning.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 pub struct ChangeEffect {
     /// Members the job drops from the policy: the policy no longer grants them its licence.
     pub licence_removed: u64,
@@ -103,18 +103,22 @@ impl ChangeEffect {
 }
 
 /// The thresholds a job's effect was over.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, JsonSchema)]
 pub struct ApprovalThreshold {
+    /// `engine.approval.users`: a job removing or changing the licence of this many users waits.
     pub users: u64,
+    /// `engine.approval.share`: the same as a share of the policy's members (0 to 1).
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub share: f64,
 }
 
 /// Published when a planned job waits for an operator's approval.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct JobApprovalRequired {
     #[serde(flatten)]
     pub header: EventHeader,
     pub job_type: JobType,
+    /// What the job is about: the policy and the job's version.
     pub subject: Value,
     pub effect: ChangeEffect,
     pub threshold: ApprovalThreshold,

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
 use crate::kit::broker::{self, EventQueue};
+use crate::kit::contract as kit_contract;
 use crate::kit::simulator::SimThread;
 use crate::kit::worker::{self, WorkerThread};
 use crate::kit::{env, wait_until};
@@ -214,12 +215,52 @@ impl TestApp {
     }
 
     /// Publish a job as the portal does: persistent JSON, routing key = type, AMQP
-    /// `message_id` = the body's.
+    /// `message_id` = the body's. The contract's schema must accept it (`tests/kit/contract.rs`).
     pub async fn publish_job(&self, job: &Value) {
         broker::publish_job(&self.channel, self.jobs_exchange(), job).await;
     }
 
+    /// Publish a job the contract's schema refuses, on purpose, and return its dead letter:
+    /// the worker must reject it at ingest with one of the ingest codes.
+    pub async fn publish_job_refused_by_schema(&self, job: &Value) -> DeadLetter {
+        broker::publish_job_refused_by_schema(&self.channel, self.jobs_exchange(), job).await;
+        self.dead_letter_at_ingest(job.to_string().as_bytes()).await
+    }
+
+    /// Publish `body` as it is. The contract's schema must accept it (what differs from
+    /// [`Self::publish_job`] is the text or the properties).
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        let verdict = kit_contract::job_verdict(body);
+        if let Err(errors) = &verdict {
+            panic!(
+                "the contract's schema refuses this body (publish_raw_refused_by_schema sends \
+                 it on purpose):\n{errors}"
+            );
+        }
+        kit_contract::remember(body, &verdict);
+        self.send_raw(routing_key, body, properties).await;
+    }
+
+    /// Publish `body`, which the contract's schema refuses, on purpose, and return its dead
+    /// letter: the worker must reject it at ingest with one of the ingest codes.
+    pub async fn publish_raw_refused_by_schema(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> DeadLetter {
+        let verdict = kit_contract::job_verdict(body);
+        assert!(
+            verdict.is_err(),
+            "the contract's schema accepts this body, which the test expects it to refuse: {}",
+            String::from_utf8_lossy(body)
+        );
+        kit_contract::remember(body, &verdict);
+        self.send_raw(routing_key, body, properties).await;
+        self.dead_letter_at_ingest(body).await
+    }
+
+    async fn send_raw(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
         broker::publish(
             &self.channel,
             self.jobs_exchange(),
@@ -228,6 +269,18 @@ impl TestApp {
             properties,
         )
         .await;
+    }
+
+    /// The dead letter of `body`, which must come with an ingest code.
+    async fn dead_letter_at_ingest(&self, body: &[u8]) -> DeadLetter {
+        let dead = self.next_dead_letter().await;
+        assert_eq!(dead.body, body, "the dead letter is another message");
+        let code = dead.error.as_deref().unwrap_or("none");
+        assert!(
+            kit_contract::INGEST_CODES.contains(&code),
+            "a body the schema refuses was dead-lettered with {code}, not an ingest code"
+        );
+        dead
     }
 
     fn jobs_exchange(&self) -> &str {
@@ -243,7 +296,8 @@ impl TestApp {
             &self.settings.broker.topology.events_exchange,
             "#",
         )
-        .await;
+        .await
+        .checking_dispositions(self.pool.clone());
         self.event_queues.push(name);
         queue
     }
@@ -282,11 +336,26 @@ impl TestApp {
                     _ => None,
                 })
         };
-        DeadLetter {
+        let dead = DeadLetter {
             error: header("x-reconciler-error"),
             detail: header("x-reconciler-detail"),
             body: delivery.data.clone(),
+        };
+        // A body the schema accepts is never rejected at ingest for what it holds; only its
+        // AMQP properties (which no schema of the body covers) may be wrong.
+        if kit_contract::job_verdict(&dead.body).is_ok()
+            && let Some(code) = dead.error.as_deref()
+            && kit_contract::INGEST_CODES.contains(&code)
+        {
+            let detail = dead.detail.as_deref().unwrap_or_default();
+            assert!(
+                detail.starts_with("AMQP message_id property"),
+                "the worker rejected at ingest ({code}: {detail}) a body the contract's schema \
+                 accepts: {}",
+                String::from_utf8_lossy(&dead.body)
+            );
         }
+        dead
     }
 
     /// Jobs stored so far, as (message_id, job_type, state, outcome).

@@ -86,21 +86,20 @@ async fn bad_messages_are_dead_lettered_with_their_code_and_the_next_is_processe
     let mut events = app.event_queue().await;
 
     // Not JSON.
-    app.publish_raw(
-        "policy.changed",
-        b"{ this is not json",
-        BasicProperties::default().with_delivery_mode(2),
-    )
-    .await;
-    let dead = app.next_dead_letter().await;
+    let dead = app
+        .publish_raw_refused_by_schema(
+            "policy.changed",
+            b"{ this is not json",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
     assert_eq!(dead.error.as_deref(), Some("invalid_message"));
     assert!(dead.detail.unwrap().contains("not JSON"));
     assert_eq!(dead.body, b"{ this is not json");
 
     // Unknown type: the job is known by its message_id, so a rejection resolves its ticket.
     let unknown = app.job("policy.exploded", json!({}));
-    app.publish_job(&unknown).await;
-    let dead = app.next_dead_letter().await;
+    let dead = app.publish_job_refused_by_schema(&unknown).await;
     assert_eq!(dead.error.as_deref(), Some("unknown_type"));
     assert!(dead.detail.unwrap().contains("policy.exploded"));
 
@@ -109,8 +108,7 @@ async fn bad_messages_are_dead_lettered_with_their_code_and_the_next_is_processe
         "policy.members_added",
         json!({ "policy_id": "rx1-standard", "total_members": 1 }),
     );
-    app.publish_job(&missing).await;
-    let dead = app.next_dead_letter().await;
+    let dead = app.publish_job_refused_by_schema(&missing).await;
     assert_eq!(dead.error.as_deref(), Some("missing_field"));
     assert!(dead.detail.unwrap().contains("members"));
 
@@ -241,13 +239,13 @@ async fn assert_rejected_once(app: &mut TestApp, cases: Vec<Unstorable>) -> Vec<
     let mut events = app.event_queue().await;
     let mut completions = Vec::new();
     for case in &cases {
-        app.publish_raw(
-            "policy.members_added",
-            case.body.as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await;
-        let dead = app.next_dead_letter().await;
+        let dead = app
+            .publish_raw_refused_by_schema(
+                "policy.members_added",
+                case.body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await;
         assert_eq!(
             dead.error.as_deref(),
             Some("invalid_message"),

@@ -679,23 +679,26 @@ async fn a_job_left_with_every_chunk_done_is_completed_by_the_monitor() {
 }
 
 /// A job the database cannot store the desired state of (a policy id of 8 KB is too large for
-/// its index) is rejected once, with a code: never planned again and again.
+/// its index) is rejected once, with a code: never planned again and again. Since ingest checks
+/// the sizes of identifiers, it is rejected there (dead-lettered), before any planning.
 #[tokio::test]
 async fn a_job_that_can_never_be_planned_is_rejected_not_retried() {
     let mut app = spawn_app().await;
     let mut events = app.event_queue().await;
     let mut seen = Vec::new();
     let members = app.sim.seed_users("big-id", 2);
-    // Random, so that PostgreSQL cannot compress it below its index's limit.
+    // Random, so that PostgreSQL cannot compress it below its index's limit. Over the 255
+    // bytes of an identifier: the contract's schema refuses it, and ingest rejects it before
+    // the planner (or the index) ever sees it.
     let id: String = (0..228)
         .map(|_| uuid::Uuid::new_v4().simple().to_string())
         .collect();
-    let job = publish(
-        &app,
+    let job = app.job(
         "policy.changed",
         changed(policy(&id, 1, "ENTERPRISEPACK", json!({})), &members),
-    )
-    .await;
+    );
+    let dead = app.publish_job_refused_by_schema(&job).await;
+    assert_eq!(dead.error.as_deref(), Some("invalid_message"));
     let done = completion(&mut events, &job["message_id"], &mut seen).await;
     let failure = &done["failures"][0];
     assert_eq!(done["outcome"], "rejected", "{failure}");

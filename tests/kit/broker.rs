@@ -12,6 +12,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use policy_reconciler::configuration::Topology;
 use serde_json::Value;
+use sqlx::PgPool;
+
+use super::contract;
 
 pub const AMQP_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const AMQP_URI_HOST_PORT: &str = "127.0.0.1:5672";
@@ -24,8 +27,33 @@ pub async fn connect() -> Connection {
 }
 
 /// Publish a job as the portal does: persistent JSON, routing key = its `type`, AMQP
-/// `message_id` = the body's.
+/// `message_id` = the body's. The body must be one the contract's schema accepts: a test that
+/// means to send one it refuses says so with [`publish_job_refused_by_schema`].
 pub async fn publish_job(channel: &Channel, exchange: &str, job: &Value) {
+    let verdict = contract::job_value_verdict(job);
+    if let Err(errors) = &verdict {
+        panic!(
+            "the contract's schema refuses this job (publish_job_refused_by_schema sends it \
+             on purpose):\n{errors}\n{job}"
+        );
+    }
+    contract::remember(job.to_string().as_bytes(), &verdict);
+    send_job(channel, exchange, job).await;
+}
+
+/// [`publish_job`] for a body the contract's schema refuses, on purpose: the worker must
+/// reject it at ingest (the caller checks its dead letter). Panics if the schema accepts it.
+pub async fn publish_job_refused_by_schema(channel: &Channel, exchange: &str, job: &Value) {
+    let verdict = contract::job_value_verdict(job);
+    assert!(
+        verdict.is_err(),
+        "the contract's schema accepts this job, which the test expects it to refuse: {job}"
+    );
+    contract::remember(job.to_string().as_bytes(), &verdict);
+    send_job(channel, exchange, job).await;
+}
+
+async fn send_job(channel: &Channel, exchange: &str, job: &Value) {
     let routing_key = job["type"].as_str().unwrap_or("unknown").to_owned();
     let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())
@@ -96,9 +124,15 @@ pub async fn remove_topology(topology: &Topology, extra_queues: &[String]) {
 
 /// A queue of the run's own bound to the events exchange, and a consumer on it. It sees the
 /// events published after it is declared; the run deletes it (an extra queue of its clean-up).
+///
+/// Every event it receives is validated against the contract's schema of its type (a
+/// failure panics with the schema's errors); with the worker's database
+/// ([`EventQueue::checking_dispositions`]), every `job.completed` of a job published through
+/// the kit is checked against the schema's verdict on the job ([`contract::check_disposition`]).
 pub struct EventQueue {
     _channel: Channel,
     consumer: lapin::Consumer,
+    database: Option<PgPool>,
 }
 
 impl EventQueue {
@@ -136,7 +170,15 @@ impl EventQueue {
         Self {
             _channel: channel,
             consumer,
+            database: None,
         }
+    }
+
+    /// Check each `job.completed` against the worker's inbox in `database`: whether the job
+    /// was dead-lettered at ingest must be what the schema said of its body.
+    pub fn checking_dispositions(mut self, database: PgPool) -> Self {
+        self.database = Some(database);
+        self
     }
 
     /// The next event, as JSON, within `timeout`.
@@ -151,7 +193,41 @@ impl EventQueue {
             .ok()??
             .ok()?;
         delivery.ack(BasicAckOptions::default()).await.ok()?;
+        self.check(&delivery.data).await;
         Some(delivery.data)
+    }
+
+    /// Validate an event received, and a `job.completed`'s disposition (see the type's doc).
+    async fn check(&self, body: &[u8]) {
+        let event: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+            panic!(
+                "the worker published an event that is not JSON ({e}): {}",
+                String::from_utf8_lossy(body)
+            )
+        });
+        contract::check_event(&event);
+        let Some(database) = &self.database else {
+            return;
+        };
+        if event["type"] != "job.completed" {
+            return;
+        }
+        let Some(message_id) = event["source_message_id"].as_str() else {
+            return;
+        };
+        if contract::remembered(message_id).is_none() {
+            return;
+        }
+        let disposition: Option<String> =
+            sqlx::query_scalar("SELECT disposition FROM inbox WHERE message_id = $1")
+                .bind(message_id)
+                .fetch_optional(database)
+                .await
+                .ok()
+                .flatten();
+        if let Some(disposition) = disposition {
+            contract::check_disposition(&event, disposition == "dead_lettered");
+        }
     }
 
     /// The next event of `event_type` about the job of `message_id` (others are passed over),

@@ -9,7 +9,8 @@
 //! - the worker, in-process on a thread of its own or as a `policy-reconciler run` process, and
 //!   waiting for it to be ready ([`worker`]);
 //! - the tenant simulator on a thread of its own, seeding it and reading its state ([`simulator`]);
-//! - publishing jobs and reading the events the worker publishes ([`broker`]);
+//! - publishing jobs and reading the events the worker publishes ([`broker`]), each checked
+//!   against the contract's JSON Schemas ([`contract`]);
 //! - clean-up: [`remove_run`] (or [`cleanup`], from a `Drop`) deletes the run's queues and
 //!   exchanges ([`broker::remove_topology`]) and drops its database ([`database::drop_database`]).
 //!
@@ -17,6 +18,7 @@
 //! what only one of them uses is dead code in the other: the inclusions allow `dead_code`.
 
 pub mod broker;
+pub mod contract;
 pub mod database;
 pub mod env;
 pub mod simulator;
