@@ -402,6 +402,7 @@ pub struct OdsMappingChanged {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct UserLeaver {
     pub user: String,
+    #[serde(deserialize_with = "rfc3339::date_time")]
     pub marked_for_deletion_at: DateTime<Utc>,
 }
 
@@ -422,7 +423,7 @@ pub struct Contact {
     pub email: Option<String>,
     pub council: String,
     pub member: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rfc3339::optional_date")]
     pub clerk_until: Option<NaiveDate>,
     #[serde(default)]
     pub has_portal_access: bool,
@@ -452,12 +453,54 @@ pub struct Rejection {
     pub dry_run: bool,
 }
 
+/// Times and dates as RFC 3339 writes them (`2026-11-22T10:15:00Z`, `2027-03-31`), which is
+/// what the contract says and what the JSON Schemas' `date-time` and `date` formats accept.
+/// chrono alone also reads a space for the `T` and months and days without their leading
+/// zero: a message the schema refuses must not be stored (issue 20).
+mod rfc3339 {
+    use chrono::{DateTime, NaiveDate, Utc};
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    /// `YYYY-MM-DD`, digits where digits go.
+    fn full_date(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        bytes.len() >= 10
+            && bytes[..10]
+                .iter()
+                .enumerate()
+                .all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
+    }
+
+    pub fn date_time<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        if !full_date(&text) || !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(D::Error::custom(format!(
+                "{text:?} is not an RFC 3339 date-time (2026-11-22T10:15:00Z)"
+            )));
+        }
+        text.parse().map_err(D::Error::custom)
+    }
+
+    pub fn optional_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if text.len() != 10 || !full_date(&text) {
+            return Err(D::Error::custom(format!(
+                "{text:?} is not an RFC 3339 date (2027-03-31)"
+            )));
+        }
+        text.parse().map(Some).map_err(D::Error::custom)
+    }
+}
+
 /// The envelope's fields other than `payload`, typed.
 #[derive(Deserialize)]
 struct Envelope {
     #[serde(rename = "type")]
     job_type: String,
     schema_version: u32,
+    #[serde(deserialize_with = "rfc3339::date_time")]
     sent_at: DateTime<Utc>,
     #[serde(default)]
     ticket: Option<Ticket>,
