@@ -22,12 +22,12 @@ use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, schema_for};
 use serde_json::{Value, json};
 
+use crate::domain::limits::{
+    MAX_DEPTH as DEPTH_LIMIT, MAX_IDENTIFIER_BYTES, MAX_MESSAGE_ID_BYTES, MAX_TEXT_BYTES,
+};
 use crate::domain::{
     Actor, AdminRoleChange, AdminRoleTarget, JobType, MembersAdded, OdsMappingChanged,
     PolicyChanged, PortalAccessContacts, PortalAccessGrant, SCHEMA_VERSION, Ticket, UserLeaver,
-};
-use crate::domain::limits::{
-    MAX_DEPTH as DEPTH_LIMIT, MAX_IDENTIFIER_BYTES, MAX_MESSAGE_ID_BYTES, MAX_TEXT_BYTES,
 };
 use crate::domain::{
     EVENT_SCHEMA_VERSION, JobAccepted, JobApprovalRequired, JobCompleted, NotificationEmail,
@@ -80,22 +80,49 @@ const BYTE_LIMITS: &[(&str, usize)] = &[
     ("/$defs/Ticket/properties/originator", MAX_TEXT_BYTES),
     ("/$defs/Actor/properties/email", MAX_TEXT_BYTES),
     ("/$defs/Actor/properties/ods_code", MAX_IDENTIFIER_BYTES),
-    ("/$defs/PolicyDefinition/properties/id", MAX_IDENTIFIER_BYTES),
+    (
+        "/$defs/PolicyDefinition/properties/id",
+        MAX_IDENTIFIER_BYTES,
+    ),
     ("/$defs/PolicyDefinition/properties/name", MAX_TEXT_BYTES),
-    ("/$defs/PolicyDefinition/properties/ods_code", MAX_IDENTIFIER_BYTES),
-    ("/$defs/PolicyDefinition/properties/licence", MAX_IDENTIFIER_BYTES),
+    (
+        "/$defs/PolicyDefinition/properties/ods_code",
+        MAX_IDENTIFIER_BYTES,
+    ),
+    (
+        "/$defs/PolicyDefinition/properties/licence",
+        MAX_IDENTIFIER_BYTES,
+    ),
     (
         "/$defs/PolicyDefinition/properties/toggles/propertyNames",
         MAX_IDENTIFIER_BYTES,
     ),
-    ("/$defs/PolicyChanged/properties/members/items", MAX_TEXT_BYTES),
-    ("/$defs/MembersAdded/properties/policy_id", MAX_IDENTIFIER_BYTES),
-    ("/$defs/MembersAdded/properties/members/items", MAX_TEXT_BYTES),
+    (
+        "/$defs/PolicyChanged/properties/members/items",
+        MAX_TEXT_BYTES,
+    ),
+    (
+        "/$defs/MembersAdded/properties/policy_id",
+        MAX_IDENTIFIER_BYTES,
+    ),
+    (
+        "/$defs/MembersAdded/properties/members/items",
+        MAX_TEXT_BYTES,
+    ),
     ("/$defs/AdminRoleTarget/properties/user", MAX_TEXT_BYTES),
-    ("/$defs/AdminRoleTarget/properties/ods_code", MAX_IDENTIFIER_BYTES),
+    (
+        "/$defs/AdminRoleTarget/properties/ods_code",
+        MAX_IDENTIFIER_BYTES,
+    ),
     ("/$defs/AdminRoleChange/properties/user", MAX_TEXT_BYTES),
-    ("/$defs/AdminRoleChange/properties/ods_code", MAX_IDENTIFIER_BYTES),
-    ("/$defs/OdsMappingChanged/properties/ods_code", MAX_IDENTIFIER_BYTES),
+    (
+        "/$defs/AdminRoleChange/properties/ods_code",
+        MAX_IDENTIFIER_BYTES,
+    ),
+    (
+        "/$defs/OdsMappingChanged/properties/ods_code",
+        MAX_IDENTIFIER_BYTES,
+    ),
     (
         "/$defs/OdsMappingChanged/properties/managed_ods_codes/items",
         MAX_IDENTIFIER_BYTES,
@@ -105,7 +132,10 @@ const BYTE_LIMITS: &[(&str, usize)] = &[
         MAX_IDENTIFIER_BYTES,
     ),
     ("/$defs/UserLeaver/properties/user", MAX_TEXT_BYTES),
-    ("/$defs/PortalAccessGrant/properties/batch_label", MAX_IDENTIFIER_BYTES),
+    (
+        "/$defs/PortalAccessGrant/properties/batch_label",
+        MAX_IDENTIFIER_BYTES,
+    ),
     ("/$defs/Contact/properties/contact_id", MAX_IDENTIFIER_BYTES),
     ("/$defs/Contact/properties/name", MAX_TEXT_BYTES),
     ("/$defs/Contact/properties/council", MAX_TEXT_BYTES),

@@ -199,7 +199,9 @@ fn unlimited_strings(schema: &Value, at: String, found: &mut Vec<String>) {
                 Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
                 _ => false,
             };
-            let free = !["enum", "const", "format"].iter().any(|k| map.contains_key(*k));
+            let free = !["enum", "const", "format"]
+                .iter()
+                .any(|k| map.contains_key(*k));
             if is_string && free && !map.contains_key(MAX_UTF8_BYTES) {
                 found.push(at.clone());
             }

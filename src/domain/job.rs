@@ -465,10 +465,13 @@ mod rfc3339 {
     fn full_date(text: &str) -> bool {
         let bytes = text.as_bytes();
         bytes.len() >= 10
-            && bytes[..10]
-                .iter()
-                .enumerate()
-                .all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
+            && bytes[..10].iter().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    *b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
     }
 
     pub fn date_time<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -1124,6 +1127,41 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn times_and_dates_are_read_as_rfc_3339_writes_them() {
+        let mut value = envelope(
+            "user.leaver",
+            json!({ "user": "u@nhs.net", "marked_for_deletion_at": "2026-11-21T17:00:00Z" }),
+        );
+        assert!(decode(&value).is_ok());
+        value["sent_at"] = json!("2026-11-22t10:15:00.5+01:00");
+        assert!(decode(&value).is_ok());
+        value["sent_at"] = json!("2026-11-22 10:15:00Z");
+        assert_eq!(
+            decode(&value).unwrap_err().code,
+            FailureCode::InvalidMessage
+        );
+        value["sent_at"] = json!("2026-11-22T10:15:00Z");
+        value["payload"]["marked_for_deletion_at"] = json!("2026-1-21T17:00:00Z");
+        assert_eq!(
+            decode(&value).unwrap_err().code,
+            FailureCode::InvalidMessage
+        );
+
+        let grant = |clerk_until: Value| {
+            envelope(
+                "portal_access.grant",
+                json!({ "batch_label": "A", "contacts": [ { "contact_id": "c-1", "name": "A",
+                    "type": "individual", "council": "A PC", "member": true,
+                    "clerk_until": clerk_until } ] }),
+            )
+        };
+        assert!(decode(&grant(json!("2027-03-31"))).is_ok());
+        assert!(decode(&grant(json!(null))).is_ok());
+        assert!(decode(&grant(json!("2027-3-31"))).is_err());
+        assert!(decode(&grant(json!("2027-03-31T00:00:00Z"))).is_err());
     }
 
     #[test]

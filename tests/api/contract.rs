@@ -74,11 +74,9 @@ async fn ingest(app: &TestApp, routing_key: &str, body: &Body) -> Ingested {
             let delivery = message.delivery;
             assert_eq!(delivery.data, bytes, "a dead letter of another body");
             let headers = delivery.properties.headers().clone().unwrap_or_default();
-            let header = |name: &str| {
-                match headers.inner().get(name) {
-                    Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into(),
-                    _ => String::new(),
-                }
+            let header = |name: &str| match headers.inner().get(name) {
+                Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into(),
+                _ => String::new(),
             };
             return Ingested::DeadLettered {
                 code: header("x-reconciler-error"),
@@ -176,7 +174,8 @@ fn table(app: &TestApp) -> Vec<(&'static str, String, Body)> {
         )
     };
     let euro = |n: usize| "\u{20ac}".repeat(n); // 3 bytes each
-    let mut cases: Vec<(&'static str, Value)> = vec![
+    let mut cases: Vec<(&'static str, Value)> =
+        vec![
         // Valid: the contract's examples of every type, and what the planner (not ingest)
         // judges.
         ("members_added", added()),
@@ -528,7 +527,11 @@ fn the_contract_command_prints_the_asyncapi_document_and_each_schema() {
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();
-        assert_eq!(printed, serde_json::from_str::<Value>(&file).unwrap(), "{name}");
+        assert_eq!(
+            printed,
+            serde_json::from_str::<Value>(&file).unwrap(),
+            "{name}"
+        );
     }
 
     let output = run(&["--schema", "policy.exploded"]);
@@ -539,4 +542,40 @@ fn the_contract_command_prints_the_asyncapi_document_and_each_schema() {
         error.contains("policy.changed") && error.contains("notification.email"),
         "the error lists the names: {error}"
     );
+}
+
+/// A job as the portal sends it, for the checks of the kit itself.
+fn portal_job(policy_id: &str) -> Value {
+    json!({ "message_id": uuid::Uuid::new_v4().to_string(), "type": "policy.members_added",
+            "schema_version": 1, "sent_at": "2026-11-22T10:15:00Z",
+            "payload": { "policy_id": policy_id, "members": ["a@nhs.net"], "total_members": 1 } })
+}
+
+/// The kit's event check bites: an event its schema refuses fails the test that reads it.
+#[test]
+#[should_panic(expected = "the worker published a job.completed its schema refuses")]
+fn the_kit_fails_an_event_its_schema_refuses() {
+    kit_contract::check_event(&json!({ "type": "job.completed", "event_id": "not a uuid" }));
+}
+
+/// The kit's verdict check bites, both ways: a job the schema accepts that the worker
+/// dead-lettered, and one it refuses that the worker did not.
+#[test]
+fn the_kit_fails_a_worker_that_contradicts_the_schema() {
+    let check = |job: &Value, dead_lettered: bool| {
+        let bytes = job.to_string().into_bytes();
+        kit_contract::remember(&bytes, &kit_contract::job_verdict(&bytes));
+        let completed = json!({ "source_message_id": job["message_id"], "failures": [] });
+        std::panic::catch_unwind(|| kit_contract::check_disposition(&completed, dead_lettered))
+            .is_ok()
+    };
+    let accepted = portal_job("rx1-standard");
+    let refused = portal_job(&"p".repeat(256));
+    assert!(check(&accepted, false));
+    assert!(
+        !check(&accepted, true),
+        "accepted by the schema, dead-lettered"
+    );
+    assert!(check(&refused, true));
+    assert!(!check(&refused, false), "refused by the schema, stored");
 }

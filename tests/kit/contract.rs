@@ -79,7 +79,7 @@ pub fn job_value_verdict(job: &Value) -> Result<(), String> {
     let Some(job_type) = job.get("type").and_then(Value::as_str) else {
         return Err("no `type`: no job schema applies".into());
     };
-    if !policy_reconciler::domain::JobType::parse(job_type).is_some() {
+    if policy_reconciler::domain::JobType::parse(job_type).is_none() {
         return Err(format!("{job_type:?} is not a job type of the contract"));
     }
     verdict(&validators()[job_type], job)
