@@ -579,3 +579,42 @@ fn the_kit_fails_a_worker_that_contradicts_the_schema() {
     assert!(check(&refused, true));
     assert!(!check(&refused, false), "refused by the schema, stored");
 }
+
+/// The jobs the `enqueue` command sends are the contract's too (malformed and duplicate
+/// addresses included: those are the planner's to fail).
+#[test]
+fn the_jobs_the_enqueue_command_builds_are_what_the_schemas_accept() {
+    use policy_reconciler::ops::enqueue::build_message;
+    use policy_reconciler::ops::{EnqueueKind, EnqueueRequest};
+    use policy_reconciler::store::policies::PolicyRow;
+
+    let members = vec![
+        "a@nhs.net".to_owned(),
+        "not an email".into(),
+        "a@nhs.net".into(),
+    ];
+    let policy = PolicyRow {
+        id: "rx1-standard".into(),
+        name: "RX1 Standard".into(),
+        ods_code: "RX1".into(),
+        version: 8,
+        licence: "ENTERPRISEPACK".into(),
+        toggles: [("TEAMS1".to_owned(), true)].into(),
+    };
+    for kind in [EnqueueKind::MembersAdded, EnqueueKind::Changed] {
+        let request = EnqueueRequest {
+            policy_id: "rx1-standard".into(),
+            kind,
+            ticket: Some("INC0099001".into()),
+            originator: Some("jane.smith@nhs.net".into()),
+            actor_email: Some("jane.smith@nhs.net".into()),
+            actor_ods: Some("RX1".into()),
+            dry_run: true,
+            ..EnqueueRequest::default()
+        };
+        let message = build_message(&request, &members, Some(&policy)).unwrap();
+        if let Err(errors) = kit_contract::job_value_verdict(&message) {
+            panic!("{}: {errors}\n{message}", message["type"]);
+        }
+    }
+}
