@@ -44,6 +44,11 @@ pub const MAX_DEPTH: &str = "x-max-depth";
 /// No NUL character (PostgreSQL `text` cannot hold one), as a regular expression.
 const NO_NUL: &str = "^[^\u{0}]*$";
 
+/// Not blank: a character that is not Unicode `White_Space`, which is what `str::trim` takes
+/// away (ingest refuses a `message_id` it leaves empty). Listed one by one, because `\s`
+/// differs between regular-expression engines (U+0085, U+FEFF).
+const NOT_BLANK: &str = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+
 /// The AsyncAPI 3.0 document (`contract/asyncapi.yaml`).
 pub const ASYNCAPI: &str = include_str!("../../contract/asyncapi.yaml");
 
@@ -173,7 +178,7 @@ struct JobEnvelope<P> {
     /// The idempotency key. The AMQP `message_id` property, when set, must equal it. Not
     /// blank, at most 255 bytes (an AMQP short string): `maxLength` counts characters,
     /// `x-max-utf8-bytes` bytes.
-    #[schemars(length(min = 1, max = 255), regex(pattern = r"\S"))]
+    #[schemars(length(min = 1, max = 255))]
     message_id: String,
     /// The job type; also the routing key.
     #[serde(rename = "type")]
@@ -293,6 +298,7 @@ fn state_ingest_limits(schema: &mut Value) {
         target["maxLength"] = json!(bytes);
         target[MAX_UTF8_BYTES] = json!(bytes);
     }
+    schema["properties"]["message_id"]["pattern"] = json!(NOT_BLANK);
     for (pointer, range) in INTEGERS {
         if let Some(target) = schema.pointer_mut(pointer) {
             target[INTEGER_LITERAL] = json!(true);

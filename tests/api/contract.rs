@@ -297,6 +297,20 @@ fn table(app: &TestApp) -> Vec<(&'static str, String, Body)> {
         ("message_id empty", set(added(), "/message_id", json!(""))),
         ("message_id blank", set(added(), "/message_id", json!("   "))),
         ("message_id a number", set(added(), "/message_id", json!(42))),
+        // Blank is Unicode's White_Space to the worker (`str::trim`); regular expressions'
+        // `\s` differ on U+0085 and U+FEFF from one engine to the next.
+        (
+            "message_id a next-line character",
+            set(added(), "/message_id", json!("\u{85}")),
+        ),
+        (
+            "message_id a byte-order mark",
+            set(added(), "/message_id", json!("\u{feff}")),
+        ),
+        (
+            "message_id an ideographic space",
+            set(added(), "/message_id", json!("\u{3000}")),
+        ),
         (
             "message_id of 256 bytes",
             set(added(), "/message_id", json!("m".repeat(256))),
