@@ -285,6 +285,14 @@ fn table(app: &TestApp) -> Vec<(&'static str, String, Body)> {
             set(changed(), "/payload/policy/licence", json!("NO_SUCH_SKU")),
         ),
         (
+            "the lowest i64 version",
+            set(changed(), "/payload/policy/version", json!(i64::MIN)),
+        ),
+        (
+            "total_members the highest u64 (the planner's)",
+            set(added(), "/payload/total_members", json!(u64::MAX)),
+        ),
+        (
             "a negative version",
             set(changed(), "/payload/policy/version", json!(-3)),
         ),
@@ -346,6 +354,18 @@ fn table(app: &TestApp) -> Vec<(&'static str, String, Body)> {
         ("total_members 1.5", set(added(), "/payload/total_members", json!(1.5))),
         ("version 8.0", set(changed(), "/payload/policy/version", json!(8.0))),
         ("version \"8\"", set(changed(), "/payload/policy/version", json!("8"))),
+        (
+            "version one over i64",
+            set(
+                changed(),
+                "/payload/policy/version",
+                json!(i64::MAX as u64 + 1),
+            ),
+        ),
+        (
+            "total_members one over u64",
+            set(added(), "/payload/total_members", json!(18446744073709551616.0)),
+        ),
         (
             "a toggle \"on\"",
             set(changed(), "/payload/policy/toggles/SWAY", json!("on")),
@@ -472,6 +492,17 @@ fn table(app: &TestApp) -> Vec<(&'static str, String, Body)> {
         "not JSON",
         "policy.members_added".into(),
         Body::Text("{ not json".into()),
+    ));
+    let spaced = format!("\n  {}  \n", added());
+    table.push((
+        "white space around the object",
+        "policy.members_added".into(),
+        Body::Text(spaced),
+    ));
+    table.push((
+        "text after the object",
+        "policy.members_added".into(),
+        Body::Text(format!("{} x", added())),
     ));
     table.push((
         "a JSON list",
