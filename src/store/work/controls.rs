@@ -49,7 +49,7 @@ pub struct Operator<'a> {
 }
 
 impl Operator<'_> {
-    fn check(&self) -> Result<(), ControlError> {
+    pub(super) fn check(&self) -> Result<(), ControlError> {
         if self.by.trim().is_empty() {
             return Err(ControlError::MissingOperator("--by"));
         }
@@ -70,7 +70,7 @@ pub struct OperatorAction {
     pub at: DateTime<Utc>,
 }
 
-async fn record(
+pub(super) async fn record(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
     action: &str,
