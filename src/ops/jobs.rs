@@ -230,6 +230,7 @@ pub fn render_list(jobs: &[JobSummary]) -> String {
         .iter()
         .map(|j| {
             let flags: Vec<&str> = [
+                (j.awaiting_approval, "awaiting-approval"),
                 (j.paused, "paused"),
                 (j.expedited, "expedited"),
                 (j.dry_run, "dry-run"),
