@@ -151,7 +151,10 @@ fn revert_change(
         .map(|l| l.sku_id)
         .filter(|sku| managed.contains(sku) && !image.iter().any(|l| l.sku_id == *sku))
         .collect();
-    (!add.is_empty() || !remove.is_empty()).then(|| LicenceChange {
+    if add.is_empty() && remove.is_empty() {
+        return None;
+    }
+    Some(LicenceChange {
         user: UserRef::Id(state.id),
         add,
         remove,
@@ -173,10 +176,11 @@ async fn apply(
         .collect::<Result<_, _>>()?;
     // Written again by a later job since: not this revert's to undo.
     let seqs: Vec<i32> = specs.iter().map(|s| s.seq).collect();
-    let later: HashMap<i32, Uuid> = store::superseded(ctx.pool, ctx.plan.reverts, ctx.job.id, &seqs)
-        .await?
-        .into_iter()
-        .collect();
+    let later: HashMap<i32, Uuid> =
+        store::superseded(ctx.pool, ctx.plan.reverts, ctx.job.id, &seqs)
+            .await?
+            .into_iter()
+            .collect();
     for (i, spec) in specs.iter().enumerate() {
         if let Some(job) = later.get(&spec.seq) {
             results[i] = Some(ItemResult::skipped(
@@ -205,8 +209,25 @@ async fn apply(
             .zip(users::read_users(ctx.pool, ctx.tenant.as_ref(), &addresses).await?)
             .collect()
     };
+    // A licence this service wrote for a user moments ago (the reverted job's, say) that a
+    // read does not show is a replica that has not caught up: read again until its window
+    // passes rather than judge the user from it (Entra ID gives no read-your-writes).
+    let keys: Vec<String> = items.iter().map(|i| i.key.to_lowercase()).collect();
+    let recent = store_users::recent_writes(ctx.pool, &keys, ctx.retry.verify_within()).await?;
+    let started = Instant::now();
+    let lagging_until: Vec<Option<(AssignedLicence, Instant)>> = keys
+        .iter()
+        .map(|key| {
+            let write = recent.get(key)?;
+            let licence: AssignedLicence = serde_json::from_value(write.licence.clone()).ok()?;
+            let left = ctx.retry.verify_within().checked_sub(write.age)?;
+            Some((licence, started + left))
+        })
+        .collect();
     let mut ids: Vec<Uuid> = specs.iter().map(|s| s.image.user_id).collect();
     let mut written: Vec<Option<Instant>> = vec![None; items.len()];
+    // The last write failed in a way that may have been applied (a 5xx, a timeout).
+    let mut uncertain: Vec<bool> = vec![false; items.len()];
     let mut writes_sent: Vec<u32> = vec![0; items.len()];
     let mut read_failures: Vec<u32> = vec![0; items.len()];
     let mut last_error: HashMap<usize, TenantError> = HashMap::new();
@@ -248,6 +269,16 @@ async fn apply(
                 Some(Ok(state)) => {
                     read_failures[i] = 0;
                     ids[i] = state.id;
+                    if written[i].is_none()
+                        && let Some((licence, until)) = &lagging_until[i]
+                        && now < *until
+                        && state
+                            .licence(licence.sku_id)
+                            .is_none_or(|l| !l.same_as(licence))
+                    {
+                        keep.push(i);
+                        continue;
+                    }
                     let Some(change) = revert_change(&state, &specs[i].image.licences, &managed)
                     else {
                         let outcome = if writes_sent[i] > 0 {
@@ -259,8 +290,34 @@ async fn apply(
                         continue;
                     };
                     match written[i] {
-                        // Written, not showing yet: a replica that has not caught up.
-                        Some(at) if now < at + window => keep.push(i),
+                        // Written, not showing yet: a replica that has not caught up. (A
+                        // write answered 5xx or timed out may have been applied: it is read
+                        // for `resend_after`, then sent again.)
+                        Some(at)
+                            if now
+                                < at + if uncertain[i] {
+                                    ctx.retry.resend_after()
+                                } else {
+                                    window
+                                } =>
+                        {
+                            keep.push(i)
+                        }
+                        Some(_) if uncertain[i] && writes_sent[i] < attempts => {
+                            before.push((
+                                seq,
+                                items[i].key.to_lowercase(),
+                                super::policy::before_image(&state),
+                            ));
+                            writes.push((i, change));
+                        }
+                        Some(_) if uncertain[i] => {
+                            results[i] = Some(ItemRetry::exhausted(
+                                seq,
+                                last_error.remove(&i),
+                                "no write succeeded",
+                            ));
+                        }
                         Some(_) => {
                             results[i] = Some(ItemRetry::unverified(
                                 seq,
@@ -316,6 +373,7 @@ async fn apply(
                     Ok(_) => {
                         writes_sent[i] += 1;
                         written[i] = Some(sent_at);
+                        uncertain[i] = false;
                         read_back.push(i);
                         // Remembered as the policy applier's writes are: a later job that
                         // reads a lagging replica re-reads instead of writing again.
@@ -329,10 +387,11 @@ async fn apply(
                     }
                     // Not sent: the chunk is stopping.
                     Err(TenantError::Withheld(_)) => {}
-                    // Read again and written again if it still differs (a 5xx may have been
-                    // applied: the read tells).
+                    // May have been applied: read until `resend_after`, then sent again.
                     Err(error) if ItemRetry::is_retryable(&error) => {
                         writes_sent[i] += 1;
+                        written[i] = Some(sent_at);
+                        uncertain[i] = true;
                         last_error.insert(i, error);
                         read_back.push(i);
                     }

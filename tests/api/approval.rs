@@ -226,10 +226,7 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
     events.next_of("job.approval_required", &message_id).await;
     // `jobs list` flags it.
     let listed = ops::list(&app.pool, None, 10).await.unwrap();
-    let waiting = listed
-        .iter()
-        .find(|j| j.message_id == message_id)
-        .unwrap();
+    let waiting = listed.iter().find(|j| j.message_id == message_id).unwrap();
     assert!(waiting.awaiting_approval);
     assert!(
         ops::render_list(&listed).contains("awaiting-approval"),

@@ -125,7 +125,11 @@ async fn a_revert_of_a_completed_move_restores_every_users_licence_and_disabled_
     for w in applied {
         let body = w.body.as_ref().unwrap();
         assert_eq!(body["addLicenses"].as_array().unwrap().len(), 1, "{body}");
-        assert_eq!(body["removeLicenses"].as_array().unwrap().len(), 1, "{body}");
+        assert_eq!(
+            body["removeLicenses"].as_array().unwrap().len(),
+            1,
+            "{body}"
+        );
     }
 
     // The reverted job's history names the revert too.
@@ -196,7 +200,12 @@ async fn a_user_changed_again_by_a_later_job_is_skipped_as_superseded_and_refusa
     // A dry run changed nothing.
     let mut dry = app.job(
         "policy.changed",
-        changed("rx1-c", "ENTERPRISEPACK", json!({ "SWAY": true }), &members[..1]),
+        changed(
+            "rx1-c",
+            "ENTERPRISEPACK",
+            json!({ "SWAY": true }),
+            &members[..1],
+        ),
     );
     dry["dry_run"] = json!(true);
     run(&app, &mut events, &mut seen, &dry).await;
@@ -205,7 +214,12 @@ async fn a_user_changed_again_by_a_later_job_is_skipped_as_superseded_and_refusa
     // A job that found everything compliant changed nothing.
     let again = app.job(
         "policy.changed",
-        changed("rx1-c", "ENTERPRISEPACK", json!({ "TEAMS1": true }), &members[..1]),
+        changed(
+            "rx1-c",
+            "ENTERPRISEPACK",
+            json!({ "TEAMS1": true }),
+            &members[..1],
+        ),
     );
     let again_done = run(&app, &mut events, &mut seen, &again).await;
     assert_eq!(again_done["counts"]["already_compliant"], 1, "{again_done}");

@@ -256,10 +256,7 @@ pub async fn superseded(
 }
 
 /// Delete before-images recorded before `before` (retention); returns how many.
-pub async fn delete_images_before(
-    pool: &PgPool,
-    before: DateTime<Utc>,
-) -> Result<u64, StoreError> {
+pub async fn delete_images_before(pool: &PgPool, before: DateTime<Utc>) -> Result<u64, StoreError> {
     Ok(
         sqlx::query("DELETE FROM job_item_before_images WHERE recorded_at < $1")
             .bind(before)
