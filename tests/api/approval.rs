@@ -276,4 +276,23 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
     .await
     .unwrap();
     assert_eq!(recorded, 1);
+
+    // Without a member list, the items are the policy's stored members: a change of licence
+    // for all 10 waits, and a cancel skips all 10.
+    let relicensed = app.job(
+        "policy.changed",
+        json!({ "policy": { "id": "rx1-cancel", "name": "rx1-cancel users", "ods_code": "RX1",
+                            "version": 3, "licence": "STANDARDPACK", "toggles": {} } }),
+    );
+    let relicensed_id = relicensed["message_id"].as_str().unwrap().to_owned();
+    app.publish_job(&relicensed).await;
+    events.next_of("job.approval_required", &relicensed_id).await;
+    let report = ops::cancel(&app.pool, &relicensed_id, &canceller)
+        .await
+        .unwrap();
+    assert_eq!(report.items_skipped, 10);
+    let done = events.next_of("job.completed", &relicensed_id).await;
+    assert_eq!(done["counts"]["skipped"], 10, "{done}");
+    assert_eq!(done["counts"]["total"], 10, "{done}");
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
 }
