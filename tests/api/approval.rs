@@ -286,7 +286,9 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
     );
     let relicensed_id = relicensed["message_id"].as_str().unwrap().to_owned();
     app.publish_job(&relicensed).await;
-    events.next_of("job.approval_required", &relicensed_id).await;
+    events
+        .next_of("job.approval_required", &relicensed_id)
+        .await;
     let report = ops::cancel(&app.pool, &relicensed_id, &canceller)
         .await
         .unwrap();
