@@ -193,6 +193,14 @@ pub enum JobsCommand {
         #[command(flatten)]
         who: Who,
     },
+    /// Undo a completed policy job: a new job restores every user it changed to their
+    /// licence and disabled plans of before (users changed since by a later job are skipped
+    /// as `superseded`).
+    Revert {
+        id: String,
+        #[command(flatten)]
+        who: Who,
+    },
 }
 
 /// Who uses an operator control and why: recorded with the time, shown by `jobs show` and

@@ -152,6 +152,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 JobsCommand::Approve { id, who } => {
                     ops::render_control(&ops::approve(&pool, &id, &who.operator()).await?)
                 }
+                JobsCommand::Revert { id, who } => {
+                    ops::render_revert(&ops::revert(&pool, &id, &who.operator()).await?)
+                }
             };
             pool.close().await;
             print(&text);

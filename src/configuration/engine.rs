@@ -59,6 +59,25 @@ pub struct EngineSettings {
     pub licensing: super::LicensingSettings,
     /// `[engine.approval]`: the thresholds over which a job waits for an operator.
     pub approval: super::ApprovalSettings,
+    /// `[engine.revert]`: how long the state items had before a job's writes is kept.
+    pub revert: RevertSettings,
+}
+
+/// `[engine.revert]`: `jobs revert` restores what a job's items were before its writes, as
+/// long as their before-images are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertSettings {
+    /// Before-images older than this many days are deleted (by every replica's monitor); a
+    /// job whose images are gone can no longer be reverted.
+    #[serde(deserialize_with = "at_least_one")]
+    pub retention_days: NonZeroU32,
+}
+
+impl RevertSettings {
+    pub fn retention(&self) -> chrono::Duration {
+        chrono::Duration::days(i64::from(self.retention_days.get()))
+    }
 }
 
 impl EngineSettings {

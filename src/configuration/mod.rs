@@ -36,7 +36,7 @@ use serde::Deserialize;
 pub use approval::ApprovalSettings;
 pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
-pub use engine::EngineSettings;
+pub use engine::{EngineSettings, RevertSettings};
 pub use licensing::{LicensingSettings, PlanDependency};
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
 pub use schedule::{OffPeakWindow, ScheduleSettings, TimeOfDay};

@@ -264,6 +264,8 @@ fn job_schema(job_type: JobType) -> Value {
         JobType::PortalAccessActivated | JobType::PortalAccessRemind => {
             schema_for!(JobEnvelope<PortalAccessContacts>)
         }
+        // Internal (never a message): `JobType::parse` does not name it.
+        JobType::PolicyRevert => schema_for!(JobEnvelope<PolicyChanged>),
     };
     let mut schema = serde_json::to_value(schema).expect("a schema serializes");
     name_it(

@@ -65,6 +65,10 @@ pub enum JobType {
     PortalAccessGrant,
     PortalAccessActivated,
     PortalAccessRemind,
+    /// Internal, not a message type: an operator's revert of a policy job (`jobs revert`),
+    /// stored as `policy.revert` and published as `policy.changed` (its events carry
+    /// `subject.reverts`): the contract's job types stay the only ones in events.
+    PolicyRevert,
 }
 
 impl JobType {
@@ -93,17 +97,32 @@ impl JobType {
             Self::PortalAccessGrant => "portal_access.grant",
             Self::PortalAccessActivated => "portal_access.activated",
             Self::PortalAccessRemind => "portal_access.remind",
+            Self::PolicyRevert => "policy.revert",
         }
     }
 
+    /// A job type of the contract (a message's `type`); internal types are not.
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.as_str() == raw)
+    }
+
+    /// A stored job's type: the contract's, or an internal one the service stores itself.
+    pub fn parse_stored(raw: &str) -> Option<Self> {
+        Self::parse(raw).or((raw == Self::PolicyRevert.as_str()).then_some(Self::PolicyRevert))
+    }
+
+    /// The contract's job type that events about a job of this type carry.
+    pub fn published_as(self) -> Self {
+        match self {
+            Self::PolicyRevert => Self::PolicyChanged,
+            other => other,
+        }
     }
 }
 
 impl Serialize for JobType {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
+        serializer.serialize_str(self.published_as().as_str())
     }
 }
 
@@ -854,6 +873,12 @@ fn decode_with<'de, D: serde::Deserializer<'de>>(
         }
         JobType::PortalAccessRemind => {
             JobPayload::PortalAccessRemind(Deserialize::deserialize(payload)?)
+        }
+        // Internal: never a message's type (`JobType::parse` does not name it).
+        JobType::PolicyRevert => {
+            return Err(serde::de::Error::custom(
+                "policy.revert is not a message type",
+            ));
         }
     })
 }

@@ -54,19 +54,31 @@ impl ChunkWrites {
 
     /// The gate for one call whose writes, in order, are those of the items `seqs`.
     pub fn gate(&self, seqs: Vec<i32>) -> ItemGate<'_> {
+        self.gate_with_before(seqs, Vec::new())
+    }
+
+    /// A gate that also records, with the writes' intent, each written item's state before
+    /// the write (`(seq, lower-case address, image)`): what a revert restores
+    /// ([`crate::store::work::revert`]).
+    pub fn gate_with_before(
+        &self,
+        seqs: Vec<i32>,
+        before: Vec<(i32, String, serde_json::Value)>,
+    ) -> ItemGate<'_> {
         ItemGate {
             writes: self,
             seqs,
+            before,
             confirmed: Mutex::const_new(None),
         }
     }
 
     /// Whether the writes of `seqs` may be sent now (and they are recorded as intended).
-    pub async fn admit(&self, seqs: &[i32]) -> bool {
+    pub async fn admit(&self, seqs: &[i32], before: &[(i32, String, serde_json::Value)]) -> bool {
         if self.cancel.is_cancelled() {
             return false;
         }
-        match work::intend_writes(&self.pool, &self.chunk, &self.owner, seqs).await {
+        match work::intend_writes(&self.pool, &self.chunk, &self.owner, seqs, before).await {
             Ok(true) => true,
             Ok(false) => {
                 tracing::info!(
@@ -104,6 +116,8 @@ const TRUSTED_FOR: Duration = Duration::from_millis(500);
 pub struct ItemGate<'a> {
     writes: &'a ChunkWrites,
     seqs: Vec<i32>,
+    /// Before-images of the written items, recorded with their intent.
+    before: Vec<(i32, String, serde_json::Value)>,
     /// When the database last admitted writes of this call.
     confirmed: Mutex<Option<Instant>>,
 }
@@ -123,9 +137,9 @@ impl WriteGate for ItemGate<'_> {
         let admitted = match *confirmed {
             Some(at) if at.elapsed() < TRUSTED_FOR => return true,
             // Asked again: the intents are recorded already.
-            Some(_) => self.writes.admit(&[]).await,
+            Some(_) => self.writes.admit(&[], &[]).await,
             // First: the intent of every write of the call.
-            None => self.writes.admit(&self.seqs).await,
+            None => self.writes.admit(&self.seqs, &self.before).await,
         };
         if admitted {
             *confirmed = Some(Instant::now());

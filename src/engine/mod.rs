@@ -43,6 +43,7 @@ pub mod policy;
 pub mod portal;
 pub mod registry;
 pub mod retry;
+pub mod revert;
 pub mod roles;
 pub mod schedule;
 pub mod users;

@@ -1,6 +1,6 @@
 //! The monitor: backlog gauges, the 24-hour forecast, completing jobs whose last worker
 //! stopped between finishing their last chunk and completing them, and ending jobs that
-//! waited for an approval too long.
+//! waited for an approval too long, and deleting before-images past their retention.
 
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ impl Engine {
             }
             self.complete_orphans().await;
             self.expire_approvals().await;
+            self.delete_old_before_images().await;
             self.idle(&shutdown, EVERY).await;
         }
     }
@@ -87,6 +88,18 @@ impl Engine {
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%job_id, %error, "cannot end the job yet"),
             }
+        }
+    }
+
+    /// Retention of before-images (`engine.revert.retention_days`): a job older than that can
+    /// no longer be reverted. On every replica: the delete is idempotent and, by its index,
+    /// touches only what is due.
+    async fn delete_old_before_images(&self) {
+        let before = chrono::Utc::now() - self.settings.revert.retention();
+        match work::revert::delete_images_before(&self.pool, before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "before-images past their retention deleted"),
+            Err(error) => tracing::warn!(%error, "cannot delete old before-images yet"),
         }
     }
 

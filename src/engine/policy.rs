@@ -437,6 +437,12 @@ async fn plan_members_added(
     })
 }
 
+/// What a revert restores of a user (`job_item_before_images.image`): their object id and
+/// the licences assigned directly, with their disabled plans, as read before a write.
+pub fn before_image(state: &UserLicenceState) -> Value {
+    json!({ "user_id": state.id, "licences": state.assigned_licenses })
+}
+
 /// The licence change that brings `state` to `desired` (None when it already holds):
 /// add the policy's licence with its disabled plans unless held exactly so, and remove every
 /// other policy-managed licence the user holds, in the same call.
@@ -639,6 +645,9 @@ async fn apply(
         let now = Instant::now();
         let mut keep = waiting;
         let mut writes: Vec<(usize, LicenceChange)> = Vec::new();
+        // What each written user held before (recorded with the write's intent): a revert
+        // restores it.
+        let mut before: Vec<(i32, String, Value)> = Vec::new();
         for (&i, state) in ready.iter().zip(states) {
             let seq = items[i].seq;
             not_before[i] = None;
@@ -772,7 +781,14 @@ async fn apply(
                                 "no write succeeded",
                             ));
                         }
-                        _ => writes.push((i, change)),
+                        _ => {
+                            before.push((
+                                items[i].seq,
+                                items[i].key.to_lowercase(),
+                                before_image(&state),
+                            ));
+                            writes.push((i, change));
+                        }
                     }
                 }
             }
@@ -782,7 +798,7 @@ async fn apply(
             let changes: Vec<LicenceChange> = writes.iter().map(|(_, c)| c.clone()).collect();
             let gate = ctx
                 .writes
-                .gate(writes.iter().map(|(i, _)| items[*i].seq).collect());
+                .gate_with_before(writes.iter().map(|(i, _)| items[*i].seq).collect(), before);
             let outcomes = tokio::select! {
                 outcomes = async {
                     // A large job writes in turns (see `kind::WRITE_TURNS`).

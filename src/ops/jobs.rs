@@ -13,12 +13,14 @@ use uuid::Uuid;
 
 use super::{OpsError, table};
 use crate::store::work::controls::{self, ControlError};
+use crate::store::work::revert as revert_store;
 use crate::store::work::views::{self, Listed};
 use crate::store::work::{JobRef, JobState};
 
 pub use crate::store::work::controls::{
     CANCELLED_BY_OPERATOR, CancelReport, Operator, OperatorAction,
 };
+pub use crate::store::work::revert::{RevertRefused, RevertRequested};
 pub use crate::store::work::views::{ChunkCounts, FailureRow, ItemCounts, JobDetail, JobSummary};
 
 /// Failures `jobs show` lists; the rest are counted.
@@ -157,6 +159,34 @@ pub async fn cancel(
         .map_err(|e| refused(job, e))
 }
 
+/// Revert a completed policy job (contract 1.1, "Revert"): stores a new job that restores,
+/// for every user the job changed, the licences and disabled plans of before; the action is
+/// recorded on both jobs. Refused, with the reason, for a job not completed, a dry run, a job
+/// that changed nothing, one that is not a policy job, or one whose before-images are gone.
+pub async fn revert(
+    pool: &PgPool,
+    job: &str,
+    operator: &Operator<'_>,
+) -> Result<RevertRequested, OpsError> {
+    match revert_store::request(pool, JobRef::parse(job), operator).await {
+        Ok(Ok(requested)) => Ok(requested),
+        Ok(Err(refused)) => Err(OpsError::Invalid(format!(
+            "job {job} cannot be reverted: {refused}"
+        ))),
+        Err(error) => Err(refused(job, error)),
+    }
+}
+
+/// What `revert` prints.
+pub fn render_revert(r: &RevertRequested) -> String {
+    format!(
+        "job {} (message_id {}) will revert job {} (message_id {}): {} item(s) to restore
+         its job.completed carries subject.reverts = {}
+",
+        r.id, r.message_id, r.reverts, r.reverts_message_id, r.items, r.reverts
+    )
+}
+
 /// The operator's error for a control that changed nothing, naming the job as they typed it.
 fn refused(job: &str, error: ControlError) -> OpsError {
     match error {
@@ -200,6 +230,7 @@ pub fn render_list(jobs: &[JobSummary]) -> String {
         .iter()
         .map(|j| {
             let flags: Vec<&str> = [
+                (j.awaiting_approval, "awaiting-approval"),
                 (j.paused, "paused"),
                 (j.expedited, "expedited"),
                 (j.dry_run, "dry-run"),

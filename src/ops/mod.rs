@@ -20,8 +20,9 @@ mod table;
 pub use enqueue::{EnqueueKind, EnqueueRequest, Enqueued, enqueue_from_csv, render_enqueued};
 pub use jobs::{
     CancelReport, ChunkCounts, ControlReport, FailureRow, ItemCounts, JobDetail, JobSummary,
-    Operator, OperatorAction, StateFilter, approve, cancel, expedite, list, pause, render_cancel,
-    render_control, render_detail, render_list, resume, show,
+    Operator, OperatorAction, RevertRefused, RevertRequested, StateFilter, approve, cancel,
+    expedite, list, pause, render_cancel, render_control, render_detail, render_list,
+    render_revert, resume, revert, show,
 };
 
 use sqlx::PgPool;

@@ -216,13 +216,23 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
         .await;
     assert_eq!(done["outcome"], "succeeded", "{done}");
 
+    // Keeps 2 of the 10 members: 8 lose their licence, over the threshold of 5.
     let job = app.job(
         "policy.changed",
-        changed("rx1-cancel", 2, json!({ "TEAMS1": true }), &[]),
+        changed("rx1-cancel", 2, json!({ "TEAMS1": true }), &members[..2]),
     );
     let message_id = job["message_id"].as_str().unwrap().to_owned();
     app.publish_job(&job).await;
     events.next_of("job.approval_required", &message_id).await;
+    // `jobs list` flags it.
+    let listed = ops::list(&app.pool, None, 10).await.unwrap();
+    let waiting = listed.iter().find(|j| j.message_id == message_id).unwrap();
+    assert!(waiting.awaiting_approval);
+    assert!(
+        ops::render_list(&listed).contains("awaiting-approval"),
+        "{}",
+        ops::render_list(&listed)
+    );
     // A job not awaiting approval cannot be approved.
     assert!(matches!(
         ops::approve(&app.pool, dry["message_id"].as_str().unwrap(), &OPERATOR).await,
@@ -232,10 +242,21 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
         by: "sam.ops",
         reason: "the member list was sent empty by mistake",
     };
-    ops::cancel(&app.pool, &message_id, &canceller)
+    let report = ops::cancel(&app.pool, &message_id, &canceller)
         .await
         .unwrap();
+    assert_eq!(report.items_skipped, 2);
     let done = events.next_of("job.completed", &message_id).await;
+    // Its items (the two listed members) are skipped as cancelled.
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["total"], 2, "{done}");
+    assert_eq!(done["counts"]["skipped"], 2, "{done}");
+    let failures = done["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 2, "{done}");
+    for (failure, member) in failures.iter().zip(&members[..2]) {
+        assert_eq!(failure["item"], member.to_lowercase().as_str(), "{done}");
+        assert_eq!(failure["code"], "cancelled", "{done}");
+    }
     assert_eq!(
         done["subject"]["ended_early"], "cancelled by an operator",
         "{done}"
@@ -255,4 +276,25 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
     .await
     .unwrap();
     assert_eq!(recorded, 1);
+
+    // Without a member list, the items are the policy's stored members: a change of licence
+    // for all 10 waits, and a cancel skips all 10.
+    let relicensed = app.job(
+        "policy.changed",
+        json!({ "policy": { "id": "rx1-cancel", "name": "rx1-cancel users", "ods_code": "RX1",
+                            "version": 3, "licence": "STANDARDPACK", "toggles": {} } }),
+    );
+    let relicensed_id = relicensed["message_id"].as_str().unwrap().to_owned();
+    app.publish_job(&relicensed).await;
+    events
+        .next_of("job.approval_required", &relicensed_id)
+        .await;
+    let report = ops::cancel(&app.pool, &relicensed_id, &canceller)
+        .await
+        .unwrap();
+    assert_eq!(report.items_skipped, 10);
+    let done = events.next_of("job.completed", &relicensed_id).await;
+    assert_eq!(done["counts"]["skipped"], 10, "{done}");
+    assert_eq!(done["counts"]["total"], 10, "{done}");
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
 }

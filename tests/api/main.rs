@@ -22,6 +22,7 @@ mod policy;
 mod portal;
 mod realistic;
 mod reconnect;
+mod revert;
 mod roles;
 mod schedule;
 mod shutdown;

@@ -113,3 +113,46 @@ pub async fn expire_approval(
     tx.commit().await?;
     Ok(completed)
 }
+
+/// List the items of a `policy.changed` held for approval as `skipped`, `cancelled` (with
+/// `detail`), in one chunk that is never claimed: the members its payload lists (normalised
+/// as the planner does plain addresses: trimmed, lower case, each once, in list order), or,
+/// without a list, the policy's stored members. Its `total_items` is set. Returns how many.
+pub async fn store_cancelled_items(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    detail: &str,
+) -> Result<u64, StoreError> {
+    let listed = sqlx::query(
+        "WITH job AS (SELECT payload FROM jobs WHERE id = $1),
+         listed AS (
+             SELECT lower(btrim(e.m)) AS item, min(e.ord) AS ord
+               FROM job CROSS JOIN LATERAL jsonb_array_elements_text(
+                        CASE WHEN jsonb_typeof(job.payload -> 'members') = 'array'
+                             THEN job.payload -> 'members' ELSE '[]'::jsonb END)
+                    WITH ORDINALITY AS e(m, ord)
+              GROUP BY 1),
+         stored AS (
+             SELECT pm.email AS item, row_number() OVER (ORDER BY pm.email) AS ord
+               FROM job JOIN policy_members pm ON pm.policy_id = job.payload -> 'policy' ->> 'id'
+              WHERE jsonb_typeof(job.payload -> 'members') IS DISTINCT FROM 'array'),
+         items AS (SELECT item, ord FROM listed UNION ALL SELECT item, ord FROM stored)
+         INSERT INTO job_items (job_id, seq, chunk, item, outcome, failure_code, detail,
+                                finished_at)
+         SELECT $1, (row_number() OVER (ORDER BY ord) - 1)::int, 0, item, 'skipped',
+                $2, $3, now()
+           FROM items",
+    )
+    .bind(job_id)
+    .bind(FailureCode::Cancelled.as_str())
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    sqlx::query("UPDATE jobs SET total_items = $2 WHERE id = $1")
+        .bind(job_id)
+        .bind(listed as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(listed)
+}

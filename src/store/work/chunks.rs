@@ -294,13 +294,21 @@ pub async fn chunk_job(pool: &PgPool, job_id: Uuid) -> Result<ChunkJob, StoreErr
 /// they may be sent. Asked before every write batch: an ended job stops writing within one
 /// batch per running chunk, and a write's item is known to be this job's change even if its
 /// outcome is never recorded (a crash, an outage): see [`record_outcomes`].
+///
+/// `before` holds, for such items, what the applier read before the write (seq, lower-case
+/// address, image): recorded in the same statement (`job_item_before_images`, first image
+/// kept), so a revert finds it whether or not the write's outcome is ever recorded.
 pub async fn intend_writes(
     pool: &PgPool,
     chunk: &ClaimedChunk,
     owner: &str,
     seqs: &[i32],
+    before: &[(i32, String, Value)],
 ) -> Result<bool, StoreError> {
     let mut tx = begin_relaxed(pool).await?;
+    let image_seqs: Vec<i32> = before.iter().map(|b| b.0).collect();
+    let addresses: Vec<&str> = before.iter().map(|b| b.1.as_str()).collect();
+    let images: Vec<Value> = before.iter().map(|b| b.2.clone()).collect();
     // One row for the call's writes (`write_intents`), inserted only while the chunk is held
     // and its job runs; `seqs` empty only asks.
     let held: bool = sqlx::query_scalar(
@@ -311,6 +319,13 @@ pub async fn intend_writes(
          intended AS (
              INSERT INTO write_intents (job_id, chunk, seqs)
              SELECT $1, $2, $4 WHERE cardinality($4::int[]) > 0 AND EXISTS (SELECT 1 FROM held)
+             RETURNING 1),
+         imaged AS (
+             INSERT INTO job_item_before_images (job_id, seq, address, image)
+             SELECT $1, b.seq, b.address, b.image
+               FROM unnest($5::int[], $6::text[], $7::jsonb[]) AS b(seq, address, image)
+              WHERE EXISTS (SELECT 1 FROM held)
+             ON CONFLICT (job_id, seq) DO NOTHING
              RETURNING 1)
          SELECT EXISTS (SELECT 1 FROM held)",
     )
@@ -318,6 +333,9 @@ pub async fn intend_writes(
     .bind(chunk.chunk)
     .bind(owner)
     .bind(seqs)
+    .bind(&image_seqs)
+    .bind(&addresses)
+    .bind(&images)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -202,7 +202,7 @@ pub async fn complete_if_done_in(
         .await?;
     let job_type = job_type
         .as_deref()
-        .and_then(JobType::parse)
+        .and_then(JobType::parse_stored)
         .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no known type")))?;
     let mut counts = Counts::default();
     let by_outcome: Vec<(Option<String>, i64)> = sqlx::query_as(

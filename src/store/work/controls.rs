@@ -49,7 +49,7 @@ pub struct Operator<'a> {
 }
 
 impl Operator<'_> {
-    fn check(&self) -> Result<(), ControlError> {
+    pub(super) fn check(&self) -> Result<(), ControlError> {
         if self.by.trim().is_empty() {
             return Err(ControlError::MissingOperator("--by"));
         }
@@ -70,7 +70,7 @@ pub struct OperatorAction {
     pub at: DateTime<Utc>,
 }
 
-async fn record(
+pub(super) async fn record(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
     action: &str,
@@ -225,15 +225,16 @@ async fn try_cancel(
     operator: &Operator<'_>,
 ) -> Result<CancelReport, ControlError> {
     let mut tx = pool.begin().await?;
-    let row: Option<(Uuid, String, JobState)> = sqlx::query_as(
-        "SELECT id, message_id, state FROM jobs WHERE id = $1 OR message_id = $2
+    let row: Option<(Uuid, String, JobState, bool)> = sqlx::query_as(
+        "SELECT id, message_id, state, awaiting_approval IS NOT NULL FROM jobs
+         WHERE id = $1 OR message_id = $2
          ORDER BY (id = $1) DESC NULLS LAST LIMIT 1 FOR UPDATE",
     )
     .bind(job.id)
     .bind(job.message_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, message_id, previous_state)) = row else {
+    let Some((id, message_id, previous_state, awaiting)) = row else {
         return Err(ControlError::NotFound);
     };
     if previous_state == JobState::Completed {
@@ -242,7 +243,14 @@ async fn try_cancel(
     // Recorded first, so that the completion (now or when the last running chunk stops)
     // carries it.
     record(&mut tx, id, "cancel", operator).await?;
-    let ended = end_early_in(
+    // A job waiting for approval kept nothing of its plan: its items are listed now, skipped
+    // as `cancelled` (the contract's "completes with its items skipped as cancelled").
+    let listed = if awaiting {
+        super::approval::store_cancelled_items(&mut tx, id, CANCELLED_BY_OPERATOR).await?
+    } else {
+        0
+    };
+    let mut ended = end_early_in(
         &mut tx,
         id,
         FailureCode::Cancelled,
@@ -250,6 +258,7 @@ async fn try_cancel(
         None,
     )
     .await?;
+    ended.items_skipped += listed;
     let completed = if ended.chunks_running == 0 {
         let (_, outcome, counts) = complete(&mut tx, id).await?;
         Some((outcome, counts))

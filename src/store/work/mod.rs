@@ -29,6 +29,7 @@ mod completion;
 pub mod controls;
 mod monitor;
 mod planning;
+pub mod revert;
 pub mod views;
 
 use serde_json::Value;

@@ -37,6 +37,8 @@ pub struct JobSummary {
     pub paused: bool,
     pub expedited: bool,
     pub dry_run: bool,
+    /// Waiting for an operator's approval (guard rails on large changes).
+    pub awaiting_approval: bool,
 }
 
 /// The most recently received jobs first, at most `limit`.
@@ -51,7 +53,8 @@ pub async fn list(pool: &PgPool, which: Listed, limit: u32) -> Result<Vec<JobSum
                 (SELECT count(*) FROM job_items i
                  WHERE i.job_id = j.id AND i.outcome IS NOT NULL) AS done,
                 j.total_items AS total, j.ticket->>'reference' AS ticket_reference,
-                j.received_at, j.paused, j.expedited, j.dry_run
+                j.received_at, j.paused, j.expedited, j.dry_run,
+                j.awaiting_approval IS NOT NULL AND j.state <> 'completed' AS awaiting_approval
          FROM jobs j
          WHERE ($1::text IS NULL OR j.state = $1) AND (NOT $2 OR j.state <> 'completed')
          ORDER BY j.received_at DESC, j.id DESC
