@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Supervisor;
 use crate::configuration::Settings;
 use crate::engine::clock::{Clock, SystemClock};
-use crate::engine::{Engine, Kinds, policy, portal, roles};
+use crate::engine::{Engine, Kinds, drift, policy, portal, roles};
 use crate::http::{self, Health};
 use crate::store::budget::PgWriteBudget;
 use crate::store::{self, StoreError};
@@ -218,6 +218,7 @@ pub fn job_kinds(settings: &Settings) -> Kinds {
         .register(roles::ChangeKind::new(&settings.roles))
         .register(roles::MappingKind::new(&settings.roles))
         .register(roles::LeaverKind::new(&settings.roles))
+        .register(drift::DriftSweepKind)
         .build()
 }
 

@@ -65,6 +65,9 @@ pub enum JobType {
     PortalAccessGrant,
     PortalAccessActivated,
     PortalAccessRemind,
+    /// The service's own drift sweep of one policy (`drift.sweep`): stored by the service,
+    /// never accepted from the broker, and not part of the contract's job types.
+    DriftSweep,
 }
 
 impl JobType {
@@ -93,11 +96,27 @@ impl JobType {
             Self::PortalAccessGrant => "portal_access.grant",
             Self::PortalAccessActivated => "portal_access.activated",
             Self::PortalAccessRemind => "portal_access.remind",
+            Self::DriftSweep => "drift.sweep",
         }
     }
 
+    /// Job types the service stores itself (not in [`Self::ALL`], the contract's: a message
+    /// of such a type from the broker is an `unknown_type`).
+    pub const INTERNAL: &'static [JobType] = &[Self::DriftSweep];
+
+    /// A contract job type (what ingest accepts).
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.as_str() == raw)
+    }
+
+    /// The type of a stored job: a contract job type or an internal one.
+    pub fn from_stored(raw: &str) -> Option<Self> {
+        Self::parse(raw).or_else(|| Self::INTERNAL.iter().copied().find(|t| t.as_str() == raw))
+    }
+
+    /// Whether the service stores jobs of this type itself (see [`Self::INTERNAL`]).
+    pub fn is_internal(self) -> bool {
+        Self::INTERNAL.contains(&self)
     }
 }
 
@@ -808,6 +827,11 @@ fn decode_with<'de, D: serde::Deserializer<'de>>(
         }
         JobType::PortalAccessRemind => {
             JobPayload::PortalAccessRemind(Deserialize::deserialize(payload)?)
+        }
+        JobType::DriftSweep => {
+            return Err(serde::de::Error::custom(
+                "drift.sweep is an internal job type, not a message",
+            ));
         }
     })
 }

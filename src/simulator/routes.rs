@@ -46,6 +46,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/_sim/reset-stats", post(reset_stats))
         .route("/_sim/config", get(get_config).post(set_config))
         .route("/_sim/users/{key}", get(sim_user))
+        .route("/_sim/users/{key}/assignLicense", post(sim_assign_license))
         .route("/_sim/fail-next", post(fail_next))
         .route("/_sim/revoke-tokens", post(revoke_tokens))
         .route("/_sim/access", get(get_access).post(set_access))
@@ -1518,6 +1519,20 @@ async fn sim_user(State(shared): State<Arc<Shared>>, Path(key): Path<String>) ->
         Some(u) => Json(u).into_response(),
         None => SimResponse::error(&GraphError::not_found(&key)).into_http(&RequestIds::new(None)),
     }
+}
+
+/// `POST /_sim/users/{id or upn}/assignLicense`: a licence change made behind the service's
+/// back (an administrator in the Microsoft 365 admin center), with Graph's body and rules
+/// (user: assignLicense, https://learn.microsoft.com/graph/api/user-assignlicense) but not
+/// counted in the Graph call statistics: drift for the service's sweeps to find.
+async fn sim_assign_license(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let result = AssignLicense::parse(&body)
+        .and_then(|req| shared.directory.write().assign_license(&key, &req));
+    admin_answer(StatusCode::OK, result)
 }
 
 /// `POST /_sim/fail-next {"count": N, "status": 503}`: the next N Graph calls fail with that
