@@ -4,6 +4,7 @@
 //! (`tests/kit`); `helpers` holds the API tests' own harness on top of it.
 mod approval;
 mod deploy;
+mod drift;
 mod ending;
 mod health;
 mod helpers;

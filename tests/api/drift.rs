@@ -1,0 +1,276 @@
+//! Drift sweeps (issue 18) end to end: a policy applied by a job, its tenant state then changed
+//! behind the service's back (the simulator's admin route, as an administrator in the admin
+//! center would), a sweep stored (`drift sweep`'s library function), and what it finds: the
+//! `drift.detected` event (checked against the contract's schema) and the tenant's state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use policy_reconciler::configuration::DriftMode;
+use policy_reconciler::engine::clock::ManualClock;
+use policy_reconciler::engine::drift::sweep_now;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{AppOptions, TestApp, spawn_app_with};
+use crate::kit::broker::EventQueue;
+use crate::kit::wait_until;
+
+const ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
+
+/// A worker whose clock is in an off-peak window (a Saturday): sweeps run only there. The
+/// schedule is off: the test stores its sweeps itself.
+async fn app() -> TestApp {
+    let clock = Arc::new(ManualClock::new("2026-11-28T10:00:00Z".parse().unwrap()));
+    spawn_app_with(AppOptions {
+        clock: Some(clock),
+        env: vec![("ENGINE__DRIFT__ENABLED".into(), "false".into())],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Policy `id` applied to `members` by a `policy.changed`, completed `succeeded`.
+async fn apply_policy(app: &TestApp, events: &mut EventQueue, id: &str, members: &[String]) {
+    let job = app.job(
+        "policy.changed",
+        json!({ "policy": { "id": id, "name": format!("{id} users"), "ods_code": "RX1",
+                            "version": 3, "licence": "ENTERPRISEPACK",
+                            "toggles": { "EXCHANGE_S_ENTERPRISE": true, "TEAMS1": true } },
+                "members": members, "total_members": members.len() }),
+    );
+    app.publish_job(&job).await;
+    let done = events
+        .next_of("job.completed", job["message_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+}
+
+/// Assign `licence` ((skuId, disabled plans)) to `upn` behind the service's back.
+async fn assign_behind_the_back(
+    app: &TestApp,
+    upn: &str,
+    add: Option<(Uuid, Vec<Uuid>)>,
+    remove: &[Uuid],
+) {
+    let add: Vec<Value> = add
+        .into_iter()
+        .map(|(sku, disabled)| json!({ "skuId": sku, "disabledPlans": disabled }))
+        .collect();
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/_sim/users/{upn}/assignLicense",
+            app.sim.base_url
+        ))
+        .json(&json!({ "addLicenses": add, "removeLicenses": remove }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
+/// The name of service plan `id` of ENTERPRISEPACK.
+fn plan_name(app: &TestApp, id: Uuid) -> String {
+    let skus = app.sim.state.subscribed_skus();
+    let sku = crate::kit::simulator::sku(&skus, "ENTERPRISEPACK");
+    sku["servicePlans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["servicePlanId"] == id.to_string())
+        .unwrap()["servicePlanName"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The next `drift.detected`, checked against the contract's schema.
+async fn next_drift(events: &mut EventQueue) -> Value {
+    let schema = policy_reconciler::contract::schema("drift.detected").unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    loop {
+        let event = events
+            .next(Duration::from_secs(60))
+            .await
+            .expect("no drift.detected");
+        if event["type"] == "drift.detected" {
+            let errors: Vec<String> = validator
+                .iter_errors(&event)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{event} does not validate: {errors:?}");
+            return event;
+        }
+        assert_ne!(event["type"], "job.completed", "a sweep published {event}");
+    }
+}
+
+/// The sweep job `message_id`, once completed: (outcome, schedule, background, dry_run).
+async fn completed_sweep(app: &TestApp, message_id: &str) -> (String, String, bool, bool) {
+    let query = "SELECT outcome, schedule, background, dry_run FROM jobs
+                 WHERE message_id = $1 AND state = 'completed'";
+    wait_until(
+        Duration::from_secs(60),
+        "the sweep job to complete",
+        || async {
+            sqlx::query(query)
+                .bind(message_id)
+                .fetch_optional(&app.pool)
+                .await
+                .unwrap()
+                .is_some()
+        },
+    )
+    .await;
+    sqlx::query_as(query)
+        .bind(message_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// The event types stored for the job `message_id`.
+async fn events_of(app: &TestApp, message_id: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT o.event_type FROM outbox o JOIN jobs j ON j.id = o.job_id
+         WHERE j.message_id = $1 ORDER BY o.id",
+    )
+    .bind(message_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_plan_enabled_behind_the_services_back_is_found_and_repaired() {
+    let mut app = app().await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("drift", 3);
+    apply_policy(&app, &mut events, "rx1-drift", &members).await;
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", ON);
+
+    // An administrator enables a plan the policy disables, for one member.
+    let enabled = expected.1[0];
+    let drifted: Vec<Uuid> = expected.1[1..].to_vec();
+    assign_behind_the_back(&app, &members[1], Some((expected.0, drifted)), &[]).await;
+    assert_ne!(app.sim.licences(&members[1]), vec![expected.clone()]);
+    let writes = app.sim.licence_writes();
+
+    let stored = sweep_now(
+        &app.pool,
+        &app.settings.engine.drift,
+        Some(DriftMode::Repair),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].starts_with("drift:manual-") && stored[0].ends_with(":policy:rx1-drift"));
+    let drift = next_drift(&mut events).await;
+    assert_eq!(drift["source_message_id"], stored[0].as_str());
+    assert_eq!(
+        drift["subject"],
+        json!({ "policy_id": "rx1-drift", "version": 3 })
+    );
+    assert_eq!(
+        drift["counts"],
+        json!({ "checked": 3, "drifted": 1, "repaired": 1, "failed": 0 }),
+        "{drift}"
+    );
+    assert_eq!(drift["items_truncated"], false);
+    let items = drift["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{drift}");
+    assert_eq!(items[0]["item"], members[1].as_str());
+    let name = plan_name(&app, enabled);
+    let disabled = |v: &Value| -> Vec<String> {
+        assert_eq!(v[0]["sku"], "ENTERPRISEPACK", "{v}");
+        serde_json::from_value(v[0]["disabled_plans"].clone()).unwrap()
+    };
+    assert!(!disabled(&items[0]["found"]).contains(&name), "{drift}");
+    assert!(disabled(&items[0]["expected"]).contains(&name), "{drift}");
+    assert_eq!(
+        disabled(&items[0]["expected"]).len(),
+        disabled(&items[0]["found"]).len() + 1
+    );
+
+    // The tenant is back to the policy's state, by one write; the others were only read.
+    for upn in &members {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
+    }
+    assert_eq!(app.sim.licence_writes(), writes + 1);
+    // A job of its own: listed, off-peak background work, no job.accepted or job.completed.
+    let (outcome, schedule, background, dry_run) = completed_sweep(&app, &stored[0]).await;
+    assert_eq!(
+        (outcome.as_str(), schedule.as_str(), background, dry_run),
+        ("succeeded", "off_peak", true, false)
+    );
+    assert_eq!(events_of(&app, &stored[0]).await, vec!["drift.detected"]);
+    let listed = policy_reconciler::ops::list(&app.pool, None, 50)
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|j| j.message_id == stored[0] && j.job_type.as_deref() == Some("drift.sweep"))
+    );
+
+    // The next sweep finds nothing: it publishes nothing.
+    let again = sweep_now(
+        &app.pool,
+        &app.settings.engine.drift,
+        Some(DriftMode::Repair),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.len(), 1);
+    let (outcome, ..) = completed_sweep(&app, &again[0]).await;
+    assert_eq!(outcome, "succeeded");
+    assert!(events_of(&app, &again[0]).await.is_empty());
+    assert_eq!(app.sim.licence_writes(), writes + 1);
+}
+
+#[tokio::test]
+async fn a_report_only_sweep_reports_a_removed_licence_and_writes_nothing() {
+    let mut app = app().await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("report", 2);
+    apply_policy(&app, &mut events, "rx1-report", &members).await;
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", ON);
+
+    // An administrator removes the licence of one member.
+    assign_behind_the_back(&app, &members[0], None, &[expected.0]).await;
+    assert!(app.sim.licences(&members[0]).is_empty());
+    let writes = app.sim.licence_writes();
+
+    let stored = sweep_now(
+        &app.pool,
+        &app.settings.engine.drift,
+        Some(DriftMode::Report),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 1);
+    let drift = next_drift(&mut events).await;
+    assert_eq!(
+        drift["subject"],
+        json!({ "policy_id": "rx1-report", "version": 3 })
+    );
+    assert_eq!(
+        drift["counts"],
+        json!({ "checked": 2, "drifted": 1, "repaired": 0, "failed": 0 }),
+        "{drift}"
+    );
+    assert_eq!(drift["items"][0]["item"], members[0].as_str());
+    assert_eq!(drift["items"][0]["found"], json!([]), "{drift}");
+    assert_eq!(drift["items"][0]["expected"][0]["sku"], "ENTERPRISEPACK");
+
+    // Nothing was written: the licence is still gone.
+    let (outcome, _, _, dry_run) = completed_sweep(&app, &stored[0]).await;
+    assert_eq!((outcome.as_str(), dry_run), ("succeeded", true));
+    assert!(app.sim.licences(&members[0]).is_empty());
+    assert_eq!(app.sim.licences(&members[1]), vec![expected]);
+    assert_eq!(app.sim.licence_writes(), writes);
+}
