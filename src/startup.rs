@@ -219,6 +219,7 @@ pub fn job_kinds(settings: &Settings) -> Kinds {
         .register(roles::MappingKind::new(&settings.roles))
         .register(roles::LeaverKind::new(&settings.roles))
         .register(drift::DriftSweepKind)
+        .register(drift::RolesSweepKind::new(&settings.roles))
         .build()
 }
 

@@ -131,7 +131,9 @@ fn job_schema(job_type: JobType) -> Value {
             schema_for!(JobEnvelope<PortalAccessContacts>)
         }
         // Only the contract's types reach here (`JobType::parse`, `JobType::ALL`).
-        JobType::DriftSweep => unreachable!("drift.sweep is internal, not a job message"),
+        JobType::DriftSweep | JobType::DriftSweepRoles => {
+            unreachable!("drift sweeps are internal jobs, not job messages")
+        }
     };
     let mut schema = serde_json::to_value(schema).expect("a schema serializes");
     name_it(

@@ -68,6 +68,9 @@ pub enum JobType {
     /// The service's own drift sweep of one policy (`drift.sweep`): stored by the service,
     /// never accepted from the broker, and not part of the contract's job types.
     DriftSweep,
+    /// The service's own drift sweep of the admin roles of one ODS code
+    /// (`drift.sweep_roles`); internal as [`Self::DriftSweep`].
+    DriftSweepRoles,
 }
 
 impl JobType {
@@ -97,12 +100,13 @@ impl JobType {
             Self::PortalAccessActivated => "portal_access.activated",
             Self::PortalAccessRemind => "portal_access.remind",
             Self::DriftSweep => "drift.sweep",
+            Self::DriftSweepRoles => "drift.sweep_roles",
         }
     }
 
     /// Job types the service stores itself (not in [`Self::ALL`], the contract's: a message
     /// of such a type from the broker is an `unknown_type`).
-    pub const INTERNAL: &'static [JobType] = &[Self::DriftSweep];
+    pub const INTERNAL: &'static [JobType] = &[Self::DriftSweep, Self::DriftSweepRoles];
 
     /// A contract job type (what ingest accepts).
     pub fn parse(raw: &str) -> Option<Self> {
@@ -828,9 +832,9 @@ fn decode_with<'de, D: serde::Deserializer<'de>>(
         JobType::PortalAccessRemind => {
             JobPayload::PortalAccessRemind(Deserialize::deserialize(payload)?)
         }
-        JobType::DriftSweep => {
+        JobType::DriftSweep | JobType::DriftSweepRoles => {
             return Err(serde::de::Error::custom(
-                "drift.sweep is an internal job type, not a message",
+                "drift sweeps are internal jobs, not messages",
             ));
         }
     })

@@ -1,7 +1,9 @@
 //! Drift sweeps (issue 18; contract 1.1, "Drift"): off-peak, the service verifies every stored
-//! policy's members against the tenant, as jobs of its own on the one engine.
+//! policy's members and every realised admin role against the tenant, as jobs of its own on
+//! the one engine.
 //!
-//! A sweep is a `drift.sweep` job per stored policy ([`crate::store::drift::store_sweep`]),
+//! A sweep is a `drift.sweep` job per stored policy and a `drift.sweep_roles` job per ODS
+//! code with a realised admin role ([`crate::store::drift::store_sweep`]),
 //! stored once per `engine.drift.every_hours` period when an off-peak window is open (or by
 //! hand: `policy-reconciler drift sweep`). Such a job is background work: planned off-peak
 //! whatever its size (its tenant calls carry the low throttling priority and wait for the
@@ -16,26 +18,29 @@
 //! writes nothing. When the job completes, the store publishes one `drift.detected` if any
 //! item drifted, and no `job.completed` (no ticket waits for a sweep).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::kind::{
-    ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItems, WorkItem,
+    ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItem, PlannedItems,
+    WorkItem,
 };
 use super::policy::{self, PolicyPlan};
+use super::roles::{self, GroupNames, ItemSpec, Preview};
 use super::{Engine, EngineError, failure_code, licensing, users};
-use crate::configuration::{DriftMode, DriftSettings};
-use crate::domain::{Failure, FailureCode, JobType};
+use crate::configuration::{DriftMode, DriftSettings, RoleSettings};
+use crate::domain::{AdminRole, Failure, FailureCode, JobType};
 use crate::store::drift as store;
 use crate::store::policies::{self, PolicyRow};
+use crate::store::roles::{self as store_roles, GrantState};
 use crate::store::work;
 use crate::telemetry::{InternalEvent, emit};
 use crate::tenant::{AssignedLicence, SkuCatalogue};
@@ -239,6 +244,200 @@ async fn apply(
     // Repair: the policy applier's own read, write and read-back (it reads the user again: a
     // write is never planned from a read it did not make itself).
     for mut result in policy::apply(ctx, &drifted).await? {
+        if result.outcome == ItemOutcome::Changed {
+            result.detail = findings.remove(&result.seq);
+        }
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// The payload of a `drift.sweep_roles` job, as [`store::store_sweep`] writes it.
+#[derive(Debug, Deserialize)]
+pub struct RolesSweepPayload {
+    pub ods_code: String,
+}
+
+/// What a roles sweep hands its applier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolesSweepPlan {
+    pub ods_code: String,
+}
+
+/// `drift.sweep_roles`: verify the Phone System admin roles realised for one ODS code: each
+/// holder is in exactly the groups of their role (for a Primary admin, also those of the
+/// onboarded organisations of their mapping) among the Phone System groups of the
+/// organisations involved. Repairs go through the admin-role applier.
+pub struct RolesSweepKind {
+    names: GroupNames,
+}
+
+impl RolesSweepKind {
+    pub fn new(settings: &RoleSettings) -> Self {
+        Self {
+            names: GroupNames::new(settings),
+        }
+    }
+}
+
+#[async_trait]
+impl JobKind for RolesSweepKind {
+    type Payload = RolesSweepPayload;
+    type Plan = RolesSweepPlan;
+    type Spec = ItemSpec;
+    const JOB_TYPE: JobType = JobType::DriftSweepRoles;
+    const BACKGROUND: bool = true;
+
+    async fn plan(
+        &self,
+        ctx: PlanContext<'_, '_>,
+        payload: RolesSweepPayload,
+    ) -> Result<Plan<RolesSweepPlan, ItemSpec>, EngineError> {
+        let mut items = Vec::new();
+        for row in store::realised_roles(ctx.tx, &payload.ods_code).await? {
+            let holding = roles::holding_of(&mut **ctx.tx, &row).await?;
+            // The holding swept is kept with the item: the applier skips a holder whose role
+            // changed since, and a dry run (report mode) reconciles to it.
+            let spec = ItemSpec {
+                codes: vec![payload.ods_code.clone()],
+                sweep: false,
+                preview: Some(Preview {
+                    holding: Some(holding),
+                }),
+            };
+            items.push(PlannedItem::with_spec(row.email, spec));
+        }
+        Ok(Plan::Accept {
+            subject: json!({ "ods_code": payload.ods_code }),
+            plan: RolesSweepPlan {
+                ods_code: payload.ods_code,
+            },
+            items: items.into(),
+        })
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_, RolesSweepPlan>,
+        items: &[WorkItem<ItemSpec>],
+    ) -> Result<Vec<ItemResult>, EngineError> {
+        apply_roles(&self.names, ctx, items).await
+    }
+}
+
+fn sorted(groups: impl IntoIterator<Item = String>) -> Value {
+    let mut groups: Vec<String> = groups.into_iter().collect();
+    groups.sort_by_key(|g| g.to_lowercase());
+    json!(groups)
+}
+
+async fn apply_roles(
+    names: &GroupNames,
+    ctx: &ApplyContext<'_, RolesSweepPlan>,
+    items: &[WorkItem<ItemSpec>],
+) -> Result<Vec<ItemResult>, EngineError> {
+    let mut results = Vec::new();
+    let mut findings: HashMap<i32, String> = HashMap::new();
+    let mut drifted: Vec<WorkItem<ItemSpec>> = Vec::new();
+    for item in items {
+        let Some(holding) = item
+            .spec
+            .as_ref()
+            .and_then(|s| s.preview.as_ref())
+            .and_then(|p| p.holding.clone())
+        else {
+            return Err(EngineError::Corrupt(format!(
+                "sweep item {} has no holding",
+                item.key
+            )));
+        };
+        // Still the role swept, and settled: otherwise a job is at work on it.
+        let stored = store_roles::stored_role(ctx.pool, &item.key).await?;
+        let current = match &stored {
+            Some(s) if s.state == GrantState::Realised => {
+                Some(roles::holding_of(ctx.pool, &s.role).await?)
+            }
+            _ => None,
+        };
+        if current.as_ref() != Some(&holding) {
+            results.push(ItemResult::skipped(
+                item.seq,
+                FailureCode::Superseded,
+                "the role changed since the sweep was planned; its job verifies it",
+            ));
+            continue;
+        }
+        let expected = holding.groups(names);
+        let mut codes: BTreeSet<&str> = BTreeSet::from([ctx.plan.ods_code.as_str()]);
+        codes.insert(&holding.ods_code);
+        codes.extend(holding.reach.iter().map(String::as_str));
+        let candidates: BTreeSet<String> = codes
+            .iter()
+            .flat_map(|code| {
+                AdminRole::ALL
+                    .iter()
+                    .map(|r| names.name(*r, code).to_lowercase())
+            })
+            .collect();
+        let user = users::read_users(
+            ctx.pool,
+            ctx.tenant.as_ref(),
+            std::slice::from_ref(&item.key),
+        )
+        .await?
+        .pop();
+        let user = match user {
+            Some(Ok(state)) => state.id,
+            Some(Err(error)) => {
+                results.push(ItemResult::failed(
+                    item.seq,
+                    failure_code(&error),
+                    error.to_string(),
+                ));
+                continue;
+            }
+            None => continue,
+        };
+        let found: Vec<String> = match ctx.tenant.member_of(user).await {
+            Ok(groups) => groups
+                .into_iter()
+                .map(|g| g.display_name)
+                .filter(|n| candidates.contains(&n.to_lowercase()))
+                .collect(),
+            Err(error) => {
+                results.push(ItemResult::failed(
+                    item.seq,
+                    failure_code(&error),
+                    error.to_string(),
+                ));
+                continue;
+            }
+        };
+        let lower =
+            |set: &[String]| -> BTreeSet<String> { set.iter().map(|n| n.to_lowercase()).collect() };
+        let want: Vec<String> = expected.iter().cloned().collect();
+        if lower(&found) == lower(&want) {
+            results.push(ItemResult::ok(item.seq, ItemOutcome::AlreadyCompliant));
+            continue;
+        }
+        let finding = store::finding(sorted(found), sorted(want));
+        if ctx.job.dry_run {
+            results.push(ItemResult {
+                seq: item.seq,
+                outcome: ItemOutcome::Changed,
+                code: None,
+                detail: Some(finding),
+            });
+        } else {
+            findings.insert(item.seq, finding);
+            drifted.push(item.clone());
+        }
+    }
+    if drifted.is_empty() {
+        return Ok(results);
+    }
+    // Repair: the admin-role applier's own reads, writes and read-backs, under its user locks.
+    for mut result in roles::apply(names, ctx, &drifted).await? {
         if result.outcome == ItemOutcome::Changed {
             result.detail = findings.remove(&result.seq);
         }

@@ -58,6 +58,10 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
             put(sim_group_licences),
         )
         .route("/_sim/groups/{id}/members", post(sim_group_members))
+        .route(
+            "/_sim/groups/{id}/members/{user}",
+            axum::routing::delete(sim_remove_group_member),
+        )
         .fallback(graph)
         .with_state(shared)
 }
@@ -1666,6 +1670,18 @@ async fn sim_group_members(
     let result = group_id(&id)
         .and_then(|gid| shared.add_group_members(gid, &strings_of(&body, "members")))
         .map(|()| json!({}));
+    admin_answer(StatusCode::OK, result)
+}
+
+/// `DELETE /_sim/groups/{id}/members/{id or upn}`: a membership ended behind the service's
+/// back, with Graph's rules (group: remove member,
+/// https://learn.microsoft.com/graph/api/group-delete-members) but not counted in the Graph
+/// call statistics.
+async fn sim_remove_group_member(
+    State(shared): State<Arc<Shared>>,
+    Path((id, user)): Path<(String, String)>,
+) -> Response {
+    let result = shared.remove_group_member(&id, &user).map(|()| json!({}));
     admin_answer(StatusCode::OK, result)
 }
 

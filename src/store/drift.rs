@@ -5,17 +5,22 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::roles::RoleRow;
 use super::{StoreError, outbox};
-use crate::domain::{DriftCounts, DriftDetected, DriftItem, EventHeader, MAX_DRIFT_ITEMS_LISTED};
+use crate::domain::{
+    AdminRole, DriftCounts, DriftDetected, DriftItem, EventHeader, MAX_DRIFT_ITEMS_LISTED,
+};
 use crate::telemetry::InternalEvent;
 use crate::telemetry::metrics as m;
 
-/// How the message id of a sweep job begins; the rest is `{sweep}:policy:{policy id}`, where
-/// `{sweep}` is the start of the scheduled period (RFC 3339) or `manual-{time}`.
+/// How the message id of a sweep job begins; the rest is `{sweep}:policy:{policy id}` or
+/// `{sweep}:ods:{ODS code}`, where `{sweep}` is the start of the scheduled period (RFC 3339)
+/// or `manual-{time}`.
 pub const SWEEP_PREFIX: &str = "drift:";
 
-/// Stores sweep `sweep`: a `drift.sweep` job per stored policy (last changed before
-/// `changed_before`, when given: a policy applied moments ago is swept next time), idempotent
+/// Stores sweep `sweep`: a `drift.sweep` job per stored policy and a `drift.sweep_roles` job
+/// per ODS code with a realised admin role (last changed before `changed_before`, when given:
+/// what was applied moments ago is swept next time), idempotent
 /// on the message id, so every replica may store the same sweep and one set of jobs results.
 /// `report`: the jobs are dry runs (nothing is written). Returns the message ids stored.
 pub async fn store_sweep(
@@ -35,33 +40,89 @@ pub async fn store_sweep(
     let mut stored = Vec::new();
     for policy_id in policies {
         let message_id = format!("{SWEEP_PREFIX}{sweep}:policy:{policy_id}");
-        let id = Uuid::now_v7();
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO jobs (id, message_id, job_type, schema_version, state, dry_run, payload,
-                               sent_at, background)
-             VALUES ($1, $2, 'drift.sweep', 1, 'received', $3, $4, now(), true)
-             ON CONFLICT (message_id) DO NOTHING RETURNING id",
-        )
-        .bind(id)
-        .bind(&message_id)
-        .bind(report)
-        .bind(json!({ "policy_id": policy_id, "items_max": items_max }))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_some() {
-            sqlx::query(
-                "INSERT INTO inbox (message_id, job_id, disposition) VALUES ($1, $2, 'job')
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&message_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let payload = json!({ "policy_id": policy_id, "items_max": items_max });
+        if store_job(&mut tx, &message_id, "drift.sweep", report, payload).await? {
+            stored.push(message_id);
+        }
+    }
+    // The admin roles of every ODS code with a role realised (`drift.sweep_roles`).
+    let codes: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT ods_code FROM admin_roles
+         WHERE state = 'realised' AND ($1::timestamptz IS NULL OR state_changed_at < $1)
+         ORDER BY ods_code",
+    )
+    .bind(changed_before)
+    .fetch_all(&mut *tx)
+    .await?;
+    for ods_code in codes {
+        let message_id = format!("{SWEEP_PREFIX}{sweep}:ods:{ods_code}");
+        let payload = json!({ "ods_code": ods_code, "items_max": items_max });
+        if store_job(&mut tx, &message_id, "drift.sweep_roles", report, payload).await? {
             stored.push(message_id);
         }
     }
     tx.commit().await?;
     Ok(stored)
+}
+
+/// One sweep job and its inbox entry, unless its message id is known. Whether it was stored.
+async fn store_job(
+    tx: &mut Transaction<'_, Postgres>,
+    message_id: &str,
+    job_type: &str,
+    report: bool,
+    payload: Value,
+) -> Result<bool, StoreError> {
+    let id = Uuid::now_v7();
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO jobs (id, message_id, job_type, schema_version, state, dry_run, payload,
+                           sent_at, background)
+         VALUES ($1, $2, $3, 1, 'received', $4, $5, now(), true)
+         ON CONFLICT (message_id) DO NOTHING RETURNING id",
+    )
+    .bind(id)
+    .bind(message_id)
+    .bind(job_type)
+    .bind(report)
+    .bind(payload)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if inserted.is_some() {
+        sqlx::query(
+            "INSERT INTO inbox (message_id, job_id, disposition) VALUES ($1, $2, 'job')
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(message_id)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(inserted.is_some())
+}
+
+/// The roles of `ods_code` whose memberships the tenant has shown (`realised`): what a sweep
+/// verifies. Pending and removing ones are a job's, still at work.
+pub async fn realised_roles(
+    tx: &mut Transaction<'_, Postgres>,
+    ods_code: &str,
+) -> Result<Vec<RoleRow>, StoreError> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT email, ods_code, role FROM admin_roles
+         WHERE ods_code = $1 AND state = 'realised' ORDER BY email",
+    )
+    .bind(ods_code)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|(email, ods_code, role)| {
+            Ok(RoleRow {
+                email,
+                ods_code,
+                role: AdminRole::parse(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown admin role {role:?}")))?,
+            })
+        })
+        .collect()
 }
 
 /// Whether a job of the portal's (other than a sweep) that changes or applies `policy_id` is

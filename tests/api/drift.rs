@@ -274,3 +274,99 @@ async fn a_report_only_sweep_reports_a_removed_licence_and_writes_nothing() {
     assert_eq!(app.sim.licences(&members[1]), vec![expected]);
     assert_eq!(app.sim.licence_writes(), writes);
 }
+
+/// Assign `role` of RX1 to `user` through the broker, completed `succeeded`.
+async fn assign_role(app: &TestApp, events: &mut EventQueue, user: &str, role: &str) {
+    let job = app.job(
+        "admin_role.assign",
+        json!({ "user": user, "ods_code": "RX1", "role": role }),
+    );
+    app.publish_job(&job).await;
+    let done = events
+        .next_of("job.completed", job["message_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+}
+
+fn phone_groups(app: &TestApp, user: &str) -> Vec<String> {
+    app.sim
+        .state
+        .groups_of(user)
+        .unwrap()
+        .into_iter()
+        .filter(|g| g.starts_with("PhoneSystem-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_role_holder_removed_from_their_group_behind_the_services_back_is_put_back() {
+    let mut app = app().await;
+    let mut events = app.event_queue().await;
+    let users = app.sim.seed_users("holder", 2);
+    for user in &users {
+        assign_role(&app, &mut events, user, "phone_system_local_admin").await;
+    }
+    assert_eq!(phone_groups(&app, &users[0]), vec!["PhoneSystem-Local-RX1"]);
+
+    // An administrator removes the first holder from the group.
+    let group = app.sim.state.groups_named("PhoneSystem-Local-RX1")[0];
+    let id = app.sim.state.user(&users[0]).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = reqwest::Client::new()
+        .delete(format!(
+            "{}/_sim/groups/{group}/members/{id}",
+            app.sim.base_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    assert!(phone_groups(&app, &users[0]).is_empty());
+
+    // Report only: found and reported, nothing written.
+    let stored = sweep_now(
+        &app.pool,
+        &app.settings.engine.drift,
+        Some(DriftMode::Report),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].ends_with(":ods:RX1"), "{stored:?}");
+    let drift = next_drift(&mut events).await;
+    assert_eq!(drift["subject"], json!({ "ods_code": "RX1" }));
+    assert_eq!(
+        drift["counts"],
+        json!({ "checked": 2, "drifted": 1, "repaired": 0, "failed": 0 }),
+        "{drift}"
+    );
+    assert_eq!(
+        drift["items"],
+        json!([{ "item": users[0], "found": [], "expected": ["PhoneSystem-Local-RX1"] }])
+    );
+    completed_sweep(&app, &stored[0]).await;
+    assert!(phone_groups(&app, &users[0]).is_empty());
+
+    // Repair: back in the group.
+    let stored = sweep_now(
+        &app.pool,
+        &app.settings.engine.drift,
+        Some(DriftMode::Repair),
+    )
+    .await
+    .unwrap();
+    let drift = next_drift(&mut events).await;
+    assert_eq!(drift["source_message_id"], stored[0].as_str());
+    assert_eq!(
+        drift["counts"],
+        json!({ "checked": 2, "drifted": 1, "repaired": 1, "failed": 0 }),
+        "{drift}"
+    );
+    let (outcome, ..) = completed_sweep(&app, &stored[0]).await;
+    assert_eq!(outcome, "succeeded");
+    assert_eq!(phone_groups(&app, &users[0]), vec!["PhoneSystem-Local-RX1"]);
+    assert_eq!(phone_groups(&app, &users[1]), vec!["PhoneSystem-Local-RX1"]);
+    assert_eq!(events_of(&app, &stored[0]).await, vec!["drift.detected"]);
+}

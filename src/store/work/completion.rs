@@ -80,7 +80,7 @@ async fn finish(
     .await?;
     // A job the service stored itself resolves no ticket: a drift sweep publishes what it
     // found (`drift.detected`, when anything drifted) instead of a `job.completed`.
-    if job.job_type == JobType::DriftSweep {
+    if job.job_type.is_internal() {
         return crate::store::drift::publish_detected(
             tx,
             job.id,
