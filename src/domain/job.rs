@@ -864,6 +864,17 @@ mod tests {
     }
 
     #[test]
+    fn internal_job_types_are_stored_types_but_never_messages() {
+        for t in JobType::INTERNAL {
+            assert_eq!(JobType::parse(t.as_str()), None);
+            assert_eq!(JobType::from_stored(t.as_str()), Some(*t));
+            assert!(!JobType::ALL.contains(t));
+            let r = decode(&envelope(t.as_str(), json!({ "policy_id": "p" }))).unwrap_err();
+            assert_eq!(r.code, FailureCode::UnknownType, "{t}");
+        }
+    }
+
+    #[test]
     fn every_contract_example_decodes() {
         let examples = [
             (
