@@ -9,6 +9,7 @@ use std::time::Duration;
 use policy_reconciler::configuration::DriftMode;
 use policy_reconciler::engine::clock::ManualClock;
 use policy_reconciler::engine::drift::sweep_now;
+use policy_reconciler::store::drift::store_sweep;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -19,12 +20,11 @@ use crate::kit::wait_until;
 const ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
 
 /// A worker whose clock is in an off-peak window (a Saturday): sweeps run only there. The
-/// schedule is off: the test stores its sweeps itself.
+/// schedule is off (the helpers' default): the test stores its sweeps itself.
 async fn app() -> TestApp {
     let clock = Arc::new(ManualClock::new("2026-11-28T10:00:00Z".parse().unwrap()));
     spawn_app_with(AppOptions {
         clock: Some(clock),
-        env: vec![("ENGINE__DRIFT__ENABLED".into(), "false".into())],
         ..Default::default()
     })
     .await
@@ -273,6 +273,29 @@ async fn a_report_only_sweep_reports_a_removed_licence_and_writes_nothing() {
     assert!(app.sim.licences(&members[0]).is_empty());
     assert_eq!(app.sim.licences(&members[1]), vec![expected]);
     assert_eq!(app.sim.licence_writes(), writes);
+
+    // A scheduled sweep is stored once per period, however many replicas store it; a policy
+    // changed after its period began waits for the next one.
+    let period = "2026-11-28T00:00:00Z";
+    let start = Some(period.parse().unwrap());
+    let first = store_sweep(&app.pool, period, true, 100, start)
+        .await
+        .unwrap();
+    assert_eq!(first, vec![format!("drift:{period}:policy:rx1-report")]);
+    assert!(
+        store_sweep(&app.pool, period, true, 100, start)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let earlier = "2020-01-01T00:00:00Z";
+    let before = Some(earlier.parse().unwrap());
+    assert!(
+        store_sweep(&app.pool, earlier, true, 100, before)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Assign `role` of RX1 to `user` through the broker, completed `succeeded`.
