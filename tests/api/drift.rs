@@ -393,3 +393,93 @@ async fn a_role_holder_removed_from_their_group_behind_the_services_back_is_put_
     assert_eq!(phone_groups(&app, &users[1]), vec!["PhoneSystem-Local-RX1"]);
     assert_eq!(events_of(&app, &stored[0]).await, vec!["drift.detected"]);
 }
+
+#[tokio::test]
+async fn a_sweep_whose_worker_is_killed_mid_way_is_finished_by_another_with_one_event() {
+    let mut simulator = policy_reconciler::simulator::SimulatorSettings::for_tests();
+    simulator.latency_ms = 40;
+    let clock = Arc::new(ManualClock::new("2026-11-28T10:00:00Z".parse().unwrap()));
+    let mut app = spawn_app_with(AppOptions {
+        simulator: Some(simulator),
+        clock: Some(clock),
+        env: vec![
+            ("ENGINE__CHUNK_SIZE".into(), "20".into()),
+            ("ENGINE__ROUND_SIZE".into(), "4".into()),
+            ("ENGINE__CHUNK_CONCURRENCY".into(), "1".into()),
+            ("ENGINE__LEASE_SECONDS".into(), "2".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let mut events = app.event_queue().await;
+    let members = app.sim.seed_users("resume", 40);
+    apply_policy(&app, &mut events, "rx1-resume", &members).await;
+    let expected = app.sim.expected_licence("ENTERPRISEPACK", ON);
+    // Every fourth member loses the licence behind the service's back.
+    let drifted: Vec<&String> = members.iter().step_by(4).collect();
+    for upn in &drifted {
+        assign_behind_the_back(&app, upn, None, &[expected.0]).await;
+    }
+
+    let stored = sweep_now(
+        &app.pool,
+        &app.settings.engine.drift,
+        Some(DriftMode::Repair),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 1);
+    // Kill the worker in the middle of a chunk of the sweep.
+    wait_until(
+        Duration::from_secs(30),
+        "a sweep chunk part-way done",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE j.job_type = 'drift.sweep' AND c.state = 'running'
+               AND (SELECT count(*) FROM job_items i
+                    WHERE i.job_id = c.job_id AND i.chunk = c.chunk AND i.outcome IS NOT NULL)
+                   BETWEEN 4 AND 12",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or(0)
+                == 1
+        },
+    )
+    .await;
+    app.kill_worker(0);
+    let done_before: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_items i JOIN jobs j ON j.id = i.job_id
+         WHERE j.job_type = 'drift.sweep' AND i.outcome IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(done_before < 40, "killed mid-way");
+
+    app.start_worker().await;
+    let drift = next_drift(&mut events).await;
+    assert_eq!(drift["source_message_id"], stored[0].as_str());
+    assert_eq!(
+        drift["counts"],
+        json!({ "checked": 40, "drifted": 10, "repaired": 10, "failed": 0 }),
+        "{drift}"
+    );
+    for upn in &members {
+        assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
+    }
+    completed_sweep(&app, &stored[0]).await;
+    assert_eq!(events_of(&app, &stored[0]).await, vec!["drift.detected"]);
+    let reclaimed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+         WHERE j.job_type = 'drift.sweep' AND c.claims > 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        reclaimed >= 1,
+        "a sweep chunk was taken over after its lease expired"
+    );
+}
