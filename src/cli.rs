@@ -100,6 +100,23 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Drift sweeps (`engine.drift`).
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
+    },
+}
+
+/// `drift …`.
+#[derive(Debug, Subcommand)]
+pub enum DriftCommand {
+    /// Store a drift sweep now: a `drift.sweep` job per stored policy (listed by `jobs list`).
+    /// Its jobs run in the next off-peak window (`jobs expedite ID` runs one now).
+    Sweep {
+        /// `repair` or `report` (default: `engine.drift.mode`).
+        #[arg(long, value_parser = ["repair", "report"])]
+        mode: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

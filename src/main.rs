@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use policy_reconciler::cli::{Cli, Command, JobsCommand};
-use policy_reconciler::configuration::Settings;
+use policy_reconciler::cli::{Cli, Command, DriftCommand, JobsCommand};
+use policy_reconciler::configuration::{DriftMode, Settings};
 use policy_reconciler::startup::{Application, shutdown_signal};
 use policy_reconciler::{ops, simulator, store, telemetry};
 
@@ -157,6 +157,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             pool.close().await;
+            print(&text);
+        }
+        Command::Drift {
+            command: DriftCommand::Sweep { mode },
+        } => {
+            let pool = ops::connect(&settings.database).await?;
+            let mode = mode.map(|m| match m.as_str() {
+                "report" => DriftMode::Report,
+                _ => DriftMode::Repair,
+            });
+            let stored =
+                policy_reconciler::engine::drift::sweep_now(&pool, &settings.engine.drift, mode)
+                    .await?;
+            pool.close().await;
+            let mut text = format!("stored {} drift.sweep jobs\n", stored.len());
+            for message_id in stored {
+                text.push_str(&message_id);
+                text.push('\n');
+            }
             print(&text);
         }
         // Done above, before the configuration was loaded.

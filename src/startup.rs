@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Supervisor;
 use crate::configuration::Settings;
 use crate::engine::clock::{Clock, SystemClock};
-use crate::engine::{Engine, Kinds, policy, portal, revert, roles};
+use crate::engine::{Engine, Kinds, drift, policy, portal, revert, roles};
 use crate::http::{self, Health};
 use crate::store::budget::PgWriteBudget;
 use crate::store::{self, StoreError};
@@ -219,6 +219,8 @@ pub fn job_kinds(settings: &Settings) -> Kinds {
         .register(roles::MappingKind::new(&settings.roles))
         .register(roles::LeaverKind::new(&settings.roles))
         .register(revert::RevertKind)
+        .register(drift::DriftSweepKind)
+        .register(drift::RolesSweepKind::new(&settings.roles))
         .build()
 }
 

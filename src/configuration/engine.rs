@@ -59,6 +59,8 @@ pub struct EngineSettings {
     pub licensing: super::LicensingSettings,
     /// `[engine.approval]`: the thresholds over which a job waits for an operator.
     pub approval: super::ApprovalSettings,
+    /// `[engine.drift]`: drift sweeps.
+    pub drift: super::DriftSettings,
     /// `[engine.revert]`: how long the state items had before a job's writes is kept.
     pub revert: RevertSettings,
 }
@@ -83,6 +85,7 @@ impl RevertSettings {
 impl EngineSettings {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         self.approval.validate()?;
+        self.drift.validate()?;
         if self.small_job_reserve >= self.max_running_chunks.get() {
             return Err(ConfigError::invalid(
                 "engine.small_job_reserve",

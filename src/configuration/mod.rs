@@ -18,6 +18,7 @@
 mod approval;
 mod broker;
 mod database;
+mod drift;
 mod engine;
 mod licensing;
 mod parse;
@@ -36,6 +37,7 @@ use serde::Deserialize;
 pub use approval::ApprovalSettings;
 pub use broker::{BrokerSettings, Topology};
 pub use database::DatabaseSettings;
+pub use drift::{DriftMode, DriftSettings};
 pub use engine::{EngineSettings, RevertSettings};
 pub use licensing::{LicensingSettings, PlanDependency};
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};

@@ -264,8 +264,11 @@ fn job_schema(job_type: JobType) -> Value {
         JobType::PortalAccessActivated | JobType::PortalAccessRemind => {
             schema_for!(JobEnvelope<PortalAccessContacts>)
         }
-        // Internal (never a message): `JobType::parse` does not name it.
+        // Internal (never a message): `JobType::parse` does not name them.
         JobType::PolicyRevert => schema_for!(JobEnvelope<PolicyChanged>),
+        JobType::DriftSweep | JobType::DriftSweepRoles => {
+            unreachable!("drift sweeps are internal jobs, not job messages")
+        }
     };
     let mut schema = serde_json::to_value(schema).expect("a schema serializes");
     name_it(

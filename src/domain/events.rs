@@ -212,6 +212,50 @@ impl NotificationEmail {
     pub const PHONE_SYSTEM_ADMIN_GRANTED: &'static str = "phone_system_admin_granted";
 }
 
+/// `drift.detected` (contract 1.1, "Drift"): a drift sweep of one policy (or ODS code) found
+/// tenant state that differs from what was applied. Published once per sweep job, and only
+/// when `counts.drifted > 0`. The header carries `source_message_id` (the sweep job's
+/// `message_id`, as every event about a job does) and never a ticket.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriftDetected {
+    #[serde(flatten)]
+    pub header: EventHeader,
+    /// `{"policy_id", "version"}` or `{"ods_code"}`.
+    pub subject: Value,
+    pub counts: DriftCounts,
+    /// The first drifted or failed items, at most [`MAX_DRIFT_ITEMS_LISTED`].
+    pub items: Vec<DriftItem>,
+    pub items_truncated: bool,
+}
+
+impl DriftDetected {
+    pub const TYPE: &'static str = "drift.detected";
+}
+
+/// `items` of `drift.detected` lists at most this many entries (the contract's schema).
+pub const MAX_DRIFT_ITEMS_LISTED: usize = 1_000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DriftCounts {
+    /// Items whose tenant state was read and compared.
+    pub checked: u64,
+    /// Items that did not hold what was applied (or could not be shown to: failed).
+    pub drifted: u64,
+    /// Of those, brought back to what was applied (repair mode; 0 when only reporting).
+    pub repaired: u64,
+    /// Items whose read or repair failed.
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftItem {
+    pub item: String,
+    /// What the tenant held.
+    pub found: Value,
+    /// What was applied (the policy's state).
+    pub expected: Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,12 @@ pub enum JobType {
     /// stored as `policy.revert` and published as `policy.changed` (its events carry
     /// `subject.reverts`): the contract's job types stay the only ones in events.
     PolicyRevert,
+    /// The service's own drift sweep of one policy (`drift.sweep`): stored by the service,
+    /// never accepted from the broker, and not part of the contract's job types.
+    DriftSweep,
+    /// The service's own drift sweep of the admin roles of one ODS code
+    /// (`drift.sweep_roles`); internal as [`Self::DriftSweep`].
+    DriftSweepRoles,
 }
 
 impl JobType {
@@ -98,17 +104,24 @@ impl JobType {
             Self::PortalAccessActivated => "portal_access.activated",
             Self::PortalAccessRemind => "portal_access.remind",
             Self::PolicyRevert => "policy.revert",
+            Self::DriftSweep => "drift.sweep",
+            Self::DriftSweepRoles => "drift.sweep_roles",
         }
     }
+
+    /// Job types the service stores itself (not in [`Self::ALL`], the contract's: a message
+    /// of such a type from the broker is an `unknown_type`).
+    pub const INTERNAL: &'static [JobType] =
+        &[Self::PolicyRevert, Self::DriftSweep, Self::DriftSweepRoles];
 
     /// A job type of the contract (a message's `type`); internal types are not.
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.as_str() == raw)
     }
 
-    /// A stored job's type: the contract's, or an internal one the service stores itself.
-    pub fn parse_stored(raw: &str) -> Option<Self> {
-        Self::parse(raw).or((raw == Self::PolicyRevert.as_str()).then_some(Self::PolicyRevert))
+    /// The type of a stored job: a contract job type or an internal one.
+    pub fn from_stored(raw: &str) -> Option<Self> {
+        Self::parse(raw).or_else(|| Self::INTERNAL.iter().copied().find(|t| t.as_str() == raw))
     }
 
     /// The contract's job type that events about a job of this type carry.
@@ -117,6 +130,13 @@ impl JobType {
             Self::PolicyRevert => Self::PolicyChanged,
             other => other,
         }
+    }
+
+    /// Whether jobs of this type publish `job.accepted` and `job.completed`: drift sweeps do
+    /// not (no ticket waits for them; they publish `drift.detected`), a revert does (as
+    /// `policy.changed` with `subject.reverts`).
+    pub fn publishes_job_events(self) -> bool {
+        !matches!(self, Self::DriftSweep | Self::DriftSweepRoles)
     }
 }
 
@@ -874,10 +894,10 @@ fn decode_with<'de, D: serde::Deserializer<'de>>(
         JobType::PortalAccessRemind => {
             JobPayload::PortalAccessRemind(Deserialize::deserialize(payload)?)
         }
-        // Internal: never a message's type (`JobType::parse` does not name it).
-        JobType::PolicyRevert => {
+        // Internal: never a message's type (`JobType::parse` does not name them).
+        JobType::PolicyRevert | JobType::DriftSweep | JobType::DriftSweepRoles => {
             return Err(serde::de::Error::custom(
-                "policy.revert is not a message type",
+                "internal job types are not message types",
             ));
         }
     })
@@ -904,6 +924,17 @@ mod tests {
     fn decode(value: &Value) -> Result<JobMessage<'static>, Rejection> {
         let body: &'static str = Box::leak(value.to_string().into_boxed_str());
         decode_job(body.as_bytes(), None)
+    }
+
+    #[test]
+    fn internal_job_types_are_stored_types_but_never_messages() {
+        for t in JobType::INTERNAL {
+            assert_eq!(JobType::parse(t.as_str()), None);
+            assert_eq!(JobType::from_stored(t.as_str()), Some(*t));
+            assert!(!JobType::ALL.contains(t));
+            let r = decode(&envelope(t.as_str(), json!({ "policy_id": "p" }))).unwrap_err();
+            assert_eq!(r.code, FailureCode::UnknownType, "{t}");
+        }
     }
 
     #[test]

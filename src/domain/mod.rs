@@ -14,9 +14,9 @@ pub mod permissions;
 pub use codes::FailureCode;
 pub use email::EmailAddress;
 pub use events::{
-    ApprovalThreshold, ChangeEffect, Counts, EVENT_SCHEMA_VERSION, EventHeader, Failure,
-    JobAccepted, JobApprovalRequired, JobCompleted, MAX_FAILURES_LISTED, NotificationEmail,
-    Outcome, Schedule,
+    ApprovalThreshold, ChangeEffect, Counts, DriftCounts, DriftDetected, DriftItem,
+    EVENT_SCHEMA_VERSION, EventHeader, Failure, JobAccepted, JobApprovalRequired, JobCompleted,
+    MAX_DRIFT_ITEMS_LISTED, MAX_FAILURES_LISTED, NotificationEmail, Outcome, Schedule,
 };
 pub use job::{
     Actor, AdminRole, AdminRoleChange, AdminRoleTarget, Contact, ContactKind, JobMessage,

@@ -178,7 +178,7 @@ impl Engine {
             work::chunk_job(&self.pool, chunk.job_id),
             work::open_items(&self.pool, chunk)
         )?;
-        let job_type = JobType::parse_stored(&job.job_type)
+        let job_type = JobType::from_stored(&job.job_type)
             .ok_or_else(|| EngineError::Corrupt(format!("unknown job type {}", job.job_type)))?;
         let kind = self
             .kinds

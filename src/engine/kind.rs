@@ -54,6 +54,10 @@ pub trait JobKind: Send + Sync + 'static {
     /// kind that writes only to our own store (portal access) has nothing to protect them from.
     const WRITES_TO_TENANT: bool = true;
 
+    /// Background work the service schedules itself (drift sweeps): always off-peak, whatever
+    /// its size, and claimed only when no other job's chunk waits.
+    const BACKGROUND: bool = false;
+
     /// Validate the job, update desired state (unless a dry run) and list its items.
     async fn plan(
         &self,

@@ -30,6 +30,7 @@
 
 pub mod access;
 pub mod clock;
+pub mod drift;
 mod ends;
 mod error;
 mod events;
@@ -185,6 +186,11 @@ impl Engine {
             let engine = self.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move { engine.catalogue_loop(shutdown).await });
+        }
+        {
+            let engine = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { engine.drift_loop(shutdown).await });
         }
         tasks.spawn(
             self.job_ends

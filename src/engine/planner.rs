@@ -60,7 +60,7 @@ impl Engine {
             return Ok(false);
         };
         let job_id = row.id;
-        let job_type = row.job_type.as_deref().and_then(JobType::parse_stored);
+        let job_type = row.job_type.as_deref().and_then(JobType::from_stored);
         let span = tracing::info_span!(
             "plan",
             job_id = %row.id,
@@ -182,7 +182,7 @@ impl Engine {
         let job_type = row
             .job_type
             .as_deref()
-            .and_then(JobType::parse_stored)
+            .and_then(JobType::from_stored)
             .ok_or_else(|| EngineError::Corrupt(format!("job {} has no known type", row.id)))?;
         let ticket = work::ticket(row.ticket);
         if let Some(t) = &ticket {
@@ -270,7 +270,8 @@ impl Engine {
                     }));
                 }
                 let now = self.clock.now();
-                let large = total > self.large_job_threshold && kind.writes_to_tenant();
+                let large = (total > self.large_job_threshold && kind.writes_to_tenant())
+                    || kind.background();
                 let (schedule, earliest_start) = if large {
                     (Schedule::OffPeak, self.off_peak.next_open(now))
                 } else {

@@ -446,7 +446,7 @@ pub fn before_image(state: &UserLicenceState) -> Value {
 /// The licence change that brings `state` to `desired` (None when it already holds):
 /// add the policy's licence with its disabled plans unless held exactly so, and remove every
 /// other policy-managed licence the user holds, in the same call.
-fn change_for(
+pub(crate) fn change_for(
     state: &UserLicenceState,
     desired: &AssignedLicence,
     managed: &HashSet<Uuid>,
@@ -487,7 +487,7 @@ enum Phase {
 /// Reconcile a round of members (see the module docs), under the item retry policy: read the
 /// users, write what differs in one batch, then re-read what was written until the tenant
 /// shows it: never sending a write again because a replica has not caught up with it.
-async fn apply(
+pub(crate) async fn apply(
     ctx: &ApplyContext<'_, PolicyPlan>,
     items: &[WorkItem<()>],
 ) -> Result<Vec<ItemResult>, EngineError> {

@@ -29,6 +29,8 @@ pub(crate) trait AnyKind: Send + Sync {
 
     fn writes_to_tenant(&self) -> bool;
 
+    fn background(&self) -> bool;
+
     /// Plan the job whose stored payload is `payload`; `Ok(Err(_))` when the payload is not
     /// one of this kind.
     async fn plan(
@@ -59,6 +61,10 @@ impl<K: JobKind> AnyKind for Registered<K> {
 
     fn writes_to_tenant(&self) -> bool {
         K::WRITES_TO_TENANT
+    }
+
+    fn background(&self) -> bool {
+        K::BACKGROUND
     }
 
     async fn plan(

@@ -264,6 +264,12 @@ impl Shared {
         self.directory.write().add_group_members(group, members)
     }
 
+    /// Removes a user (id or UPN) from a group (id), as an administrator would behind the
+    /// service's back (`DELETE /groups/{id}/members/{id}/$ref`, not counted in the statistics).
+    pub fn remove_group_member(&self, group: &str, user: &str) -> Result<(), GraphError> {
+        self.directory.write().remove_member(group, user)
+    }
+
     /// Adds a service plan to a SKU, as the vendor does (enabled for everyone holding it).
     pub fn add_service_plan(
         &self,

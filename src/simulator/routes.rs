@@ -46,6 +46,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/_sim/reset-stats", post(reset_stats))
         .route("/_sim/config", get(get_config).post(set_config))
         .route("/_sim/users/{key}", get(sim_user))
+        .route("/_sim/users/{key}/assignLicense", post(sim_assign_license))
         .route("/_sim/fail-next", post(fail_next))
         .route("/_sim/revoke-tokens", post(revoke_tokens))
         .route("/_sim/access", get(get_access).post(set_access))
@@ -57,6 +58,10 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
             put(sim_group_licences),
         )
         .route("/_sim/groups/{id}/members", post(sim_group_members))
+        .route(
+            "/_sim/groups/{id}/members/{user}",
+            axum::routing::delete(sim_remove_group_member),
+        )
         .fallback(graph)
         .with_state(shared)
 }
@@ -1520,6 +1525,20 @@ async fn sim_user(State(shared): State<Arc<Shared>>, Path(key): Path<String>) ->
     }
 }
 
+/// `POST /_sim/users/{id or upn}/assignLicense`: a licence change made behind the service's
+/// back (an administrator in the Microsoft 365 admin center), with Graph's body and rules
+/// (user: assignLicense, https://learn.microsoft.com/graph/api/user-assignlicense) but not
+/// counted in the Graph call statistics: drift for the service's sweeps to find.
+async fn sim_assign_license(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let result = AssignLicense::parse(&body)
+        .and_then(|req| shared.directory.write().assign_license(&key, &req));
+    admin_answer(StatusCode::OK, result)
+}
+
 /// `POST /_sim/fail-next {"count": N, "status": 503}`: the next N Graph calls fail with that
 /// status; status 0 drops the next N connections instead.
 async fn fail_next(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> StatusCode {
@@ -1651,6 +1670,18 @@ async fn sim_group_members(
     let result = group_id(&id)
         .and_then(|gid| shared.add_group_members(gid, &strings_of(&body, "members")))
         .map(|()| json!({}));
+    admin_answer(StatusCode::OK, result)
+}
+
+/// `DELETE /_sim/groups/{id}/members/{id or upn}`: a membership ended behind the service's
+/// back, with Graph's rules (group: remove member,
+/// https://learn.microsoft.com/graph/api/group-delete-members) but not counted in the Graph
+/// call statistics.
+async fn sim_remove_group_member(
+    State(shared): State<Arc<Shared>>,
+    Path((id, user)): Path<(String, String)>,
+) -> Response {
+    let result = shared.remove_group_member(&id, &user).map(|()| json!({}));
     admin_answer(StatusCode::OK, result)
 }
 

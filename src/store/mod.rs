@@ -12,6 +12,7 @@
 //! | [`roles`] | `admin_roles`, `ods_mappings`, `admin_role_notifications` | desired state of Phone System admin roles |
 //! | [`portal`] | `portal_contacts` | contacts granted portal access, and what was done about them |
 //! | [`budget`] | `write_budget` | the tenant write budget shared by every replica |
+//! | [`drift`] | `jobs` (`background`, sweep jobs) | drift sweeps: a sweep's internal jobs, and the `drift.detected` of each |
 //! | [`licensing`] | `jobs` (seat columns), `sku_service_plans` | seats jobs will take; plans seen per SKU, and the internal jobs re-verifying policies after a plan is added |
 //!
 //! Here: creating the database, the pool, migrations, and the readiness checks ([`ping`],
@@ -20,6 +21,7 @@
 //! `text` columns. What happens here is logged and counted through `store::events`.
 
 pub mod budget;
+pub mod drift;
 mod error;
 mod events;
 pub mod inbox;

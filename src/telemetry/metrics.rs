@@ -38,7 +38,12 @@ pub const OUTBOX_PENDING: &str = "reconciler_outbox_pending";
 /// Age of the oldest pending event: grows when publication is stuck.
 pub const OUTBOX_OLDEST_PENDING_AGE_SECONDS: &str = "reconciler_outbox_oldest_pending_age_seconds";
 /// Event type label values.
-pub const EVENT_TYPES: &[&str] = &["job.accepted", "job.completed", "notification.email"];
+pub const EVENT_TYPES: &[&str] = &[
+    "job.accepted",
+    "job.completed",
+    "notification.email",
+    "drift.detected",
+];
 
 // ---- engine (planning, chunks, completion) ----
 
@@ -79,6 +84,12 @@ pub const LICENCE_SEATS_CONSUMED: &str = "reconciler_licence_seats_consumed";
 /// the subscription is `Suspended` or `LockedOut`), by `sku`.
 pub const LICENCE_SEATS_ASSIGNABLE: &str = "reconciler_licence_seats_assignable";
 
+/// Counter: items of completed drift sweeps, by `result` ([`DRIFT_RESULTS`]): `checked`
+/// (read and compared), `drifted` (differed from what was applied, or could not be shown to
+/// hold it), `repaired` (brought back; repair mode), `failed` (the read or repair failed).
+pub const DRIFT_ITEMS_TOTAL: &str = "reconciler_drift_items_total";
+/// Values of the `result` label of [`DRIFT_ITEMS_TOTAL`].
+pub const DRIFT_RESULTS: &[&str] = &["checked", "drifted", "repaired", "failed"];
 pub const SCHEDULES: &[&str] = &["immediate", "off_peak"];
 pub const JOB_OUTCOMES: &[&str] = &["succeeded", "partially_succeeded", "failed", "rejected"];
 pub const ITEM_OUTCOMES: &[&str] = &["changed", "already_compliant", "failed", "skipped"];
@@ -212,6 +223,9 @@ pub fn install() -> PrometheusHandle {
             ] {
                 metrics::counter!(counter).increment(0);
             }
+            for result in DRIFT_RESULTS {
+                metrics::counter!(DRIFT_ITEMS_TOTAL, "result" => *result).increment(0);
+            }
             for reason in ACCESS_LOSS_REASONS {
                 metrics::counter!(CHUNKS_HELD_TOTAL, "reason" => *reason).increment(0);
                 metrics::gauge!(TENANT_ACCESS_LOST, "reason" => *reason).set(0.0);
@@ -275,6 +289,10 @@ fn describe() {
     describe_counter!(
         CHUNKS_DEFERRED_TOTAL,
         "Chunks handed back while writes they made replicate, to be claimed again shortly."
+    );
+    describe_counter!(
+        DRIFT_ITEMS_TOTAL,
+        "Items of completed drift sweeps, by result (checked, drifted, repaired, failed)."
     );
     describe_gauge!(JOBS_UNFINISHED, "Unfinished jobs, by state.");
     describe_gauge!(ITEMS_REMAINING, "Items of unfinished jobs not yet done.");

@@ -18,6 +18,7 @@ const LABEL_SETS: &[(&str, &str, &str)] = &[
     ("reconciler_jobs_accepted_total", "schedule", "SCHEDULES"),
     ("reconciler_jobs_unfinished", "state", "UNFINISHED_STATES"),
     ("reconciler_queue_messages", "queue", "QUEUES"),
+    ("reconciler_drift_items_total", "result", "DRIFT_RESULTS"),
     ("reconciler_outbox_published_total", "type", "EVENT_TYPES"),
     (
         "reconciler_tenant_requests_total",

@@ -108,6 +108,9 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
         ("TENANT__RETRY_MAX_DELAY_MS", "200".into()),
         ("ENGINE__POLL_INTERVAL_MS", "50".into()),
         ("ENGINE__VERIFY_WITHIN_MS", verify_within.into()),
+        // Scheduled drift sweeps would add jobs and events to tests whose clock is moved into a
+        // later period; `tests/api/drift.rs` stores its sweeps itself.
+        ("ENGINE__DRIFT__ENABLED", "false".into()),
     ]);
     for (key, value) in defaults {
         if !options.env.iter().any(|(k, _)| k == key) {

@@ -5,6 +5,7 @@
 mod approval;
 mod contract;
 mod deploy;
+mod drift;
 mod ending;
 mod health;
 mod helpers;

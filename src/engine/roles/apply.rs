@@ -110,7 +110,7 @@ pub(super) fn mail_nickname(display_name: &str) -> String {
 ///    `members@odata.bind`; a mapping change moves up to ten admins at once);
 /// 3. each user's memberships are read back until the tenant shows them (adding singly what
 ///    the shared requests could not), and the stored role is settled.
-pub(super) async fn apply<P: Sync>(
+pub(crate) async fn apply<P: Sync>(
     names: &GroupNames,
     ctx: &ApplyContext<'_, P>,
     items: &[WorkItem<ItemSpec>],

@@ -45,6 +45,9 @@
 mod apply;
 mod plan;
 
+pub(crate) use apply::apply;
+pub(crate) use plan::holding_of;
+
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;

@@ -85,7 +85,7 @@ async fn codes_around(
 }
 
 /// The holding a stored role means, given the stored mapping.
-pub(super) async fn holding_of(
+pub(crate) async fn holding_of(
     executor: impl sqlx::PgExecutor<'_>,
     row: &RoleRow,
 ) -> Result<Holding, EngineError> {

@@ -79,7 +79,8 @@ pub async fn claim_chunk(
                     WHERE r.state = 'running' AND r.lease_expires_at > now())
                    < $5 - CASE WHEN coalesce(j.total_items, 0) > $7 THEN $6 ELSE 0 END
                AND (NOT $8 OR coalesce(j.total_items, 0) <= $7)
-             ORDER BY c.chunk, j.accepted_at, c.job_id
+             -- Background work (drift sweeps, migration 0016) only when nothing else waits.
+             ORDER BY j.background, c.chunk, j.accepted_at, c.job_id
              LIMIT 1 FOR UPDATE OF c SKIP LOCKED),
          claimed AS (
              UPDATE job_chunks c

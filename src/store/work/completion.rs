@@ -78,6 +78,18 @@ async fn finish(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    // A job the service stored itself resolves no ticket: a drift sweep publishes what it
+    // found (`drift.detected`, when anything drifted) instead of a `job.completed`.
+    if !job.job_type.publishes_job_events() {
+        return crate::store::drift::publish_detected(
+            tx,
+            job.id,
+            job.message_id,
+            job.dry_run,
+            subject.as_ref(),
+        )
+        .await;
+    }
     let header = EventHeader::new(
         JobCompleted::TYPE,
         job.id,
@@ -202,7 +214,7 @@ pub async fn complete_if_done_in(
         .await?;
     let job_type = job_type
         .as_deref()
-        .and_then(JobType::parse_stored)
+        .and_then(JobType::from_stored)
         .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} has no known type")))?;
     let mut counts = Counts::default();
     let by_outcome: Vec<(Option<String>, i64)> = sqlx::query_as(

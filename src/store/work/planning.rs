@@ -165,6 +165,10 @@ pub async fn accept(
     .bind(earliest_start)
     .execute(&mut **tx)
     .await?;
+    // Jobs the service stores itself (drift sweeps) have no ticket to acknowledge.
+    if !job.job_type.publishes_job_events() {
+        return Ok(());
+    }
     let header = EventHeader::new(
         JobAccepted::TYPE,
         job.id,

@@ -81,7 +81,7 @@ async fn refusal(
         return Ok(Err(RevertRefused::DryRun));
     }
     let revertible = job_type
-        .and_then(JobType::parse_stored)
+        .and_then(JobType::from_stored)
         .is_some_and(|t| REVERTIBLE.contains(&t));
     if !revertible {
         return Ok(Err(RevertRefused::NotRevertible(
