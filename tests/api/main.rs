@@ -5,6 +5,7 @@
 mod approval;
 mod deploy;
 mod ending;
+mod fair_share;
 mod health;
 mod helpers;
 mod identity;
