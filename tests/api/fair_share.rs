@@ -96,6 +96,22 @@ async fn a_20_member_ticket_completes_within_a_minute_beside_another_organisatio
         assert_eq!(app.sim.licences(upn), vec![expected.clone()], "{upn}");
     }
     // The large job's ticket is still open, and it kept writing meanwhile.
+    // Each job's share is its organisation's (the policy's ODS code).
+    let keys: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT message_id, fair_key FROM jobs ORDER BY received_at")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        keys,
+        vec![
+            (
+                large["message_id"].as_str().unwrap().to_owned(),
+                Some("ods:RX1".into())
+            ),
+            (small_id.to_owned(), Some("ods:RX2".into())),
+        ]
+    );
     let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE message_id = $1")
         .bind(large["message_id"].as_str().unwrap())
         .fetch_one(&app.pool)
@@ -103,7 +119,10 @@ async fn a_20_member_ticket_completes_within_a_minute_beside_another_organisatio
         .unwrap();
     assert_eq!(state, "running");
     let during = app.sim.state.stats().writes_applied - before - 20;
-    assert!(during > 0, "the large job wrote nothing while the ticket ran");
+    assert!(
+        during > 0,
+        "the large job wrote nothing while the ticket ran"
+    );
     let at_ticket = app.sim.state.stats().writes_applied;
     wait_until(Duration::from_secs(30), "the large job goes on", || {
         let sim = &app.sim;
@@ -213,4 +232,71 @@ async fn the_claim_gives_the_next_chunk_to_the_organisation_holding_fewest() {
         .await
         .unwrap();
     assert_eq!(claim().await, Some(sweep));
+}
+
+#[tokio::test]
+async fn the_24_hour_forecast_counts_the_share_of_the_budget_each_job_gets() {
+    use policy_reconciler::engine::clock::ManualClock;
+    use policy_reconciler::engine::{Engine, Kinds};
+    use policy_reconciler::tenant::{GraphClient, Tenant};
+    use std::sync::Arc;
+
+    let mut app = spawn_app_with(AppOptions::default()).await;
+    app.stop_workers();
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let insert = |received: chrono::DateTime<Utc>, fair_key: &'static str, items: i32| {
+        let pool = app.pool.clone();
+        async move {
+            let id = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO jobs (id, message_id, job_type, state, received_at, schedule,
+                                   accepted_at, fair_key)
+                 VALUES ($1, $1::text, 'policy.changed', 'accepted', $2, 'immediate', $2, $3)",
+            )
+            .bind(id)
+            .bind(received)
+            .bind(fair_key)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO job_items (job_id, seq, chunk, item)
+                 SELECT $1, g, g / 250, 'u' || g || '@nhs.net' FROM generate_series(0, $2 - 1) g",
+            )
+            .bind(id)
+            .bind(items)
+            .execute(&pool)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let tenant: Arc<dyn Tenant> = Arc::new(GraphClient::new(app.settings.tenant.clone()).unwrap());
+    let engine = Engine::new(
+        app.pool.clone(),
+        tenant,
+        Kinds::default(),
+        app.settings.engine.clone(),
+        &app.settings.schedule,
+        "forecast-test",
+        Arc::new(ManualClock::new(now)),
+    )
+    .unwrap()
+    .with_items_per_second(20.0);
+
+    // RX1's 40,000 users received 23 hours ago: 2,000 s at the whole budget, of 3,600 left.
+    insert(now - chrono::Duration::hours(23), "ods:RX1", 40_000).await;
+    assert_eq!(engine.jobs_at_risk().await.unwrap(), 0);
+    // A larger job of RX1 itself waits for the smaller one: still on time.
+    let other = insert(now, "ods:RX1", 100_000).await;
+    assert_eq!(engine.jobs_at_risk().await.unwrap(), 0);
+    // Of another organisation, it takes half the budget: 4,000 s for the first, too late.
+    sqlx::query("UPDATE jobs SET fair_key = 'ods:RX2' WHERE id = $1")
+        .bind(other)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(engine.jobs_at_risk().await.unwrap(), 1);
 }
