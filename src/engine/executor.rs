@@ -237,9 +237,9 @@ impl Engine {
             write_turns: &self.write_turns,
             access: &guard,
         };
-        // Bulk off-peak work lets Graph throttle it before a single ticket's (see
-        // `tenant::priority`).
-        let priority = if job.off_peak {
+        // Bulk off-peak work, and work of a low `jobs.priority` (a sweep), lets Graph throttle
+        // it before a single ticket's (see `tenant::priority`).
+        let priority = if job.off_peak || job.low_priority {
             Priority::Low
         } else {
             Priority::Normal

@@ -76,8 +76,9 @@ async fn store_job(
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO jobs (id, message_id, job_type, schema_version, state, dry_run, payload,
-                           sent_at, background)
-         VALUES ($1, $2, $3, 1, 'received', $4, $5, now(), true)
+                           sent_at, background, priority)
+         -- Low priority (migration 0017): claimed only when nothing else is claimable.
+         VALUES ($1, $2, $3, 1, 'received', $4, $5, now(), true, -1)
          ON CONFLICT (message_id) DO NOTHING RETURNING id",
     )
     .bind(id)

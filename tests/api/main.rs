@@ -7,6 +7,7 @@ mod contract;
 mod deploy;
 mod drift;
 mod ending;
+mod fair_share;
 mod health;
 mod helpers;
 mod identity;

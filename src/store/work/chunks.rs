@@ -12,6 +12,11 @@ use uuid::Uuid;
 use crate::store::StoreError;
 use crate::tenant::AccessLoss;
 
+/// `jobs.priority` of work that may wait for everything else (an internal sweep): claimed only
+/// when no chunk of a higher priority is claimable, never in the slots kept for small jobs,
+/// and written with Graph's low priority. Portal jobs have priority 0.
+pub const LOW_PRIORITY: i16 = -1;
+
 /// A chunk claimed by this worker.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedChunk {
@@ -42,10 +47,24 @@ pub struct ClaimLimits {
 /// accepted or running job that is not paused (nor awaiting approval), due by `limits.now`, of an immediate or
 /// expedited job or within an open window; and only while fewer than `limits.max_running`
 /// chunks hold live leases across all replicas (the claim is serialised by an advisory
-/// lock, so the cap holds). Lower chunk numbers first across jobs, so that many jobs
-/// progress together and a small job is never stuck behind a large one. A job that superseded
-/// another waits while a chunk of that one still runs (it stops at its next write batch), so
-/// no write of the older definition lands after the newer one's.
+/// lock, so the cap holds). A job that superseded another waits while a chunk of that one
+/// still runs (it stops at its next write batch), so no write of the older definition lands
+/// after the newer one's.
+///
+/// Which chunk (fair share, issue 18), in this order:
+/// 1. the highest `jobs.priority` ([`LOW_PRIORITY`] work only when nothing else is claimable);
+/// 2. chunks of small jobs (one chunk: a ticket about a few users) before large jobs' ones;
+/// 3. the organisation (`jobs.fair_key`, see migration `0017_fair_share.sql`) holding the
+///    fewest live leases: the tenant write budget is taken in turn by the running chunks
+///    (`engine::kind::WRITE_TURNS`, the budget's FIFO), so an even count of chunks per
+///    organisation is an even share of the budget, whatever one organisation's job size;
+/// 4. within that, the smallest job first (shortest job first: fewest tickets wait);
+/// 5. lower chunk numbers, older jobs.
+///
+/// Leases are counted once per claim (the running chunks are a handful), so a claim costs
+/// about what it did without the fair share. The share is reached as chunks end: a chunk
+/// already running is not interrupted for a newcomer (the slots kept for small jobs let a
+/// ticket start at once).
 pub async fn claim_chunk(
     pool: &PgPool,
     owner: &str,
@@ -62,9 +81,15 @@ pub async fn claim_chunk(
     // One statement after the lock (so its snapshot sees every claim committed before it):
     // the cap, the claim, and the job marked running.
     let claimed: Option<ClaimedChunk> = sqlx::query_as(
-        "WITH next AS (
+        "WITH live AS (
+             SELECT coalesce(rj.fair_key, rj.id::text) AS fair_key, count(*) AS running
+             FROM job_chunks r JOIN jobs rj ON rj.id = r.job_id
+             WHERE r.state = 'running' AND r.lease_expires_at > now()
+             GROUP BY 1),
+         next AS (
              SELECT c.job_id, c.chunk, c.state = 'running' AS reclaimed
              FROM job_chunks c JOIN jobs j ON j.id = c.job_id
+             LEFT JOIN live k ON k.fair_key = coalesce(j.fair_key, j.id::text)
              WHERE j.state IN ('accepted', 'running') AND NOT j.paused
                AND j.awaiting_approval IS NULL
                AND (c.not_before <= $3 OR j.expedited)
@@ -75,12 +100,13 @@ pub async fn claim_chunk(
                    SELECT 1 FROM jobs o JOIN job_chunks oc ON oc.job_id = o.id
                    WHERE o.superseded_by = j.id AND oc.state = 'running'
                      AND oc.lease_expires_at > now())
-               AND (SELECT count(*) FROM job_chunks r
-                    WHERE r.state = 'running' AND r.lease_expires_at > now())
-                   < $5 - CASE WHEN coalesce(j.total_items, 0) > $7 THEN $6 ELSE 0 END
-               AND (NOT $8 OR coalesce(j.total_items, 0) <= $7)
-             -- Background work (drift sweeps, migration 0016) only when nothing else waits.
-             ORDER BY j.background, c.chunk, j.accepted_at, c.job_id
+               AND (SELECT coalesce(sum(running), 0) FROM live)
+                   < $5 - CASE WHEN coalesce(j.total_items, 0) > $7 OR j.priority < 0
+                               THEN $6 ELSE 0 END
+               AND (NOT $8 OR (coalesce(j.total_items, 0) <= $7 AND j.priority >= 0))
+             ORDER BY j.priority DESC, coalesce(j.total_items, 0) > $7,
+                      coalesce(k.running, 0), coalesce(j.total_items, 0),
+                      c.chunk, j.accepted_at, c.job_id
              LIMIT 1 FOR UPDATE OF c SKIP LOCKED),
          claimed AS (
              UPDATE job_chunks c
@@ -275,12 +301,15 @@ pub struct ChunkJob {
     pub others_waiting: bool,
     /// A chunk of the job was held for lost tenant access ([`hold_chunk`]) and not cleared since.
     pub held: bool,
+    /// The job's priority is below normal ([`LOW_PRIORITY`]).
+    pub low_priority: bool,
 }
 
 pub async fn chunk_job(pool: &PgPool, job_id: Uuid) -> Result<ChunkJob, StoreError> {
     Ok(sqlx::query_as(
         "SELECT job_type, dry_run, plan, ended_early IS NOT NULL AS ended,
                 schedule IS NOT DISTINCT FROM 'off_peak' AS off_peak, held IS NOT NULL AS held,
+                priority < 0 AS low_priority,
                 EXISTS (SELECT 1 FROM job_chunks c
                          WHERE c.job_id = jobs.id AND c.state = 'pending') AS others_waiting
            FROM jobs WHERE id = $1",

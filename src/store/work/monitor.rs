@@ -56,11 +56,16 @@ pub struct UnfinishedJob {
     pub expedited: bool,
     /// Items without an outcome (all of them before planning: unknown, counted as 0).
     pub remaining: i64,
+    /// Whose share of the write budget the job uses (`jobs.fair_key`; the job's id when unset).
+    pub fair_key: String,
+    /// `jobs.priority`.
+    pub priority: i16,
 }
 
 pub async fn unfinished_jobs(pool: &PgPool) -> Result<Vec<UnfinishedJob>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT j.id, j.received_at, j.schedule, j.expedited,
+        "SELECT j.id, j.received_at, j.schedule, j.expedited, j.priority,
+                coalesce(j.fair_key, j.id::text) AS fair_key,
                 (SELECT count(*) FROM job_items i WHERE i.job_id = j.id AND i.outcome IS NULL)
                     AS remaining
          FROM jobs j WHERE j.state <> 'completed' AND NOT j.background",

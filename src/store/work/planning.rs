@@ -154,7 +154,8 @@ pub async fn accept(
     .await?;
     sqlx::query(
         "UPDATE jobs SET state = 'accepted', plan = $2, subject = $3, total_items = $4,
-                schedule = $5, earliest_start = $6, accepted_at = now(), updated_at = now()
+                schedule = $5, earliest_start = $6, accepted_at = now(), updated_at = now(),
+                fair_key = job_fair_key(jobs)
          WHERE id = $1",
     )
     .bind(job.id)
