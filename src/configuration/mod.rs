@@ -17,6 +17,7 @@
 
 mod approval;
 mod broker;
+mod console;
 mod database;
 mod engine;
 mod licensing;
@@ -35,6 +36,7 @@ use serde::Deserialize;
 
 pub use approval::ApprovalSettings;
 pub use broker::{BrokerSettings, Topology};
+pub use console::{ConsoleRole, ConsoleSettings, ConsoleToken};
 pub use database::DatabaseSettings;
 pub use engine::EngineSettings;
 pub use licensing::{LicensingSettings, PlanDependency};
@@ -54,6 +56,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub http: HttpSettings,
+    pub console: ConsoleSettings,
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub outbox: OutboxSettings,
@@ -232,6 +235,7 @@ impl Settings {
         self.engine.validate()?;
         self.roles.validate()?;
         self.tenant.validate()?;
+        self.console.validate()?;
         Ok(())
     }
 }
