@@ -21,7 +21,9 @@ use crate::console::{
     Api, OPERATOR_TOKEN, READER_TOKEN, completed, console_app, mixed_members, publish_policy,
 };
 
-const ELEMENT: &str = "element-6066-11e4-a5dc-1e8b4f9b0f8b";
+/// What [`Browser::call`] answers for an element of a page the browser has left.
+const STALE: &str = "stale";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn chromedriver() -> Option<&'static str> {
     ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
@@ -100,6 +102,9 @@ impl Browser {
             request = request.json(&body);
         }
         let response: Value = request.send().await.unwrap().json().await.unwrap();
+        if response["value"]["error"] == "stale element reference" {
+            return json!({ STALE: true });
+        }
         assert!(
             response["value"]["error"].is_null(),
             "WebDriver {url}: {response}"
@@ -132,30 +137,57 @@ impl Browser {
     }
 
     async fn find(&self, css: &str) -> String {
-        let found = self.find_all(css).await;
+        // A click that submits a form may return before the next page is there.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut found = self.find_all(css).await;
+        while found.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            found = self.find_all(css).await;
+        }
         assert!(!found.is_empty(), "no element {css}; page: {}", self.source().await);
         found[0].clone()
     }
 
     async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        self.post(&format!("/element/{element}/click"), json!({})).await;
+        for _ in 0..20 {
+            let element = self.find(css).await;
+            let clicked = self.post(&format!("/element/{element}/click"), json!({})).await;
+            if clicked[STALE].is_null() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css} kept going stale")
     }
 
     async fn type_in(&self, css: &str, text: &str) {
-        let element = self.find(css).await;
-        self.post(&format!("/element/{element}/clear"), json!({})).await;
-        self.post(&format!("/element/{element}/value"), json!({ "text": text }))
-            .await;
+        for _ in 0..20 {
+            let element = self.find(css).await;
+            let cleared = self.post(&format!("/element/{element}/clear"), json!({})).await;
+            if cleared[STALE].is_null()
+                && self
+                    .post(&format!("/element/{element}/value"), json!({ "text": text }))
+                    .await[STALE]
+                    .is_null()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css} kept going stale")
     }
 
+    /// The element's text, found again when the page changed under it.
     async fn text(&self, css: &str) -> String {
-        let element = self.find(css).await;
-        self.get(&format!("/element/{element}/text"))
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        for _ in 0..20 {
+            let element = self.find(css).await;
+            let text = self.get(&format!("/element/{element}/text")).await;
+            if text[STALE].is_null() {
+                return text.as_str().unwrap_or_default().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css} kept going stale")
     }
 
     async fn texts(&self, css: &str) -> Vec<String> {
@@ -173,11 +205,17 @@ impl Browser {
     }
 
     async fn attribute(&self, css: &str, name: &str) -> Option<String> {
-        let element = self.find_all(css).await.into_iter().next()?;
-        self.get(&format!("/element/{element}/attribute/{name}"))
-            .await
-            .as_str()
-            .map(str::to_owned)
+        for _ in 0..20 {
+            let element = self.find_all(css).await.into_iter().next()?;
+            let value = self
+                .get(&format!("/element/{element}/attribute/{name}"))
+                .await;
+            if value[STALE].is_null() {
+                return value.as_str().map(str::to_owned);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css} kept going stale")
     }
 
     async fn source(&self) -> String {
@@ -258,6 +296,7 @@ async fn an_operator_follows_and_controls_a_job_in_a_real_browser() {
     assert_eq!(browser.text("#paused").await, "paused");
     browser.type_in("#reason", "counts are right").await;
     browser.click("#resume").await;
+    browser.find("#pause").await;
     let log = browser.text("#actions-log").await;
     assert!(log.contains("resume") && log.contains("counts are right"), "{log}");
 
