@@ -151,15 +151,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 JobsCommand::Show { id } => ops::render_detail(&ops::show(&pool, &id).await?),
                 JobsCommand::Watch { id, every_ms } => ops::render_watched(
-                    &ops::watch(&pool, &id, std::time::Duration::from_millis(every_ms.max(100)))
-                        .await?,
+                    &ops::watch(
+                        &pool,
+                        &id,
+                        std::time::Duration::from_millis(every_ms.max(100)),
+                    )
+                    .await?,
                 ),
-                JobsCommand::Pause { id, who } => action(&pool, &id, ops::Action::Pause, &who).await?,
-                JobsCommand::Resume { id, who } => action(&pool, &id, ops::Action::Resume, &who).await?,
+                JobsCommand::Pause { id, who } => {
+                    action(&pool, &id, ops::Action::Pause, &who).await?
+                }
+                JobsCommand::Resume { id, who } => {
+                    action(&pool, &id, ops::Action::Resume, &who).await?
+                }
                 JobsCommand::Expedite { id, who } => {
                     action(&pool, &id, ops::Action::Expedite, &who).await?
                 }
-                JobsCommand::Cancel { id, who } => action(&pool, &id, ops::Action::Cancel, &who).await?,
+                JobsCommand::Cancel { id, who } => {
+                    action(&pool, &id, ops::Action::Cancel, &who).await?
+                }
                 JobsCommand::Approve { id, who } => {
                     action(&pool, &id, ops::Action::Approve, &who).await?
                 }

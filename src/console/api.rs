@@ -163,7 +163,9 @@ pub async fn job_view(console: &Console, job: &str) -> Result<JobView, ConsoleEr
     // No failures listed here: the failures table pages through them itself.
     let detail = crate::store::work::views::detail(&console.pool, JobRef::parse(job), 0)
         .await?
-        .ok_or_else(|| ConsoleError::not_found(format!("no job has the id or message_id {job:?}")))?;
+        .ok_or_else(|| {
+            ConsoleError::not_found(format!("no job has the id or message_id {job:?}"))
+        })?;
     let progress = progress(
         ProgressInput {
             completed: detail.state == crate::store::work::JobState::Completed,
@@ -410,8 +412,7 @@ pub async fn perform(
             "missing or wrong CSRF token; reload the page and try again",
         ));
     }
-    let action =
-        Action::parse(action).ok_or_else(|| bad(format!("unknown action {action:?}")))?;
+    let action = Action::parse(action).ok_or_else(|| bad(format!("unknown action {action:?}")))?;
     if reason.trim().is_empty() {
         return Err(bad("a reason is required".into()));
     }

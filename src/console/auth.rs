@@ -128,7 +128,8 @@ impl Auth {
                 .token_user(token)
                 .map(|(name, role)| identity(name, role, Via::Bearer));
         }
-        if let Some((name, role)) = cookie(headers, SESSION_COOKIE).and_then(|t| self.token_user(&t))
+        if let Some((name, role)) =
+            cookie(headers, SESSION_COOKIE).and_then(|t| self.token_user(&t))
         {
             return Some(identity(name, role, Via::Cookie));
         }
@@ -195,7 +196,10 @@ impl IntoResponse for Unauthenticated {
 impl FromRequestParts<Console> for Identity {
     type Rejection = Unauthenticated;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Console) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Console,
+    ) -> Result<Self, Self::Rejection> {
         state
             .auth
             .identify(&parts.headers)
@@ -259,15 +263,24 @@ mod tests {
         let auth = auth(false);
         assert!(auth.identify(&headers(&[])).is_none());
         let who = auth
-            .identify(&headers(&[("authorization", "Bearer operator-token-0123456789")]))
+            .identify(&headers(&[(
+                "authorization",
+                "Bearer operator-token-0123456789",
+            )]))
             .unwrap();
-        assert_eq!((who.name.as_str(), who.role, who.via), ("ops", ConsoleRole::Operator, Via::Bearer));
+        assert_eq!(
+            (who.name.as_str(), who.role, who.via),
+            ("ops", ConsoleRole::Operator, Via::Bearer)
+        );
         assert!(
             auth.identify(&headers(&[("authorization", "Bearer wrong")]))
                 .is_none()
         );
         let who = auth
-            .identify(&headers(&[("cookie", "a=b; pr_console=operator-token-0123456789")]))
+            .identify(&headers(&[(
+                "cookie",
+                "a=b; pr_console=operator-token-0123456789",
+            )]))
             .unwrap();
         assert_eq!(who.via, Via::Cookie);
         let who = auth
@@ -275,7 +288,10 @@ mod tests {
             .unwrap();
         assert_eq!((who.name.as_str(), who.role), ("jane", ConsoleRole::Reader));
         let who = auth
-            .identify(&headers(&[("x-forwarded-user", "jane"), ("x-forwarded-role", "operator")]))
+            .identify(&headers(&[
+                ("x-forwarded-user", "jane"),
+                ("x-forwarded-role", "operator"),
+            ]))
             .unwrap();
         assert_eq!(who.role, ConsoleRole::Operator);
         let open = super::tests::auth(true);
@@ -286,17 +302,26 @@ mod tests {
     fn csrf_is_double_submit_except_for_bearer_tokens() {
         let auth = auth(false);
         let browser = auth
-            .identify(&headers(&[("cookie", "pr_console=operator-token-0123456789; pr_csrf=abc")]))
+            .identify(&headers(&[(
+                "cookie",
+                "pr_console=operator-token-0123456789; pr_csrf=abc",
+            )]))
             .unwrap();
         assert!(browser.csrf_ok(Some("abc")));
         assert!(!browser.csrf_ok(Some("abd")));
         assert!(!browser.csrf_ok(None));
         let no_cookie = auth
-            .identify(&headers(&[("cookie", "pr_console=operator-token-0123456789")]))
+            .identify(&headers(&[(
+                "cookie",
+                "pr_console=operator-token-0123456789",
+            )]))
             .unwrap();
         assert!(!no_cookie.csrf_ok(Some("")));
         let script = auth
-            .identify(&headers(&[("authorization", "Bearer operator-token-0123456789")]))
+            .identify(&headers(&[(
+                "authorization",
+                "Bearer operator-token-0123456789",
+            )]))
             .unwrap();
         assert!(script.csrf_ok(None));
     }

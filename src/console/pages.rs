@@ -9,11 +9,11 @@
 //! | `/console/jobs/{job}` | progress, target, counts, chunks, actions, failures, events |
 //! | `/console/users?email=` | every job that touched an address |
 
+use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
@@ -571,7 +571,12 @@ async fn act(
         Some(&form.csrf),
     )
     .await?;
-    let done = format!("{} recorded: by {}, reason: {}", form.action, who.name, form.reason.trim());
+    let done = format!(
+        "{} recorded: by {}, reason: {}",
+        form.action,
+        who.name,
+        form.reason.trim()
+    );
     // Post/redirect/get: a reload does not act twice.
     Ok(Redirect::to(&format!("/console/jobs/{id}?done={}", url_encode(&done))).into_response())
 }

@@ -19,8 +19,8 @@ mod table;
 
 pub use enqueue::{EnqueueKind, EnqueueRequest, Enqueued, enqueue_from_csv, render_enqueued};
 pub use jobs::{
-    Action, ActionReport, Flag, JobFilter, JobRow, act, render_action, render_rows,
-    render_watched, search, watch,
+    Action, ActionReport, Flag, JobFilter, JobRow, act, render_action, render_rows, render_watched,
+    search, watch,
 };
 pub use jobs::{
     CancelReport, ChunkCounts, ControlReport, FailureRow, ItemCounts, JobDetail, JobSummary,

@@ -84,7 +84,13 @@ impl Api {
         serde_json::from_str(&body).unwrap()
     }
 
-    pub async fn act(&self, token: &str, job: &str, action: &str, reason: &str) -> (StatusCode, Value) {
+    pub async fn act(
+        &self,
+        token: &str,
+        job: &str,
+        action: &str,
+        reason: &str,
+    ) -> (StatusCode, Value) {
         let response = self
             .client
             .post(format!("{}/api/v1/jobs/{job}/actions", self.base))
@@ -102,12 +108,17 @@ pub async fn completed(api: &Api, job: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         // 404 until ingest has stored the job.
-        let (_, body) = api.get(Some(READER_TOKEN), &format!("/api/v1/jobs/{job}")).await;
+        let (_, body) = api
+            .get(Some(READER_TOKEN), &format!("/api/v1/jobs/{job}"))
+            .await;
         let detail: Value = serde_json::from_str(&body).unwrap_or_default();
         if detail["state"] == "completed" {
             return detail;
         }
-        assert!(tokio::time::Instant::now() < deadline, "job {job} did not complete: {detail}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {job} did not complete: {detail}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -123,7 +134,10 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
     let detail = completed(&api, message_id).await;
 
     // No credential, a wrong one: refused.
-    assert_eq!(api.get(None, "/api/v1/jobs").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.get(None, "/api/v1/jobs").await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         api.get(Some("not-a-token-at-all"), "/api/v1/jobs").await.0,
         StatusCode::UNAUTHORIZED
@@ -142,7 +156,9 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
         assert_eq!(jobs[0]["done"], 7);
         assert_eq!(jobs[0]["progress"]["percent"], 100.0);
     }
-    let none = api.json(READER_TOKEN, "/api/v1/jobs?q=nobody@nhs.net").await;
+    let none = api
+        .json(READER_TOKEN, "/api/v1/jobs?q=nobody@nhs.net")
+        .await;
     assert!(none["jobs"].as_array().unwrap().is_empty(), "{none}");
     let filtered = api
         .json(
@@ -151,12 +167,16 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
         )
         .await;
     assert_eq!(filtered["jobs"].as_array().unwrap().len(), 1, "{filtered}");
-    let other = api.json(READER_TOKEN, "/api/v1/jobs?outcome=succeeded").await;
+    let other = api
+        .json(READER_TOKEN, "/api/v1/jobs?outcome=succeeded")
+        .await;
     assert!(other["jobs"].as_array().unwrap().is_empty());
     let paused = api.json(READER_TOKEN, "/api/v1/jobs?flag=paused").await;
     assert!(paused["jobs"].as_array().unwrap().is_empty());
     assert_eq!(
-        api.get(Some(READER_TOKEN), "/api/v1/jobs?state=nonsense").await.0,
+        api.get(Some(READER_TOKEN), "/api/v1/jobs?state=nonsense")
+            .await
+            .0,
         StatusCode::BAD_REQUEST
     );
 
@@ -187,7 +207,10 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
     assert_eq!(items[0]["item"], "ghost@nhs.net");
     assert_eq!(items[0]["outcome"], "failed");
     let first = api
-        .json(READER_TOKEN, &format!("/api/v1/jobs/{message_id}/items?limit=3"))
+        .json(
+            READER_TOKEN,
+            &format!("/api/v1/jobs/{message_id}/items?limit=3"),
+        )
         .await;
     assert_eq!(first["items"].as_array().unwrap().len(), 3);
     let after = first["next_after"].as_i64().unwrap();
@@ -202,7 +225,10 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
 
     // Failures as CSV, all and by code.
     let (status, csv) = api
-        .get(Some(READER_TOKEN), &format!("/api/v1/jobs/{message_id}/failures.csv"))
+        .get(
+            Some(READER_TOKEN),
+            &format!("/api/v1/jobs/{message_id}/failures.csv"),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let lines: Vec<&str> = csv.lines().collect();
@@ -215,7 +241,10 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
         )
         .await;
     assert_eq!(only.lines().count(), 2, "{only}");
-    assert!(only.contains("nowhere@nhs.net,usage_location_missing"), "{only}");
+    assert!(
+        only.contains("nowhere@nhs.net,usage_location_missing"),
+        "{only}"
+    );
 
     // Chunks and events.
     let chunks = api
@@ -232,7 +261,10 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
         .map(|e| e["event_type"].as_str().unwrap())
         .collect();
     assert_eq!(types, ["job.accepted", "job.completed"], "{events}");
-    assert_eq!(events["events"][1]["body"]["outcome"], "partially_succeeded");
+    assert_eq!(
+        events["events"][1]["body"]["outcome"],
+        "partially_succeeded"
+    );
 
     // A user's jobs.
     let user = api
@@ -240,12 +272,17 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
         .await;
     assert_eq!(user["jobs"][0]["message_id"], message_id, "{user}");
     assert_eq!(user["jobs"][0]["outcome"], "changed");
-    let ghost = api.json(READER_TOKEN, "/api/v1/users/ghost@nhs.net/jobs").await;
+    let ghost = api
+        .json(READER_TOKEN, "/api/v1/users/ghost@nhs.net/jobs")
+        .await;
     assert_eq!(ghost["jobs"][0]["code"], "user_not_found");
 
     // Overview.
     let overview = api.json(READER_TOKEN, "/api/v1/overview").await;
-    assert!(overview["unfinished"].as_array().unwrap().is_empty(), "{overview}");
+    assert!(
+        overview["unfinished"].as_array().unwrap().is_empty(),
+        "{overview}"
+    );
     assert_eq!(overview["dead_letters"], 0);
 
     // Actions: a completed job refuses; a reader is refused whatever the job.
@@ -253,7 +290,9 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let (status, _) = api.act(READER_TOKEN, message_id, "pause", "test").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = api.act(OPERATOR_TOKEN, "no-such-job", "pause", "test").await;
+    let (status, _) = api
+        .act(OPERATOR_TOKEN, "no-such-job", "pause", "test")
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // The same search from the command line's path.
@@ -276,18 +315,26 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
 #[tokio::test]
 async fn operators_pause_and_resume_with_a_reason_readers_and_forged_posts_cannot() {
     // Slow enough to act on while it runs: 200 users at 20 writes a second.
-    let app = console_app(&[("TENANT__WRITES_PER_SECOND", "20"), ("TENANT__WRITE_BURST", "1")]).await;
+    let app = console_app(&[
+        ("TENANT__WRITES_PER_SECOND", "20"),
+        ("TENANT__WRITE_BURST", "1"),
+    ])
+    .await;
     let api = Api::new(&app);
     let members = app.sim.seed_users("act", 200);
     let job = publish_policy(&app, "rx1-act", &members).await;
     let message_id = job["message_id"].as_str().unwrap().to_owned();
     wait_until(Duration::from_secs(30), "the job to run", || async {
-        let (_, body) = api.get(Some(READER_TOKEN), &format!("/api/v1/jobs/{message_id}")).await;
+        let (_, body) = api
+            .get(Some(READER_TOKEN), &format!("/api/v1/jobs/{message_id}"))
+            .await;
         body.contains("\"state\":\"running\"")
     })
     .await;
 
-    let (status, _) = api.act(READER_TOKEN, &message_id, "pause", "reader tries").await;
+    let (status, _) = api
+        .act(READER_TOKEN, &message_id, "pause", "reader tries")
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, body) = api.act(OPERATOR_TOKEN, &message_id, "pause", " ").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -349,12 +396,11 @@ async fn operators_pause_and_resume_with_a_reason_readers_and_forged_posts_canno
     assert_eq!(done.outcome.as_deref(), Some("succeeded"));
     assert_eq!(done.items.changed, 200);
     assert!(ops::render_watched(&done).contains("completed succeeded"));
-    let recorded: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT action, by_whom, reason FROM job_operator_actions ORDER BY id",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let recorded: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT action, by_whom, reason FROM job_operator_actions ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(
         recorded,
         [
@@ -391,7 +437,9 @@ async fn no_console_without_authentication_unless_configured() {
     assert!(body.contains("local-dev"), "{body}");
     // A wrong bearer token is still refused.
     assert_eq!(
-        api.get(Some("wrong-token-0000000000"), "/api/v1/whoami").await.0,
+        api.get(Some("wrong-token-0000000000"), "/api/v1/whoami")
+            .await
+            .0,
         StatusCode::UNAUTHORIZED
     );
 }

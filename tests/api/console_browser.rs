@@ -113,13 +113,21 @@ impl Browser {
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
-        self.call(reqwest::Method::POST, &format!("{}{path}", self.session), Some(body))
-            .await
+        self.call(
+            reqwest::Method::POST,
+            &format!("{}{path}", self.session),
+            Some(body),
+        )
+        .await
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("{}{path}", self.session), None)
-            .await
+        self.call(
+            reqwest::Method::GET,
+            &format!("{}{path}", self.session),
+            None,
+        )
+        .await
     }
 
     async fn goto(&self, url: &str) {
@@ -127,13 +135,16 @@ impl Browser {
     }
 
     async fn find_all(&self, css: &str) -> Vec<String> {
-        self.post("/elements", json!({ "using": "css selector", "value": css }))
-            .await
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e[ELEMENT].as_str().unwrap().to_owned())
-            .collect()
+        self.post(
+            "/elements",
+            json!({ "using": "css selector", "value": css }),
+        )
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[ELEMENT].as_str().unwrap().to_owned())
+        .collect()
     }
 
     async fn find(&self, css: &str) -> String {
@@ -144,14 +155,20 @@ impl Browser {
             tokio::time::sleep(Duration::from_millis(100)).await;
             found = self.find_all(css).await;
         }
-        assert!(!found.is_empty(), "no element {css}; page: {}", self.source().await);
+        assert!(
+            !found.is_empty(),
+            "no element {css}; page: {}",
+            self.source().await
+        );
         found[0].clone()
     }
 
     async fn click(&self, css: &str) {
         for _ in 0..20 {
             let element = self.find(css).await;
-            let clicked = self.post(&format!("/element/{element}/click"), json!({})).await;
+            let clicked = self
+                .post(&format!("/element/{element}/click"), json!({}))
+                .await;
             if clicked[STALE].is_null() {
                 return;
             }
@@ -163,10 +180,15 @@ impl Browser {
     async fn type_in(&self, css: &str, text: &str) {
         for _ in 0..20 {
             let element = self.find(css).await;
-            let cleared = self.post(&format!("/element/{element}/clear"), json!({})).await;
+            let cleared = self
+                .post(&format!("/element/{element}/clear"), json!({}))
+                .await;
             if cleared[STALE].is_null()
                 && self
-                    .post(&format!("/element/{element}/value"), json!({ "text": text }))
+                    .post(
+                        &format!("/element/{element}/value"),
+                        json!({ "text": text }),
+                    )
                     .await[STALE]
                     .is_null()
             {
@@ -219,7 +241,11 @@ impl Browser {
     }
 
     async fn source(&self) -> String {
-        self.get("/source").await.as_str().unwrap_or_default().to_owned()
+        self.get("/source")
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     async fn screenshot(&self, path: &Path) {
@@ -255,7 +281,11 @@ async fn an_operator_follows_and_controls_a_job_in_a_real_browser() {
         }
     };
     // 300 users at 20 writes a second: about 15 s, time to act while it runs.
-    let app = console_app(&[("TENANT__WRITES_PER_SECOND", "20"), ("TENANT__WRITE_BURST", "1")]).await;
+    let app = console_app(&[
+        ("TENANT__WRITES_PER_SECOND", "20"),
+        ("TENANT__WRITE_BURST", "1"),
+    ])
+    .await;
     let api = Api::new(&app);
     let base = app.url("");
     let members = mixed_members(&app, "web", 300);
@@ -265,7 +295,12 @@ async fn an_operator_follows_and_controls_a_job_in_a_real_browser() {
 
     let browser = Browser::start(chromedriver).await;
     browser.sign_in(&base, OPERATOR_TOKEN).await;
-    assert!(browser.text("header").await.contains("Signed in as ops (operator)"));
+    assert!(
+        browser
+            .text("header")
+            .await
+            .contains("Signed in as ops (operator)")
+    );
 
     // Search the ticket, open the job.
     browser.goto(&format!("{base}/console/jobs")).await;
@@ -288,17 +323,25 @@ async fn an_operator_follows_and_controls_a_job_in_a_real_browser() {
         .parse()
         .unwrap();
     assert!(before < 100.0, "the job ended before it could be paused");
-    browser.type_in("#reason", "CHG0042 checking the licence counts").await;
+    browser
+        .type_in("#reason", "CHG0042 checking the licence counts")
+        .await;
     browser.click("#pause").await;
     assert!(browser.text("#flash").await.contains("pause recorded"));
     let log = browser.text("#actions-log").await;
-    assert!(log.contains("pause") && log.contains("ops") && log.contains("CHG0042"), "{log}");
+    assert!(
+        log.contains("pause") && log.contains("ops") && log.contains("CHG0042"),
+        "{log}"
+    );
     assert_eq!(browser.text("#paused").await, "paused");
     browser.type_in("#reason", "counts are right").await;
     browser.click("#resume").await;
     browser.find("#pause").await;
     let log = browser.text("#actions-log").await;
-    assert!(log.contains("resume") && log.contains("counts are right"), "{log}");
+    assert!(
+        log.contains("resume") && log.contains("counts are right"),
+        "{log}"
+    );
 
     // The progress moves (htmx, no reload) until 100 %.
     let mut seen = vec![before];
@@ -313,11 +356,18 @@ async fn an_operator_follows_and_controls_a_job_in_a_real_browser() {
             seen.push(percent);
         }
         if percent == 100.0
-            && browser.attribute("#progress", "data-state").await.as_deref() == Some("completed")
+            && browser
+                .attribute("#progress", "data-state")
+                .await
+                .as_deref()
+                == Some("completed")
         {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no 100 % after 120 s: {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no 100 % after 120 s: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(seen.len() >= 3, "progress did not move in steps: {seen:?}");
@@ -325,71 +375,124 @@ async fn an_operator_follows_and_controls_a_job_in_a_real_browser() {
     assert_eq!(browser.text("#job-outcome").await, "partially_succeeded");
 
     // The screenshot of the job page, for the README.
-    browser.goto(&format!("{base}/console/jobs/{message_id}")).await;
+    browser
+        .goto(&format!("{base}/console/jobs/{message_id}"))
+        .await;
     browser
         .screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console-job.png"))
         .await;
 
     // Filter the failures by code, export them as CSV.
-    browser.click("a.code-filter[data-code='user_not_found']").await;
+    browser
+        .click("a.code-filter[data-code='user_not_found']")
+        .await;
     assert_eq!(browser.text("#shown-code").await, "user_not_found");
-    assert_eq!(browser.texts("#failures-table td.code").await, ["user_not_found"]);
+    assert_eq!(
+        browser.texts("#failures-table td.code").await,
+        ["user_not_found"]
+    );
     let csv_url = browser.attribute("#csv", "href").await.unwrap();
     assert!(csv_url.contains("code=user_not_found"), "{csv_url}");
     let csv = reqwest::Client::new()
-        .get(if csv_url.starts_with("http") { csv_url.clone() } else { format!("{base}{csv_url}") })
+        .get(if csv_url.starts_with("http") {
+            csv_url.clone()
+        } else {
+            format!("{base}{csv_url}")
+        })
         .bearer_auth(OPERATOR_TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(csv.status(), StatusCode::OK);
     assert!(
-        csv.headers()["content-disposition"].to_str().unwrap().contains("attachment"),
+        csv.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment"),
     );
     let csv = csv.text().await.unwrap();
     assert_eq!(csv.lines().next(), Some("item,code,detail"));
     assert_eq!(csv.lines().count(), 2, "{csv}");
-    assert!(csv.lines().nth(1).unwrap().starts_with("ghost@nhs.net,user_not_found,"));
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("ghost@nhs.net,user_not_found,")
+    );
 
     // A reader: a running (paused) job shows them no action buttons, and their POST is refused.
     let second = publish_policy(&app, "rx1-web2", &app.sim.seed_users("webtwo", 200)).await;
     let second_id = second["message_id"].as_str().unwrap().to_owned();
-    crate::kit::wait_until(Duration::from_secs(30), "the second job to be planned", || async {
-        let (_, body) = api.get(Some(READER_TOKEN), &format!("/api/v1/jobs/{second_id}")).await;
-        body.contains("\"state\":\"running\"") || body.contains("\"state\":\"accepted\"")
-    })
+    crate::kit::wait_until(
+        Duration::from_secs(30),
+        "the second job to be planned",
+        || async {
+            let (_, body) = api
+                .get(Some(READER_TOKEN), &format!("/api/v1/jobs/{second_id}"))
+                .await;
+            body.contains("\"state\":\"running\"") || body.contains("\"state\":\"accepted\"")
+        },
+    )
     .await;
-    let (status, _) = api.act(OPERATOR_TOKEN, &second_id, "pause", "hold for the reader test").await;
+    let (status, _) = api
+        .act(
+            OPERATOR_TOKEN,
+            &second_id,
+            "pause",
+            "hold for the reader test",
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let (_, operator_page) = api
         .get(Some(OPERATOR_TOKEN), &format!("/console/jobs/{second_id}"))
         .await;
-    assert!(operator_page.contains("id=\"actions\""), "an operator sees the actions");
+    assert!(
+        operator_page.contains("id=\"actions\""),
+        "an operator sees the actions"
+    );
 
     let reader = Browser::start(chromedriver).await;
     reader.sign_in(&base, READER_TOKEN).await;
     assert!(reader.text("header").await.contains("viewer (reader)"));
-    reader.goto(&format!("{base}/console/jobs/{second_id}")).await;
+    reader
+        .goto(&format!("{base}/console/jobs/{second_id}"))
+        .await;
     assert!(reader.text("#progress-text").await.contains("paused"));
-    assert!(reader.find_all("#actions").await.is_empty(), "a reader sees action buttons");
+    assert!(
+        reader.find_all("#actions").await.is_empty(),
+        "a reader sees action buttons"
+    );
     assert!(reader.find_all("button[name=action]").await.is_empty());
     // The form's POST as the reader's browser would send it (session and CSRF cookies).
     let refused = reqwest::Client::new()
         .post(app.url(&format!("/console/jobs/{second_id}")))
-        .header("cookie", format!("pr_console={READER_TOKEN}; pr_csrf=t0k3n"))
-        .form(&[("action", "resume"), ("reason", "reader tries"), ("csrf", "t0k3n")])
+        .header(
+            "cookie",
+            format!("pr_console={READER_TOKEN}; pr_csrf=t0k3n"),
+        )
+        .form(&[
+            ("action", "resume"),
+            ("reason", "reader tries"),
+            ("csrf", "t0k3n"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    let (status, _) = api.act(READER_TOKEN, &second_id, "resume", "reader tries").await;
+    let (status, _) = api
+        .act(READER_TOKEN, &second_id, "resume", "reader tries")
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let detail = api.json(READER_TOKEN, &format!("/api/v1/jobs/{second_id}")).await;
+    let detail = api
+        .json(READER_TOKEN, &format!("/api/v1/jobs/{second_id}"))
+        .await;
     assert_eq!(detail["paused"], true);
     assert_eq!(detail["operator_actions"].as_array().unwrap().len(), 1);
 
     // Cancel it to end the run quickly.
-    let (status, _) = api.act(OPERATOR_TOKEN, &second_id, "cancel", "test over").await;
+    let (status, _) = api
+        .act(OPERATOR_TOKEN, &second_id, "cancel", "test over")
+        .await;
     assert_eq!(status, StatusCode::OK);
     completed(&api, &second_id).await;
 }
