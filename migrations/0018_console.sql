@@ -8,9 +8,9 @@ CREATE INDEX jobs_ticket_reference ON jobs ((ticket ->> 'reference'));
 CREATE INDEX jobs_policy_id ON jobs ((subject ->> 'policy_id'));
 -- "Every job that touched an address" and search by a user's email.
 CREATE INDEX job_items_item ON job_items (item);
--- A job's failures, filtered by code, in plan order (a job's items otherwise are read by
--- (job_id, seq), the primary key).
-CREATE INDEX job_items_failed ON job_items (job_id, failure_code, seq) WHERE outcome = 'failed';
+-- No index mentions job_items.outcome (or failure_code): an item's outcome is written once,
+-- and with no index on those columns that update stays heap-only (see 0007_bulk_planning.sql).
+-- A job's failures are read along its primary key (job_id, seq).
 -- The events a job published.
 CREATE INDEX outbox_job ON outbox (job_id, id) WHERE job_id IS NOT NULL;
 -- The overview's dead-letter count.
