@@ -171,12 +171,39 @@ impl EnqueueArgs {
 /// `jobs …`. ID is a job's id or its message_id.
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// The most recent jobs: id, type, state, outcome, progress, ticket, received, flags.
+    /// The most recent jobs: id, type, state, outcome, progress, ticket, received, flags
+    /// (the same filters and search as the console's job list).
     List {
         #[arg(long, value_enum)]
         state: Option<StateFilter>,
+        /// A job type (`policy.changed`, …).
+        #[arg(long = "type", value_name = "TYPE")]
+        job_type: Option<String>,
+        /// `succeeded`, `partially_succeeded`, `failed` or `rejected`.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// The policy's or the job's ODS code.
+        #[arg(long, value_name = "ODS")]
+        ods: Option<String>,
+        /// `paused`, `expedited`, `dry_run`, `held` or `awaiting_approval`.
+        #[arg(long, value_parser = ["paused", "expedited", "dry_run", "held", "awaiting_approval"])]
+        flag: Option<String>,
+        /// A ticket reference, message_id, job id, policy id or a user's email.
+        #[arg(long, value_name = "TEXT")]
+        search: Option<String>,
+        /// Page number, from 1.
+        #[arg(long, default_value_t = 1)]
+        page: u32,
+        /// Jobs per page.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// Follow a job until it completes: a progress bar, then its outcome.
+    Watch {
+        id: String,
+        /// How often to look, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
     },
     /// One job: state, schedule, timestamps, items by outcome, chunks, failures.
     Show { id: String },

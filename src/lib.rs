@@ -23,6 +23,7 @@
 //! | [`tenant`] | the `Tenant` trait and its Microsoft Graph client (transport, `$batch`, calls) |
 //! | [`simulator`] | a Graph-compatible tenant simulator (tests, demos, benchmarks) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
+//! | [`console`] | the operator console: JSON API (`/api/v1`) and pages (`/console`), with its authentication |
 //! | [`ops`] | operator commands: enqueue from a CSV export, list and show jobs, pause, resume, expedite, cancel |
 //! | [`startup`] | wiring the parts into a running worker (the job kinds' registration), graceful shutdown |
 //! | [`cli`] | the command line |
@@ -38,6 +39,7 @@
 pub mod broker;
 pub mod cli;
 pub mod configuration;
+pub mod console;
 pub mod contract;
 pub mod domain;
 pub mod engine;

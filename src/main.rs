@@ -133,24 +133,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { command } => {
             let pool = ops::connect(&settings.database).await?;
             let text = match command {
-                JobsCommand::List { state, limit } => {
-                    ops::render_list(&ops::list(&pool, state, limit).await?)
+                JobsCommand::List {
+                    state,
+                    job_type,
+                    outcome,
+                    ods,
+                    flag,
+                    search,
+                    page,
+                    limit,
+                } => {
+                    let filter = ops::JobFilter {
+                        state: ops::jobs::listed(state),
+                        job_type,
+                        outcome,
+                        ods_code: ods,
+                        flag: flag.as_deref().and_then(ops::Flag::parse),
+                        search,
+                    };
+                    let (rows, more) = ops::search(&pool, &filter, page, limit).await?;
+                    ops::render_rows(&rows, more)
                 }
                 JobsCommand::Show { id } => ops::render_detail(&ops::show(&pool, &id).await?),
+                JobsCommand::Watch { id, every_ms } => ops::render_watched(
+                    &ops::watch(
+                        &pool,
+                        &id,
+                        std::time::Duration::from_millis(every_ms.max(100)),
+                    )
+                    .await?,
+                ),
                 JobsCommand::Pause { id, who } => {
-                    ops::render_control(&ops::pause(&pool, &id, &who.operator()).await?)
+                    action(&pool, &id, ops::Action::Pause, &who).await?
                 }
                 JobsCommand::Resume { id, who } => {
-                    ops::render_control(&ops::resume(&pool, &id, &who.operator()).await?)
+                    action(&pool, &id, ops::Action::Resume, &who).await?
                 }
                 JobsCommand::Expedite { id, who } => {
-                    ops::render_control(&ops::expedite(&pool, &id, &who.operator()).await?)
+                    action(&pool, &id, ops::Action::Expedite, &who).await?
                 }
                 JobsCommand::Cancel { id, who } => {
-                    ops::render_cancel(&ops::cancel(&pool, &id, &who.operator()).await?)
+                    action(&pool, &id, ops::Action::Cancel, &who).await?
                 }
                 JobsCommand::Approve { id, who } => {
-                    ops::render_control(&ops::approve(&pool, &id, &who.operator()).await?)
+                    action(&pool, &id, ops::Action::Approve, &who).await?
                 }
                 JobsCommand::Revert { id, who } => {
                     ops::render_revert(&ops::revert(&pool, &id, &who.operator()).await?)
@@ -188,4 +214,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn print(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// `jobs pause|resume|expedite|cancel|approve`: the operator action path the console uses too.
+async fn action(
+    pool: &sqlx::PgPool,
+    id: &str,
+    action: ops::Action,
+    who: &policy_reconciler::cli::Who,
+) -> Result<String, ops::OpsError> {
+    Ok(ops::render_action(
+        &ops::act(pool, id, action, &who.operator()).await?,
+    ))
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Supervisor;
 use crate::configuration::Settings;
+use crate::console;
 use crate::engine::clock::{Clock, SystemClock};
 use crate::engine::{Engine, Kinds, drift, policy, portal, revert, roles};
 use crate::http::{self, Health};
@@ -129,10 +130,15 @@ impl Application {
         let http_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve(
             self.listener,
-            http::router(self.health.clone(), metrics),
+            http::router(self.health.clone(), metrics)
+                .merge(console::router(&self.settings.console, self.pool.clone())),
             http_stop.clone().cancelled_owned(),
         ));
-        tracing::info!(address = %self.address, "serving /metrics, /healthz and /readyz");
+        tracing::info!(
+            address = %self.address,
+            console = self.settings.console.enabled,
+            "serving /metrics, /healthz, /readyz, and the console (/console, /api/v1)"
+        );
 
         let instance = self.settings.worker.instance_name();
         let grace = self.settings.worker.shutdown_grace();

@@ -46,4 +46,11 @@ if ! rabbit_up; then
   $SUDO rabbitmq-server -detached || true
   wait_for RabbitMQ rabbit_up
 fi
+# The console's browser test drives Debian's headless Chromium through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1 && [ ! -x /usr/lib/chromium/chromedriver ]; then
+  echo "installing chromium and chromium-driver (the console's browser test)"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+    || echo "chromium-driver could not be installed; the console's browser test will say it skipped" >&2
+fi
 echo "PostgreSQL and RabbitMQ are up"

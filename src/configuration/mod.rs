@@ -17,6 +17,7 @@
 
 mod approval;
 mod broker;
+mod console;
 mod database;
 mod drift;
 mod engine;
@@ -36,6 +37,7 @@ use serde::Deserialize;
 
 pub use approval::ApprovalSettings;
 pub use broker::{BrokerSettings, Topology};
+pub use console::{ConsoleRole, ConsoleSettings, ConsoleToken};
 pub use database::DatabaseSettings;
 pub use drift::{DriftMode, DriftSettings};
 pub use engine::{EngineSettings, RevertSettings};
@@ -56,6 +58,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub http: HttpSettings,
+    pub console: ConsoleSettings,
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub outbox: OutboxSettings,
@@ -234,6 +237,7 @@ impl Settings {
         self.engine.validate()?;
         self.roles.validate()?;
         self.tenant.validate()?;
+        self.console.validate()?;
         Ok(())
     }
 }

@@ -420,3 +420,186 @@ pub fn render_cancel(report: &CancelReport) -> String {
     }
     out
 }
+
+/// An operator action, by its name in the command line, the API and the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Expedite,
+    Cancel,
+    Approve,
+}
+
+impl Action {
+    pub const ALL: [Self; 5] = [
+        Self::Pause,
+        Self::Resume,
+        Self::Expedite,
+        Self::Cancel,
+        Self::Approve,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Expedite => "expedite",
+            Self::Cancel => "cancel",
+            Self::Approve => "approve",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+/// What an action did.
+#[derive(Debug, Clone)]
+pub enum ActionReport {
+    Control(ControlReport),
+    Cancel(CancelReport),
+}
+
+/// Apply `action` to `job` as `operator`: the one path of `jobs pause|resume|…`, the API
+/// and the console. Each records who, when and why (`job_operator_actions`).
+pub async fn act(
+    pool: &PgPool,
+    job: &str,
+    action: Action,
+    operator: &Operator<'_>,
+) -> Result<ActionReport, OpsError> {
+    Ok(match action {
+        Action::Pause => ActionReport::Control(pause(pool, job, operator).await?),
+        Action::Resume => ActionReport::Control(resume(pool, job, operator).await?),
+        Action::Expedite => ActionReport::Control(expedite(pool, job, operator).await?),
+        Action::Approve => ActionReport::Control(approve(pool, job, operator).await?),
+        Action::Cancel => ActionReport::Cancel(cancel(pool, job, operator).await?),
+    })
+}
+
+/// What `jobs pause|resume|expedite|cancel|approve` prints.
+pub fn render_action(report: &ActionReport) -> String {
+    match report {
+        ActionReport::Control(report) => render_control(report),
+        ActionReport::Cancel(report) => render_cancel(report),
+    }
+}
+
+pub use crate::store::work::browse::{Flag, JobFilter, JobRow};
+
+/// A page of jobs matching `filter` (`page` from 1), and whether more follow: `jobs list`
+/// and the console's job list alike.
+pub async fn search(
+    pool: &PgPool,
+    filter: &JobFilter,
+    page: u32,
+    per_page: u32,
+) -> Result<(Vec<JobRow>, bool), OpsError> {
+    let per_page = per_page.clamp(1, 500);
+    let offset = page.max(1).saturating_sub(1).saturating_mul(per_page);
+    Ok(crate::store::work::browse::jobs(pool, filter, offset, per_page).await?)
+}
+
+/// The filter `jobs list` and the console build from a state name.
+pub fn listed(state: Option<StateFilter>) -> Option<Listed> {
+    state.map(StateFilter::listed)
+}
+
+/// `jobs list` as a table (the rows of [`search`]).
+pub fn render_rows(jobs: &[JobRow], more: bool) -> String {
+    if jobs.is_empty() {
+        return "no jobs\n".into();
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let flags: Vec<&str> = [
+                (j.paused, "paused"),
+                (j.expedited, "expedited"),
+                (j.dry_run, "dry-run"),
+                (j.held, "held"),
+                (j.awaiting_approval, "awaiting-approval"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+            vec![
+                j.id.to_string(),
+                j.job_type.clone().unwrap_or_else(|| "-".into()),
+                j.state.clone(),
+                j.outcome.clone().unwrap_or_else(|| "-".into()),
+                progress(j.done, j.total),
+                j.ticket_reference.clone().unwrap_or_else(|| "-".into()),
+                time(j.received_at),
+                flags.join(","),
+            ]
+        })
+        .collect();
+    let mut out = table::render(
+        &[
+            "ID", "TYPE", "STATE", "OUTCOME", "PROGRESS", "TICKET", "RECEIVED", "FLAGS",
+        ],
+        &rows,
+    );
+    if more {
+        out.push_str("… more on the next page (--page)\n");
+    }
+    out
+}
+
+/// Follow a job until it completes, drawing a progress bar on the terminal (none when
+/// standard error is not one); returns the completed job.
+pub async fn watch(
+    pool: &PgPool,
+    job: &str,
+    every: std::time::Duration,
+) -> Result<JobDetail, OpsError> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} items ({per_sec}, eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    loop {
+        let detail = show(pool, job).await?;
+        if let Some(total) = detail.total {
+            bar.set_length(total.max(0) as u64);
+        }
+        bar.set_position(detail.done.max(0) as u64);
+        let mut message = detail.state.as_str().to_owned();
+        if detail.paused {
+            message.push_str(", paused");
+        }
+        if detail.items.failed > 0 {
+            message.push_str(&format!(", {} failed", detail.items.failed));
+        }
+        bar.set_message(message);
+        if detail.state == JobState::Completed {
+            bar.finish_with_message(format!(
+                "completed: {}",
+                detail.outcome.as_deref().unwrap_or("-")
+            ));
+            return Ok(detail);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The line `jobs watch` ends with.
+pub fn render_watched(job: &JobDetail) -> String {
+    format!(
+        "job {} (message_id {}) completed {}: changed {}, already compliant {}, failed {}, \
+         skipped {}\n",
+        job.id,
+        job.message_id,
+        job.outcome.as_deref().unwrap_or("-"),
+        job.items.changed,
+        job.items.already_compliant,
+        job.items.failed,
+        job.items.skipped,
+    )
+}

@@ -19,6 +19,10 @@ mod table;
 
 pub use enqueue::{EnqueueKind, EnqueueRequest, Enqueued, enqueue_from_csv, render_enqueued};
 pub use jobs::{
+    Action, ActionReport, Flag, JobFilter, JobRow, act, render_action, render_rows, render_watched,
+    search, watch,
+};
+pub use jobs::{
     CancelReport, ChunkCounts, ControlReport, FailureRow, ItemCounts, JobDetail, JobSummary,
     Operator, OperatorAction, RevertRefused, RevertRequested, StateFilter, approve, cancel,
     expedite, list, pause, render_cancel, render_control, render_detail, render_list,

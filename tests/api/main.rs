@@ -3,6 +3,8 @@
 //! simulator in-process on port 0. What they share with the benchmark is in the test kit
 //! (`tests/kit`); `helpers` holds the API tests' own harness on top of it.
 mod approval;
+mod console;
+mod console_browser;
 mod contract;
 mod deploy;
 mod drift;

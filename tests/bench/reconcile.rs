@@ -69,10 +69,14 @@ struct Args {
     /// Members of the realistic-tenant scenario.
     #[arg(long, default_value_t = 10_000)]
     realistic_users: usize,
-    /// Scenarios to run (comma-separated): overhead,rerun,budget,realistic,manual,memory,ingest.
+    /// Items of the console scenario's job.
+    #[arg(long, default_value_t = 200_000)]
+    console_items: usize,
+    /// Scenarios to run (comma-separated):
+    /// overhead,rerun,budget,realistic,manual,memory,ingest,console.
     #[arg(
         long,
-        default_value = "overhead,rerun,budget,realistic,manual,memory,ingest"
+        default_value = "overhead,rerun,budget,realistic,manual,memory,ingest,console"
     )]
     only: String,
     // `cargo bench` passes `--bench`; accept and ignore it.
@@ -958,6 +962,11 @@ async fn main() {
         ));
     }
 
+    // ---- console ----
+    if wants("console") {
+        figures.extend(console_pages(&mut bench, args.console_items).await);
+    }
+
     // ---- ingest ----
     if wants("ingest") {
         bench.stop_worker();
@@ -1057,4 +1066,133 @@ async fn main() {
     let mut file = std::fs::File::create(&args.output).expect("output file");
     writeln!(file, "{}", serde_json::to_string_pretty(&report).unwrap()).unwrap();
     eprintln!("figures written to {}", args.output);
+}
+
+/// The console's pages for one job of `items` items (half done, one in fifty of those failed,
+/// 800 chunks), stored directly (what is measured is the pages, not the reconciling): the
+/// median of five requests of each after one to warm up.
+async fn console_pages(bench: &mut Bench, items: usize) -> Vec<Figure> {
+    const TOKEN: &str = "bench-console-token-0123456789";
+    bench
+        .start_worker(&[
+            ("CONSOLE__TOKENS__BENCH__ROLE", "reader".into()),
+            ("CONSOLE__TOKENS__BENCH__TOKEN", TOKEN.into()),
+        ])
+        .await;
+    let pool = policy_reconciler::store::pool(&bench.settings.database);
+    let id = Uuid::new_v4();
+    let ticket = format!("INCBENCH{}", &bench.id[..6]);
+    // Paused, so that no replica claims its chunks.
+    sqlx::query(
+        "INSERT INTO jobs (id, message_id, job_type, schema_version, state, ticket, payload,
+                           subject, total_items, schedule, earliest_start, accepted_at,
+                           started_at, received_at, paused)
+         VALUES ($1, $1::text, 'policy.changed', 1, 'running',
+                 json_build_object('reference', $2::text, 'originator', 'bench@nhs.net'),
+                 '{}'::jsonb, jsonb_build_object('policy_id', 'bench-console'), $3,
+                 'immediate', now(), now() - interval '10 minutes',
+                 now() - interval '10 minutes', now() - interval '10 minutes', true)",
+    )
+    .bind(id)
+    .bind(&ticket)
+    .bind(items as i64)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO job_items (job_id, seq, chunk, item, outcome, failure_code, detail, finished_at)
+         SELECT $1, n, n / 250, 'console' || n || '@nhs.net',
+                CASE WHEN n >= $2 / 2 THEN NULL WHEN n % 50 = 0 THEN 'failed' ELSE 'changed' END,
+                CASE WHEN n >= $2 / 2 OR n % 50 <> 0 THEN NULL
+                     WHEN n % 100 = 0 THEN 'user_not_found' ELSE 'usage_location_missing' END,
+                CASE WHEN n < $2 / 2 AND n % 50 = 0 THEN 'bench failure detail' END,
+                CASE WHEN n < $2 / 2 THEN now() END
+         FROM generate_series(0, $2 - 1) AS n",
+    )
+    .bind(id)
+    .bind(items as i32)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO job_chunks (job_id, chunk, state, not_before)
+         SELECT $1, c, CASE WHEN c < $2 / 500 THEN 'done' ELSE 'pending' END, now()
+         FROM generate_series(0, ($2 - 1) / 250) AS c",
+    )
+    .bind(id)
+    .bind(items as i32)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE job_items")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", bench.worker_port);
+    let someone = format!("console{}@nhs.net", items / 3);
+    let pages = [
+        ("job page".to_owned(), format!("/console/jobs/{id}")),
+        (
+            "job page, failures of one code".to_owned(),
+            format!("/console/jobs/{id}?code=user_not_found"),
+        ),
+        (
+            "live progress fragment".to_owned(),
+            format!("/console/jobs/{id}/progress"),
+        ),
+        (
+            "jobs list, search by ticket".to_owned(),
+            format!("/console/jobs?q={ticket}"),
+        ),
+        (
+            "jobs list, search by email".to_owned(),
+            format!("/console/jobs?q={someone}"),
+        ),
+        (
+            "a user's jobs".to_owned(),
+            format!("/console/users?email={someone}"),
+        ),
+        ("overview".to_owned(), "/console".to_owned()),
+        (
+            "API: failed items of one code".to_owned(),
+            format!("/api/v1/jobs/{id}/items?code=user_not_found"),
+        ),
+    ];
+    let mut figures = Vec::new();
+    for (name, path) in pages {
+        let mut times = Vec::new();
+        for round in 0..6 {
+            let started = Instant::now();
+            let response = client
+                .get(format!("{base}{path}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                response.status().is_success(),
+                "{path}: {}",
+                response.status()
+            );
+            response.bytes().await.unwrap();
+            if round > 0 {
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        figures.push(figure(
+            "console",
+            &format!("{name}, job of {items} items (median of 5)"),
+            median,
+            "ms",
+            "< 200 ms",
+            None,
+            Some(median < 200.0),
+        ));
+    }
+    pool.close().await;
+    bench.stop_worker();
+    figures
 }

@@ -13,7 +13,8 @@
 //!   [`complete_if_done_in`], [`uncompleted_done_jobs`], and ending a job early
 //!   ([`end_early_in`], [`older_policy_jobs`] for supersession);
 //! * the monitor's reads: [`backlog`], [`unfinished_jobs`];
-//! * the operators' reads ([`views`]: the job list, a job in detail) and controls
+//! * the operators' reads ([`views`]: the job list, a job in detail; [`browse`]: the
+//!   console's filtered and paged reads) and controls
 //!   ([`controls`]: pause, resume, expedite, cancel), naming a job by a [`JobRef`].
 //!
 //! States are enums ([`JobState`], [`ChunkState`], and [`Schedule`]) mapped to the
@@ -24,6 +25,7 @@
 //! worker that lost its lease (it stalled and another took over) changes nothing.
 
 mod approval;
+pub mod browse;
 mod chunks;
 mod completion;
 pub mod controls;
