@@ -179,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     action(&pool, &id, ops::Action::Approve, &who).await?
                 }
                 JobsCommand::Revert { id, who } => {
-                    ops::render_revert(&ops::revert(&pool, &id, &who.operator()).await?)
+                    action(&pool, &id, ops::Action::Revert, &who).await?
                 }
             };
             pool.close().await;

@@ -451,6 +451,11 @@ async fn act(
             "completed": c.completed.as_ref().map(|(outcome, _)| outcome.as_str()),
             "by": who.name,
         }),
+        ActionReport::Revert(r) => json!({
+            "id": r.reverts, "message_id": r.reverts_message_id, "action": "revert",
+            "revert_job": r.id, "revert_message_id": r.message_id, "items": r.items,
+            "by": who.name,
+        }),
     }))
 }
 

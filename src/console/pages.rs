@@ -503,6 +503,14 @@ async fn job(
                     }
                 }
             }
+            @if who.is_operator() && completed && d.items.changed > 0 && !d.dry_run {
+                // A revert is refused with its reason (not a policy job, images gone, …).
+                form.actions #revert-form method="post" action={ "/console/jobs/" (id) } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "Reason (required) " input type="text" name="reason" id="revert-reason" required; }
+                    " " button type="submit" name="action" value="revert" id="revert" { "Revert this job" }
+                }
+            }
 
             h2 #failures { "Failures" }
             p #failure-codes {
@@ -562,7 +570,7 @@ async fn act(
     Form(form): Form<ActionForm>,
 ) -> PageResult {
     let id = resolve(&console, &job).await?;
-    perform(
+    let report = perform(
         &console,
         &who,
         &id.to_string(),
@@ -571,12 +579,15 @@ async fn act(
         Some(&form.csrf),
     )
     .await?;
-    let done = format!(
+    let mut done = format!(
         "{} recorded: by {}, reason: {}",
         form.action,
         who.name,
         form.reason.trim()
     );
+    if let ops::ActionReport::Revert(r) = &report {
+        done.push_str(&format!("; revert job {} stored", r.id));
+    }
     // Post/redirect/get: a reload does not act twice.
     Ok(Redirect::to(&format!("/console/jobs/{id}?done={}", url_encode(&done))).into_response())
 }

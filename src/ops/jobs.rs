@@ -429,15 +429,18 @@ pub enum Action {
     Expedite,
     Cancel,
     Approve,
+    /// Of a completed policy job: a new job restores its before-images (see [`revert`]).
+    Revert,
 }
 
 impl Action {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Pause,
         Self::Resume,
         Self::Expedite,
         Self::Cancel,
         Self::Approve,
+        Self::Revert,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -447,6 +450,7 @@ impl Action {
             Self::Expedite => "expedite",
             Self::Cancel => "cancel",
             Self::Approve => "approve",
+            Self::Revert => "revert",
         }
     }
 
@@ -460,6 +464,7 @@ impl Action {
 pub enum ActionReport {
     Control(ControlReport),
     Cancel(CancelReport),
+    Revert(RevertRequested),
 }
 
 /// Apply `action` to `job` as `operator`: the one path of `jobs pause|resume|…`, the API
@@ -476,6 +481,7 @@ pub async fn act(
         Action::Expedite => ActionReport::Control(expedite(pool, job, operator).await?),
         Action::Approve => ActionReport::Control(approve(pool, job, operator).await?),
         Action::Cancel => ActionReport::Cancel(cancel(pool, job, operator).await?),
+        Action::Revert => ActionReport::Revert(revert(pool, job, operator).await?),
     })
 }
 
@@ -484,6 +490,7 @@ pub fn render_action(report: &ActionReport) -> String {
     match report {
         ActionReport::Control(report) => render_control(report),
         ActionReport::Cancel(report) => render_cancel(report),
+        ActionReport::Revert(report) => render_revert(report),
     }
 }
 

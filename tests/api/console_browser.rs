@@ -2,8 +2,9 @@
 //! `chromium-driver`, the W3C WebDriver protocol spoken with reqwest) through a real worker:
 //! search a ticket, open the job, watch its progress reach 100 %, filter failures by code,
 //! export them as CSV, pause and resume with a reason and see the actions recorded; a reader
-//! sees no action buttons and is refused on POST. Saves the job page's screenshot to
-//! `docs/console-job.png` (the README shows it).
+//! sees no action buttons and is refused on POST. Saves the job page's screenshot under the
+//! target directory, and with `UPDATE_SCREENSHOT=1` to `docs/console-job.png` (the README shows
+//! it; a plain test run leaves the checkout as it found it).
 //!
 //! The test installs chromium and chromium-driver with apt-get when they are missing (as
 //! `deploy/local/services.sh` does); it skips, saying why, only when they are missing and
@@ -378,9 +379,12 @@ async fn an_operator_follows_and_controls_a_job_in_a_real_browser() {
     browser
         .goto(&format!("{base}/console/jobs/{message_id}"))
         .await;
-    browser
-        .screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console-job.png"))
-        .await;
+    let screenshot = if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console-job.png")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-job.png")
+    };
+    browser.screenshot(&screenshot).await;
 
     // Filter the failures by code, export them as CSV.
     browser
