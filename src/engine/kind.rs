@@ -294,6 +294,19 @@ pub struct ApplyContext<'a, P> {
     pub access: &'a AccessGuard,
 }
 
+impl<P> ApplyContext<'_, P> {
+    /// Runs a write call in one of this replica's [`WRITE_TURNS`] when other chunks of the job
+    /// wait (`job.others_waiting`); a small job writes at once.
+    pub async fn in_write_turn<T>(&self, write: impl std::future::Future<Output = T>) -> T {
+        let _turn = if self.job.others_waiting {
+            self.write_turns.acquire().await.ok()
+        } else {
+            None
+        };
+        write.await
+    }
+}
+
 /// Write calls of large jobs (other chunks waiting) that one replica makes at once. Why: the
 /// write budget serves callers in turn, so chunks that write together share it evenly, finish
 /// together, and then all read (their read-backs, the next chunks' first reads) while nobody

@@ -800,16 +800,10 @@ pub(crate) async fn apply(
                 .writes
                 .gate_with_before(writes.iter().map(|(i, _)| items[*i].seq).collect(), before);
             let outcomes = tokio::select! {
-                outcomes = async {
-                    // A large job writes in turns (see `kind::WRITE_TURNS`).
-                    let _turn = if ctx.job.others_waiting {
-                        ctx.write_turns.acquire().await.ok()
-                    } else {
-                        None
-                    };
-                    // Throttled writes come back postponed rather than hold the turn.
-                    waits::return_early(ctx.tenant.assign_licences_gated(&changes, &gate)).await
-                } => outcomes,
+                // Throttled writes come back postponed rather than hold the turn.
+                outcomes = ctx.in_write_turn(waits::return_early(
+                    ctx.tenant.assign_licences_gated(&changes, &gate),
+                )) => outcomes,
                 // Stopping: abandon the call. Its writes' intents are recorded, so the chunk's
                 // next worker, reading the users back, reports them as this job's changes.
                 _ = ctx.stop.cancelled() => return Ok(results.into_iter().flatten().collect()),

@@ -353,15 +353,8 @@ async fn apply(
                 .writes
                 .gate_with_before(writes.iter().map(|(i, _)| items[*i].seq).collect(), before);
             let outcomes = tokio::select! {
-                outcomes = async {
-                    // A large job writes in turns (see `kind::WRITE_TURNS`).
-                    let _turn = if ctx.job.others_waiting {
-                        ctx.write_turns.acquire().await.ok()
-                    } else {
-                        None
-                    };
-                    ctx.tenant.assign_licences_gated(&changes, &gate).await
-                } => outcomes,
+                outcomes = ctx.in_write_turn(ctx.tenant.assign_licences_gated(&changes, &gate))
+                    => outcomes,
                 // Stopping: the writes' intents are recorded; the chunk's next worker reads
                 // the users back.
                 _ = ctx.stop.cancelled() => return Ok(results.into_iter().flatten().collect()),

@@ -219,21 +219,30 @@ pub async fn cancel(
     }
 }
 
-async fn try_cancel(
-    pool: &PgPool,
+/// The job `job` names, locked for an operator's control: id, message id, state, and whether
+/// it awaits approval.
+async fn lock_job(
+    tx: &mut Transaction<'_, Postgres>,
     job: JobRef<'_>,
-    operator: &Operator<'_>,
-) -> Result<CancelReport, ControlError> {
-    let mut tx = pool.begin().await?;
-    let row: Option<(Uuid, String, JobState, bool)> = sqlx::query_as(
+) -> Result<Option<(Uuid, String, JobState, bool)>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT id, message_id, state, awaiting_approval IS NOT NULL FROM jobs
          WHERE id = $1 OR message_id = $2
          ORDER BY (id = $1) DESC NULLS LAST LIMIT 1 FOR UPDATE",
     )
     .bind(job.id)
     .bind(job.message_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+async fn try_cancel(
+    pool: &PgPool,
+    job: JobRef<'_>,
+    operator: &Operator<'_>,
+) -> Result<CancelReport, ControlError> {
+    let mut tx = pool.begin().await?;
+    let row = lock_job(&mut tx, job).await?;
     let Some((id, message_id, previous_state, awaiting)) = row else {
         return Err(ControlError::NotFound);
     };
@@ -286,15 +295,7 @@ pub async fn approve(
 ) -> Result<Controlled, ControlError> {
     operator.check()?;
     let mut tx = pool.begin().await?;
-    let row: Option<(Uuid, String, JobState, bool)> = sqlx::query_as(
-        "SELECT id, message_id, state, awaiting_approval IS NOT NULL FROM jobs
-         WHERE id = $1 OR message_id = $2
-         ORDER BY (id = $1) DESC NULLS LAST LIMIT 1 FOR UPDATE",
-    )
-    .bind(job.id)
-    .bind(job.message_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let row = lock_job(&mut tx, job).await?;
     let Some((id, message_id, state, awaiting)) = row else {
         return Err(ControlError::NotFound);
     };
