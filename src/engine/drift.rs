@@ -12,10 +12,16 @@
 //! budget as they are.
 //!
 //! Its applier reads each member and compares the direct assignment with the policy's
-//! (the same rule as the policy applier's). A member that differs is drift: its item records
-//! what was found and what was expected. In `repair` mode the drifted members are then handed
-//! to the policy applier (write, read back, verify); in `report` mode the job is a dry run and
-//! writes nothing. When the job completes, the store publishes one `drift.detected` if any
+//! (the same rule as the policy applier's). A member that differs is read again once
+//! replication has had time (`engine.verify_within_ms` after the first sighting, the chunk
+//! handed back meanwhile: [`Sighting`]): a replica behind a recent write answers with an older
+//! state, which is neither drift nor what to report. A member that still differs is drift: its
+//! item records what that read found and what was expected. In `repair` mode the drifted
+//! members are then handed to the policy applier (write, read back, verify), their findings
+//! stored first (a repair whose read-back waits for replication is finished by a later claim);
+//! in `report` mode the job is a dry run and writes nothing.
+//!
+//! When the job completes, the store publishes one `drift.detected` if any
 //! item drifted, and no `job.completed` (no ticket waits for a sweep).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -43,7 +49,7 @@ use crate::store::policies::{self, PolicyRow};
 use crate::store::roles::{self as store_roles, GrantState};
 use crate::store::work;
 use crate::telemetry::{InternalEvent, emit};
-use crate::tenant::{AssignedLicence, SkuCatalogue};
+use crate::tenant::{AssignedLicence, SkuCatalogue, TenantError, UserLicenceState};
 
 /// How long a sweep of a policy waits, planned again after it, while a job of the portal for
 /// that policy is unfinished (its users may not hold the policy yet: no drift).
@@ -202,54 +208,164 @@ async fn apply(
     managed.insert(desired.sku_id);
     let expected = describe(&[&desired], &catalogue);
 
-    let keys: Vec<String> = checked.iter().map(|i| i.key.clone()).collect();
-    let states = users::read_users(ctx.pool, ctx.tenant.as_ref(), &keys).await?;
-    let mut findings: HashMap<i32, String> = HashMap::new();
-    let mut drifted: Vec<WorkItem<()>> = Vec::new();
+    // Members found drifted by an earlier claim of this chunk go straight back to their repair
+    // (their findings are in the notes).
+    let seqs: Vec<i32> = checked.iter().map(|i| i.seq).collect();
+    let notes = store::notes(ctx.pool, ctx.job.id, &seqs).await?;
+    let mut findings: HashMap<i32, String> = notes
+        .iter()
+        .filter_map(|(seq, n)| n.finding.clone().map(|f| (*seq, f)))
+        .collect();
+    let (noted, checked): (Vec<&WorkItem<()>>, Vec<&WorkItem<()>>) = checked
+        .into_iter()
+        .partition(|i| findings.contains_key(&i.seq));
+    let mut drifted: Vec<WorkItem<()>> = noted.into_iter().cloned().collect();
+
+    let mut sighting = Sighting::new(ctx);
+    let mut found: HashMap<i32, String> = HashMap::new();
+    let states = read(ctx, &checked).await?;
     for (item, state) in checked.iter().zip(states) {
-        match state {
-            Err(error) => results.push(ItemResult::failed(
-                item.seq,
-                failure_code(&error),
-                error.to_string(),
-            )),
-            Ok(state) => {
-                if policy::change_for(&state, &desired, &managed).is_none() {
-                    results.push(ItemResult::ok(item.seq, ItemOutcome::AlreadyCompliant));
-                    continue;
-                }
-                let held: Vec<&AssignedLicence> = state
-                    .assigned_licenses
-                    .iter()
-                    .filter(|l| managed.contains(&l.sku_id))
-                    .collect();
-                let finding = store::finding(describe(&held, &catalogue), expected.clone());
-                if ctx.job.dry_run {
-                    results.push(ItemResult {
-                        seq: item.seq,
-                        outcome: ItemOutcome::Changed,
-                        code: None,
-                        detail: Some(finding),
-                    });
-                } else {
-                    findings.insert(item.seq, finding);
-                    drifted.push((*item).clone());
-                }
+        let state = match state {
+            Err(error) => {
+                results.push(failed(item.seq, &error));
+                continue;
             }
+            Ok(state) if policy::change_for(&state, &desired, &managed).is_none() => {
+                results.push(ItemResult::ok(item.seq, ItemOutcome::AlreadyCompliant));
+                continue;
+            }
+            Ok(state) => state,
+        };
+        if !sighting.trusted(item.seq, notes.get(&item.seq)) {
+            continue;
+        }
+        let held: Vec<&AssignedLicence> = state
+            .assigned_licenses
+            .iter()
+            .filter(|l| managed.contains(&l.sku_id))
+            .collect();
+        let finding = store::finding(describe(&held, &catalogue), expected.clone());
+        if ctx.job.dry_run {
+            results.push(ItemResult {
+                seq: item.seq,
+                outcome: ItemOutcome::Changed,
+                code: None,
+                detail: Some(finding),
+            });
+        } else {
+            found.insert(item.seq, finding);
+            drifted.push((*item).clone());
         }
     }
+    sighting.hand_back(ctx).await?;
     if drifted.is_empty() {
         return Ok(results);
     }
+    if !found.is_empty() {
+        store::found(ctx.pool, ctx.job.id, &found, sighting.read_at).await?;
+        findings.extend(found);
+    }
     // Repair: the policy applier's own read, write and read-back (it reads the user again: a
     // write is never planned from a read it did not make itself).
-    for mut result in policy::apply(ctx, &drifted).await? {
-        if result.outcome == ItemOutcome::Changed {
-            result.detail = findings.remove(&result.seq);
-        }
-        results.push(result);
+    for result in policy::apply(ctx, &drifted).await? {
+        results.push(with_finding(result, &findings));
     }
     Ok(results)
+}
+
+/// A repaired item's result with what the sweep found as its detail. One found compliant by
+/// a later claim (the repair written by an earlier one) is recorded `changed` by the store;
+/// it carries the finding too.
+fn with_finding(mut result: ItemResult, findings: &HashMap<i32, String>) -> ItemResult {
+    if matches!(
+        result.outcome,
+        ItemOutcome::Changed | ItemOutcome::AlreadyCompliant
+    ) && let Some(finding) = findings.get(&result.seq)
+    {
+        result.detail = Some(finding.clone());
+    }
+    result
+}
+
+/// The differences one round of a sweep read, and whether each can be trusted yet.
+///
+/// A read may come from a replica behind a recent write (ours or anyone's): it shows an older
+/// state, which is neither drift nor what to report as found. So a difference counts only when
+/// a read made `engine.verify_within_ms` (how long after a write reads may still not show it;
+/// MicrosoftDocs/entra-docs `docs/architecture/architecture.md`, "Data consistency") after it
+/// was first seen still shows it: by then every replica has every write made before the first
+/// sighting. Meanwhile the item keeps no result and the chunk is handed back ([`Defer`]), so a
+/// sweep holds no executor while it waits; the first sighting is noted in the store, for
+/// whichever claim comes back.
+///
+/// [`Defer`]: super::kind::Defer
+struct Sighting {
+    /// When this round's reads began.
+    read_at: DateTime<Utc>,
+    window: chrono::Duration,
+    /// Seen differing for the first time.
+    new: Vec<i32>,
+    /// The shortest wait until a difference seen can be trusted.
+    wait: Option<Duration>,
+}
+
+impl Sighting {
+    fn new<P>(ctx: &ApplyContext<'_, P>) -> Self {
+        Self::at(Utc::now(), ctx.retry.verify_within())
+    }
+
+    fn at(read_at: DateTime<Utc>, window: Duration) -> Self {
+        Self {
+            read_at,
+            window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
+            new: Vec::new(),
+            wait: None,
+        }
+    }
+
+    /// Whether the difference the item `seq` shows now is drift (see the type's docs); when
+    /// not, the item is to be left without a result.
+    fn trusted(&mut self, seq: i32, note: Option<&store::Note>) -> bool {
+        let since = match note {
+            Some(note) => note.suspected_at,
+            None => {
+                self.new.push(seq);
+                self.read_at
+            }
+        };
+        let trusted_from = since
+            .checked_add_signed(self.window)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let remaining = (trusted_from - self.read_at).to_std().unwrap_or_default();
+        if note.is_some() && remaining.is_zero() {
+            return true;
+        }
+        self.wait = Some(self.wait.map_or(remaining, |w| w.min(remaining)));
+        false
+    }
+
+    /// Notes the new sightings and hands the chunk back for the items left without a result.
+    async fn hand_back<P>(&self, ctx: &ApplyContext<'_, P>) -> Result<(), EngineError> {
+        if !self.new.is_empty() {
+            store::suspect(ctx.pool, ctx.job.id, &self.new, self.read_at).await?;
+        }
+        if let Some(wait) = self.wait {
+            ctx.defer.later(wait.max(MIN_COME_BACK));
+        }
+        Ok(())
+    }
+}
+
+/// The shortest wait before a chunk handed back for differences comes back.
+const MIN_COME_BACK: Duration = Duration::from_millis(200);
+
+/// The members `items` as the tenant has them now.
+async fn read<P>(
+    ctx: &ApplyContext<'_, P>,
+    items: &[&WorkItem<()>],
+) -> Result<Vec<Result<UserLicenceState, TenantError>>, EngineError> {
+    let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+    users::read_users(ctx.pool, ctx.tenant.as_ref(), &keys).await
 }
 
 /// The payload of a `drift.sweep_roles` job, as [`store::store_sweep`] writes it.
@@ -337,8 +453,9 @@ async fn apply_roles(
     items: &[WorkItem<ItemSpec>],
 ) -> Result<Vec<ItemResult>, EngineError> {
     let mut results = Vec::new();
-    let mut findings: HashMap<i32, String> = HashMap::new();
-    let mut drifted: Vec<WorkItem<ItemSpec>> = Vec::new();
+    // Holders still of the role swept: (item, the groups they should be in, the Phone System
+    // groups looked at).
+    let mut checked: Vec<(&WorkItem<ItemSpec>, BTreeSet<String>, BTreeSet<String>)> = Vec::new();
     for item in items {
         let Some(holding) = item
             .spec
@@ -379,48 +496,40 @@ async fn apply_roles(
                     .map(|r| names.name(*r, code).to_lowercase())
             })
             .collect();
-        let user = users::read_users(
-            ctx.pool,
-            ctx.tenant.as_ref(),
-            std::slice::from_ref(&item.key),
-        )
-        .await?
-        .pop();
-        let user = match user {
-            Some(Ok(state)) => state.id,
-            Some(Err(error)) => {
-                results.push(ItemResult::failed(
-                    item.seq,
-                    failure_code(&error),
-                    error.to_string(),
-                ));
-                continue;
-            }
-            None => continue,
-        };
-        let found: Vec<String> = match ctx.tenant.member_of(user).await {
-            Ok(groups) => groups
-                .into_iter()
-                .map(|g| g.display_name)
-                .filter(|n| candidates.contains(&n.to_lowercase()))
-                .collect(),
-            Err(error) => {
-                results.push(ItemResult::failed(
-                    item.seq,
-                    failure_code(&error),
-                    error.to_string(),
-                ));
-                continue;
-            }
-        };
-        let lower =
-            |set: &[String]| -> BTreeSet<String> { set.iter().map(|n| n.to_lowercase()).collect() };
-        let want: Vec<String> = expected.iter().cloned().collect();
-        if lower(&found) == lower(&want) {
-            results.push(ItemResult::ok(item.seq, ItemOutcome::AlreadyCompliant));
+        checked.push((item, expected.into_iter().collect(), candidates));
+    }
+    // As for policies: holders found drifted by an earlier claim go straight to their repair,
+    // and a difference counts once a read made after replication has had time shows it
+    // ([`Sighting`]).
+    let seqs: Vec<i32> = checked.iter().map(|(i, ..)| i.seq).collect();
+    let notes = store::notes(ctx.pool, ctx.job.id, &seqs).await?;
+    let mut findings: HashMap<i32, String> = notes
+        .iter()
+        .filter_map(|(seq, n)| n.finding.clone().map(|f| (*seq, f)))
+        .collect();
+    let mut drifted: Vec<WorkItem<ItemSpec>> = Vec::new();
+    let mut sighting = Sighting::new(ctx);
+    let mut found_now: HashMap<i32, String> = HashMap::new();
+    for (item, expected, candidates) in checked {
+        if findings.contains_key(&item.seq) {
+            drifted.push(item.clone());
             continue;
         }
-        let finding = store::finding(sorted(found), sorted(want));
+        let found = match held_groups(ctx, &item.key, &candidates).await? {
+            Err(error) => {
+                results.push(failed(item.seq, &error));
+                continue;
+            }
+            Ok(found) if same_groups(&found, &expected) => {
+                results.push(ItemResult::ok(item.seq, ItemOutcome::AlreadyCompliant));
+                continue;
+            }
+            Ok(found) => found,
+        };
+        if !sighting.trusted(item.seq, notes.get(&item.seq)) {
+            continue;
+        }
+        let finding = store::finding(sorted(found), sorted(expected));
         if ctx.job.dry_run {
             results.push(ItemResult {
                 seq: item.seq,
@@ -429,21 +538,65 @@ async fn apply_roles(
                 detail: Some(finding),
             });
         } else {
-            findings.insert(item.seq, finding);
+            found_now.insert(item.seq, finding);
             drifted.push(item.clone());
         }
     }
+    sighting.hand_back(ctx).await?;
     if drifted.is_empty() {
         return Ok(results);
     }
+    if !found_now.is_empty() {
+        store::found(ctx.pool, ctx.job.id, &found_now, sighting.read_at).await?;
+        findings.extend(found_now);
+    }
     // Repair: the admin-role applier's own reads, writes and read-backs, under its user locks.
-    for mut result in roles::apply(names, ctx, &drifted).await? {
-        if result.outcome == ItemOutcome::Changed {
-            result.detail = findings.remove(&result.seq);
-        }
-        results.push(result);
+    for result in roles::apply(names, ctx, &drifted).await? {
+        results.push(with_finding(result, &findings));
     }
     Ok(results)
+}
+
+/// The Phone System groups among `candidates` (lowercase names) that the user `address` is a
+/// member of, as the tenant answers now.
+async fn held_groups(
+    ctx: &ApplyContext<'_, RolesSweepPlan>,
+    address: &str,
+    candidates: &BTreeSet<String>,
+) -> Result<Result<Vec<String>, TenantError>, EngineError> {
+    let user = users::read_users(ctx.pool, ctx.tenant.as_ref(), &[address.to_owned()])
+        .await?
+        .pop();
+    let user = match user {
+        Some(Ok(state)) => state.id,
+        Some(Err(error)) => return Ok(Err(error)),
+        None => {
+            return Err(EngineError::Corrupt(format!(
+                "no answer when reading user {address}"
+            )));
+        }
+    };
+    Ok(match ctx.tenant.member_of(user).await {
+        Ok(groups) => Ok(groups
+            .into_iter()
+            .map(|g| g.display_name)
+            .filter(|n| candidates.contains(&n.to_lowercase()))
+            .collect()),
+        Err(error) => Err(error),
+    })
+}
+
+fn failed(seq: i32, error: &TenantError) -> ItemResult {
+    ItemResult::failed(seq, failure_code(error), error.to_string())
+}
+
+/// Whether the groups found are those expected (group names are compared case-insensitively,
+/// as Entra ID does).
+fn same_groups(found: &[String], expected: &BTreeSet<String>) -> bool {
+    let lower = |set: &mut dyn Iterator<Item = &String>| -> BTreeSet<String> {
+        set.map(|n| n.to_lowercase()).collect()
+    };
+    lower(&mut found.iter()) == lower(&mut expected.iter())
 }
 
 /// A sweep's jobs were stored.
@@ -551,6 +704,29 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_difference_counts_once_replication_has_had_time_since_it_was_first_seen() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let read_at = at("2026-11-28T22:00:00Z");
+        let mut sighting = Sighting::at(read_at, Duration::from_secs(60));
+        let note = |since: &str| store::Note {
+            suspected_at: at(since),
+            finding: None,
+        };
+        // First seen now: noted, not trusted, back after the whole window.
+        assert!(!sighting.trusted(1, None));
+        assert_eq!(sighting.new, vec![1]);
+        assert_eq!(sighting.wait, Some(Duration::from_secs(60)));
+        // Seen 45 s ago: 15 s to go, the shortest wait wins.
+        assert!(!sighting.trusted(2, Some(&note("2026-11-28T21:59:15Z"))));
+        assert_eq!(sighting.wait, Some(Duration::from_secs(15)));
+        // Seen a window ago or more: the read now is trusted.
+        assert!(sighting.trusted(3, Some(&note("2026-11-28T21:59:00Z"))));
+        assert!(sighting.trusted(4, Some(&note("2026-11-28T20:00:00Z"))));
+        assert_eq!(sighting.new, vec![1]);
+        assert_eq!(sighting.wait, Some(Duration::from_secs(15)));
+    }
 
     #[test]
     fn periods_are_counted_from_midnight_utc() {

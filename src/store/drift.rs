@@ -1,5 +1,7 @@
 //! Drift sweeps (migration `0016_drift.sql`): storing a sweep's internal `drift.sweep` jobs,
 //! one per stored policy, and what a finished sweep job found (its `drift.detected`).
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -151,6 +153,86 @@ pub fn finding(found: Value, expected: Value) -> String {
     json!({ "found": found, "expected": expected }).to_string()
 }
 
+/// What a sweep learnt of an item in an earlier claim of its chunk (`drift_notes`).
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// When a read first showed the item differing from what is expected.
+    pub suspected_at: DateTime<Utc>,
+    /// What a read made once replication had had time found (JSON, [`finding`]): the item
+    /// drifted, and its repair is under way.
+    pub finding: Option<String>,
+}
+
+/// The notes of those of `seqs` of the sweep job `job_id`.
+pub async fn notes(
+    pool: &PgPool,
+    job_id: Uuid,
+    seqs: &[i32],
+) -> Result<HashMap<i32, Note>, StoreError> {
+    let rows: Vec<(i32, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+        "SELECT seq, suspected_at, finding FROM drift_notes WHERE job_id = $1 AND seq = ANY($2)",
+    )
+    .bind(job_id)
+    .bind(seqs)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, suspected_at, finding)| {
+            (
+                seq,
+                Note {
+                    suspected_at,
+                    finding,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Notes that a read of the items `seqs` differed at `at` (the first such time is kept).
+pub async fn suspect(
+    pool: &PgPool,
+    job_id: Uuid,
+    seqs: &[i32],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO drift_notes (job_id, seq, suspected_at)
+         SELECT $1, seq, $3 FROM unnest($2::int[]) AS seq
+         ON CONFLICT (job_id, seq) DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(seqs)
+    .bind(at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Keeps what was found of items about to be repaired (`seq -> finding`).
+pub async fn found(
+    pool: &PgPool,
+    job_id: Uuid,
+    findings: &HashMap<i32, String>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (seqs, texts): (Vec<i32>, Vec<&str>) =
+        findings.iter().map(|(s, d)| (*s, d.as_str())).unzip();
+    sqlx::query(
+        "INSERT INTO drift_notes (job_id, seq, suspected_at, finding)
+         SELECT $1, u.seq, $4, u.finding FROM unnest($2::int[], $3::text[]) AS u(seq, finding)
+         ON CONFLICT (job_id, seq) DO UPDATE SET finding = excluded.finding",
+    )
+    .bind(job_id)
+    .bind(&seqs)
+    .bind(&texts)
+    .bind(at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The sweep job `job_id` has completed (in `tx`): publish its `drift.detected` when anything
 /// drifted. Items `changed` drifted (in a report-only sweep, a dry run, they would be
 /// repaired; otherwise they were), items `failed` could not be read or repaired and count as
@@ -186,8 +268,12 @@ pub async fn publish_detected(
         .unwrap_or(100)
         .clamp(1, MAX_DRIFT_ITEMS_LISTED as i64);
     let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT item, outcome, failure_code, detail FROM job_items
-         WHERE job_id = $1 AND outcome IN ('changed', 'failed') ORDER BY seq LIMIT $2",
+        // A repair finished by a later claim of its chunk has its finding in the notes.
+        "SELECT i.item, i.outcome, i.failure_code,
+                CASE WHEN i.outcome = 'changed' THEN coalesce(i.detail, n.finding)
+                     ELSE i.detail END
+         FROM job_items i LEFT JOIN drift_notes n ON n.job_id = i.job_id AND n.seq = i.seq
+         WHERE i.job_id = $1 AND i.outcome IN ('changed', 'failed') ORDER BY i.seq LIMIT $2",
     )
     .bind(job_id)
     .bind(limit + 1)
