@@ -801,7 +801,7 @@ pub(crate) async fn apply(
                 .gate_with_before(writes.iter().map(|(i, _)| items[*i].seq).collect(), before);
             let outcomes = tokio::select! {
                 // Throttled writes come back postponed rather than hold the turn.
-                outcomes = ctx.in_write_turn(waits::return_early(
+                outcomes = ctx.in_write_turn(changes.len(), waits::return_early(
                     ctx.tenant.assign_licences_gated(&changes, &gate),
                 )) => outcomes,
                 // Stopping: abandon the call. Its writes' intents are recorded, so the chunk's
