@@ -586,6 +586,7 @@ async fn held_groups(
     })
 }
 
+/// The result of an item whose read failed.
 fn failed(seq: i32, error: &TenantError) -> ItemResult {
     ItemResult::failed(seq, failure_code(error), error.to_string())
 }
@@ -593,10 +594,10 @@ fn failed(seq: i32, error: &TenantError) -> ItemResult {
 /// Whether the groups found are those expected (group names are compared case-insensitively,
 /// as Entra ID does).
 fn same_groups(found: &[String], expected: &BTreeSet<String>) -> bool {
-    let lower = |set: &mut dyn Iterator<Item = &String>| -> BTreeSet<String> {
-        set.map(|n| n.to_lowercase()).collect()
+    let lower = |names: Vec<&String>| -> BTreeSet<String> {
+        names.into_iter().map(|n| n.to_lowercase()).collect()
     };
-    lower(&mut found.iter()) == lower(&mut expected.iter())
+    lower(found.iter().collect()) == lower(expected.iter().collect())
 }
 
 /// A sweep's jobs were stored.
