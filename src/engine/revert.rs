@@ -353,8 +353,10 @@ async fn apply(
                 .writes
                 .gate_with_before(writes.iter().map(|(i, _)| items[*i].seq).collect(), before);
             let outcomes = tokio::select! {
-                outcomes = ctx.in_write_turn(changes.len(), ctx.tenant.assign_licences_gated(&changes, &gate))
-                    => outcomes,
+                outcomes = ctx.in_write_turn(
+                    changes.len(),
+                    ctx.tenant.assign_licences_gated(&changes, &gate),
+                ) => outcomes,
                 // Stopping: the writes' intents are recorded; the chunk's next worker reads
                 // the users back.
                 _ = ctx.stop.cancelled() => return Ok(results.into_iter().flatten().collect()),

@@ -1,6 +1,6 @@
 //! The operator console's JSON API against a real worker: reads (filters, search, one job, its
 //! items, failures as CSV, chunks, events, a user's jobs, the overview) and operator actions
-//! with roles and CSRF. The pages in a real browser are in `console_browser`.
+//! with roles and CSRF, a revert posted from a job's page included. The pages in a real browser are in `console_browser`.
 
 use std::time::Duration;
 
@@ -441,5 +441,89 @@ async fn no_console_without_authentication_unless_configured() {
             .await
             .0,
         StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn an_operator_reverts_a_completed_job_from_its_page_a_reader_cannot() {
+    let app = console_app(&[]).await;
+    let api = Api::new(&app);
+    let members = app.sim.seed_users("undo", 4);
+    let before: Vec<_> = members.iter().map(|u| app.sim.licences(u)).collect();
+    let job = publish_policy(&app, "rx1-undo", &members).await;
+    let message_id = job["message_id"].as_str().unwrap().to_owned();
+    let detail = completed(&api, &message_id).await;
+    for (upn, was) in members.iter().zip(&before) {
+        assert_ne!(&app.sim.licences(upn), was, "{upn} licensed by the job");
+    }
+
+    // The completed job's page offers the revert to an operator only.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page_url = app.url(&format!("/console/jobs/{message_id}"));
+    let operator = format!("pr_console={OPERATOR_TOKEN}; pr_csrf=abc123");
+    let reader = format!("pr_console={READER_TOKEN}; pr_csrf=abc123");
+    let page = |cookie: String| {
+        let request = client.get(&page_url).header("cookie", cookie);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(page(operator.clone()).await.contains("id=\"revert\""));
+    assert!(!page(reader.clone()).await.contains("id=\"revert\""));
+
+    let post = |cookie: &str, csrf: &str, reason: &str| {
+        client
+            .post(&page_url)
+            .header("cookie", cookie)
+            .form(&[("action", "revert"), ("reason", reason), ("csrf", csrf)])
+            .send()
+    };
+    let reason = "INC0100200 sent for the wrong practice";
+    assert_eq!(
+        post(&reader, "abc123", reason).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(&operator, "abc124", reason).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let no_revert: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE job_type = 'policy.revert'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(no_revert, 0, "a refused post stored a revert");
+    // The button's post: post/redirect/get back to the page, saying what was done.
+    let done = post(&operator, "abc123", reason).await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let location = done.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.contains("revert%20job"), "{location}");
+
+    // The revert runs as a job of its own and restores every member, in the tenant.
+    let (revert_id, revert_message): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT id, message_id FROM jobs WHERE job_type = 'policy.revert'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let reverted = completed(&api, &revert_message).await;
+    assert_eq!(reverted["outcome"], "succeeded", "{reverted}");
+    assert!(detail["id"].is_string(), "{detail}");
+    assert_eq!(reverted["subject"]["reverts"], detail["id"], "{reverted}");
+    for (upn, was) in members.iter().zip(&before) {
+        assert_eq!(&app.sim.licences(upn), was, "{upn} restored");
+    }
+    // Recorded as the operator's action on the job reverted: who, why, and the revert job.
+    let detail = api
+        .json(READER_TOKEN, &format!("/api/v1/jobs/{message_id}"))
+        .await;
+    let actions = detail["operator_actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "{detail}");
+    assert_eq!(actions[0]["action"], "revert");
+    assert_eq!(actions[0]["by"], "ops");
+    assert_eq!(actions[0]["reason"], reason);
+    assert!(
+        location.contains(&revert_id.to_string()),
+        "{location} names the revert job"
     );
 }
