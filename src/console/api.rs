@@ -509,6 +509,6 @@ async fn overview(
         "dead_letters": view.figures.dead_letters,
         "dead_letters_24h": view.figures.dead_letters_24h,
         "write_budget": view.figures.write_budget,
-        "drift": null,
+        "drift": view.figures.drift,
     })))
 }

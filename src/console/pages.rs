@@ -4,7 +4,7 @@
 //!
 //! | page | what |
 //! |---|---|
-//! | `/console` | overview: unfinished jobs, jobs at risk, dead letters, write budget |
+//! | `/console` | overview: unfinished jobs, jobs at risk, dead letters, write budget, drift found by sweeps |
 //! | `/console/jobs` | jobs by state, type, outcome, ODS code, flag; search; pages |
 //! | `/console/jobs/{job}` | progress, target, counts, chunks, actions, failures, events |
 //! | `/console/users?email=` | every job that touched an address |
@@ -269,7 +269,10 @@ async fn overview(who: Identity, State(console): State<Console>) -> PageResult {
                 dt { "At risk of missing the 24-hour target" }
                 dd #at-risk-count class=(if view.at_risk.is_empty() { "ok" } else { "risk" }) { (view.at_risk.len()) }
                 dt { "Dead letters (ingest)" } dd { (view.figures.dead_letters_24h) " in the last 24 h, " (view.figures.dead_letters) " in all" }
-                dt { "Drift" } dd.muted { "not shown here yet (drift sweeps are built separately)" }
+                dt { "Drift (last " (browse::DRIFT_LISTED_DAYS) " days)" }
+                dd #drift-count class=(if view.figures.drift.is_empty() { "ok" } else { "risk" }) {
+                    (view.figures.drift.len()) " sweeps found drift"
+                }
             }
             h2 { "Write budget" }
             @if view.figures.write_budget.is_empty() {
@@ -283,12 +286,39 @@ async fn overview(who: Identity, State(console): State<Console>) -> PageResult {
                     }
                 }
             }
+            h2 #drift { "Drift found by sweeps" }
+            @if view.figures.drift.is_empty() {
+                p.ok { "None in the last " (browse::DRIFT_LISTED_DAYS) " days." }
+            } @else {
+                table #drift-table {
+                    tr { th { "Found" } th { "Sweep job" } th { "Of" } th { "Checked" } th { "Drifted" } th { "Repaired" } th { "Failed" } }
+                    @for d in &view.figures.drift {
+                        tr {
+                            td { (time(d.found_at)) }
+                            td { @if let Some(id) = d.job_id { a href={ "/console/jobs/" (id) } { (id) } } }
+                            td { (drift_subject(&d.subject)) }
+                            @for key in ["checked", "drifted", "repaired", "failed"] {
+                                td { (d.counts[key].as_u64().unwrap_or(0)) }
+                            }
+                        }
+                    }
+                }
+            }
             h2 { "At risk" }
             @if view.at_risk.is_empty() { p.ok { "None." } } @else { (jobs_table(&view.at_risk)) }
             h2 { "Unfinished" }
             @if view.unfinished.is_empty() { p.muted { "None." } } @else { (jobs_table(&view.unfinished)) }
         }
     }))
+}
+
+/// What a sweep looked at: "policy ID v VERSION" or "ODS code CODE".
+fn drift_subject(subject: &serde_json::Value) -> String {
+    match (subject["policy_id"].as_str(), subject["ods_code"].as_str()) {
+        (Some(policy), _) => format!("policy {policy} v{}", subject["version"]),
+        (None, Some(code)) => format!("ODS code {code}"),
+        _ => subject.to_string(),
+    }
 }
 
 // ---- jobs ----

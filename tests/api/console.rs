@@ -284,6 +284,7 @@ async fn the_api_finds_a_job_and_shows_its_items_failures_chunks_and_events() {
         "{overview}"
     );
     assert_eq!(overview["dead_letters"], 0);
+    assert_eq!(overview["drift"], json!([]), "no sweep has found drift");
 
     // Actions: a completed job refuses; a reader is refused whatever the job.
     let (status, body) = api.act(OPERATOR_TOKEN, message_id, "pause", "test").await;

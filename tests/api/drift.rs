@@ -13,6 +13,7 @@ use policy_reconciler::store::drift::store_sweep;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::console::{Api, READER_TOKEN};
 use crate::helpers::{AppOptions, TestApp, spawn_app_with};
 use crate::kit::broker::EventQueue;
 use crate::kit::wait_until;
@@ -20,11 +21,16 @@ use crate::kit::wait_until;
 const ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
 
 /// A worker whose clock is in an off-peak window (a Saturday): sweeps run only there. The
-/// schedule is off (the helpers' default): the test stores its sweeps itself.
+/// schedule is off (the helpers' default): the test stores its sweeps itself. Its console
+/// knows the reader of `console::READER_TOKEN`.
 async fn app() -> TestApp {
     let clock = Arc::new(ManualClock::new("2026-11-28T10:00:00Z".parse().unwrap()));
     spawn_app_with(AppOptions {
         clock: Some(clock),
+        env: vec![
+            ("CONSOLE__TOKENS__VIEWER__ROLE".into(), "reader".into()),
+            ("CONSOLE__TOKENS__VIEWER__TOKEN".into(), READER_TOKEN.into()),
+        ],
         ..Default::default()
     })
     .await
@@ -270,6 +276,27 @@ async fn a_report_only_sweep_reports_a_removed_licence_and_writes_nothing() {
     // Nothing was written: the licence is still gone.
     let (outcome, _, _, dry_run) = completed_sweep(&app, &stored[0]).await;
     assert_eq!((outcome.as_str(), dry_run), ("succeeded", true));
+
+    // The console's overview lists it, with a link to the sweep job.
+    let api = Api::new(&app);
+    let sweep_id: Uuid = sqlx::query_scalar("SELECT id FROM jobs WHERE message_id = $1")
+        .bind(&stored[0])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let overview = api.json(READER_TOKEN, "/api/v1/overview").await;
+    let listed = overview["drift"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{overview}");
+    assert_eq!(listed[0]["job_id"], sweep_id.to_string());
+    assert_eq!(listed[0]["subject"], drift["subject"]);
+    assert_eq!(listed[0]["counts"], drift["counts"]);
+    let (_, page) = api.get(Some(READER_TOKEN), "/console").await;
+    assert!(page.contains("1 sweeps found drift"), "{page}");
+    assert!(page.contains("policy rx1-report v3"), "{page}");
+    assert!(
+        page.contains(&format!("/console/jobs/{sweep_id}")),
+        "{page}"
+    );
     assert!(app.sim.licences(&members[0]).is_empty());
     assert_eq!(app.sim.licences(&members[1]), vec![expected]);
     assert_eq!(app.sim.licence_writes(), writes);

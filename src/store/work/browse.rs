@@ -330,6 +330,41 @@ pub struct OverviewFigures {
     pub dead_letters: i64,
     pub dead_letters_24h: i64,
     pub write_budget: Vec<BudgetRow>,
+    /// Drift found by recent sweeps.
+    pub drift: Vec<DriftRow>,
+}
+
+/// A sweep job that found drift, as its `drift.detected` says (see `store::drift`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DriftRow {
+    pub found_at: DateTime<Utc>,
+    /// The sweep job.
+    pub job_id: Option<Uuid>,
+    /// `{policy_id, version}` or `{ods_code}`.
+    pub subject: serde_json::Value,
+    /// `{checked, drifted, repaired, failed}`.
+    pub counts: serde_json::Value,
+}
+
+/// How many days back the overview lists drift.
+pub const DRIFT_LISTED_DAYS: i32 = 7;
+/// At most this many of them, newest first.
+pub const DRIFT_LISTED_MAX: i64 = 50;
+
+/// The sweeps that found drift in the last [`DRIFT_LISTED_DAYS`] days, newest first (index
+/// `outbox_drift_detected`).
+pub async fn recent_drift(pool: &PgPool) -> Result<Vec<DriftRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT created_at AS found_at, job_id, body -> 'subject' AS subject,
+                body -> 'counts' AS counts
+         FROM outbox WHERE event_type = 'drift.detected'
+           AND created_at > now() - make_interval(days => $1)
+         ORDER BY id DESC LIMIT $2",
+    )
+    .bind(DRIFT_LISTED_DAYS)
+    .bind(DRIFT_LISTED_MAX)
+    .fetch_all(pool)
+    .await?)
 }
 
 pub async fn overview_figures(pool: &PgPool) -> Result<OverviewFigures, StoreError> {
@@ -348,6 +383,7 @@ pub async fn overview_figures(pool: &PgPool) -> Result<OverviewFigures, StoreErr
         dead_letters,
         dead_letters_24h,
         write_budget,
+        drift: recent_drift(pool).await?,
     })
 }
 
