@@ -2,15 +2,16 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `GET /api/v1/openapi.yaml` | this API's OpenAPI 3.1 document (`contract/console-api.openapi.yaml`) |
 //! | `GET /api/v1/whoami` | the caller's name and role |
-//! | `GET /api/v1/overview` | unfinished jobs, jobs at risk, dead letters, write budget |
+//! | `GET /api/v1/overview` | unfinished jobs, jobs at risk, dead letters, write budget, drift found by sweeps |
 //! | `GET /api/v1/jobs?state&type&outcome&ods&flag&q&page&per_page` | jobs, newest first |
 //! | `GET /api/v1/jobs/{job}` | one job (id or message_id): counts, progress, failure codes, operator actions |
 //! | `GET /api/v1/jobs/{job}/items?outcome&code&after&limit` | its items with outcomes and codes (keyset pages) |
 //! | `GET /api/v1/jobs/{job}/failures.csv?code` | its failures as CSV (`item,code,detail`) |
 //! | `GET /api/v1/jobs/{job}/chunks?after&limit` | its chunks |
 //! | `GET /api/v1/jobs/{job}/events` | the events it published |
-//! | `POST /api/v1/jobs/{job}/actions` `{"action", "reason"}` | pause, resume, expedite, cancel, approve (operators) |
+//! | `POST /api/v1/jobs/{job}/actions` `{"action", "reason"}` | pause, resume, expedite, cancel, approve, revert (operators) |
 //! | `GET /api/v1/users/{email}/jobs` | every job that touched an address |
 
 use axum::extract::{Path, Query, State};
@@ -31,6 +32,7 @@ use crate::store::work::views::Listed;
 
 pub fn routes() -> Router<Console> {
     Router::new()
+        .route("/api/v1/openapi.yaml", get(openapi))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/overview", get(overview))
         .route("/api/v1/jobs", get(jobs))
@@ -104,6 +106,15 @@ impl JobsQuery {
 
 fn bad(message: String) -> ConsoleError {
     ConsoleError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// This API's OpenAPI document ([`crate::contract::CONSOLE_OPENAPI`]).
+async fn openapi(_who: Identity) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        crate::contract::CONSOLE_OPENAPI,
+    )
+        .into_response()
 }
 
 async fn whoami(who: Identity) -> Json<Value> {

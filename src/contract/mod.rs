@@ -52,6 +52,11 @@ const NOT_BLANK: &str = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u2
 /// The AsyncAPI 3.0 document (`contract/asyncapi.yaml`).
 pub const ASYNCAPI: &str = include_str!("../../contract/asyncapi.yaml");
 
+/// The OpenAPI 3.1 document of the operator console's JSON API
+/// (`contract/console-api.openapi.yaml`, served at `/api/v1/openapi.yaml`; the console tests
+/// check the API's answers against it).
+pub const CONSOLE_OPENAPI: &str = include_str!("../../contract/console-api.openapi.yaml");
+
 /// The event types of the contract, in its order.
 pub const EVENT_TYPES: &[&str] = &[
     JobAccepted::TYPE,

@@ -81,7 +81,9 @@ impl Api {
     pub async fn json(&self, token: &str, path: &str) -> Value {
         let (status, body) = self.get(Some(token), path).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
+        let body: Value = serde_json::from_str(&body).unwrap();
+        check_documented("get", path, status, &body);
+        body
     }
 
     pub async fn act(
@@ -100,8 +102,74 @@ impl Api {
             .await
             .unwrap();
         let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let body = response.json().await.unwrap_or(Value::Null);
+        check_documented(
+            "post",
+            &format!("/api/v1/jobs/{job}/actions"),
+            status,
+            &body,
+        );
+        (status, body)
     }
+}
+
+/// The console API's OpenAPI document (`contract/console-api.openapi.yaml`).
+fn openapi() -> &'static Value {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        serde_norway::from_str(policy_reconciler::contract::CONSOLE_OPENAPI)
+            .expect("the OpenAPI document is YAML")
+    })
+}
+
+/// The document's path template that `path` (without its query) matches.
+fn documented_path(path: &str) -> Option<&'static str> {
+    let path = path.split('?').next().unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').collect();
+    openapi()["paths"]
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .find(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()))
+        })
+}
+
+/// Checks an answer of the API against the OpenAPI document: its path and status are
+/// documented, and a JSON body validates against the response's schema.
+fn check_documented(method: &str, path: &str, status: StatusCode, body: &Value) {
+    let doc = openapi();
+    let template =
+        documented_path(path).unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+    let escape = |s: &str| s.replace('~', "~0").replace('/', "~1");
+    let mut response = format!(
+        "/paths/{}/{method}/responses/{}",
+        escape(template),
+        status.as_u16()
+    );
+    let documented = doc
+        .pointer(&response)
+        .unwrap_or_else(|| panic!("{method} {template} answered {status}, not documented"));
+    if let Some(target) = documented["$ref"].as_str() {
+        response = target.trim_start_matches('#').to_owned();
+    }
+    let schema = doc
+        .pointer(&format!("{response}/content/application~1json/schema"))
+        .unwrap_or_else(|| panic!("{method} {template} {status}: no JSON schema documented"));
+    // With the document's components beside it, so that `#/components/...` resolves.
+    let mut root = schema.clone();
+    root["components"] = doc["components"].clone();
+    let validator = jsonschema::validator_for(&root).expect("the document's schemas compile");
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} ({status}) does not match the OpenAPI document: {errors:?}\n{body}"
+    );
 }
 
 pub async fn completed(api: &Api, job: &str) -> Value {
@@ -527,4 +595,54 @@ async fn an_operator_reverts_a_completed_job_from_its_page_a_reader_cannot() {
         location.contains(&revert_id.to_string()),
         "{location} names the revert job"
     );
+}
+
+#[tokio::test]
+async fn every_path_of_the_openapi_document_is_served_and_the_document_too() {
+    let app = console_app(&[]).await;
+    let api = Api::new(&app);
+    let (status, served) = api.get(Some(READER_TOKEN), "/api/v1/openapi.yaml").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served, policy_reconciler::contract::CONSOLE_OPENAPI);
+    assert_eq!(
+        api.get(None, "/api/v1/openapi.yaml").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Each path with its parameters filled: the route answers (a handler's 404 says which
+    // job is missing; the router's own has no body).
+    let client = reqwest::Client::new();
+    let missing = uuid::Uuid::new_v4().to_string();
+    for (template, operations) in openapi()["paths"].as_object().unwrap() {
+        let path = template
+            .replace("{job}", &missing)
+            .replace("{email}", "nobody@nhs.net");
+        for method in operations.as_object().unwrap().keys() {
+            let request = match method.as_str() {
+                "get" => client.get(app.url(&path)),
+                "post" => client
+                    .post(app.url(&path))
+                    .json(&json!({ "action": "pause", "reason": "probe" })),
+                other => panic!("{other} {template}: a method the test does not know"),
+            };
+            let response = request.bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert!(
+                status != StatusCode::NOT_FOUND || body.contains("no job"),
+                "{method} {template}: {status} {body}"
+            );
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {template}"
+            );
+            if let Ok(json) = serde_json::from_str::<Value>(&body) {
+                check_documented(method, &path, status, &json);
+            }
+        }
+    }
+    // An undocumented path is the router's 404.
+    let (status, _) = api.get(Some(READER_TOKEN), "/api/v1/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(documented_path("/api/v1/nothing-here").is_none());
 }
