@@ -271,7 +271,7 @@ async fn overview(who: Identity, State(console): State<Console>) -> PageResult {
                 dt { "Dead letters (ingest)" } dd { (view.figures.dead_letters_24h) " in the last 24 h, " (view.figures.dead_letters) " in all" }
                 dt { "Drift (last " (browse::DRIFT_LISTED_DAYS) " days)" }
                 dd #drift-count class=(if view.figures.drift.is_empty() { "ok" } else { "risk" }) {
-                    (view.figures.drift.len()) " sweeps found drift"
+                    (view.figures.drift.len()) @if view.figures.drift.len() == 1 { " sweep" } @else { " sweeps" } " found drift"
                 }
             }
             h2 { "Write budget" }

@@ -211,7 +211,7 @@ async fn apply(
     // Members found drifted by an earlier claim of this chunk go straight back to their repair
     // (their findings are in the notes).
     let seqs: Vec<i32> = checked.iter().map(|i| i.seq).collect();
-    let notes = store::notes(ctx.pool, ctx.job.id, &seqs).await?;
+    let notes = store::notes(ctx.pool, ctx.job.id, &seqs, ctx.retry.verify_within()).await?;
     let mut findings: HashMap<i32, String> = notes
         .iter()
         .filter_map(|(seq, n)| n.finding.clone().map(|f| (*seq, f)))
@@ -262,7 +262,7 @@ async fn apply(
         return Ok(results);
     }
     if !found.is_empty() {
-        store::found(ctx.pool, ctx.job.id, &found, sighting.read_at).await?;
+        store::found(ctx.pool, ctx.job.id, &found).await?;
         findings.extend(found);
     }
     // Repair: the policy applier's own read, write and read-back (it reads the user again: a
@@ -274,13 +274,11 @@ async fn apply(
 }
 
 /// A repaired item's result with what the sweep found as its detail. One found compliant by
-/// a later claim (the repair written by an earlier one) is recorded `changed` by the store;
-/// it carries the finding too.
+/// a later claim (the repair written by an earlier one) keeps no detail: `drift.detected`
+/// takes its finding from the notes (`store::publish_detected`).
 fn with_finding(mut result: ItemResult, findings: &HashMap<i32, String>) -> ItemResult {
-    if matches!(
-        result.outcome,
-        ItemOutcome::Changed | ItemOutcome::AlreadyCompliant
-    ) && let Some(finding) = findings.get(&result.seq)
+    if result.outcome == ItemOutcome::Changed
+        && let Some(finding) = findings.get(&result.seq)
     {
         result.detail = Some(finding.clone());
     }
@@ -296,13 +294,12 @@ fn with_finding(mut result: ItemResult, findings: &HashMap<i32, String>) -> Item
 /// was first seen still shows it: by then every replica has every write made before the first
 /// sighting. Meanwhile the item keeps no result and the chunk is handed back ([`Defer`]), so a
 /// sweep holds no executor while it waits; the first sighting is noted in the store, for
-/// whichever claim comes back.
+/// whichever claim comes back, and timed by the database's clock (which every replica shares).
 ///
 /// [`Defer`]: super::kind::Defer
 struct Sighting {
-    /// When this round's reads began.
-    read_at: DateTime<Utc>,
-    window: chrono::Duration,
+    /// `engine.verify_within_ms`.
+    window: Duration,
     /// Seen differing for the first time.
     new: Vec<i32>,
     /// The shortest wait until a difference seen can be trusted.
@@ -311,43 +308,37 @@ struct Sighting {
 
 impl Sighting {
     fn new<P>(ctx: &ApplyContext<'_, P>) -> Self {
-        Self::at(Utc::now(), ctx.retry.verify_within())
+        Self::with_window(ctx.retry.verify_within())
     }
 
-    fn at(read_at: DateTime<Utc>, window: Duration) -> Self {
+    fn with_window(window: Duration) -> Self {
         Self {
-            read_at,
-            window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
+            window,
             new: Vec::new(),
             wait: None,
         }
     }
 
     /// Whether the difference the item `seq` shows now is drift (see the type's docs); when
-    /// not, the item is to be left without a result.
+    /// not, the item is to be left without a result. `note` was read before the item.
     fn trusted(&mut self, seq: i32, note: Option<&store::Note>) -> bool {
-        let since = match note {
-            Some(note) => note.suspected_at,
+        let remaining = match note {
+            Some(note) if note.remaining.is_zero() => return true,
+            Some(note) => note.remaining,
             None => {
                 self.new.push(seq);
-                self.read_at
+                self.window
             }
         };
-        let trusted_from = since
-            .checked_add_signed(self.window)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let remaining = (trusted_from - self.read_at).to_std().unwrap_or_default();
-        if note.is_some() && remaining.is_zero() {
-            return true;
-        }
         self.wait = Some(self.wait.map_or(remaining, |w| w.min(remaining)));
         false
     }
 
-    /// Notes the new sightings and hands the chunk back for the items left without a result.
+    /// Notes the new sightings (by the database's clock, after their reads) and hands the
+    /// chunk back for the items left without a result.
     async fn hand_back<P>(&self, ctx: &ApplyContext<'_, P>) -> Result<(), EngineError> {
         if !self.new.is_empty() {
-            store::suspect(ctx.pool, ctx.job.id, &self.new, self.read_at).await?;
+            store::suspect(ctx.pool, ctx.job.id, &self.new).await?;
         }
         if let Some(wait) = self.wait {
             ctx.defer.later(wait.max(MIN_COME_BACK));
@@ -502,7 +493,7 @@ async fn apply_roles(
     // and a difference counts once a read made after replication has had time shows it
     // ([`Sighting`]).
     let seqs: Vec<i32> = checked.iter().map(|(i, ..)| i.seq).collect();
-    let notes = store::notes(ctx.pool, ctx.job.id, &seqs).await?;
+    let notes = store::notes(ctx.pool, ctx.job.id, &seqs, ctx.retry.verify_within()).await?;
     let mut findings: HashMap<i32, String> = notes
         .iter()
         .filter_map(|(seq, n)| n.finding.clone().map(|f| (*seq, f)))
@@ -547,7 +538,7 @@ async fn apply_roles(
         return Ok(results);
     }
     if !found_now.is_empty() {
-        store::found(ctx.pool, ctx.job.id, &found_now, sighting.read_at).await?;
+        store::found(ctx.pool, ctx.job.id, &found_now).await?;
         findings.extend(found_now);
     }
     // Repair: the admin-role applier's own reads, writes and read-backs, under its user locks.
@@ -708,11 +699,9 @@ mod tests {
 
     #[test]
     fn a_difference_counts_once_replication_has_had_time_since_it_was_first_seen() {
-        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
-        let read_at = at("2026-11-28T22:00:00Z");
-        let mut sighting = Sighting::at(read_at, Duration::from_secs(60));
-        let note = |since: &str| store::Note {
-            suspected_at: at(since),
+        let mut sighting = Sighting::with_window(Duration::from_secs(60));
+        let note = |remaining: u64| store::Note {
+            remaining: Duration::from_secs(remaining),
             finding: None,
         };
         // First seen now: noted, not trusted, back after the whole window.
@@ -720,11 +709,10 @@ mod tests {
         assert_eq!(sighting.new, vec![1]);
         assert_eq!(sighting.wait, Some(Duration::from_secs(60)));
         // Seen 45 s ago: 15 s to go, the shortest wait wins.
-        assert!(!sighting.trusted(2, Some(&note("2026-11-28T21:59:15Z"))));
+        assert!(!sighting.trusted(2, Some(&note(15))));
         assert_eq!(sighting.wait, Some(Duration::from_secs(15)));
         // Seen a window ago or more: the read now is trusted.
-        assert!(sighting.trusted(3, Some(&note("2026-11-28T21:59:00Z"))));
-        assert!(sighting.trusted(4, Some(&note("2026-11-28T20:00:00Z"))));
+        assert!(sighting.trusted(3, Some(&note(0))));
         assert_eq!(sighting.new, vec![1]);
         assert_eq!(sighting.wait, Some(Duration::from_secs(15)));
     }

@@ -156,33 +156,41 @@ pub fn finding(found: Value, expected: Value) -> String {
 /// What a sweep learnt of an item in an earlier claim of its chunk (`drift_notes`).
 #[derive(Debug, Clone)]
 pub struct Note {
-    /// When a read first showed the item differing from what is expected.
-    pub suspected_at: DateTime<Utc>,
+    /// How long until a read shows a difference `window` after it was first seen (zero: a
+    /// read now can be trusted). Measured by the database's clock, which every replica shares.
+    pub remaining: std::time::Duration,
     /// What a read made once replication had had time found (JSON, [`finding`]): the item
     /// drifted, and its repair is under way.
     pub finding: Option<String>,
 }
 
-/// The notes of those of `seqs` of the sweep job `job_id`.
+/// The notes of those of `seqs` of the sweep job `job_id`, with `window` (how long after a
+/// difference was first seen a read of it is trusted).
 pub async fn notes(
     pool: &PgPool,
     job_id: Uuid,
     seqs: &[i32],
+    window: std::time::Duration,
 ) -> Result<HashMap<i32, Note>, StoreError> {
-    let rows: Vec<(i32, DateTime<Utc>, Option<String>)> = sqlx::query_as(
-        "SELECT seq, suspected_at, finding FROM drift_notes WHERE job_id = $1 AND seq = ANY($2)",
+    let rows: Vec<(i32, f64, Option<String>)> = sqlx::query_as(
+        "SELECT seq,
+                greatest(0, extract(epoch FROM suspected_at - now()) + $3)::float8,
+                finding
+         FROM drift_notes WHERE job_id = $1 AND seq = ANY($2)",
     )
     .bind(job_id)
     .bind(seqs)
+    .bind(window.as_secs_f64())
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(seq, suspected_at, finding)| {
+        .map(|(seq, remaining, finding)| {
             (
                 seq,
                 Note {
-                    suspected_at,
+                    remaining: std::time::Duration::try_from_secs_f64(remaining)
+                        .unwrap_or(std::time::Duration::MAX),
                     finding,
                 },
             )
@@ -190,21 +198,16 @@ pub async fn notes(
         .collect())
 }
 
-/// Notes that a read of the items `seqs` differed at `at` (the first such time is kept).
-pub async fn suspect(
-    pool: &PgPool,
-    job_id: Uuid,
-    seqs: &[i32],
-    at: DateTime<Utc>,
-) -> Result<(), StoreError> {
+/// Notes that reads of the items `seqs` differed (now, by the database's clock: after the
+/// reads; the first such time is kept).
+pub async fn suspect(pool: &PgPool, job_id: Uuid, seqs: &[i32]) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO drift_notes (job_id, seq, suspected_at)
-         SELECT $1, seq, $3 FROM unnest($2::int[]) AS seq
+         SELECT $1, seq, now() FROM unnest($2::int[]) AS seq
          ON CONFLICT (job_id, seq) DO NOTHING",
     )
     .bind(job_id)
     .bind(seqs)
-    .bind(at)
     .execute(pool)
     .await?;
     Ok(())
@@ -215,19 +218,17 @@ pub async fn found(
     pool: &PgPool,
     job_id: Uuid,
     findings: &HashMap<i32, String>,
-    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (seqs, texts): (Vec<i32>, Vec<&str>) =
         findings.iter().map(|(s, d)| (*s, d.as_str())).unzip();
     sqlx::query(
         "INSERT INTO drift_notes (job_id, seq, suspected_at, finding)
-         SELECT $1, u.seq, $4, u.finding FROM unnest($2::int[], $3::text[]) AS u(seq, finding)
+         SELECT $1, u.seq, now(), u.finding FROM unnest($2::int[], $3::text[]) AS u(seq, finding)
          ON CONFLICT (job_id, seq) DO UPDATE SET finding = excluded.finding",
     )
     .bind(job_id)
     .bind(&seqs)
     .bind(&texts)
-    .bind(at)
     .execute(pool)
     .await?;
     Ok(())
@@ -236,7 +237,10 @@ pub async fn found(
 /// The sweep job `job_id` has completed (in `tx`): publish its `drift.detected` when anything
 /// drifted. Items `changed` drifted (in a report-only sweep, a dry run, they would be
 /// repaired; otherwise they were), items `failed` could not be read or repaired and count as
-/// drifted too, `skipped` ones (no longer members) were not checked.
+/// drifted too, `skipped` ones (no longer members) were not checked. An item with a finding
+/// noted ([`found`]) whose repair a later claim found done (recorded `already_compliant`: no
+/// write intent of that claim, as for an interrupted admin-role repair) drifted and was
+/// brought back: it counts as `changed`.
 pub async fn publish_detected(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
@@ -246,10 +250,12 @@ pub async fn publish_detected(
 ) -> Result<(), StoreError> {
     let (checked, changed, failed, items_max): (i64, i64, i64, Option<i64>) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE i.outcome IN ('changed', 'already_compliant', 'failed')),
-                count(*) FILTER (WHERE i.outcome = 'changed'),
+                count(*) FILTER (WHERE i.outcome = 'changed'
+                                 OR (i.outcome = 'already_compliant' AND n.finding IS NOT NULL)),
                 count(*) FILTER (WHERE i.outcome = 'failed'),
                 (SELECT (payload ->> 'items_max')::bigint FROM jobs WHERE id = $1)
-         FROM job_items i WHERE i.job_id = $1",
+         FROM job_items i LEFT JOIN drift_notes n ON n.job_id = i.job_id AND n.seq = i.seq
+         WHERE i.job_id = $1",
     )
     .bind(job_id)
     .fetch_one(&mut **tx)
@@ -269,11 +275,14 @@ pub async fn publish_detected(
         .clamp(1, MAX_DRIFT_ITEMS_LISTED as i64);
     let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
         // A repair finished by a later claim of its chunk has its finding in the notes.
-        "SELECT i.item, i.outcome, i.failure_code,
-                CASE WHEN i.outcome = 'changed' THEN coalesce(i.detail, n.finding)
-                     ELSE i.detail END
+        "SELECT i.item, CASE WHEN i.outcome = 'failed' THEN 'failed' ELSE 'changed' END,
+                i.failure_code,
+                CASE WHEN i.outcome = 'failed' THEN i.detail ELSE coalesce(i.detail, n.finding) END
          FROM job_items i LEFT JOIN drift_notes n ON n.job_id = i.job_id AND n.seq = i.seq
-         WHERE i.job_id = $1 AND i.outcome IN ('changed', 'failed') ORDER BY i.seq LIMIT $2",
+         WHERE i.job_id = $1
+           AND (i.outcome IN ('changed', 'failed')
+                OR (i.outcome = 'already_compliant' AND n.finding IS NOT NULL))
+         ORDER BY i.seq LIMIT $2",
     )
     .bind(job_id)
     .bind(limit + 1)

@@ -164,7 +164,10 @@ fn check_documented(method: &str, path: &str, status: StatusCode, body: &Value) 
     // With the document's components beside it, so that `#/components/...` resolves.
     let mut root = schema.clone();
     root["components"] = doc["components"].clone();
-    let validator = jsonschema::validator_for(&root).expect("the document's schemas compile");
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&root)
+        .expect("the document's schemas compile");
     let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
     assert!(
         errors.is_empty(),

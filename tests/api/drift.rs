@@ -291,7 +291,7 @@ async fn a_report_only_sweep_reports_a_removed_licence_and_writes_nothing() {
     assert_eq!(listed[0]["subject"], drift["subject"]);
     assert_eq!(listed[0]["counts"], drift["counts"]);
     let (_, page) = api.get(Some(READER_TOKEN), "/console").await;
-    assert!(page.contains("1 sweeps found drift"), "{page}");
+    assert!(page.contains("1 sweep found drift"), "{page}");
     assert!(page.contains("policy rx1-report v3"), "{page}");
     assert!(
         page.contains(&format!("/console/jobs/{sweep_id}")),
