@@ -208,21 +208,12 @@ async fn apply(
     managed.insert(desired.sku_id);
     let expected = describe(&[&desired], &catalogue);
 
-    // Members found drifted by an earlier claim of this chunk go straight back to their repair
-    // (their findings are in the notes).
-    let seqs: Vec<i32> = checked.iter().map(|i| i.seq).collect();
-    let notes = store::notes(ctx.pool, ctx.job.id, &seqs, ctx.retry.verify_within()).await?;
-    let mut findings: HashMap<i32, String> = notes
-        .iter()
-        .filter_map(|(seq, n)| n.finding.clone().map(|f| (*seq, f)))
-        .collect();
-    let (noted, checked): (Vec<&WorkItem<()>>, Vec<&WorkItem<()>>) = checked
+    // Members found drifted by an earlier claim of this chunk go straight back to their repair.
+    let mut round = Round::begin(ctx, checked.iter().map(|i| i.seq)).await?;
+    let checked: Vec<&WorkItem<()>> = checked
         .into_iter()
-        .partition(|i| findings.contains_key(&i.seq));
-    let mut drifted: Vec<WorkItem<()>> = noted.into_iter().cloned().collect();
-
-    let mut sighting = Sighting::new(ctx);
-    let mut found: HashMap<i32, String> = HashMap::new();
+        .filter(|i| !round.repairing(i))
+        .collect();
     let states = read(ctx, &checked).await?;
     for (item, state) in checked.iter().zip(states) {
         let state = match state {
@@ -236,34 +227,18 @@ async fn apply(
             }
             Ok(state) => state,
         };
-        if !sighting.trusted(item.seq, notes.get(&item.seq)) {
-            continue;
-        }
-        let held: Vec<&AssignedLicence> = state
-            .assigned_licenses
-            .iter()
-            .filter(|l| managed.contains(&l.sku_id))
-            .collect();
-        let finding = store::finding(describe(&held, &catalogue), expected.clone());
-        if ctx.job.dry_run {
-            results.push(ItemResult {
-                seq: item.seq,
-                outcome: ItemOutcome::Changed,
-                code: None,
-                detail: Some(finding),
-            });
-        } else {
-            found.insert(item.seq, finding);
-            drifted.push((*item).clone());
-        }
+        round.differs(ctx, item, &mut results, || {
+            let held: Vec<&AssignedLicence> = state
+                .assigned_licenses
+                .iter()
+                .filter(|l| managed.contains(&l.sku_id))
+                .collect();
+            store::finding(describe(&held, &catalogue), expected.clone())
+        });
     }
-    sighting.hand_back(ctx).await?;
+    let (drifted, findings) = round.finish(ctx).await?;
     if drifted.is_empty() {
         return Ok(results);
-    }
-    if !found.is_empty() {
-        store::found(ctx.pool, ctx.job.id, &found).await?;
-        findings.extend(found);
     }
     // Repair: the policy applier's own read, write and read-back (it reads the user again: a
     // write is never planned from a read it did not make itself).
@@ -283,6 +258,90 @@ fn with_finding(mut result: ItemResult, findings: &HashMap<i32, String>) -> Item
         result.detail = Some(finding.clone());
     }
     result
+}
+
+/// One round of a sweep, for either kind: which items go to repair and with what finding.
+struct Round<S> {
+    sighting: Sighting,
+    notes: HashMap<i32, store::Note>,
+    /// What was found of the items to repair: noted by earlier claims, or found now.
+    findings: HashMap<i32, String>,
+    /// Of those, found now (to be noted).
+    found_now: HashMap<i32, String>,
+    drifted: Vec<WorkItem<S>>,
+}
+
+impl<S: Clone> Round<S> {
+    /// The round of the items `seqs`, with what earlier claims noted of them.
+    async fn begin<P>(
+        ctx: &ApplyContext<'_, P>,
+        seqs: impl Iterator<Item = i32>,
+    ) -> Result<Self, EngineError> {
+        let seqs: Vec<i32> = seqs.collect();
+        let notes = store::notes(ctx.pool, ctx.job.id, &seqs, ctx.retry.verify_within()).await?;
+        let findings = notes
+            .iter()
+            .filter_map(|(seq, n)| n.finding.clone().map(|f| (*seq, f)))
+            .collect();
+        Ok(Self {
+            sighting: Sighting::new(ctx),
+            notes,
+            findings,
+            found_now: HashMap::new(),
+            drifted: Vec::new(),
+        })
+    }
+
+    /// Whether an earlier claim found `item` drifted: it then goes straight to its repair,
+    /// unread here.
+    fn repairing(&mut self, item: &WorkItem<S>) -> bool {
+        let noted = self.findings.contains_key(&item.seq);
+        if noted {
+            self.drifted.push(item.clone());
+        }
+        noted
+    }
+
+    /// A read of `item` differs from what is expected (`finding` describes it): once trusted
+    /// ([`Sighting`]), drift, reported at once in a dry run and otherwise repaired; until then
+    /// the item is left without a result.
+    fn differs<P>(
+        &mut self,
+        ctx: &ApplyContext<'_, P>,
+        item: &WorkItem<S>,
+        results: &mut Vec<ItemResult>,
+        finding: impl FnOnce() -> String,
+    ) {
+        if !self.sighting.trusted(item.seq, self.notes.get(&item.seq)) {
+            return;
+        }
+        let finding = finding();
+        if ctx.job.dry_run {
+            results.push(ItemResult {
+                seq: item.seq,
+                outcome: ItemOutcome::Changed,
+                code: None,
+                detail: Some(finding),
+            });
+        } else {
+            self.found_now.insert(item.seq, finding);
+            self.drifted.push(item.clone());
+        }
+    }
+
+    /// Hands the chunk back for the differences not trusted yet, notes what was found now,
+    /// and returns the items to repair with every finding.
+    async fn finish<P>(
+        mut self,
+        ctx: &ApplyContext<'_, P>,
+    ) -> Result<(Vec<WorkItem<S>>, HashMap<i32, String>), EngineError> {
+        self.sighting.hand_back(ctx).await?;
+        if !self.found_now.is_empty() {
+            store::found(ctx.pool, ctx.job.id, &self.found_now).await?;
+            self.findings.extend(self.found_now);
+        }
+        Ok((self.drifted, self.findings))
+    }
 }
 
 /// The differences one round of a sweep read, and whether each can be trusted yet.
@@ -492,18 +551,9 @@ async fn apply_roles(
     // As for policies: holders found drifted by an earlier claim go straight to their repair,
     // and a difference counts once a read made after replication has had time shows it
     // ([`Sighting`]).
-    let seqs: Vec<i32> = checked.iter().map(|(i, ..)| i.seq).collect();
-    let notes = store::notes(ctx.pool, ctx.job.id, &seqs, ctx.retry.verify_within()).await?;
-    let mut findings: HashMap<i32, String> = notes
-        .iter()
-        .filter_map(|(seq, n)| n.finding.clone().map(|f| (*seq, f)))
-        .collect();
-    let mut drifted: Vec<WorkItem<ItemSpec>> = Vec::new();
-    let mut sighting = Sighting::new(ctx);
-    let mut found_now: HashMap<i32, String> = HashMap::new();
+    let mut round = Round::begin(ctx, checked.iter().map(|(i, ..)| i.seq)).await?;
     for (item, expected, candidates) in checked {
-        if findings.contains_key(&item.seq) {
-            drifted.push(item.clone());
+        if round.repairing(item) {
             continue;
         }
         let found = match held_groups(ctx, &item.key, &candidates).await? {
@@ -517,29 +567,13 @@ async fn apply_roles(
             }
             Ok(found) => found,
         };
-        if !sighting.trusted(item.seq, notes.get(&item.seq)) {
-            continue;
-        }
-        let finding = store::finding(sorted(found), sorted(expected));
-        if ctx.job.dry_run {
-            results.push(ItemResult {
-                seq: item.seq,
-                outcome: ItemOutcome::Changed,
-                code: None,
-                detail: Some(finding),
-            });
-        } else {
-            found_now.insert(item.seq, finding);
-            drifted.push(item.clone());
-        }
+        round.differs(ctx, item, &mut results, || {
+            store::finding(sorted(found), sorted(expected))
+        });
     }
-    sighting.hand_back(ctx).await?;
+    let (drifted, findings) = round.finish(ctx).await?;
     if drifted.is_empty() {
         return Ok(results);
-    }
-    if !found_now.is_empty() {
-        store::found(ctx.pool, ctx.job.id, &found_now).await?;
-        findings.extend(found_now);
     }
     // Repair: the admin-role applier's own reads, writes and read-backs, under its user locks.
     for result in roles::apply(names, ctx, &drifted).await? {
