@@ -193,9 +193,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "report" => DriftMode::Report,
                 _ => DriftMode::Repair,
             });
-            let stored =
-                policy_reconciler::engine::drift::sweep_now(&pool, &settings.engine.drift, mode)
-                    .await?;
+            let stored = policy_reconciler::engine::drift::sweep_now(
+                &pool,
+                &settings.engine.drift,
+                mode,
+                &policy_reconciler::engine::clock::SystemClock,
+            )
+            .await?;
             pool.close().await;
             let mut text = format!("stored {} drift.sweep jobs\n", stored.len());
             for message_id in stored {

@@ -77,8 +77,8 @@ pub struct RevertSettings {
 }
 
 impl RevertSettings {
-    pub fn retention(&self) -> chrono::Duration {
-        chrono::Duration::days(i64::from(self.retention_days.get()))
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.retention_days.get()) * 86_400)
     }
 }
 

@@ -24,10 +24,6 @@ use sqlx::PgPool;
 use crate::configuration::ConsoleSettings;
 use crate::ops::OpsError;
 
-/// The resolution target every job is measured against (contract: tickets resolved within a
-/// day).
-pub const TARGET: chrono::TimeDelta = chrono::TimeDelta::hours(24);
-
 /// What every console handler shares.
 #[derive(Clone)]
 pub struct Console {
@@ -79,7 +75,7 @@ pub struct ProgressInput {
 }
 
 pub fn progress(job: ProgressInput, now: DateTime<Utc>) -> Progress {
-    let deadline = job.received_at + TARGET;
+    let deadline = job.received_at + crate::engine::RESOLUTION_TARGET;
     let percent = match job.total {
         _ if job.completed => 100.0,
         Some(total) if total > 0 => (job.done as f64 * 100.0 / total as f64).min(100.0),

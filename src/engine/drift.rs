@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::clock::Clock;
 use super::kind::{
     ApplyContext, ItemOutcome, ItemResult, JobKind, Plan, PlanContext, PlannedItem, PlannedItems,
     WorkItem,
@@ -657,11 +658,14 @@ pub async fn sweep_now(
     pool: &sqlx::PgPool,
     settings: &DriftSettings,
     mode: Option<DriftMode>,
+    clock: &dyn Clock,
 ) -> Result<Vec<String>, EngineError> {
     let mode = mode.unwrap_or(settings.mode);
     let sweep = format!(
         "manual-{}",
-        Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     );
     let stored = store::store_sweep(
         pool,

@@ -137,23 +137,18 @@ impl Engine {
 
     /// End the jobs that have waited for approval longer than `engine.approval.wait_seconds`:
     /// `rejected`, their items skipped with `awaiting_approval_expired`. Judged by the
-    /// database's clock at approval time and this replica's when ending; a few seconds of skew
-    /// matter nothing against a wait of hours.
+    /// database's clock, which also stamped when the wait began: one clock for every replica.
     pub async fn expire_approvals(&self) {
         let wait = self.settings.approval.wait();
-        let Ok(wait) = chrono::Duration::from_std(wait) else {
-            return;
-        };
-        let before = chrono::Utc::now() - wait;
-        let Ok(jobs) = work::approvals_expired(&self.pool, before).await else {
+        let Ok(jobs) = work::approvals_expired(&self.pool, wait).await else {
             return;
         };
         let reason = format!(
             "no approval within {} s (engine.approval.wait_seconds)",
-            wait.num_seconds()
+            wait.as_secs()
         );
         for job_id in jobs {
-            match work::expire_approval(&self.pool, job_id, before, &reason).await {
+            match work::expire_approval(&self.pool, job_id, wait, &reason).await {
                 Ok(Some((job_type, outcome, counts))) => {
                     emit(ApprovalExpired { job_id });
                     emit(JobCompleted {
@@ -174,8 +169,8 @@ impl Engine {
     /// no longer be reverted. On every replica: the delete is idempotent and, by its index,
     /// touches only what is due.
     async fn delete_old_before_images(&self) {
-        let before = chrono::Utc::now() - self.settings.revert.retention();
-        match work::revert::delete_images_before(&self.pool, before).await {
+        let retention = self.settings.revert.retention();
+        match work::revert::delete_images_older_than(&self.pool, retention).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "before-images past their retention deleted"),
             Err(error) => tracing::warn!(%error, "cannot delete old before-images yet"),

@@ -10,6 +10,7 @@
 //! `deploy/local/services.sh` does); it skips, saying why, only when they are missing and
 //! cannot be installed.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -61,10 +62,13 @@ struct Browser {
 impl Browser {
     async fn start(chromedriver: &str) -> Self {
         let port = crate::kit::worker::free_port();
+        // A process group of its own: the Chromium processes chromedriver starts are ended
+        // with it (killing chromedriver alone left them running after the tests).
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver starts");
         let http = reqwest::Client::new();
@@ -267,6 +271,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group: chromedriver and every Chromium process it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

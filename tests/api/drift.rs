@@ -3,12 +3,12 @@
 //! center would), a sweep stored (`drift sweep`'s library function), and what it finds: the
 //! `drift.detected` event (checked against the contract's schema) and the tenant's state.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc, Weekday};
 use policy_reconciler::configuration::DriftMode;
-use policy_reconciler::engine::clock::ManualClock;
-use policy_reconciler::engine::drift::sweep_now;
+use policy_reconciler::engine::clock::SystemClock;
+use policy_reconciler::engine::drift::{period_start, sweep_now};
 use policy_reconciler::store::drift::store_sweep;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::console::{Api, READER_TOKEN};
 use crate::helpers::{AppOptions, TestApp, spawn_app_with};
 use crate::kit::broker::EventQueue;
-use crate::kit::wait_until;
+use crate::kit::{time, wait_until};
 
 const ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
 
@@ -24,7 +24,7 @@ const ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
 /// schedule is off (the helpers' default): the test stores its sweeps itself. Its console
 /// knows the reader of `console::READER_TOKEN`.
 async fn app() -> TestApp {
-    let clock = Arc::new(ManualClock::new("2026-11-28T10:00:00Z".parse().unwrap()));
+    let (clock, _) = time::clock_on(Weekday::Sat, 10, 0).await;
     spawn_app_with(AppOptions {
         clock: Some(clock),
         env: vec![
@@ -170,6 +170,7 @@ async fn a_plan_enabled_behind_the_services_back_is_found_and_repaired() {
         &app.pool,
         &app.settings.engine.drift,
         Some(DriftMode::Repair),
+        &SystemClock,
     )
     .await
     .unwrap();
@@ -228,6 +229,7 @@ async fn a_plan_enabled_behind_the_services_back_is_found_and_repaired() {
         &app.pool,
         &app.settings.engine.drift,
         Some(DriftMode::Repair),
+        &SystemClock,
     )
     .await
     .unwrap();
@@ -255,6 +257,7 @@ async fn a_report_only_sweep_reports_a_removed_licence_and_writes_nothing() {
         &app.pool,
         &app.settings.engine.drift,
         Some(DriftMode::Report),
+        &SystemClock,
     )
     .await
     .unwrap();
@@ -302,23 +305,27 @@ async fn a_report_only_sweep_reports_a_removed_licence_and_writes_nothing() {
     assert_eq!(app.sim.licence_writes(), writes);
 
     // A scheduled sweep is stored once per period, however many replicas store it; a policy
-    // changed after its period began waits for the next one.
-    let period = "2026-11-28T00:00:00Z";
-    let start = Some(period.parse().unwrap());
-    let first = store_sweep(&app.pool, period, true, 100, start)
+    // changed after its period began waits for the next one. The periods are the database's
+    // days, the clock that stamped the policy (tests/kit/time.rs, rule 3): tomorrow's began
+    // after the policy was stored, yesterday's before.
+    let now = time::database_now().await;
+    let day = Duration::from_secs(86_400);
+    let label = |start: DateTime<Utc>| start.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let start = period_start(now + chrono::Duration::days(1), day);
+    let period = label(start);
+    let first = store_sweep(&app.pool, &period, true, 100, Some(start))
         .await
         .unwrap();
     assert_eq!(first, vec![format!("drift:{period}:policy:rx1-report")]);
     assert!(
-        store_sweep(&app.pool, period, true, 100, start)
+        store_sweep(&app.pool, &period, true, 100, Some(start))
             .await
             .unwrap()
             .is_empty()
     );
-    let earlier = "2020-01-01T00:00:00Z";
-    let before = Some(earlier.parse().unwrap());
+    let before = period_start(now - chrono::Duration::days(1), day);
     assert!(
-        store_sweep(&app.pool, earlier, true, 100, before)
+        store_sweep(&app.pool, &label(before), true, 100, Some(before))
             .await
             .unwrap()
             .is_empty()
@@ -380,6 +387,7 @@ async fn a_role_holder_removed_from_their_group_behind_the_services_back_is_put_
         &app.pool,
         &app.settings.engine.drift,
         Some(DriftMode::Report),
+        &SystemClock,
     )
     .await
     .unwrap();
@@ -404,6 +412,7 @@ async fn a_role_holder_removed_from_their_group_behind_the_services_back_is_put_
         &app.pool,
         &app.settings.engine.drift,
         Some(DriftMode::Repair),
+        &SystemClock,
     )
     .await
     .unwrap();
@@ -425,7 +434,7 @@ async fn a_role_holder_removed_from_their_group_behind_the_services_back_is_put_
 async fn a_sweep_whose_worker_is_killed_mid_way_is_finished_by_another_with_one_event() {
     let mut simulator = policy_reconciler::simulator::SimulatorSettings::for_tests();
     simulator.latency_ms = 40;
-    let clock = Arc::new(ManualClock::new("2026-11-28T10:00:00Z".parse().unwrap()));
+    let (clock, _) = time::clock_on(Weekday::Sat, 10, 0).await;
     let mut app = spawn_app_with(AppOptions {
         simulator: Some(simulator),
         clock: Some(clock),
@@ -452,6 +461,7 @@ async fn a_sweep_whose_worker_is_killed_mid_way_is_finished_by_another_with_one_
         &app.pool,
         &app.settings.engine.drift,
         Some(DriftMode::Repair),
+        &SystemClock,
     )
     .await
     .unwrap();

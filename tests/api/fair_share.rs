@@ -243,9 +243,8 @@ async fn the_24_hour_forecast_counts_the_share_of_the_budget_each_job_gets() {
 
     let mut app = spawn_app_with(AppOptions::default()).await;
     app.stop_workers();
-    let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc);
+    // A Tuesday, 10:00 in London, after the database's now (tests/kit/time.rs).
+    let now = crate::kit::time::next(chrono::Weekday::Tue).await.at(10, 0);
     let insert = |received: chrono::DateTime<Utc>, fair_key: &'static str, items: i32| {
         let pool = app.pool.clone();
         async move {

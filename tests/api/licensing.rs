@@ -3,10 +3,8 @@
 //! adds to a SKU. Each test asserts the tenant's state (the simulator's) and the events
 //! published.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use policy_reconciler::engine::clock::ManualClock;
 use policy_reconciler::simulator::{SimulatorSettings, sku_ids};
 use policy_reconciler::tenant::{AssignedLicence, LicenceChange, Tenant, UserRef};
 use serde_json::{Value, json};
@@ -317,7 +315,7 @@ async fn a_suspended_licence_rejects_jobs_that_need_new_seats_of_it() {
 #[tokio::test]
 async fn a_plan_added_to_enterprisepack_ends_disabled_for_every_member() {
     // A Saturday: the off-peak window is open.
-    let clock = Arc::new(ManualClock::new("2026-11-28T10:00:00Z".parse().unwrap()));
+    let (clock, _) = crate::kit::time::clock_on(chrono::Weekday::Sat, 10, 0).await;
     let mut app = spawn_app_with(AppOptions {
         clock: Some(clock),
         env: vec![(

@@ -136,7 +136,8 @@ fn batch_a_b() -> Vec<Value> {
                 "Bparish PC",
             ),
             "clerk_until",
-            json!("2099-12-31"),
+            // Relative to the worker's clock, the system's (tests/kit/time.rs, rule 2).
+            json!(crate::kit::time::today().plus(365).iso()),
         ),
         // The council's own record, with its clerk's address: excluded, and no duplicate.
         with(
@@ -175,7 +176,7 @@ fn batch_a_b() -> Vec<Value> {
         with(
             contact("c-08", "Beth Former", Some("beth@bures.gov.uk"), "Bures PC"),
             "clerk_until",
-            json!("2020-03-31"),
+            json!(crate::kit::time::today().plus(-1).iso()),
         ),
         with(
             contact(
@@ -623,12 +624,7 @@ async fn a_batch_naming_a_contact_twice_is_rejected_and_stores_nothing() {
 /// still runs at once (at 10:00 on a Tuesday, with every window closed).
 #[tokio::test]
 async fn a_large_portal_batch_runs_at_once_in_the_daytime() {
-    use policy_reconciler::engine::clock::ManualClock;
-    use std::sync::Arc;
-
-    let clock = Arc::new(ManualClock::new(
-        "2026-11-24T10:00:00Z".parse().expect("a time"),
-    ));
+    let (clock, _) = crate::kit::time::clock_on(chrono::Weekday::Tue, 10, 0).await;
     let mut app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
         clock: Some(clock),
         ..Default::default()

@@ -7,27 +7,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use policy_reconciler::engine::clock::ManualClock;
 use policy_reconciler::simulator::SimulatorSettings;
 use serde_json::json;
 
 use crate::helpers::{AppOptions, spawn_app_with};
 
-/// Saturday 28 November 2026, 10:00 in London: inside the default off-peak windows.
-fn saturday() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(
-        DateTime::parse_from_rfc3339("2026-11-28T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc),
-    ))
+/// A Saturday, 10:00 in London: inside the default off-peak windows.
+async fn saturday() -> Arc<ManualClock> {
+    crate::kit::time::clock_on(chrono::Weekday::Sat, 10, 0)
+        .await
+        .0
 }
 
 #[tokio::test]
 async fn a_2000_member_policy_converges_in_a_lagging_tenant_writing_each_member_once() {
     let mut app = spawn_app_with(AppOptions {
         simulator: Some(SimulatorSettings::realistic()),
-        clock: Some(saturday()),
+        clock: Some(saturday().await),
         env: vec![("ENGINE__VERIFY_WITHIN_MS".into(), "20000".into())],
         ..AppOptions::default()
     })

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Utc, Weekday};
 use policy_reconciler::engine::clock::ManualClock;
 use serde_json::{Value, json};
 
 use crate::helpers::{AppOptions, OPERATOR, spawn_app_with};
 use crate::kit::broker::EventQueue;
+use crate::kit::time;
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -23,8 +24,9 @@ async fn next_of(events: &mut EventQueue, event_type: &str, message_id: &Value) 
 
 #[tokio::test]
 async fn a_large_job_accepted_at_ten_waits_for_seven_while_a_small_one_runs_at_once() {
-    // Tuesday 24 November 2026, 10:00 in London (GMT).
-    let clock = Arc::new(ManualClock::new(at("2026-11-24T10:00:00Z")));
+    // A Tuesday, 10:00 in London, after the database's now (tests/kit/time.rs).
+    let tuesday = time::next(Weekday::Tue).await;
+    let clock = Arc::new(ManualClock::new(tuesday.at(10, 0)));
     let mut app = spawn_app_with(AppOptions {
         clock: Some(clock.clone()),
         ..AppOptions::default()
@@ -49,7 +51,7 @@ async fn a_large_job_accepted_at_ten_waits_for_seven_while_a_small_one_runs_at_o
     assert_eq!(accepted["total"], 1_500);
     assert_eq!(
         at(accepted["earliest_start"].as_str().unwrap()),
-        at("2026-11-24T19:00:00Z")
+        tuesday.at(19, 0)
     );
 
     let small = app.job(
@@ -75,10 +77,10 @@ async fn a_large_job_accepted_at_ten_waits_for_seven_while_a_small_one_runs_at_o
     assert!(app.sim.licences(&large_members[0]).is_empty());
 
     // Still closed at 18:59; at 19:00 it runs and completes.
-    clock.set(at("2026-11-24T18:59:00Z"));
+    clock.set(tuesday.at(18, 59));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.sim.licence_writes(), 999);
-    clock.set(at("2026-11-24T19:00:00Z"));
+    clock.set(tuesday.at(19, 0));
     let done = next_of(&mut large_events, "job.completed", &large["message_id"]).await;
     assert_eq!(done["outcome"], "succeeded", "{done}");
     assert_eq!(done["counts"]["changed"], 1_500);
@@ -95,9 +97,11 @@ async fn jobs_that_would_miss_the_24_hour_target_are_counted_at_risk() {
     use policy_reconciler::tenant::{GraphClient, Tenant};
 
     let app = crate::helpers::spawn_app().await;
-    // Tuesday 24 November 2026, 10:00 GMT: the next window opens at 19:00 and closes at
-    // 07:00, so an off-peak job received now has 12 window hours before its deadline.
-    let now = at("2026-11-24T10:00:00Z");
+    // A Tuesday, 10:00 in London, after the database's now (tests/kit/time.rs): the next
+    // window opens at 19:00 and closes at 07:00, so an off-peak job received now has 12 window
+    // hours before its deadline.
+    let tuesday = time::next(Weekday::Tue).await;
+    let now = tuesday.at(10, 0);
     let insert = |received: DateTime<Utc>, schedule: &'static str, items: i32| {
         let pool = app.pool.clone();
         async move {
@@ -173,7 +177,9 @@ async fn off_peak_app(clock: &Arc<ManualClock>) -> crate::helpers::TestApp {
 
 #[tokio::test]
 async fn a_newer_version_supersedes_the_remaining_work_of_a_scheduled_older_job() {
-    let clock = Arc::new(ManualClock::new(at("2026-11-24T10:00:00Z")));
+    // A Tuesday in London, after the database's now (tests/kit/time.rs).
+    let tuesday = time::next(Weekday::Tue).await;
+    let clock = Arc::new(ManualClock::new(tuesday.at(10, 0)));
     let mut app = off_peak_app(&clock).await;
     let mut events = app.event_queue().await;
     let members = app.sim.seed_users("sup", 100);
@@ -207,7 +213,7 @@ async fn a_newer_version_supersedes_the_remaining_work_of_a_scheduled_older_job(
     assert_eq!(app.sim.licence_writes(), 0);
 
     // In the evening the newer job writes every member once, with the newer definition.
-    clock.set(at("2026-11-24T19:00:00Z"));
+    clock.set(tuesday.at(19, 0));
     let new = next_of(&mut events, "job.completed", &v2["message_id"]).await;
     assert_eq!(new["outcome"], "succeeded", "{new}");
     assert_eq!(new["counts"]["changed"], 100);
@@ -226,9 +232,11 @@ async fn a_newer_version_supersedes_the_remaining_work_of_a_scheduled_older_job(
 
 #[tokio::test]
 async fn expedite_runs_a_large_job_now_and_pause_holds_one_until_resumed() {
+    // A Tuesday in London, after the database's now (tests/kit/time.rs).
+    let tuesday = time::next(Weekday::Tue).await;
     use policy_reconciler::ops::jobs;
 
-    let clock = Arc::new(ManualClock::new(at("2026-11-24T10:00:00Z")));
+    let clock = Arc::new(ManualClock::new(tuesday.at(10, 0)));
     let mut app = off_peak_app(&clock).await;
     let mut events = app.event_queue().await;
     let members = app.sim.seed_users("exp", 60);
@@ -258,7 +266,7 @@ async fn expedite_runs_a_large_job_now_and_pause_holds_one_until_resumed() {
     jobs::pause(&app.pool, job["message_id"].as_str().unwrap(), &OPERATOR)
         .await
         .unwrap();
-    clock.set(at("2026-11-24T19:00:00Z"));
+    clock.set(tuesday.at(19, 0));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         app.sim.licence_writes(),

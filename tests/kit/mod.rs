@@ -11,6 +11,7 @@
 //! - the tenant simulator on a thread of its own, seeding it and reading its state ([`simulator`]);
 //! - publishing jobs and reading the events the worker publishes ([`broker`]), each checked
 //!   against the contract's JSON Schemas ([`contract`]);
+//! - dates: how a test gets them, never a fixed date compared with a clock ([`time`]);
 //! - clean-up: [`remove_run`] (or [`cleanup`], from a `Drop`) deletes the run's queues and
 //!   exchanges ([`broker::remove_topology`]) and drops its database ([`database::drop_database`]).
 //!
@@ -22,6 +23,7 @@ pub mod contract;
 pub mod database;
 pub mod env;
 pub mod simulator;
+pub mod time;
 pub mod worker;
 
 use std::time::Duration;

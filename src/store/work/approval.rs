@@ -5,6 +5,8 @@
 //! or cancels it, or until it has waited too long ([`expire_approval`]: it ends `rejected`,
 //! `awaiting_approval_expired`).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -26,7 +28,10 @@ pub async fn await_approval(
     effect: ChangeEffect,
     threshold: ApprovalThreshold,
 ) -> Result<(), StoreError> {
-    let since = Utc::now();
+    // The database's clock, which judges the expiry too ([`approvals_expired`]).
+    let since: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut **tx)
+        .await?;
     sqlx::query(
         "UPDATE jobs SET awaiting_approval = $2, subject = $3, plan_not_before = 'infinity',
                 updated_at = now()
@@ -67,35 +72,33 @@ pub async fn approved(
 }
 
 /// Jobs that have waited for approval since before `before`.
-pub async fn approvals_expired(
-    pool: &PgPool,
-    before: DateTime<Utc>,
-) -> Result<Vec<Uuid>, StoreError> {
+pub async fn approvals_expired(pool: &PgPool, wait: Duration) -> Result<Vec<Uuid>, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT id FROM jobs WHERE awaiting_approval IS NOT NULL AND state <> 'completed'
-           AND (awaiting_approval ->> 'since')::timestamptz < $1",
+           AND (awaiting_approval ->> 'since')::timestamptz < now() - make_interval(secs => $1)",
     )
-    .bind(before)
+    .bind(wait.as_secs_f64())
     .fetch_all(pool)
     .await?)
 }
 
-/// End a job that waited for approval since before `before`: its items are skipped with
+/// End a job that has waited for approval longer than `wait` (by the database's clock): its items are skipped with
 /// `awaiting_approval_expired` and it completes `rejected`. `None` when it no longer waits
 /// (approved or ended meanwhile).
 pub async fn expire_approval(
     pool: &PgPool,
     job_id: Uuid,
-    before: DateTime<Utc>,
+    wait: Duration,
     reason: &str,
 ) -> Result<Option<(JobType, Outcome, Counts)>, StoreError> {
     let mut tx = pool.begin().await?;
     let waiting: Option<JobState> = sqlx::query_scalar(
         "SELECT state FROM jobs WHERE id = $1 AND awaiting_approval IS NOT NULL
-           AND (awaiting_approval ->> 'since')::timestamptz < $2 FOR UPDATE",
+           AND (awaiting_approval ->> 'since')::timestamptz < now() - make_interval(secs => $2)
+         FOR UPDATE",
     )
     .bind(job_id)
-    .bind(before)
+    .bind(wait.as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
     if waiting.is_none_or(|state| state == JobState::Completed) {

@@ -4,7 +4,6 @@
 //! reverted job's changed items with their images ([`changed_items`]) and which of them a
 //! later job wrote again ([`superseded`]).
 
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -255,13 +254,17 @@ pub async fn superseded(
     .await?)
 }
 
-/// Delete before-images recorded before `before` (retention); returns how many.
-pub async fn delete_images_before(pool: &PgPool, before: DateTime<Utc>) -> Result<u64, StoreError> {
-    Ok(
-        sqlx::query("DELETE FROM job_item_before_images WHERE recorded_at < $1")
-            .bind(before)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+/// Delete before-images recorded more than `age` ago (retention) by the database's clock,
+/// which stamped them; returns how many.
+pub async fn delete_images_older_than(
+    pool: &PgPool,
+    age: std::time::Duration,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "DELETE FROM job_item_before_images WHERE recorded_at < now() - make_interval(secs => $1)",
     )
+    .bind(age.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
