@@ -174,9 +174,10 @@ impl Engine {
         shutdown: &CancellationToken,
     ) -> Result<Option<Tail>, EngineError> {
         let started = Instant::now();
-        let (job, items) = tokio::try_join!(
+        let (job, items, intended) = tokio::try_join!(
             work::chunk_job(&self.pool, chunk.job_id),
-            work::open_items(&self.pool, chunk)
+            work::open_items(&self.pool, chunk),
+            work::intended_items(&self.pool, chunk)
         )?;
         let job_type = JobType::from_stored(&job.job_type)
             .ok_or_else(|| EngineError::Corrupt(format!("unknown job type {}", job.job_type)))?;
@@ -191,7 +192,7 @@ impl Engine {
             dry_run: job.dry_run,
             others_waiting: job.others_waiting,
         };
-        if job.ended {
+        if job.ended && intended.is_empty() {
             // Taken over from a worker that died after its job ended: nothing to apply.
             self.end_early(chunk).await?;
             return Ok(None);
@@ -209,7 +210,10 @@ impl Engine {
             self.owner.clone(),
             cancel.clone(),
         );
-        let renewal = self.renew_lease_until(chunk, &cancel);
+        // Renewed until the chunk's work is over, not only until it is cancelled: a cancelled
+        // chunk still reads back its uncertain writes before it ends (`engine::reconcile`).
+        let worked = CancellationToken::new();
+        let renewal = self.renew_lease_until(chunk, &cancel, &worked);
         // The applier's tenant: a loss of access stops the chunk (see `engine::access`).
         let guard = Arc::new(AccessGuard::new(
             self.tenant.clone(),
@@ -222,6 +226,12 @@ impl Engine {
             .into_iter()
             .map(|(seq, key, spec)| WorkItem { seq, key, spec })
             .collect();
+        // An ended job's chunk is applied cancelled from the start: nothing is written, and
+        // the writes an earlier claim may have made are read back (`engine::reconcile`).
+        let ended = CancellationToken::new();
+        if job.ended {
+            ended.cancel();
+        }
         let ctx = ApplyContext {
             pool: &self.pool,
             tenant: &tenant,
@@ -230,8 +240,9 @@ impl Engine {
             retry: &self.retry,
             job: &header,
             plan: &plan,
-            cancel: &cancel,
+            cancel: if job.ended { &ended } else { &cancel },
             stop: shutdown,
+            intended: &intended,
             writes: &writes,
             defer: &defer,
             write_turns: &self.write_turns,
@@ -244,30 +255,24 @@ impl Engine {
         } else {
             Priority::Normal
         };
+        if job.ended {
+            let settled = priority::scope(priority, self.settle_ended(chunk, items, &kind, &ctx));
+            let settled = settled.await;
+            worked.cancel();
+            let _ = renewal.await;
+            settled?;
+            return Ok(None);
+        }
         let result = priority::scope(priority, self.apply_rounds(chunk, items, &kind, &ctx)).await;
         let interrupted = cancel.is_cancelled();
         cancel.cancel();
+        worked.cancel();
         let _ = renewal.await;
         if let Some(loss) = guard.tripped() {
-            // The tenant refused the service's access: a fault of the service, not of the
-            // items. What was done is recorded; the rest waits for access, the job held.
             if let Err(error) = &result {
                 tracing::debug!(%error, "chunk stopped by the loss of access");
             }
-            match work::chunk_fate(&self.pool, chunk, &self.owner).await? {
-                ChunkFate::Lost => {}
-                ChunkFate::JobEnded => self.end_early(chunk).await?,
-                ChunkFate::Held => {
-                    let wait = self.settings.access_retry();
-                    work::hold_chunk(&self.pool, chunk, &self.owner, wait, &loss).await?;
-                    emit(ChunkHeld {
-                        job_id: chunk.job_id,
-                        chunk: chunk.chunk,
-                        loss: &loss,
-                        wait,
-                    });
-                }
-            }
+            self.hold_for_access(chunk, &loss).await?;
             return Ok(None);
         }
         if job.held && result.is_ok() {
@@ -316,22 +321,71 @@ impl Engine {
         }))
     }
 
-    /// Renew `chunk`'s lease every third of it until `cancel`; cancel when it is lost.
+    /// A chunk of a job that ended after an earlier claim's worker died or stopped: nothing
+    /// more is written; of its open items, those whose writes that worker may have made
+    /// (intents recorded) are read back and reported ([`super::reconcile`]), then the chunk
+    /// ends, its other items skipped.
+    async fn settle_ended(
+        &self,
+        chunk: &ClaimedChunk,
+        items: Vec<WorkItem<serde_json::Value>>,
+        kind: &Arc<dyn AnyKind>,
+        ctx: &ApplyContext<'_, serde_json::Value>,
+    ) -> Result<(), EngineError> {
+        let settle: Vec<_> = items
+            .into_iter()
+            .filter(|i| ctx.intended.contains_key(&i.seq))
+            .collect();
+        let results = ctx.access.keep(kind.apply(ctx, &settle).await?);
+        if !results.is_empty() {
+            self.record(chunk, ctx.job.job_type, &results, false)
+                .await?;
+        }
+        self.end_early(chunk).await
+    }
+
+    /// The tenant refused the service's access: a fault of the service, not of the items.
+    /// What was done is recorded; the rest waits for access, the job held.
+    async fn hold_for_access(
+        &self,
+        chunk: &ClaimedChunk,
+        loss: &crate::tenant::AccessLoss,
+    ) -> Result<(), EngineError> {
+        match work::chunk_fate(&self.pool, chunk, &self.owner).await? {
+            ChunkFate::Lost => {}
+            ChunkFate::JobEnded => self.end_early(chunk).await?,
+            ChunkFate::Held => {
+                let wait = self.settings.access_retry();
+                work::hold_chunk(&self.pool, chunk, &self.owner, wait, loss).await?;
+                emit(ChunkHeld {
+                    job_id: chunk.job_id,
+                    chunk: chunk.chunk,
+                    loss,
+                    wait,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Renew `chunk`'s lease every third of it until `until`; cancel `cancel` when it is lost.
     fn renew_lease_until(
         &self,
         chunk: &ClaimedChunk,
         cancel: &CancellationToken,
+        until: &CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let pool = self.pool.clone();
         let chunk = chunk.clone();
         let owner = self.owner.clone();
         let lease = self.settings.lease_seconds.get();
         let cancel = cancel.clone();
+        let until = until.clone();
         tokio::spawn(async move {
             let every = Duration::from_millis((lease * 1000 / 3).max(100));
             loop {
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = until.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
                 match work::renew_lease(&pool, &chunk, &owner, lease).await {
@@ -400,6 +454,21 @@ impl Engine {
             .collect();
         for (i, round) in rounds.iter().enumerate() {
             if ctx.cancel.is_cancelled() {
+                // Ended mid-way: of the rounds not reached, the items whose writes an earlier
+                // claim may have made are read back and reported (`engine::reconcile`).
+                let rest: Vec<WorkItem<serde_json::Value>> = rounds[i..]
+                    .iter()
+                    .flat_map(|r| r.iter())
+                    .filter(|w| ctx.intended.contains_key(&w.seq))
+                    .cloned()
+                    .collect();
+                if !rest.is_empty() && !ctx.stop.is_cancelled() {
+                    let results = ctx.access.keep(kind.apply(ctx, &rest).await?);
+                    if !results.is_empty() {
+                        self.record(chunk, ctx.job.job_type, &results, false)
+                            .await?;
+                    }
+                }
                 break;
             }
             // After a loss of access, the results it caused are dropped (`engine::access`).

@@ -10,7 +10,9 @@
 //! Kinds that share an applier (the two policy jobs, the five admin-role jobs) share it as a
 //! function or a value of their module, not by dispatching on the job type.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -282,6 +284,10 @@ pub struct ApplyContext<'a, P> {
     /// writes' intents are recorded, so the chunk's next worker finds them: see
     /// [`super::gate`]).
     pub stop: &'a CancellationToken,
+    /// Open items whose writes an earlier claim may have made (intents recorded, outcomes
+    /// not), with the age of that intent: a cancelled chunk reads them back before it ends
+    /// ([`super::reconcile`]).
+    pub intended: &'a HashMap<i32, Duration>,
     /// The chunk's write gates: pass `writes.gate(seqs)` to every tenant write call.
     pub writes: &'a ChunkWrites,
     /// Items an applier leaves without a result to come back to later (see [`Defer`]).

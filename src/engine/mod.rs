@@ -7,24 +7,29 @@
 //!    written nothing.
 //! 2. **Apply** ([`executor`]). Executors claim chunks with a lease, renew it while working,
 //!    and have the kind bring each item to its desired state and verify it by reading back,
-//!    under the one item retry policy ([`retry`]). Outcomes are recorded per round, under the
+//!    under the one item retry policy ([`retry`]) and, for kinds that write licences, the one
+//!    per-item state machine ([`reconcile`]). Outcomes are recorded per round, under the
 //!    lease. A chunk whose worker died is claimed again once its lease expires, and resumes
-//!    with the items that have no outcome yet.
+//!    with the items that have no outcome yet; a job ended meanwhile has those items whose
+//!    writes the dead worker may have made read back before it completes.
 //! 3. **Complete.** Whoever finishes the last chunk completes the job: counts, failures and
 //!    exactly one `job.completed`, under the job's row lock. The [`monitor`] completes jobs
 //!    whose last worker stopped just before, and measures the backlog and the 24-hour target.
 //!
 //! Job kinds, one per job type, registered in `startup.rs` ([`registry`]): [`policy`]
-//! (`policy.changed`, `policy.members_added`), [`portal`] (`portal_access.grant`,
-//! `portal_access.activated`, `portal_access.remind`) and [`roles`] (`admin_role.assign`,
-//! `admin_role.remove`, `admin_role.change`, `ods_mapping.changed`, `user.leaver`).
+//! (`policy.changed`, `policy.members_added`), [`revert`] (`policy.revert`, an operator's
+//! revert of a policy job), [`portal`] (`portal_access.grant`, `portal_access.activated`,
+//! `portal_access.remind`), [`roles`] (`admin_role.assign`, `admin_role.remove`,
+//! `admin_role.change`, `ods_mapping.changed`, `user.leaver`) and [`drift`] (`drift.sweep`,
+//! `drift.sweep_roles`, the service's own sweeps).
 //!
 //! Users are found by the address the portal knows them by ([`users`]: UPN, then mail, then
 //! proxy addresses, remembered in PostgreSQL).
 //!
 //! **Time.** Every decision the engine and its kinds make (off-peak windows, deadlines,
-//! waits) reads the engine's [`Clock`]; nothing here calls `Utc::now()`. Leases and row
-//! timestamps use the database's `now()`: liveness is measured where the lease is held. Waits
+//! waits) reads the engine's [`Clock`], the only reader of the system clock here. Leases, row
+//! timestamps and what is compared with them (approval waits, retention) use the database's
+//! `now()`: liveness is measured where the lease is held, and every replica shares it. Waits
 //! within one chunk (retry pauses, how long a write is given to show in reads) are durations
 //! on the monotonic clock (`Instant`).
 
@@ -42,6 +47,7 @@ pub mod monitor;
 pub mod planner;
 pub mod policy;
 pub mod portal;
+pub mod reconcile;
 pub mod registry;
 pub mod retry;
 pub mod revert;

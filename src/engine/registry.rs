@@ -144,6 +144,7 @@ impl<K: JobKind> AnyKind for Registered<K> {
             plan: &plan,
             cancel: ctx.cancel,
             stop: ctx.stop,
+            intended: ctx.intended,
             writes: ctx.writes,
             defer: ctx.defer,
             write_turns: ctx.write_turns,

@@ -14,6 +14,7 @@ mod health;
 mod helpers;
 mod identity;
 mod ingest;
+mod interrupt;
 // Shared with the benchmark (`tests/bench`), which uses other parts of it: what one of the two
 // targets leaves unused is not dead.
 #[allow(dead_code)]

@@ -13,9 +13,9 @@ use crate::helpers::{TestApp, spawn_app};
 use crate::kit::broker::EventQueue;
 use crate::kit::wait_until;
 
-const A_ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
+pub(crate) const A_ON: &[&str] = &["EXCHANGE_S_ENTERPRISE", "TEAMS1"];
 
-const OPERATOR: Operator<'static> = Operator {
+pub(crate) const OPERATOR: Operator<'static> = Operator {
     by: "sam.ops",
     reason: "INC0099999: the move to E1 was sent for the wrong practice",
 };
@@ -32,7 +32,11 @@ async fn run(app: &TestApp, events: &mut EventQueue, seen: &mut Vec<Value>, job:
     completion(events, seen, job["message_id"].as_str().unwrap()).await
 }
 
-async fn completion(events: &mut EventQueue, seen: &mut Vec<Value>, message_id: &str) -> Value {
+pub(crate) async fn completion(
+    events: &mut EventQueue,
+    seen: &mut Vec<Value>,
+    message_id: &str,
+) -> Value {
     events
         .completion_keeping(&json!(message_id), seen, Duration::from_secs(120))
         .await
@@ -40,7 +44,7 @@ async fn completion(events: &mut EventQueue, seen: &mut Vec<Value>, message_id: 
 
 /// Users on policy `rx1-a` (E3, two plans on), then moved by one `policy.changed` to policy
 /// `rx1-b` (E1, other plans on). Returns the users and the move's `job.completed`.
-async fn seed_and_move(
+pub(crate) async fn seed_and_move(
     app: &TestApp,
     events: &mut EventQueue,
     seen: &mut Vec<Value>,

@@ -207,6 +207,28 @@ async fn roles_assign_change_remove_realised_in_groups_with_one_email_per_grant(
         json!({ "ods_code": "RX1", "role": PRIMARY })
     );
 
+    // The same change sent again once made: no tenant write at all, no second email.
+    let writes = writes_made(&app);
+    let again = publish(
+        &app,
+        "admin_role.change",
+        json!({ "user": bob, "ods_code": "RX1", "from": LOCAL, "to": PRIMARY }),
+    )
+    .await;
+    let done = events.completion(&again).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
+    assert_eq!(
+        writes_made(&app),
+        writes,
+        "a write for a change already made"
+    );
+    assert!(events.of(&again, "notification.email").await.is_empty());
+    assert_eq!(
+        groups_of(&app, &bob, CODES).await,
+        set(&["PhoneSystem-Primary-RX1"])
+    );
+
     // Remove: out of every group, nothing stored, no email.
     let remove = publish(&app, "admin_role.remove", target(&bob, "RX1", PRIMARY)).await;
     let done = events.completion(&remove).await;

@@ -244,8 +244,11 @@ async fn prepare<'n, P: Sync>(
             .collect(),
         // The role changed moments ago (a change right after an assign): `memberOf` may not
         // show the old role's memberships yet, and they must end before the new ones begin.
+        // Once the change is realised (the tenant showed its memberships, the old ones gone),
+        // the same change sent again ends nothing blindly: it writes nothing.
         Some(s)
-            if s.state_age < ctx.retry.verify_within()
+            if s.state != GrantState::Realised
+                && s.state_age < ctx.retry.verify_within()
                 && matches!(
                     ctx.job.job_type,
                     JobType::AdminRoleChange | JobType::OdsMappingChanged

@@ -4,6 +4,8 @@
 //! Every write by a chunk's worker is guarded by its lease, so a worker that lost its lease
 //! (it stalled and another took over) changes nothing.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -90,11 +92,15 @@ pub async fn claim_chunk(
              SELECT c.job_id, c.chunk, c.state = 'running' AS reclaimed
              FROM job_chunks c JOIN jobs j ON j.id = c.job_id
              LEFT JOIN live k ON k.fair_key = coalesce(j.fair_key, j.id::text)
-             WHERE j.state IN ('accepted', 'running') AND NOT j.paused
+             WHERE j.state IN ('accepted', 'running')
+               AND (NOT j.paused OR j.ended_early IS NOT NULL)
                AND j.awaiting_approval IS NULL
-               AND (c.not_before <= $3 OR j.expedited)
+               AND (c.not_before <= $3 OR j.expedited OR j.ended_early IS NOT NULL)
                AND (c.wait_until IS NULL OR c.wait_until <= now())
-               AND (j.schedule IS DISTINCT FROM 'off_peak' OR j.expedited OR $4)
+               -- An ended job's chunk left to settle its writes ([`end_early_in`]) writes
+               -- nothing: no window, pause or pacing holds it.
+               AND (j.schedule IS DISTINCT FROM 'off_peak' OR j.expedited OR $4
+                    OR j.ended_early IS NOT NULL)
                AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_expires_at < now()))
                AND NOT EXISTS (
                    SELECT 1 FROM jobs o JOIN job_chunks oc ON oc.job_id = o.id
@@ -455,6 +461,32 @@ pub async fn open_items(
     .bind(chunk.chunk)
     .fetch_all(pool)
     .await?)
+}
+
+/// Open items of the chunk whose writes an earlier claim may have made (their intents are
+/// recorded, their outcomes are not: its worker died or stopped, or its job ended, before it
+/// could record them), each with the age of its latest intent (by the database's clock). A
+/// read that does not show such a write within the verify window of that age can be trusted.
+pub async fn intended_items(
+    pool: &PgPool,
+    chunk: &ClaimedChunk,
+) -> Result<HashMap<i32, std::time::Duration>, StoreError> {
+    let rows: Vec<(i32, f64)> = sqlx::query_as(
+        "SELECT s.seq, extract(epoch FROM now() - max(w.at))::float8
+           FROM write_intents w
+           CROSS JOIN LATERAL unnest(w.seqs) AS s(seq)
+           JOIN job_items i ON i.job_id = w.job_id AND i.chunk = w.chunk AND i.seq = s.seq
+          WHERE w.job_id = $1 AND w.chunk = $2 AND i.outcome IS NULL
+          GROUP BY s.seq",
+    )
+    .bind(chunk.job_id)
+    .bind(chunk.chunk)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, age)| (seq, std::time::Duration::from_secs_f64(age.max(0.0))))
+        .collect())
 }
 
 /// A round's outcomes, one entry per item in each list.

@@ -313,7 +313,8 @@ pub async fn complete_if_done_in(
 pub struct EndedEarly {
     pub items_skipped: u64,
     pub chunks_closed: u64,
-    /// Chunks a worker still holds: they end when it stops them, and the job with them.
+    /// Chunks a worker still holds, or reopened for a worker to read back the writes an
+    /// earlier claim may have made: they end when it is done, and the job with them.
     pub chunks_running: u64,
 }
 
@@ -354,24 +355,45 @@ pub async fn end_early_in(
     .bind(superseded_by)
     .execute(&mut **tx)
     .await?;
+    // Idle chunks (no live lease) end here, their open items skipped: but for items whose
+    // writes an earlier claim may have made (intents recorded, outcomes not: its worker died
+    // or stopped). Those stay open, and their chunk pending, claimable at once: a worker reads
+    // them back and reports what reached the tenant before the chunk ends
+    // ([`crate::engine::reconcile`]); skipped unread, a write made would be reported undone.
     let (items_skipped, chunks_closed, chunks_running): (i64, i64, i64) = sqlx::query_as(
         "WITH idle AS (
              SELECT chunk FROM job_chunks
              WHERE job_id = $1 AND state <> 'done'
                AND NOT (state = 'running' AND lease_expires_at > now())),
+         intended AS (
+             SELECT DISTINCT w.chunk, s.seq
+               FROM write_intents w CROSS JOIN LATERAL unnest(w.seqs) AS s(seq)
+              WHERE w.job_id = $1 AND w.chunk IN (SELECT chunk FROM idle)),
          skipped AS (
-             UPDATE job_items SET outcome = 'skipped', failure_code = $3, detail = $2,
+             UPDATE job_items i SET outcome = 'skipped', failure_code = $3, detail = $2,
                     finished_at = now()
-             WHERE job_id = $1 AND outcome IS NULL AND chunk IN (SELECT chunk FROM idle)
+             WHERE i.job_id = $1 AND i.outcome IS NULL AND i.chunk IN (SELECT chunk FROM idle)
+               AND NOT EXISTS (SELECT 1 FROM intended n WHERE n.chunk = i.chunk AND n.seq = i.seq)
+             RETURNING 1),
+         unsettled AS (
+             SELECT DISTINCT n.chunk FROM intended n JOIN job_items i
+                 ON i.job_id = $1 AND i.chunk = n.chunk AND i.seq = n.seq
+              WHERE i.outcome IS NULL),
+         reopened AS (
+             UPDATE job_chunks SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                    wait_until = NULL
+             WHERE job_id = $1 AND chunk IN (SELECT chunk FROM unsettled)
              RETURNING 1),
          closed AS (
              UPDATE job_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
                     finished_at = now()
              WHERE job_id = $1 AND chunk IN (SELECT chunk FROM idle)
+               AND chunk NOT IN (SELECT chunk FROM unsettled)
              RETURNING 1)
          SELECT (SELECT count(*) FROM skipped), (SELECT count(*) FROM closed),
                 (SELECT count(*) FROM job_chunks
-                 WHERE job_id = $1 AND state = 'running' AND lease_expires_at > now())",
+                 WHERE job_id = $1 AND state = 'running' AND lease_expires_at > now())
+                + (SELECT count(*) FROM reopened)",
     )
     .bind(job_id)
     .bind(reason)

@@ -47,7 +47,7 @@ pub use approval::{approvals_expired, approved, await_approval, expire_approval}
 pub use chunks::{
     ChunkFate, ChunkJob, ClaimLimits, ClaimedChunk, LOW_PRIORITY, Outcomes, Recorded, chunk_fate,
     chunk_job, claim_chunk, clear_hold, defer_chunk, end_chunk_early, hold_chunk, hold_job,
-    intend_writes, open_items, record_outcomes, release_chunk, renew_lease,
+    intend_writes, intended_items, open_items, record_outcomes, release_chunk, renew_lease,
 };
 pub use completion::{
     EndedEarly, JOB_ENDED_CHANNEL, all_chunks_done, complete_if_done, complete_if_done_in,
