@@ -453,7 +453,8 @@ async fn act(
     Ok(Json(match report {
         ActionReport::Control(c) => json!({
             "id": c.id, "message_id": c.message_id, "action": c.action,
-            "chunks_rescheduled": c.chunks_rescheduled, "by": who.name,
+            "chunks_rescheduled": c.chunks_rescheduled,
+            "awaiting_approval": c.awaiting_approval, "by": who.name,
         }),
         ActionReport::Cancel(c) => json!({
             "id": c.id, "message_id": c.message_id, "action": "cancelled",

@@ -22,9 +22,12 @@
 //! ```
 //!
 //! - **Cancel** (the job ended, was superseded or refused, or the chunk's lease was lost):
-//!   no new write is sent; an item whose write Graph accepted reports `changed`, one whose
-//!   write may have been applied is read once and reports `changed` if the tenant shows it,
-//!   the rest is left without a result (the executor records it `skipped`).
+//!   no new write is sent; an item whose write Graph accepted reports `changed`; one whose
+//!   write may have been applied (a 5xx, a timeout, a write withheld at the cancel, or one an
+//!   earlier claim recorded the intent of: [`ApplyContext::intended`]) is read back until the
+//!   tenant shows it (`changed`) or its window passes; the rest is left without a result (the
+//!   executor records it `skipped`). A chunk that no worker held when its job ended is
+//!   reopened for this read-back (`store::work::end_early_in`).
 //! - **Stop** (the worker shuts down, or is killed): a call in flight is abandoned and nothing
 //!   more is reported; the writes' intents are recorded ([`super::gate`]), so the chunk's next
 //!   worker reads the items back and reports what reached the tenant as this job's changes.

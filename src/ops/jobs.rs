@@ -75,6 +75,8 @@ pub struct ControlReport {
     pub action: &'static str,
     /// For `expedite`: chunks made claimable now.
     pub chunks_rescheduled: Option<u64>,
+    /// The job still waits for approval: the control does not go round it.
+    pub awaiting_approval: bool,
 }
 
 /// `paused = true`: the engine claims no new chunk of the job (chunks running finish).
@@ -109,6 +111,7 @@ async fn set_paused(
         message_id: controlled.message_id,
         action: if paused { "paused" } else { "resumed" },
         chunks_rescheduled: None,
+        awaiting_approval: controlled.awaiting_approval,
     })
 }
 
@@ -127,6 +130,7 @@ pub async fn expedite(
         message_id: controlled.message_id,
         action: "expedited",
         chunks_rescheduled: Some(rescheduled),
+        awaiting_approval: controlled.awaiting_approval,
     })
 }
 
@@ -144,6 +148,7 @@ pub async fn approve(
         message_id: controlled.message_id,
         action: "approved",
         chunks_rescheduled: None,
+        awaiting_approval: false,
     })
 }
 
@@ -386,6 +391,13 @@ pub fn render_control(report: &ControlReport) -> String {
     );
     if let Some(n) = report.chunks_rescheduled {
         out.push_str(&format!("; {n} chunk(s) claimable now"));
+    }
+    if report.awaiting_approval {
+        out.push_str(&format!(
+            "; it still waits for approval, which {} does not go round: \
+             `jobs approve {} --by NAME --reason TEXT` runs it, `jobs cancel` ends it",
+            report.action, report.id
+        ));
     }
     out.push('\n');
     out

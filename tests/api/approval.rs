@@ -233,6 +233,23 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
         "{}",
         ops::render_list(&listed)
     );
+    // Operator actions that cannot go round the approval say so.
+    for report in [
+        ops::expedite(&app.pool, &message_id, &OPERATOR)
+            .await
+            .unwrap(),
+        ops::resume(&app.pool, &message_id, &OPERATOR)
+            .await
+            .unwrap(),
+    ] {
+        assert!(report.awaiting_approval, "{report:?}");
+        let printed = ops::render_control(&report);
+        assert!(
+            printed.contains("still waits for approval") && printed.contains("jobs approve"),
+            "{printed}"
+        );
+    }
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
     // A job not awaiting approval cannot be approved.
     assert!(matches!(
         ops::approve(&app.pool, dry["message_id"].as_str().unwrap(), &OPERATOR).await,
@@ -262,9 +279,13 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
         "{done}"
     );
     let actions = done["subject"]["operator_actions"].as_array().unwrap();
-    assert_eq!(actions[0]["action"], "cancel");
-    assert_eq!(actions[0]["by"], "sam.ops");
-    assert_eq!(actions[0]["reason"], canceller.reason);
+    let names: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert_eq!(names, ["expedite", "resume", "cancel"], "{done}");
+    assert_eq!(actions[2]["by"], "sam.ops");
+    assert_eq!(actions[2]["reason"], canceller.reason);
     assert_eq!(app.sim.state.stats().writes_attempted, 0);
     assert_eq!(stored_members(&app, "rx1-cancel").await, 10);
     let recorded: i64 = sqlx::query_scalar(

@@ -107,6 +107,9 @@ pub async fn operator_actions(
 pub struct Controlled {
     pub id: Uuid,
     pub message_id: String,
+    /// The job still waits for an operator's approval: a pause, resume or expedite does not
+    /// go round it (only `jobs approve` or `jobs cancel` ends the wait).
+    pub awaiting_approval: bool,
 }
 
 /// Set `paused`: while it is set the engine claims no new chunk of the job (chunks running
@@ -119,24 +122,28 @@ pub async fn set_paused(
 ) -> Result<Controlled, ControlError> {
     operator.check()?;
     let mut tx = pool.begin().await?;
-    let updated: Option<(Uuid, String)> = sqlx::query_as(
+    let updated: Option<(Uuid, String, bool)> = sqlx::query_as(
         "UPDATE jobs SET paused = $3, updated_at = now()
          WHERE (id = $1 OR message_id = $2) AND state <> 'completed'
-         RETURNING id, message_id",
+         RETURNING id, message_id, awaiting_approval IS NOT NULL",
     )
     .bind(job.id)
     .bind(job.message_id)
     .bind(paused)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, message_id)) = updated else {
+    let Some((id, message_id, awaiting_approval)) = updated else {
         drop(tx);
         return Err(why_unchanged(pool, job).await);
     };
     let action = if paused { "pause" } else { "resume" };
     record(&mut tx, id, action, operator).await?;
     tx.commit().await?;
-    Ok(Controlled { id, message_id })
+    Ok(Controlled {
+        id,
+        message_id,
+        awaiting_approval,
+    })
 }
 
 /// Set `expedited`, and make every chunk not done claimable now: the job runs at once,
@@ -148,16 +155,16 @@ pub async fn expedite(
 ) -> Result<(Controlled, u64), ControlError> {
     operator.check()?;
     let mut tx = pool.begin().await?;
-    let updated: Option<(Uuid, String)> = sqlx::query_as(
+    let updated: Option<(Uuid, String, bool)> = sqlx::query_as(
         "UPDATE jobs SET expedited = true, updated_at = now()
          WHERE (id = $1 OR message_id = $2) AND state <> 'completed'
-         RETURNING id, message_id",
+         RETURNING id, message_id, awaiting_approval IS NOT NULL",
     )
     .bind(job.id)
     .bind(job.message_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, message_id)) = updated else {
+    let Some((id, message_id, awaiting_approval)) = updated else {
         drop(tx);
         return Err(why_unchanged(pool, job).await);
     };
@@ -170,7 +177,14 @@ pub async fn expedite(
     .rows_affected();
     record(&mut tx, id, "expedite", operator).await?;
     tx.commit().await?;
-    Ok((Controlled { id, message_id }, rescheduled))
+    Ok((
+        Controlled {
+            id,
+            message_id,
+            awaiting_approval,
+        },
+        rescheduled,
+    ))
 }
 
 /// What [`cancel`] did.
@@ -315,7 +329,11 @@ pub async fn approve(
     .await?;
     record(&mut tx, id, "approve", operator).await?;
     tx.commit().await?;
-    Ok(Controlled { id, message_id })
+    Ok(Controlled {
+        id,
+        message_id,
+        awaiting_approval: false,
+    })
 }
 
 async fn complete(
