@@ -280,3 +280,52 @@ async fn a_user_changed_again_by_a_later_job_is_skipped_as_superseded_and_refusa
     let why = refused(ops::revert(&app.pool, &c_id, &OPERATOR).await);
     assert!(why.contains("no before-image"), "{why}");
 }
+
+/// Before-images older than `engine.revert.retention_days` (90) are deleted by the monitor,
+/// judged by the database's clock that stamped them; younger ones stay.
+#[tokio::test]
+async fn before_images_past_their_retention_are_deleted_and_younger_ones_kept() {
+    let app = spawn_app().await;
+    // A job the planner leaves alone (planned never), for the images to belong to.
+    let job = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO jobs (id, message_id, job_type, state, plan_not_before)
+         VALUES ($1, $1::text, 'policy.changed', 'received', 'infinity')",
+    )
+    .bind(job)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Ages relative to the database's now(), never fixed dates (tests/kit/time.rs, rule 3).
+    for (seq, days) in [(0, 91), (1, 89)] {
+        sqlx::query(
+            "INSERT INTO job_item_before_images (job_id, seq, address, image, recorded_at)
+             VALUES ($1, $2, $3, '{}', now() - make_interval(days => $4))",
+        )
+        .bind(job)
+        .bind(seq)
+        .bind(format!("u{seq}@nhs.net"))
+        .bind(days)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let kept = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT seq FROM job_item_before_images WHERE job_id = $1 ORDER BY seq",
+        )
+        .bind(job)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the 91-day image deleted",
+        || async { kept().await == vec![1] },
+    )
+    .await;
+    // The monitor runs every 10 s: the younger image is still there after another round.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(kept().await, vec![1]);
+}
