@@ -228,9 +228,8 @@ impl Engine {
             .collect();
         // An ended job's chunk is applied cancelled from the start: nothing is written, and
         // the writes an earlier claim may have made are read back (`engine::reconcile`).
-        let ended = CancellationToken::new();
         if job.ended {
-            ended.cancel();
+            cancel.cancel();
         }
         let ctx = ApplyContext {
             pool: &self.pool,
@@ -240,7 +239,7 @@ impl Engine {
             retry: &self.retry,
             job: &header,
             plan: &plan,
-            cancel: if job.ended { &ended } else { &cancel },
+            cancel: &cancel,
             stop: shutdown,
             intended: &intended,
             writes: &writes,
@@ -332,16 +331,32 @@ impl Engine {
         kind: &Arc<dyn AnyKind>,
         ctx: &ApplyContext<'_, serde_json::Value>,
     ) -> Result<(), EngineError> {
-        let settle: Vec<_> = items
+        self.read_back_intended(chunk, items, kind, ctx).await?;
+        self.end_early(chunk).await
+    }
+
+    /// Of `items`, under a cancelled `ctx`, read back those whose writes an earlier claim may
+    /// have made ([`ApplyContext::intended`]) and record what reached the tenant.
+    async fn read_back_intended(
+        &self,
+        chunk: &ClaimedChunk,
+        items: impl IntoIterator<Item = WorkItem<serde_json::Value>>,
+        kind: &Arc<dyn AnyKind>,
+        ctx: &ApplyContext<'_, serde_json::Value>,
+    ) -> Result<(), EngineError> {
+        let intended: Vec<_> = items
             .into_iter()
             .filter(|i| ctx.intended.contains_key(&i.seq))
             .collect();
-        let results = ctx.access.keep(kind.apply(ctx, &settle).await?);
+        if intended.is_empty() {
+            return Ok(());
+        }
+        let results = ctx.access.keep(kind.apply(ctx, &intended).await?);
         if !results.is_empty() {
             self.record(chunk, ctx.job.job_type, &results, false)
                 .await?;
         }
-        self.end_early(chunk).await
+        Ok(())
     }
 
     /// The tenant refused the service's access: a fault of the service, not of the items.
@@ -456,18 +471,9 @@ impl Engine {
             if ctx.cancel.is_cancelled() {
                 // Ended mid-way: of the rounds not reached, the items whose writes an earlier
                 // claim may have made are read back and reported (`engine::reconcile`).
-                let rest: Vec<WorkItem<serde_json::Value>> = rounds[i..]
-                    .iter()
-                    .flat_map(|r| r.iter())
-                    .filter(|w| ctx.intended.contains_key(&w.seq))
-                    .cloned()
-                    .collect();
-                if !rest.is_empty() && !ctx.stop.is_cancelled() {
-                    let results = ctx.access.keep(kind.apply(ctx, &rest).await?);
-                    if !results.is_empty() {
-                        self.record(chunk, ctx.job.job_type, &results, false)
-                            .await?;
-                    }
+                if !ctx.stop.is_cancelled() {
+                    let rest = rounds[i..].iter().flat_map(|r| r.iter()).cloned();
+                    self.read_back_intended(chunk, rest, kind, ctx).await?;
                 }
                 break;
             }
