@@ -23,8 +23,8 @@ use super::kind::{ItemOutcome, ItemResult};
 use crate::domain::FailureCode;
 use crate::tenant::{
     AccessLoss, AccessWatch, AddressMatch, EnsuredLicence, Group, GroupMember, LicenceChange,
-    LicenceOutcome, NewGroup, NewUser, SkuCatalogue, Tenant, TenantError, UserLicenceState,
-    UserRef, WriteGate,
+    LicenceOutcome, MembershipWrite, NewGroup, NewUser, SkuCatalogue, Tenant, TenantError,
+    UserLicenceState, UserRef, WriteGate,
 };
 
 /// A chunk's view of the tenant: the engine's client, watched for access failures.
@@ -194,16 +194,12 @@ impl Tenant for AccessGuard {
         self.check(self.inner.member_of(user_id).await)
     }
 
-    async fn add_members(&self, group_id: Uuid, user_ids: &[Uuid]) -> Vec<Result<(), TenantError>> {
-        self.check_all(self.inner.add_members(group_id, user_ids).await)
-    }
-
-    async fn remove_members(
+    async fn write_memberships(
         &self,
-        group_id: Uuid,
-        user_ids: &[Uuid],
+        writes: &[MembershipWrite],
+        gate: &dyn WriteGate,
     ) -> Vec<Result<(), TenantError>> {
-        self.check_all(self.inner.remove_members(group_id, user_ids).await)
+        self.check_all(self.inner.write_memberships(writes, gate).await)
     }
 
     async fn create_user(&self, user: &NewUser) -> Result<UserLicenceState, TenantError> {

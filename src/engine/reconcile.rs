@@ -31,6 +31,9 @@
 //! - **Stop** (the worker shuts down, or is killed): a call in flight is abandoned and nothing
 //!   more is reported; the writes' intents are recorded ([`super::gate`]), so the chunk's next
 //!   worker reads the items back and reports what reached the tenant as this job's changes.
+//! - **Steps**: a kind whose items take several writes, each to be shown before the next
+//!   (an admin role's removals, then its additions), numbers them ([`Reconcile::step`]); a
+//!   read that calls for a later step shows the last write took effect, and the next is sent.
 //! - **Stragglers**: items that only wait for a write to show in reads (Entra ID replicates
 //!   asynchronously) are handed back ([`super::kind::Defer`]) instead of holding an executor.
 
@@ -65,12 +68,28 @@ pub trait Reconcile: Send {
     async fn compare(&mut self, i: usize, state: Self::State, fresh: bool)
     -> Compare<Self::Change>;
 
-    /// Sends `changes` through `gate`; one answer per change, in order.
+    /// Sends `changes` through `gate`; one answer per change, in order. A change made of
+    /// several writes answers `Ok` when those sent were accepted and the rest withheld (the
+    /// chunk is stopping), and a failure otherwise.
     async fn write(
         &mut self,
         changes: &[Self::Change],
         gate: &(dyn WriteGate + Sync),
-    ) -> Vec<Result<(), TenantError>>;
+    ) -> Result<Vec<Result<(), TenantError>>, EngineError>;
+
+    /// The step of a reconciliation a change is (`0` unless a kind's items take several,
+    /// each shown before the next is written: an admin role's removals, then its additions).
+    /// A read calling for a later step than the last write shows that write took effect.
+    fn step(&self, _change: &Self::Change) -> u8 {
+        0
+    }
+
+    /// Whether item `i`'s state (read after its job ended) shows writes of this job: it then
+    /// reports `changed`. By default, whether it holds what it wants; a kind whose change is
+    /// made of several writes also counts a part of it.
+    async fn shows_writes(&mut self, i: usize, state: Self::State) -> bool {
+        matches!(self.compare(i, state, false).await, Compare::Holds)
+    }
 
     /// A refused write of item `i` that ends it otherwise than with the error's code (a
     /// licence a group assigns, say); `None` lets the machine decide.
@@ -135,7 +154,10 @@ enum Phase {
 struct Item {
     seq: i32,
     phase: Phase,
+    /// Writes sent in this claim, and how many of them before the current step.
     writes_sent: u32,
+    step_start: u32,
+    step: u8,
     read_failures: u32,
     suspected_stale: bool,
     /// Waiting for a write another claim or job recorded as accepted.
@@ -176,6 +198,8 @@ impl<'c, 'a, P: Sync> Machine<'c, 'a, P> {
                 seq,
                 phase: Phase::Write,
                 writes_sent: 0,
+                step_start: 0,
+                step: 0,
                 read_failures: 0,
                 suspected_stale: false,
                 remembered: false,
@@ -325,7 +349,18 @@ impl<'c, 'a, P: Sync> Machine<'c, 'a, P> {
                 change,
                 before,
                 recent,
-            } => self.differs(i, change, before, recent, now),
+            } => {
+                // A later step: the last write shows. Write this one.
+                let step = kind.step(&change);
+                let item = &mut self.items[i];
+                if step > item.step {
+                    item.step = step;
+                    item.step_start = item.writes_sent;
+                    item.phase = Phase::Write;
+                    item.suspected_stale = false;
+                }
+                self.differs(i, change, before, recent, now)
+            }
         }
     }
 
@@ -393,7 +428,7 @@ impl<'c, 'a, P: Sync> Machine<'c, 'a, P> {
                 Next::Keep
             }
             // A trusted read (the window has passed) that needs a write.
-            _ if item.writes_sent >= retry.attempts() => {
+            _ if item.writes_sent - item.step_start >= retry.attempts() => {
                 let error = item.last_error.take();
                 self.settle(i, ItemRetry::exhausted(seq, error, "no write succeeded"))
             }
@@ -423,7 +458,7 @@ impl<'c, 'a, P: Sync> Machine<'c, 'a, P> {
             outcomes = ctx.in_write_turn(
                 changes.len(),
                 crate::tenant::waits::return_early(kind.write(&changes, &gate)),
-            ) => outcomes,
+            ) => outcomes?,
             _ = ctx.stop.cancelled() => return Ok(None),
         };
         let sent_at = Instant::now();
@@ -577,7 +612,7 @@ impl<'c, 'a, P: Sync> Machine<'c, 'a, P> {
             let mut again = Vec::new();
             for ((i, until), state) in uncertain.into_iter().zip(states) {
                 let holds = match state {
-                    Ok(state) => matches!(kind.compare(i, state, false).await, Compare::Holds),
+                    Ok(state) => kind.shows_writes(i, state).await,
                     Err(_) => false,
                 };
                 if holds {

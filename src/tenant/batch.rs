@@ -107,17 +107,9 @@ impl Transport {
         wanted.clamp(1, self.settings.batch_concurrency.get())
     }
 
-    /// Sends `items` once, in `$batch` chunks, several at a time. Each item's result is `Ok` for a
-    /// 2xx answer and its [`Failure`] otherwise (an envelope failure fails all of its items).
-    pub(crate) async fn batch_round(
-        &self,
-        op: Operation,
-        items: Vec<(usize, Inner)>,
-    ) -> Vec<(usize, Result<Raw, Failure>)> {
-        self.batch_round_gated(op, items, &Ungated).await
-    }
-
-    /// [`Transport::batch_round`], asking `gate` before each `$batch` of writes is sent.
+    /// Sends `items` once, in `$batch` chunks, several at a time, asking `gate` before each
+    /// `$batch` of writes is sent. Each item's result is `Ok` for a 2xx answer and its
+    /// [`Failure`] otherwise (an envelope failure fails all of its items).
     pub(crate) async fn batch_round_gated(
         &self,
         op: Operation,
@@ -253,6 +245,18 @@ impl Transport {
         op: Operation,
         inners: &[Inner],
     ) -> Vec<Result<Raw, TenantError>> {
+        self.batch_with_retry_gated(op, inners, &Ungated).await
+    }
+
+    /// [`Transport::batch_with_retry`], asking `gate` before each `$batch` of writes is sent
+    /// (a refused batch is not sent, nor sent again: its items fail
+    /// [`TenantError::Withheld`]).
+    pub(crate) async fn batch_with_retry_gated(
+        &self,
+        op: Operation,
+        inners: &[Inner],
+        gate: &dyn WriteGate,
+    ) -> Vec<Result<Raw, TenantError>> {
         let mut results: Vec<Option<Result<Raw, Failure>>> = vec![None; inners.len()];
         let mut pending: Vec<usize> = (0..inners.len()).collect();
         // Sent, and answered in a way that may have been applied (a 5xx, a timeout).
@@ -261,9 +265,10 @@ impl Transport {
         let max = self.max_attempts();
         for attempt in 1..=max {
             let round = self
-                .batch_round(
+                .batch_round_gated(
                     op,
                     pending.iter().map(|&i| (i, inners[i].clone())).collect(),
+                    gate,
                 )
                 .await;
             pending.clear();

@@ -40,8 +40,8 @@ use super::batch::Inner;
 use super::error::{Operation, TenantError};
 use super::events::{LicenceWritesThrottled, SeveralGroupsShareAName};
 use super::model::{
-    AddressMatch, Group, GroupMember, LicenceChange, LicenceOutcome, MatchedBy, NewGroup, NewUser,
-    UserLicenceState, UserRef,
+    AddressMatch, Group, GroupMember, LicenceChange, LicenceOutcome, MatchedBy, MembershipWrite,
+    NewGroup, NewUser, UserLicenceState, UserRef,
 };
 use super::rate::{LocalTokenBucket, Unlimited, WriteBudget};
 use super::settings::TenantSettings;
@@ -506,39 +506,57 @@ impl Tenant for GraphClient {
         }
     }
 
-    async fn add_members(&self, group_id: Uuid, user_ids: &[Uuid]) -> Vec<Result<(), TenantError>> {
-        let base = self.transport.settings.graph_base_url.trim_end_matches('/');
-        let inners: Vec<Inner> = user_ids
-            .iter()
-            .map(|u| {
-                Inner::post(
-                    format!("/groups/{group_id}/members/$ref"),
-                    json!({ "@odata.id": format!("{base}/v1.0/directoryObjects/{u}") }),
-                )
-            })
-            .collect();
-        self.transport
-            .batch_with_retry(Operation::AddMember, &inners)
-            .await
-            .into_iter()
-            .map(|r| r.map(|_| ()).map_err(|e| group_not_visible(group_id, e)))
-            .collect()
-    }
-
-    async fn remove_members(
+    /// Removals and additions each in `$batch` (removals first), asking `gate` before each
+    /// batch. Membership changes are safe to repeat (a repeated one answers "already a
+    /// member" / "not a member"), so the transport sends again what may not have been applied.
+    async fn write_memberships(
         &self,
-        group_id: Uuid,
-        user_ids: &[Uuid],
+        writes: &[MembershipWrite],
+        gate: &dyn WriteGate,
     ) -> Vec<Result<(), TenantError>> {
-        let inners: Vec<Inner> = user_ids
-            .iter()
-            .map(|u| Inner::delete(format!("/groups/{group_id}/members/{u}/$ref")))
-            .collect();
-        self.transport
-            .batch_with_retry(Operation::RemoveMember, &inners)
-            .await
+        let base = self.transport.settings.graph_base_url.trim_end_matches('/');
+        let mut results: Vec<Option<Result<(), TenantError>>> = vec![None; writes.len()];
+        for add in [false, true] {
+            let which: Vec<usize> = (0..writes.len())
+                .filter(|&i| writes[i].add == add)
+                .collect();
+            if which.is_empty() {
+                continue;
+            }
+            let inners: Vec<Inner> = which
+                .iter()
+                .map(|&i| {
+                    let MembershipWrite { group, user, .. } = writes[i];
+                    if add {
+                        Inner::post(
+                            format!("/groups/{group}/members/$ref"),
+                            json!({ "@odata.id": format!("{base}/v1.0/directoryObjects/{user}") }),
+                        )
+                    } else {
+                        Inner::delete(format!("/groups/{group}/members/{user}/$ref"))
+                    }
+                })
+                .collect();
+            let op = if add {
+                Operation::AddMember
+            } else {
+                Operation::RemoveMember
+            };
+            let answers = self
+                .transport
+                .batch_with_retry_gated(op, &inners, gate)
+                .await;
+            for (i, answer) in which.into_iter().zip(answers) {
+                results[i] = Some(
+                    answer
+                        .map(|_| ())
+                        .map_err(|e| group_not_visible(writes[i].group, e)),
+                );
+            }
+        }
+        results
             .into_iter()
-            .map(|r| r.map(|_| ()).map_err(|e| group_not_visible(group_id, e)))
+            .map(|r| r.unwrap_or_else(|| Err(TenantError::Transient("no answer".to_owned()))))
             .collect()
     }
 

@@ -36,7 +36,8 @@ pub use error::{Operation, TENANT_ERROR_CODES, TenantError};
 pub use graph::GraphClient;
 pub use model::{
     AddressMatch, AssignedLicence, EnsuredLicence, Group, GroupMember, InheritedLicence,
-    LicenceChange, LicenceOutcome, MatchedBy, NewGroup, NewUser, UserLicenceState, UserRef,
+    LicenceChange, LicenceOutcome, MatchedBy, MembershipWrite, NewGroup, NewUser, UserLicenceState,
+    UserRef,
 };
 pub use priority::Priority;
 pub use rate::{LocalTokenBucket, Unlimited, WriteBudget};
@@ -196,18 +197,47 @@ pub trait Tenant: Send + Sync {
     /// not exist fails with [`TenantError::UserNotFound`].
     async fn member_of(&self, user_id: Uuid) -> Result<Vec<Group>, TenantError>;
 
-    /// Adds users to a group; [`TenantError::AlreadyMember`] for those already in it (also when
-    /// an earlier, throttled attempt was applied), which an idempotent caller treats as done;
-    /// [`TenantError::NotConverged`] while the group, created moments ago, cannot take members.
-    async fn add_members(&self, group_id: Uuid, user_ids: &[Uuid]) -> Vec<Result<(), TenantError>>;
+    /// Adds and removes group members (`POST /groups/{id}/members/$ref`, `DELETE
+    /// /groups/{id}/members/{user}/$ref`, in `$batch`), asking `gate` before each batch; one
+    /// answer per write, in order. [`TenantError::AlreadyMember`] for an addition of a member
+    /// and [`TenantError::NotMember`] for a removal of a non-member (also when an earlier,
+    /// throttled attempt was applied), which an idempotent caller treats as done;
+    /// [`TenantError::NotConverged`] while a group created moments ago cannot take members.
+    async fn write_memberships(
+        &self,
+        writes: &[MembershipWrite],
+        gate: &dyn WriteGate,
+    ) -> Vec<Result<(), TenantError>>;
 
-    /// Removes users from a group; [`TenantError::NotMember`] for those not in it;
-    /// [`TenantError::NotConverged`] while the group, created moments ago, is not replicated.
+    /// Adds users to a group, ungated ([`Tenant::write_memberships`]).
+    async fn add_members(&self, group_id: Uuid, user_ids: &[Uuid]) -> Vec<Result<(), TenantError>> {
+        let writes: Vec<MembershipWrite> = user_ids
+            .iter()
+            .map(|&user| MembershipWrite {
+                group: group_id,
+                user,
+                add: true,
+            })
+            .collect();
+        self.write_memberships(&writes, &Ungated).await
+    }
+
+    /// Removes users from a group, ungated ([`Tenant::write_memberships`]).
     async fn remove_members(
         &self,
         group_id: Uuid,
         user_ids: &[Uuid],
-    ) -> Vec<Result<(), TenantError>>;
+    ) -> Vec<Result<(), TenantError>> {
+        let writes: Vec<MembershipWrite> = user_ids
+            .iter()
+            .map(|&user| MembershipWrite {
+                group: group_id,
+                user,
+                add: false,
+            })
+            .collect();
+        self.write_memberships(&writes, &Ungated).await
+    }
 
     /// Creates a user (seeding). Not idempotent: a retried create that was applied fails with a
     /// conflict (`tenant_error`).

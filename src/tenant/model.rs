@@ -300,6 +300,14 @@ pub struct Group {
     pub display_name: String,
 }
 
+/// One membership write: `user` added to `group` (`add`) or removed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MembershipWrite {
+    pub group: Uuid,
+    pub user: Uuid,
+    pub add: bool,
+}
+
 /// A group member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -2,8 +2,8 @@
 //! interrupts a running job the same way whatever its kind ([`interrupt`]: a cancel while it
 //! writes; its worker stopped as on SIGTERM, or killed, then the job cancelled under the next
 //! worker), and each kind's test checks the job's counts against the tenant's state. Policy
-//! jobs and reverts share the engine's one write loop (`engine::reconcile`); a cancelled
-//! revert once reported none of the writes it had made.
+//! jobs, reverts and admin roles share the engine's one write loop (`engine::reconcile`); a
+//! cancelled revert once reported none of the writes it had made.
 
 use std::time::Duration;
 
@@ -268,4 +268,147 @@ async fn a_revert_cancelled_while_its_worker_is_down_reports_exactly_the_users_i
 #[tokio::test]
 async fn a_policy_job_cancelled_while_its_worker_is_down_reports_exactly_the_users_it_wrote() {
     policy_interrupted(Interruption::CancelWhileDown).await;
+}
+
+/// The Phone System groups of `codes`' Primary admins that `user` is a member of, in the
+/// tenant itself (not a replica).
+fn primary_groups(app: &TestApp, user: &str, codes: &[String]) -> usize {
+    let names: Vec<String> = codes
+        .iter()
+        .map(|code| format!("PhoneSystem-Primary-{code}"))
+        .collect();
+    app.sim
+        .state
+        .groups_of(user)
+        .unwrap_or_default()
+        .iter()
+        .filter(|g| names.contains(g))
+        .count()
+}
+
+/// RX1's mapping: it manages `codes`, of which `onboarded` (and RX1) are on Phone System. A
+/// platform process: no actor.
+fn mapping(app: &TestApp, codes: &[String], onboarded: &[String]) -> Value {
+    let onboarded = [&["RX1".to_owned()], onboarded].concat();
+    let mut job = app.job(
+        "ods_mapping.changed",
+        json!({ "ods_code": "RX1", "managed_ods_codes": codes, "onboarded": onboarded }),
+    );
+    job["actor"] = Value::Null;
+    job
+}
+
+/// An admin-role job interrupted mid-way: a mapping change that takes 30 organisations off
+/// Phone System ends 30 memberships of each of RX1's ten Primary admins (300 removals at 20
+/// a second), interrupted after about 60. `changed` is exactly the admins who lost a
+/// membership, the rest skipped; sent again, the change finishes what was left, and every
+/// admin keeps their own organisation's group throughout.
+async fn roles_interrupted(how: Interruption) {
+    const ADMINS: u64 = 10;
+    let mut app = interruptible_app(20).await;
+    let mut events = app.event_queue().await;
+    let mut seen = Vec::new();
+    let admins = app.sim.seed_users("admin", ADMINS as usize);
+    let mut assigns = Vec::new();
+    for admin in &admins {
+        let job = app.job(
+            "admin_role.assign",
+            json!({ "user": admin, "ods_code": "RX1", "role": "phone_system_primary_admin" }),
+        );
+        app.publish_job(&job).await;
+        assigns.push(job["message_id"].as_str().unwrap().to_owned());
+    }
+    for assign in &assigns {
+        let done = completion(&mut events, &mut seen, assign).await;
+        assert_eq!(done["outcome"], "succeeded", "{done}");
+    }
+    let codes: Vec<String> = (2..32).map(|n| format!("RX{n}")).collect();
+    let onboard = mapping(&app, &codes, &codes);
+    app.publish_job(&onboard).await;
+    let done = completion(
+        &mut events,
+        &mut seen,
+        onboard["message_id"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    for admin in &admins {
+        assert_eq!(primary_groups(&app, admin, &codes), codes.len(), "{admin}");
+    }
+
+    app.sim.state.reset_stats();
+    let off = mapping(&app, &codes, &[]);
+    app.publish_job(&off).await;
+    let off_id = off["message_id"].as_str().unwrap().to_owned();
+    let done = interrupt(
+        &mut app,
+        &mut events,
+        &off_id,
+        how,
+        |app| app.sim.state.stats().total("remove_member"),
+        60,
+    )
+    .await;
+    let left: Vec<usize> = admins
+        .iter()
+        .map(|admin| primary_groups(&app, admin, &codes))
+        .collect();
+    let touched = left.iter().filter(|&&n| n < codes.len()).count() as u64;
+    assert!(
+        touched > 0 && touched < ADMINS,
+        "interrupted mid-way: {left:?}"
+    );
+    assert_eq!(
+        count(&done, "changed"),
+        touched,
+        "{} {left:?}",
+        done["counts"]
+    );
+    assert_eq!(
+        count(&done, "skipped"),
+        ADMINS - touched,
+        "{} {left:?}",
+        done["counts"]
+    );
+    assert_eq!(count(&done, "failed"), 0, "{}", done["counts"]);
+
+    let again = mapping(&app, &codes, &[]);
+    app.publish_job(&again).await;
+    let done = completion(
+        &mut events,
+        &mut seen,
+        again["message_id"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    let unfinished = left.iter().filter(|&&n| n > 0).count() as u64;
+    assert_eq!(
+        count(&done, "changed"),
+        unfinished,
+        "{} {left:?}",
+        done["counts"]
+    );
+    for admin in &admins {
+        assert_eq!(primary_groups(&app, admin, &codes), 0, "{admin}");
+        assert_eq!(
+            primary_groups(&app, admin, &["RX1".to_owned()]),
+            1,
+            "{admin} keeps RX1's group"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_role_job_reports_exactly_the_admins_it_changed() {
+    roles_interrupted(Interruption::Cancel).await;
+}
+
+#[tokio::test]
+async fn a_role_job_whose_worker_stopped_then_cancelled_reports_exactly_the_admins_it_changed() {
+    roles_interrupted(Interruption::Stop).await;
+}
+
+#[tokio::test]
+async fn a_role_job_whose_worker_was_killed_then_cancelled_reports_exactly_the_admins_it_changed() {
+    roles_interrupted(Interruption::Kill).await;
 }

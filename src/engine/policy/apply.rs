@@ -312,14 +312,15 @@ impl<P: Sync> Reconcile for Licences<'_, '_, P> {
         &mut self,
         changes: &[LicenceChange],
         gate: &(dyn WriteGate + Sync),
-    ) -> Vec<Result<(), TenantError>> {
-        self.ctx
+    ) -> Result<Vec<Result<(), TenantError>>, EngineError> {
+        Ok(self
+            .ctx
             .tenant
             .assign_licences_gated(changes, gate)
             .await
             .into_iter()
             .map(|r| r.map(|_| ()))
-            .collect()
+            .collect())
     }
 
     /// Refused because of another policy's licence the user inherits from a group: no direct
