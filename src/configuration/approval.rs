@@ -1,5 +1,5 @@
-//! `[engine.approval]`: the guard rail on large changes (contract 1.1, "Guard rails on large
-//! changes"): a job whose effect is over these thresholds waits for an operator.
+//! `[engine.approval]`: the guard rail on large changes (contracts 1.1, "Guard rails on large
+//! changes", and 1.2): a job whose effect is over these thresholds waits for an operator.
 use std::num::NonZeroU64;
 use std::time::Duration;
 
@@ -11,7 +11,8 @@ use super::parse::at_least_one;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalSettings {
-    /// A job that would remove or change the licence of at least this many users waits.
+    /// A job that would remove or change the licence of at least this many users, counting
+    /// members leaving the policy ([`crate::domain::ChangeEffect::affected`]), waits.
     pub users: u64,
     /// A job that would remove or change the licence of at least this share of the policy's
     /// members (0 to 1) waits, when that is at least `share_min_users` users.

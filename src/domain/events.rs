@@ -78,11 +78,13 @@ impl JobAccepted {
     pub const TYPE: &'static str = "job.accepted";
 }
 
-/// What a planned job would do to its users' licences (contract 1.1, "Guard rails on large
-/// changes"), counted at planning.
+/// What a planned job would do to each of its users (contracts 1.1, "Guard rails on large
+/// changes", and 1.2, "Guard rails judge every job type"), counted at planning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 pub struct ChangeEffect {
-    /// Members the job drops from the policy: the policy no longer grants them its licence.
+    /// Users who would hold no licence of the policy afterwards (a revert taking back the
+    /// licence a job gave to users who had none). Members leaving a policy are not counted
+    /// here: they keep their licence (`members_leaving`).
     pub licence_removed: u64,
     /// Members whose licence the job changes (the policy's licence changed, or a move from a
     /// policy of another licence).
@@ -93,12 +95,20 @@ pub struct ChangeEffect {
     pub unchanged: u64,
     /// Members new to every policy, who get a licence (beyond the contract's four: additive).
     pub licence_added: u64,
+    /// Members leaving the policy (dropped from its member list), who keep the licence they
+    /// hold (contract 1.2; the 1.1 example counted them as `licence_removed`). Not required:
+    /// a 1.1 event without it stays valid.
+    #[serde(default)]
+    pub members_leaving: u64,
 }
 
 impl ChangeEffect {
-    /// Users who lose or change their licence: what the guard rail counts.
+    /// What the guard rail counts: users who lose or change their licence, and members
+    /// leaving the policy. Those keep their licence, but a list that drops most of a
+    /// policy's members is more likely cut short (the portal's update timing out) than
+    /// meant, and an operator should see it before the policy's definition forgets them.
     pub fn affected(&self) -> u64 {
-        self.licence_removed + self.licence_changed
+        self.licence_removed + self.licence_changed + self.members_leaving
     }
 }
 

@@ -275,6 +275,7 @@ impl InternalEvent for ApprovalRequired {
             toggles_changed = e.toggles_changed,
             unchanged = e.unchanged,
             licence_added = e.licence_added,
+            members_leaving = e.members_leaving,
             policy_size = self.policy_size,
             "the job's effect is over the approval thresholds; it waits for `jobs approve`"
         );

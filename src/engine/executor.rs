@@ -293,19 +293,7 @@ impl Engine {
             }
             // What was done is recorded; the rest goes by where the chunk stands.
             Rounds::Open if interrupted => {
-                match work::chunk_fate(&self.pool, chunk, &self.owner).await? {
-                    ChunkFate::Lost => {}
-                    ChunkFate::JobEnded => self.end_early(chunk).await?,
-                    // Stopping (or the database refused a write's intent): hand it back now.
-                    ChunkFate::Held => {
-                        let not_before = if shutdown.is_cancelled() {
-                            self.clock.now()
-                        } else {
-                            self.clock.now() + RETRY_AFTER_ERROR
-                        };
-                        work::release_chunk(&self.pool, chunk, &self.owner, not_before).await?;
-                    }
-                }
+                self.after_interruption(chunk, shutdown).await?;
                 return Ok(None);
             }
             // Nothing was left to apply (a chunk taken over after its last round was
@@ -318,6 +306,29 @@ impl Engine {
             results,
             started,
         }))
+    }
+
+    /// A chunk whose rounds were interrupted, its results recorded: settled by where it
+    /// stands ([`ChunkFate`]).
+    async fn after_interruption(
+        &self,
+        chunk: &ClaimedChunk,
+        shutdown: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        match work::chunk_fate(&self.pool, chunk, &self.owner).await? {
+            ChunkFate::Lost => {}
+            ChunkFate::JobEnded => self.end_early(chunk).await?,
+            // Stopping (or the database refused a write's intent): hand it back now.
+            ChunkFate::Held => {
+                let not_before = if shutdown.is_cancelled() {
+                    self.clock.now()
+                } else {
+                    self.clock.now() + RETRY_AFTER_ERROR
+                };
+                work::release_chunk(&self.pool, chunk, &self.owner, not_before).await?;
+            }
+        }
+        Ok(())
     }
 
     /// A chunk of a job that ended after an earlier claim's worker died or stopped: nothing

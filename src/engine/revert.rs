@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::EngineError;
 use super::kind::{ApplyContext, ItemResult, JobKind, Plan, PlanContext, PlannedItem, WorkItem};
 use super::policy::{Licences, Want};
-use crate::domain::{Failure, FailureCode, JobType};
+use crate::domain::{ChangeEffect, Failure, FailureCode, JobType};
 use crate::store::policies;
 use crate::store::work::revert as store;
 use crate::tenant::AssignedLicence;
@@ -68,7 +68,7 @@ impl JobKind for RevertKind {
 
     async fn plan(
         &self,
-        ctx: PlanContext<'_, '_>,
+        mut ctx: PlanContext<'_, '_>,
         payload: RevertPayload,
     ) -> Result<Plan<RevertPlan, RevertSpec>, EngineError> {
         let reverts = payload.reverts;
@@ -111,6 +111,7 @@ impl JobKind for RevertKind {
                 ))
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
+        *ctx.effect = Some(effect(&mut ctx, &reverted, &subject, &items).await?);
         Ok(Plan::Accept {
             subject,
             plan: RevertPlan { reverts },
@@ -125,6 +126,50 @@ impl JobKind for RevertKind {
     ) -> Result<Vec<ItemResult>, EngineError> {
         apply(ctx, items).await
     }
+}
+
+/// What restoring each item's before-image does to its user (contract 1.2: the approval
+/// rule judges a revert too), against the licence the reverted job assigned: a user who held
+/// no licence of any policy before loses it (`licence_removed`), one who held another gets it
+/// back (`licence_changed`), one who held the same gets its plans back (`toggles_changed`).
+/// The share is of the reverted job's policy's members (of the items when it has none).
+async fn effect(
+    ctx: &mut PlanContext<'_, '_>,
+    reverted: &store::Reverted,
+    subject: &Value,
+    items: &[PlannedItem<RevertSpec>],
+) -> Result<(ChangeEffect, u64), EngineError> {
+    let catalogue = ctx.tenant.skus().await?;
+    let sku = |part: &str| catalogue.by_part_number(part).ok().map(|sku| sku.sku_id);
+    let managed: HashSet<Uuid> = policies::managed_licences(&mut **ctx.tx)
+        .await?
+        .iter()
+        .filter_map(|part| sku(part))
+        .collect();
+    let written = reverted.licence.as_deref().and_then(sku);
+    let mut effect = ChangeEffect::default();
+    for item in items {
+        let Some(spec) = &item.spec else { continue };
+        let held: Vec<Uuid> = spec
+            .image
+            .licences
+            .iter()
+            .map(|l| l.sku_id)
+            .filter(|sku| managed.contains(sku))
+            .collect();
+        if held.is_empty() {
+            effect.licence_removed += 1;
+        } else if written.is_some_and(|w| held.contains(&w)) {
+            effect.toggles_changed += 1;
+        } else {
+            effect.licence_changed += 1;
+        }
+    }
+    let members = match subject["policy_id"].as_str() {
+        Some(policy) => policies::member_count(&mut **ctx.tx, policy).await?,
+        None => 0,
+    };
+    Ok((effect, members.max(items.len() as u64)))
 }
 
 /// Restore the before-images of `items` through the engine's state machine

@@ -95,10 +95,21 @@ pub async fn memberships(
 }
 
 /// Every licence some policy assigns: the licences a policy move takes away.
-pub async fn managed_licences(pool: &PgPool) -> Result<Vec<String>, StoreError> {
+pub async fn managed_licences<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar("SELECT DISTINCT licence FROM policies")
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?)
+}
+
+/// How many members policy `id` has.
+pub async fn member_count<'e>(db: impl sqlx::PgExecutor<'e>, id: &str) -> Result<u64, StoreError> {
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_members WHERE policy_id = $1")
+        .bind(id)
+        .fetch_one(db)
+        .await?;
+    Ok(count as u64)
 }
 
 /// Stage the member list of a stored job for set-wise checks, in `staged_members` (`seq`
@@ -218,22 +229,32 @@ pub async fn store_staged_members(
     Ok(())
 }
 
-/// What a `policy.changed` of `incoming` would do to its members, before any desired state
-/// changes (see [`ChangeEffect`]): `listed` when the job's member list is staged
-/// ([`STAGED_MEMBERS`], checked) and replaces the stored membership. Returns the effect and
-/// the policy's size for the share threshold (its stored members, or the new list's length
-/// for a policy with none yet).
+/// Whose members a policy job's effect counts (see [`change_effect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Members {
+    /// The policy's stored members (a new definition without a list).
+    Stored,
+    /// The staged list ([`STAGED_MEMBERS`], checked), which replaces the stored membership:
+    /// stored members not in it leave the policy.
+    Replaced,
+    /// The staged list, added to the stored membership (`policy.members_added`).
+    Added,
+}
+
+/// What a policy job for `incoming` would do to its members, before any desired state
+/// changes (see [`ChangeEffect`]). Nobody loses a licence: members leaving keep theirs.
+/// Returns the effect and the policy's size for the share threshold (its members after the
+/// job, or before it when it drops some).
 pub async fn change_effect(
     tx: &mut Transaction<'_, Postgres>,
     incoming: &PolicyRow,
-    listed: bool,
+    members: Members,
 ) -> Result<(ChangeEffect, u64), StoreError> {
-    // The members after the job, classified by where they stand now. Set operations
-    // (EXCEPT), as in `store_staged_members`, so that a 200,000-member list is hashed.
-    let target = if listed {
-        "SELECT item AS email FROM staged_members"
-    } else {
-        "SELECT email FROM policy_members WHERE policy_id = $1"
+    // The members the job writes, classified by where they stand now. Set operations
+    // (EXCEPT, UNION), as in `store_staged_members`, so that a 200,000-member list is hashed.
+    let target = match members {
+        Members::Stored => "SELECT email FROM policy_members WHERE policy_id = $1",
+        Members::Replaced | Members::Added => "SELECT item AS email FROM staged_members",
     };
     let (changed, toggles, unchanged, added): (i64, i64, i64, i64) =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -250,35 +271,45 @@ pub async fn change_effect(
         .bind(serde_json::to_value(&incoming.toggles).expect("toggles serialize"))
         .fetch_one(&mut **tx)
         .await?;
-    let removed: i64 = if listed {
-        sqlx::query_scalar(
+    let stored = member_count(&mut **tx, &incoming.id).await? as i64;
+    // `staged_members` exists only when a list was staged.
+    let set_count = |op: &str| {
+        format!(
             "SELECT count(*) FROM (SELECT email FROM policy_members WHERE policy_id = $1
-                                   EXCEPT SELECT item FROM staged_members) AS gone",
+                                   {op} SELECT item FROM staged_members) AS s"
         )
-        .bind(&incoming.id)
-        .fetch_one(&mut **tx)
-        .await?
-    } else {
-        0
     };
-    let stored: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM policy_members WHERE policy_id = $1")
-            .bind(&incoming.id)
-            .fetch_one(&mut **tx)
-            .await?;
+    let (leaving, after): (i64, i64) = match members {
+        Members::Stored => (0, stored),
+        Members::Replaced => (
+            sqlx::query_scalar(sqlx::AssertSqlSafe(set_count("EXCEPT")))
+                .bind(&incoming.id)
+                .fetch_one(&mut **tx)
+                .await?,
+            0,
+        ),
+        Members::Added => (
+            0,
+            sqlx::query_scalar(sqlx::AssertSqlSafe(set_count("UNION")))
+                .bind(&incoming.id)
+                .fetch_one(&mut **tx)
+                .await?,
+        ),
+    };
     let effect = ChangeEffect {
-        licence_removed: removed as u64,
+        licence_removed: 0,
         licence_changed: changed as u64,
         toggles_changed: toggles as u64,
         unchanged: unchanged as u64,
         licence_added: added as u64,
+        members_leaving: leaving as u64,
     };
-    let size = if stored > 0 {
-        stored as u64
-    } else {
-        (changed + toggles + unchanged + added) as u64
+    let size = match members {
+        Members::Added => after,
+        _ if stored > 0 => stored,
+        _ => changed + toggles + unchanged + added,
     };
-    Ok((effect, size))
+    Ok((effect, size as u64))
 }
 
 /// The staged members as the plan's items, in list order: once checked (every one valid

@@ -1,5 +1,6 @@
-//! Guard rails on large changes and the record of operator actions (contract 1.1) end to end:
-//! a `policy.changed` over the approval thresholds waits, publishes `job.approval_required`
+//! Guard rails on large changes and the record of operator actions (contracts 1.1 and 1.2) end
+//! to end: a job over the approval thresholds (a `policy.changed`, a `policy.members_added`, a
+//! revert) waits, publishes `job.approval_required`
 //! and writes nothing (no tenant write, no desired state) until `jobs approve`; `jobs cancel`
 //! ends it; waiting too long ends it `rejected` with `awaiting_approval_expired`.
 
@@ -85,8 +86,9 @@ async fn dropping_1800_of_2000_members_waits_for_approval_and_runs_once_approved
     let required = events.next_of("job.approval_required", &message_id).await;
     assert_eq!(
         required["effect"],
-        json!({ "licence_removed": 1800, "licence_changed": 0, "toggles_changed": 200,
-                "unchanged": 0, "licence_added": 0 }),
+        // The dropped members keep their licence: they only leave the policy (contract 1.2).
+        json!({ "licence_removed": 0, "licence_changed": 0, "toggles_changed": 200,
+                "unchanged": 0, "licence_added": 0, "members_leaving": 1800 }),
         "{required}"
     );
     assert_eq!(required["threshold"], json!({ "users": 500, "share": 0.2 }));
@@ -104,7 +106,7 @@ async fn dropping_1800_of_2000_members_waits_for_approval_and_runs_once_approved
     let shown = ops::show(&app.pool, &message_id).await.unwrap();
     assert_eq!(shown.state.as_str(), "received");
     assert_eq!(
-        shown.awaiting_approval.as_ref().unwrap()["effect"]["licence_removed"],
+        shown.awaiting_approval.as_ref().unwrap()["effect"]["members_leaving"],
         1800
     );
     assert!(ops::render_detail(&shown).contains("awaiting approval"));
@@ -179,7 +181,8 @@ async fn an_approval_that_never_comes_ends_the_job_rejected() {
     let message_id = job["message_id"].as_str().unwrap().to_owned();
     app.publish_job(&job).await;
     let required = events.next_of("job.approval_required", &message_id).await;
-    assert_eq!(required["effect"]["licence_removed"], 10, "{required}");
+    assert_eq!(required["effect"]["members_leaving"], 10, "{required}");
+    assert_eq!(required["effect"]["licence_removed"], 0, "{required}");
     let done = events.next_of("job.completed", &message_id).await;
     assert_eq!(done["outcome"], "rejected", "{done}");
     assert_eq!(
@@ -318,4 +321,110 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
     assert_eq!(done["counts"]["skipped"], 10, "{done}");
     assert_eq!(done["counts"]["total"], 10, "{done}");
     assert_eq!(app.sim.state.stats().writes_attempted, 0);
+}
+
+/// A `policy.members_added` that moves 60 users from a STANDARDPACK policy into a 40-member
+/// ENTERPRISEPACK one changes the licence of 60 % of the policy: it waits like a
+/// `policy.changed` (contract 1.2), naming the 60 as `licence_changed`, and writes nothing
+/// until approved.
+#[tokio::test]
+async fn members_added_that_change_the_licence_of_most_of_a_policy_wait_for_approval() {
+    let mut app = app_with(&[]).await;
+    let mut events = app.event_queue().await;
+    let users = app.sim.seed_users("added", 100);
+    seed_policy(&app, &mut events, "rx1-e3", &users[..40]).await;
+    let standard = app.job(
+        "policy.changed",
+        json!({ "policy": { "id": "rx1-e1", "name": "RX1 E1", "ods_code": "RX1", "version": 1,
+                            "licence": "STANDARDPACK", "toggles": { "SWAY": true } },
+                "members": &users[40..], "total_members": 60 }),
+    );
+    app.publish_job(&standard).await;
+    let done = events
+        .next_of("job.completed", standard["message_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    app.sim.state.reset_stats();
+
+    let added = app.job(
+        "policy.members_added",
+        json!({ "policy_id": "rx1-e3", "members": &users[40..], "total_members": 60 }),
+    );
+    let message_id = added["message_id"].as_str().unwrap().to_owned();
+    app.publish_job(&added).await;
+    let required = events.next_of("job.approval_required", &message_id).await;
+    assert_eq!(required["job_type"], "policy.members_added", "{required}");
+    assert_eq!(
+        required["effect"],
+        json!({ "licence_removed": 0, "licence_changed": 60, "toggles_changed": 0,
+                "unchanged": 0, "licence_added": 0, "members_leaving": 0 }),
+        "{required}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
+    assert_eq!(stored_members(&app, "rx1-e3").await, 40);
+
+    ops::approve(&app.pool, &message_id, &OPERATOR)
+        .await
+        .unwrap();
+    let done = events.next_of("job.completed", &message_id).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], 60, "{done}");
+    let e3 = app.sim.expected_licence("ENTERPRISEPACK", E3_ON);
+    for upn in &users {
+        assert_eq!(app.sim.licences(upn), vec![e3.clone()], "{upn}");
+    }
+    assert_eq!(stored_members(&app, "rx1-e3").await, 100);
+}
+
+/// A revert is judged like any job (contract 1.2): reverting a policy job that gave 30 users
+/// with no licence their first takes it back from them (`licence_removed`), so over the
+/// thresholds it waits, and writes nothing until approved.
+#[tokio::test]
+async fn a_revert_that_takes_licences_away_waits_for_approval() {
+    let mut app = app_with(&[("ENGINE__APPROVAL__USERS", "20")]).await;
+    let mut events = app.event_queue().await;
+    let users = app.sim.seed_users("reverted", 30);
+    let job = app.job(
+        "policy.changed",
+        changed(
+            "rx1-new",
+            1,
+            json!({ "EXCHANGE_S_ENTERPRISE": true, "TEAMS1": true }),
+            &users,
+        ),
+    );
+    app.publish_job(&job).await;
+    let done = events
+        .next_of("job.completed", job["message_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["counts"]["changed"], 30, "{done}");
+    app.sim.state.reset_stats();
+
+    let revert = ops::revert(&app.pool, job["message_id"].as_str().unwrap(), &OPERATOR)
+        .await
+        .unwrap();
+    let required = events
+        .next_of("job.approval_required", &revert.message_id)
+        .await;
+    assert_eq!(required["effect"]["licence_removed"], 30, "{required}");
+    assert_eq!(required["effect"]["licence_changed"], 0, "{required}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.sim.state.stats().writes_attempted, 0);
+    for upn in &users {
+        assert_eq!(
+            app.sim.licences(upn).len(),
+            1,
+            "{upn} keeps the licence while it waits"
+        );
+    }
+
+    ops::approve(&app.pool, &revert.message_id, &OPERATOR)
+        .await
+        .unwrap();
+    let done = events.next_of("job.completed", &revert.message_id).await;
+    assert_eq!(done["counts"]["changed"], 30, "{done}");
+    for upn in &users {
+        assert!(app.sim.licences(upn).is_empty(), "{upn}");
+    }
 }

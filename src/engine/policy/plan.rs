@@ -197,7 +197,12 @@ pub(super) async fn plan_changed(
     // The guard rail's count, before any desired state changes (an older version changes
     // nothing).
     if !stale {
-        *ctx.effect = Some(policies::change_effect(ctx.tx, &incoming, listed).await?);
+        let members = if listed {
+            policies::Members::Replaced
+        } else {
+            policies::Members::Stored
+        };
+        *ctx.effect = Some(policies::change_effect(ctx.tx, &incoming, members).await?);
     }
     let items = match (listed, stale) {
         // The list given is the whole membership: it is what the items are (no re-read).
@@ -326,6 +331,8 @@ pub(super) async fn plan_members_added(
             failures: vec![failure],
         });
     }
+    // The guard rail's count (contract 1.2: every job type), before the members are stored.
+    *ctx.effect = Some(policies::change_effect(ctx.tx, &policy, policies::Members::Added).await?);
     if !ctx.job.dry_run {
         policies::store_staged_members(ctx.tx, &policy.id, false).await?;
     }

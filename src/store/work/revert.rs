@@ -178,6 +178,8 @@ pub async fn request(
 /// retention deleted the images since).
 pub struct Reverted {
     pub subject: Option<Value>,
+    /// The licence (part number) the reverted job's policy assigned, when it was a policy job.
+    pub licence: Option<String>,
     /// Why it cannot be reverted now, if so.
     pub refused: Option<RevertRefused>,
 }
@@ -186,13 +188,16 @@ pub async fn reverted(
     tx: &mut Transaction<'_, Postgres>,
     id: Uuid,
 ) -> Result<Option<Reverted>, StoreError> {
-    let row: Option<(String, Option<String>, bool, Option<Value>)> = sqlx::query_as(
-        "SELECT state, job_type, dry_run, subject::jsonb FROM jobs WHERE id = $1 FOR SHARE",
+    /// State, job type, dry run, subject, and the licence of its policy.
+    type Row = (String, Option<String>, bool, Option<Value>, Option<String>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT state, job_type, dry_run, subject::jsonb, plan -> 'policy' ->> 'licence'
+               FROM jobs WHERE id = $1 FOR SHARE",
     )
     .bind(id)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some((state, job_type, dry_run, subject)) = row else {
+    let Some((state, job_type, dry_run, subject, licence)) = row else {
         return Ok(None);
     };
     // Its own (unfinished) revert is this job: not a reason to refuse.
@@ -200,7 +205,11 @@ pub async fn reverted(
         Ok(_) | Err(RevertRefused::AlreadyReverting(_)) => None,
         Err(refused) => Some(refused),
     };
-    Ok(Some(Reverted { subject, refused }))
+    Ok(Some(Reverted {
+        subject,
+        licence,
+        refused,
+    }))
 }
 
 /// A changed item of the reverted job with the image recorded before its write.
