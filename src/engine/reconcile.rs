@@ -48,6 +48,9 @@ use super::kind::{ApplyContext, ItemOutcome, ItemResult};
 use super::retry::ItemRetry;
 use crate::tenant::{TenantError, WriteGate};
 
+/// The states of the items read, one per item asked for, in order.
+pub type Reads<S> = Result<Vec<Result<S, TenantError>>, EngineError>;
+
 /// What a kind supplies to the machine. Items are named by their index in the chunk.
 #[async_trait]
 pub trait Reconcile: Send {
@@ -58,10 +61,7 @@ pub trait Reconcile: Send {
 
     /// Reads the items `which`. A failed read of one item is its own answer; a read that
     /// failed while others were answered may come back [`TenantError::Postponed`].
-    async fn read(
-        &mut self,
-        which: &[usize],
-    ) -> Result<Vec<Result<Self::State, TenantError>>, EngineError>;
+    async fn read(&mut self, which: &[usize]) -> Reads<Self::State>;
 
     /// Compares item `i`'s state with what it wants. `fresh`: nothing was written for it in
     /// this claim yet (a kind may then trust a write recorded by an earlier claim or job).

@@ -211,14 +211,7 @@ pub trait Tenant: Send + Sync {
 
     /// Adds users to a group, ungated ([`Tenant::write_memberships`]).
     async fn add_members(&self, group_id: Uuid, user_ids: &[Uuid]) -> Vec<Result<(), TenantError>> {
-        let writes: Vec<MembershipWrite> = user_ids
-            .iter()
-            .map(|&user| MembershipWrite {
-                group: group_id,
-                user,
-                add: true,
-            })
-            .collect();
+        let writes = MembershipWrite::all(group_id, user_ids, true);
         self.write_memberships(&writes, &Ungated).await
     }
 
@@ -228,14 +221,7 @@ pub trait Tenant: Send + Sync {
         group_id: Uuid,
         user_ids: &[Uuid],
     ) -> Vec<Result<(), TenantError>> {
-        let writes: Vec<MembershipWrite> = user_ids
-            .iter()
-            .map(|&user| MembershipWrite {
-                group: group_id,
-                user,
-                add: false,
-            })
-            .collect();
+        let writes = MembershipWrite::all(group_id, user_ids, false);
         self.write_memberships(&writes, &Ungated).await
     }
 

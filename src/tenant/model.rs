@@ -308,6 +308,16 @@ pub struct MembershipWrite {
     pub add: bool,
 }
 
+impl MembershipWrite {
+    /// Every one of `users` added to (`add`) or removed from `group`.
+    pub fn all(group: Uuid, users: &[Uuid], add: bool) -> Vec<Self> {
+        users
+            .iter()
+            .map(|&user| Self { group, user, add })
+            .collect()
+    }
+}
+
 /// A group member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -112,6 +112,19 @@ fn count(done: &Value, field: &str) -> u64 {
     done["counts"][field].as_u64().unwrap_or_default()
 }
 
+/// The interrupted job's `job.completed` reports `changed` exactly the `written` of its
+/// `total` items, the rest skipped, none failed. (`context`: what the tenant showed.)
+fn assert_reported(done: &Value, written: u64, total: u64, context: &str) {
+    let counts = &done["counts"];
+    assert_eq!(count(done, "changed"), written, "{counts} {context}");
+    assert_eq!(
+        count(done, "skipped"),
+        total - written,
+        "{counts} {context}"
+    );
+    assert_eq!(count(done, "failed"), 0, "{counts} {context}");
+}
+
 /// A revert of a 3,000-member move interrupted after about 200 writes reports as `changed`
 /// exactly the users it restored, the rest skipped; a revert of that revert gives every one
 /// of them back the licence of the move.
@@ -157,19 +170,7 @@ async fn revert_interrupted(how: Interruption) {
         restored_count > 0 && restored_count < N,
         "interrupted mid-way: {restored_count} restored"
     );
-    assert_eq!(
-        count(&done, "changed"),
-        restored_count,
-        "{}",
-        done["counts"]
-    );
-    assert_eq!(
-        count(&done, "skipped"),
-        N - restored_count,
-        "{}",
-        done["counts"]
-    );
-    assert_eq!(count(&done, "failed"), 0, "{}", done["counts"]);
+    assert_reported(&done, restored_count, N, "");
 
     // The operator's natural fix: revert the cancelled revert. Every user it wrote gets the
     // move's licence back.
@@ -240,9 +241,7 @@ async fn policy_interrupted(how: Interruption) {
         }
     }
     assert!(written > 0 && written < N, "interrupted mid-way: {written}");
-    assert_eq!(count(&done, "changed"), written, "{}", done["counts"]);
-    assert_eq!(count(&done, "skipped"), N - written, "{}", done["counts"]);
-    assert_eq!(count(&done, "failed"), 0, "{}", done["counts"]);
+    assert_reported(&done, written, N, "");
 }
 
 #[tokio::test]
@@ -358,19 +357,7 @@ async fn roles_interrupted(how: Interruption) {
         touched > 0 && touched < ADMINS,
         "interrupted mid-way: {left:?}"
     );
-    assert_eq!(
-        count(&done, "changed"),
-        touched,
-        "{} {left:?}",
-        done["counts"]
-    );
-    assert_eq!(
-        count(&done, "skipped"),
-        ADMINS - touched,
-        "{} {left:?}",
-        done["counts"]
-    );
-    assert_eq!(count(&done, "failed"), 0, "{}", done["counts"]);
+    assert_reported(&done, touched, ADMINS, &format!("{left:?}"));
 
     let again = mapping(&app, &codes, &[]);
     app.publish_job(&again).await;

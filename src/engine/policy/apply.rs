@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::PolicyPlan;
 use crate::domain::FailureCode;
 use crate::engine::kind::{ApplyContext, ItemResult, WorkItem};
-use crate::engine::reconcile::{Compare, Machine, Recent, Reconcile};
+use crate::engine::reconcile::{Compare, Machine, Reads, Recent, Reconcile};
 use crate::engine::{EngineError, failure_code, licensing, users};
 use crate::store::policies::{self, PolicyRow};
 use crate::store::users::{self as store_users, RecentWrite};
@@ -247,10 +247,7 @@ impl<P: Sync> Reconcile for Licences<'_, '_, P> {
     type State = UserLicenceState;
     type Change = LicenceChange;
 
-    async fn read(
-        &mut self,
-        which: &[usize],
-    ) -> Result<Vec<Result<UserLicenceState, TenantError>>, EngineError> {
+    async fn read(&mut self, which: &[usize]) -> Reads<UserLicenceState> {
         if which.iter().all(|&i| self.first_read[i].is_some()) {
             return Ok(which
                 .iter()

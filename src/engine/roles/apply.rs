@@ -20,7 +20,7 @@ use super::{GroupNames, ItemSpec};
 use crate::domain::{AdminRole, JobType};
 use crate::engine::EngineError;
 use crate::engine::kind::{ApplyContext, ItemOutcome, ItemResult, WorkItem};
-use crate::engine::reconcile::{Compare, Machine, Recent, Reconcile};
+use crate::engine::reconcile::{Compare, Machine, Reads, Recent, Reconcile};
 use crate::engine::users;
 use crate::store::roles::{self, GrantState, StoredRole};
 use crate::tenant::{Group, MembershipWrite, NewGroup, TenantError, WriteGate};
@@ -455,10 +455,7 @@ impl<P: Sync> Reconcile for Memberships<'_, '_, '_, P> {
     type State = Held;
     type Change = Change;
 
-    async fn read(
-        &mut self,
-        which: &[usize],
-    ) -> Result<Vec<Result<Held, TenantError>>, EngineError> {
+    async fn read(&mut self, which: &[usize]) -> Reads<Held> {
         let ctx = self.ctx;
         // Users not known yet, by address, in one read.
         let unknown: Vec<usize> = which
