@@ -278,3 +278,70 @@ pub async fn shutdown_signal() {
         let _ = interrupt.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::ConfigSources;
+    use crate::domain::JobType;
+
+    /// The README's checklist for adding a job kind, as far as the code can tell it: every
+    /// job type, the contract's and the service's own, has exactly one kind registered in
+    /// [`job_kinds`]; an internal type that publishes job events publishes them as a contract
+    /// type; and the checklist names every place a new type touches. (`contract::tests` check
+    /// each contract type's schema file, AsyncAPI message and example.)
+    #[test]
+    fn every_job_type_has_a_registered_kind_and_the_checklist_names_every_step() {
+        let environment = config::Environment::default().source(Some(Default::default()));
+        let settings = Settings::load_with(&ConfigSources::default(), environment).unwrap();
+        let mut registered: Vec<&str> = job_kinds(&settings)
+            .job_types()
+            .map(JobType::as_str)
+            .collect();
+        registered.sort_unstable();
+        let mut every: Vec<&str> = JobType::ALL
+            .iter()
+            .chain(JobType::INTERNAL)
+            .map(|t| t.as_str())
+            .collect();
+        every.sort_unstable();
+        assert_eq!(
+            registered, every,
+            "startup::job_kinds registers one kind per job type"
+        );
+        for t in JobType::INTERNAL {
+            assert!(
+                !t.publishes_job_events() || JobType::ALL.contains(&t.published_as()),
+                "{t} publishes its events as {}, not a contract type",
+                t.published_as()
+            );
+        }
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let checklist = &readme[readme.find("### Adding a job kind").expect("the checklist")..];
+        for place in [
+            "src/domain/job.rs",
+            "JobType::as_str",
+            "JobType::ALL",
+            "JobType::INTERNAL",
+            "published_as",
+            "publishes_job_events",
+            "decode_payload",
+            "contract::job_schema",
+            "UPDATE_CONTRACT=1 cargo test --lib contract",
+            "contract/asyncapi.yaml",
+            "engine::JobKind",
+            "engine::reconcile::Reconcile",
+            "src/store/",
+            "migrations/",
+            "src/domain/codes.rs",
+            "startup::job_kinds",
+            "tests/api/",
+        ] {
+            assert!(
+                checklist.contains(place),
+                "the checklist does not name {place}"
+            );
+        }
+    }
+}

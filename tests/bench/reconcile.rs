@@ -72,11 +72,14 @@ struct Args {
     /// Items of the console scenario's job.
     #[arg(long, default_value_t = 200_000)]
     console_items: usize,
+    /// Members of the chaos scenario's job.
+    #[arg(long, default_value_t = 5_000)]
+    chaos_users: usize,
     /// Scenarios to run (comma-separated):
-    /// overhead,rerun,budget,realistic,manual,memory,ingest,console.
+    /// overhead,rerun,budget,chaos,realistic,manual,memory,ingest,console.
     #[arg(
         long,
-        default_value = "overhead,rerun,budget,realistic,manual,memory,ingest,console"
+        default_value = "overhead,rerun,budget,chaos,realistic,manual,memory,ingest,console"
     )]
     only: String,
     // `cargo bench` passes `--bench`; accept and ignore it.
@@ -204,6 +207,13 @@ impl Bench {
     /// (Re)start the worker process with `extra` settings; wait until it is ready.
     async fn start_worker(&mut self, extra: &[(&str, String)]) {
         self.stop_worker();
+        let (child, port) = self.spawn_worker(extra).await;
+        self.worker = Some(child);
+        self.worker_port = port;
+    }
+
+    /// A worker process with `extra` settings, ready, and its port; the caller ends it.
+    async fn spawn_worker(&self, extra: &[(&str, String)]) -> (Child, u16) {
         let port = worker::free_port();
         let mut command = worker::command(&self.env);
         command
@@ -216,9 +226,9 @@ impl Bench {
         for (k, v) in extra {
             command.env(format!("RECONCILER__{k}"), v);
         }
-        self.worker = Some(command.spawn().expect("worker binary"));
-        self.worker_port = port;
+        let child = command.spawn().expect("worker binary");
         worker::wait_ready(&format!("127.0.0.1:{port}")).await;
+        (child, port)
     }
 
     /// A worker whose write budget is as an operator configures it for a tenant limited to
@@ -306,9 +316,7 @@ impl Bench {
     ) -> (Duration, Value) {
         let started = Instant::now();
         let published_at = chrono::Utc::now();
-        let payload = json!({ "policy": { "id": policy, "name": policy, "ods_code": "RX1", "version": version,
-                                          "licence": "ENTERPRISEPACK", "toggles": toggles },
-                              "members": members, "total_members": members.len() });
+        let payload = policy_payload(policy, version, toggles, members);
         let message_id = self.publish("policy.changed", payload).await;
         loop {
             let event = self
@@ -384,6 +392,113 @@ impl Bench {
         )
         .await;
     }
+}
+
+/// A `policy.changed` of `policy` (ENTERPRISEPACK with `toggles`) listing `members`.
+fn policy_payload(policy: &str, version: i64, toggles: Value, members: &[String]) -> Value {
+    json!({ "policy": { "id": policy, "name": policy, "ods_code": "RX1", "version": version,
+                        "licence": "ENTERPRISEPACK", "toggles": toggles },
+            "members": members, "total_members": members.len() })
+}
+
+/// Crash recovery (issue 28): kills of one of two workers during the chaos scenario's job.
+const CHAOS_KILLS: usize = 20;
+
+/// The chaos scenario: `users` members at 150 writes a second on two workers with 5-s
+/// leases, once undisturbed and once while one worker or the other is killed (SIGKILL) and
+/// started again [`CHAOS_KILLS`] times, spread over the undisturbed run's time. A killed
+/// worker's chunks are taken over once their leases expire; what it wrote is read back, not
+/// written again. Figures: the time against the undisturbed run, and writes per member.
+async fn chaos(bench: &mut Bench, users: usize, latency_ms: u64) -> Vec<Figure> {
+    bench.stop_worker();
+    bench
+        .sim
+        .behave(json!({ "latency_ms": latency_ms, "latency_jitter_ms": 0,
+                             "writes_per_window": 0, "resource_units_per_window": 0 }));
+    let extra = [
+        ("TENANT__WRITES_PER_SECOND", "150".to_owned()),
+        ("ENGINE__LEASE_SECONDS", "5".to_owned()),
+    ];
+    let mut workers = vec![
+        bench.spawn_worker(&extra).await.0,
+        bench.spawn_worker(&extra).await.0,
+    ];
+    let toggles = json!({ "TEAMS1": true });
+    let members = bench.sim.seed_users("calm", users);
+    bench.sim.state.reset_stats();
+    let (calm, _) = bench
+        .run_policy("bench-calm", 1, toggles.clone(), &members)
+        .await;
+    let calm_writes = bench.sim.state.stats().writes_applied as f64 / users as f64;
+    eprintln!(
+        "chaos: undisturbed {:.1} s, {calm_writes:.2} writes per member",
+        calm.as_secs_f64()
+    );
+
+    let members = bench.sim.seed_users("chaos", users);
+    bench.sim.state.reset_stats();
+    let started = Instant::now();
+    let message_id = bench
+        .publish(
+            "policy.changed",
+            policy_payload("bench-chaos", 1, toggles, &members),
+        )
+        .await;
+    let every = calm / (CHAOS_KILLS as u32 + 1);
+    let mut kills = 0;
+    let done = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the chaos job within 15 minutes"
+        );
+        match bench.events.next(every).await {
+            Some(event) if event["source_message_id"] == message_id.as_str() => break event,
+            Some(_) => {}
+            None if kills < CHAOS_KILLS => {
+                let victim = &mut workers[kills % 2];
+                let _ = victim.kill();
+                let _ = victim.wait();
+                workers[kills % 2] = bench.spawn_worker(&extra).await.0;
+                kills += 1;
+            }
+            None => {}
+        }
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["changed"], users as u64, "{done}");
+    let writes = bench.sim.state.stats().writes_applied as f64 / users as f64;
+    eprintln!(
+        "chaos: {kills} kills, {:.1} s, {writes:.2} writes per member",
+        elapsed.as_secs_f64()
+    );
+    for mut worker in workers {
+        worker::terminate(&mut worker, Duration::from_secs(20));
+    }
+    let ratio = elapsed.as_secs_f64() / calm.as_secs_f64();
+    vec![
+        figure(
+            "chaos",
+            &format!(
+                "time with {kills} kills over the undisturbed run ({:.0} s)",
+                calm.as_secs_f64()
+            ),
+            elapsed.as_secs_f64(),
+            "s",
+            "≤ 2.5 × undisturbed",
+            Some(ratio),
+            Some(ratio <= 2.5),
+        ),
+        figure(
+            "chaos",
+            "tenant writes applied per member, with kills",
+            writes,
+            "writes",
+            "= 1.00",
+            None,
+            Some((writes - 1.0).abs() < 0.005),
+        ),
+    ]
 }
 
 /// The queue of the `job.completed` events the bench waits for.
@@ -794,6 +909,11 @@ async fn main() {
             None,
             Some(throttled_share <= 0.01),
         ));
+    }
+
+    // ---- chaos ----
+    if wants("chaos") {
+        figures.extend(chaos(&mut bench, args.chaos_users, args.latency_ms).await);
     }
 
     // ---- realistic ----
