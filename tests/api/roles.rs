@@ -491,7 +491,20 @@ async fn roles_a_leaver_is_removed_everywhere_without_email() {
     .await;
     let done = events.completion(&again).await;
     assert_eq!(done["outcome"], "succeeded", "{done}");
-    assert_eq!(done["counts"]["already_compliant"], 1);
+    if crate::kit::realistic_tenant() {
+        // A read from a replica that has not caught up with the first leaver still shows the
+        // memberships: their removal is sent again and changes nothing (no write applied).
+        // Answered "not a member" it is found done; answered 5xx first and "not a member" on
+        // the transport's retry, it cannot be told from a removal this job made.
+        assert_eq!(
+            done["counts"]["already_compliant"].as_u64().unwrap()
+                + done["counts"]["changed"].as_u64().unwrap(),
+            1,
+            "{done}"
+        );
+    } else {
+        assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
+    }
     assert_eq!(writes_made(&app), writes);
 }
 

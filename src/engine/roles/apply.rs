@@ -81,6 +81,9 @@ struct Prepared<'n> {
     own_group: Option<String>,
     /// Groups whose membership this claim ended (accepted) or found ended ("not a member").
     ended: HashSet<Uuid>,
+    /// Groups the directory's primary copy answered "not a member" for: ended, whatever a
+    /// read from a replica behind still shows.
+    found: HashSet<(Uuid, bool)>,
     /// Some write of this item was accepted.
     accepted_any: bool,
     /// The tenant showed the desired memberships.
@@ -183,6 +186,7 @@ async fn prepare<'n, P: Sync>(
         realised_age,
         own_group: holding.as_ref().map(|h| names.name(h.role, &h.ods_code)),
         ended: HashSet::new(),
+        found: HashSet::new(),
         accepted_any: false,
         holds: false,
     })
@@ -386,7 +390,10 @@ impl<P: Sync> Memberships<'_, '_, '_, P> {
 
     /// Item `i`'s change as Graph answered its `writes`: done when each was accepted or
     /// found done ("already a member", "not a member"), also when the rest was withheld
-    /// (the chunk is stopping) after some were accepted; else the first failure.
+    /// (the chunk is stopping) after some were accepted; else the first failure. Removals
+    /// all answered "not a member" wrote nothing: the change answers that (the read it was
+    /// planned from was behind, [`Reconcile::stale_refusal`]), so the item is not counted as
+    /// changed (a leaver whose role was already ended).
     fn answered(
         &mut self,
         i: usize,
@@ -394,7 +401,7 @@ impl<P: Sync> Memberships<'_, '_, '_, P> {
         answers: &[Result<(), TenantError>],
     ) -> Result<(), TenantError> {
         let p = &mut self.items[i];
-        let (mut accepted, mut withheld, mut failure) = (false, None, None);
+        let (mut accepted, mut withheld, mut failure, mut done) = (false, None, None, None);
         for (write, answer) in writes.iter().zip(answers) {
             match answer {
                 Ok(()) => {
@@ -404,8 +411,10 @@ impl<P: Sync> Memberships<'_, '_, '_, P> {
                     }
                 }
                 Err(TenantError::AlreadyMember(_)) if write.add => {}
-                Err(TenantError::NotMember(_)) if !write.add => {
+                Err(error @ TenantError::NotMember(_)) if !write.add => {
+                    p.found.insert((write.group, false));
                     p.ended.insert(write.group);
+                    done.get_or_insert_with(|| error.clone());
                 }
                 Err(error @ TenantError::Withheld(_)) => {
                     withheld.get_or_insert_with(|| error.clone());
@@ -416,9 +425,10 @@ impl<P: Sync> Memberships<'_, '_, '_, P> {
             }
         }
         p.accepted_any |= accepted;
-        match (failure, withheld) {
-            (Some(error), _) => Err(error),
-            (None, Some(error)) if !accepted => Err(error),
+        match (failure, withheld, done) {
+            (Some(error), ..) => Err(error),
+            (None, Some(error), _) if !accepted => Err(error),
+            (None, None, Some(error)) if !accepted => Err(error),
             _ => Ok(()),
         }
     }
@@ -529,15 +539,18 @@ impl<P: Sync> Reconcile for Memberships<'_, '_, '_, P> {
         // role gave, also when `memberOf` does not show them (it may come from a replica that
         // has not caught up with their addition: a leaver seconds after an assign) unless this
         // claim ended them already.
+        // What the primary copy answered "not a member" for is ended, whatever a replica shows.
         let mut ends: Vec<Group> = state
             .groups
             .iter()
-            .filter(|g| p.scope.ends(g))
+            .filter(|g| p.scope.ends(g) && !p.found.contains(&(g.id, false)))
             .cloned()
             .collect();
         for group in state.ended_before {
             let shown = state.groups.iter().any(|g| g.id == group.id);
-            if (shown || !p.ended.contains(&group.id)) && !ends.iter().any(|g| g.id == group.id) {
+            if ((shown && !p.found.contains(&(group.id, false))) || !p.ended.contains(&group.id))
+                && !ends.iter().any(|g| g.id == group.id)
+            {
                 ends.push(group);
             }
         }
@@ -638,10 +651,16 @@ impl<P: Sync> Reconcile for Memberships<'_, '_, '_, P> {
             .collect())
     }
 
-    /// A group made moments ago that cannot take members yet (`Tenant::write_memberships`):
-    /// nothing was applied; read again until the window passes.
+    /// Nothing was applied: a group made moments ago that cannot take members yet
+    /// (`Tenant::write_memberships`), or writes found done by the directory's primary copy
+    /// (planned from a read behind it); read again.
     fn stale_refusal(&self, error: &TenantError) -> bool {
-        matches!(error, TenantError::NotConverged(_))
+        matches!(
+            error,
+            TenantError::NotConverged(_)
+                | TenantError::AlreadyMember(_)
+                | TenantError::NotMember(_)
+        )
     }
 
     /// Also a part of a change: a membership ended or begun is a change of the user's.
