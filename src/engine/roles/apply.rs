@@ -83,7 +83,7 @@ struct Prepared<'n> {
     ended: HashSet<Uuid>,
     /// Groups the directory's primary copy answered "not a member" for: ended, whatever a
     /// read from a replica behind still shows.
-    found: HashSet<(Uuid, bool)>,
+    found: HashSet<Uuid>,
     /// Some write of this item was accepted.
     accepted_any: bool,
     /// The tenant showed the desired memberships.
@@ -412,7 +412,7 @@ impl<P: Sync> Memberships<'_, '_, '_, P> {
                 }
                 Err(TenantError::AlreadyMember(_)) if write.add => {}
                 Err(error @ TenantError::NotMember(_)) if !write.add => {
-                    p.found.insert((write.group, false));
+                    p.found.insert(write.group);
                     p.ended.insert(write.group);
                     done.get_or_insert_with(|| error.clone());
                 }
@@ -543,12 +543,12 @@ impl<P: Sync> Reconcile for Memberships<'_, '_, '_, P> {
         let mut ends: Vec<Group> = state
             .groups
             .iter()
-            .filter(|g| p.scope.ends(g) && !p.found.contains(&(g.id, false)))
+            .filter(|g| p.scope.ends(g) && !p.found.contains(&g.id))
             .cloned()
             .collect();
         for group in state.ended_before {
             let shown = state.groups.iter().any(|g| g.id == group.id);
-            if ((shown && !p.found.contains(&(group.id, false))) || !p.ended.contains(&group.id))
+            if ((shown && !p.found.contains(&group.id)) || !p.ended.contains(&group.id))
                 && !ends.iter().any(|g| g.id == group.id)
             {
                 ends.push(group);
