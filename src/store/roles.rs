@@ -72,6 +72,11 @@ pub struct StoredRole {
     /// The job ending it, while `removing`.
     pub removed_by_job: Option<Uuid>,
     /// How long ago it took its state (a role realised moments ago may not show in reads yet).
+    /// Stamped and measured with `statement_timestamp()`, not `now()`: a role is realised at
+    /// the end of its applier's transaction, which holds the user's lock for as long as the
+    /// tenant takes to show the memberships (22 s for a group too new to take members), and
+    /// `now()` is that transaction's start. A role realised moments ago then looked 22 s
+    /// old, and an assign sent again at once trusted a replica behind and wrote again.
     pub state_age: std::time::Duration,
 }
 
@@ -154,7 +159,7 @@ pub async fn stored_role(
     );
     let row: Option<Row> = sqlx::query_as(
         "SELECT email, ods_code, role, state, assigned_by_job, removed_by_job,
-                extract(epoch FROM now() - state_changed_at)::float8
+                extract(epoch FROM statement_timestamp() - state_changed_at)::float8
            FROM admin_roles WHERE email = $1",
     )
     .bind(email)
@@ -216,7 +221,7 @@ pub async fn put(
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (email) DO UPDATE SET ods_code = EXCLUDED.ods_code, role = EXCLUDED.role,
              assigned_by_job = EXCLUDED.assigned_by_job, assigned_at = now(),
-             state = EXCLUDED.state, removed_by_job = NULL, state_changed_at = now()",
+             state = EXCLUDED.state, removed_by_job = NULL, state_changed_at = statement_timestamp()",
     )
     .bind(&row.email)
     .bind(&row.ods_code)
@@ -235,7 +240,7 @@ pub async fn mark_removing(
     job_id: Uuid,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE admin_roles SET state = $2, removed_by_job = $3, state_changed_at = now()
+        "UPDATE admin_roles SET state = $2, removed_by_job = $3, state_changed_at = statement_timestamp()
           WHERE email = $1",
     )
     .bind(email)
@@ -272,7 +277,7 @@ pub async fn mark_failed(
     job_id: Uuid,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "UPDATE admin_roles SET state = $2, state_changed_at = now()
+        "UPDATE admin_roles SET state = $2, state_changed_at = statement_timestamp()
           WHERE email = $1 AND assigned_by_job = $3 AND state IN ($4, $2)",
     )
     .bind(email)
@@ -293,7 +298,7 @@ pub async fn realise(
     job_id: Uuid,
 ) -> Result<Option<(RoleRow, Option<Uuid>)>, StoreError> {
     let row: Option<(String, String, String, Option<Uuid>)> = sqlx::query_as(
-        "UPDATE admin_roles SET state = $2, state_changed_at = now()
+        "UPDATE admin_roles SET state = $2, state_changed_at = statement_timestamp()
           WHERE email = $1 AND (state = $3 OR (state = $4 AND assigned_by_job = $5))
       RETURNING email, ods_code, role, assigned_by_job",
     )

@@ -674,8 +674,9 @@ async fn roles_an_assign_sent_again_after_its_grant_failed_sends_the_email_once_
     // A third assign finds the role realised: memberships checked, no second email.
     let third = publish(&app, "admin_role.assign", target(newcomer, "RX1", LOCAL)).await;
     let done = events.completion(&third).await;
+    let log = app.sim.state.stats().recent_writes;
     assert_eq!(done["outcome"], "succeeded", "{done}");
-    assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
+    assert_eq!(done["counts"]["already_compliant"], 1, "{done} {log:?}");
     assert_eq!(emails_to(&mut events, newcomer).await.len(), 1);
 }
 
@@ -834,6 +835,35 @@ async fn roles_admins_joining_one_group_are_added_in_one_request() {
         );
     }
     let log = app.sim.state.stats().recent_writes;
+    // Each user joined RX2 once: the members of the applied `PATCH`es and single additions.
+    let mut joined: Vec<String> = log
+        .iter()
+        .filter(|w| w.applied)
+        .flat_map(|w| match w.route.as_str() {
+            "update_group" => w.targets[1..].to_vec(),
+            "add_member" => vec![
+                w.body.as_ref().unwrap()["@odata.id"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            ],
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(joined.len(), 3, "{log:?}");
+    joined.sort();
+    joined.dedup();
+    assert_eq!(joined.len(), 3, "{log:?}");
+    if crate::kit::realistic_tenant() {
+        // A read from a replica behind the assigns moments earlier does not show a user in
+        // RX1 yet: that user waits for a read that does (the role was realised moments ago)
+        // and joins RX2 in a later round, alone. Which users, and whether any two are still
+        // together, is chance; that each joined once is not.
+        return;
+    }
     let together: Vec<_> = log
         .iter()
         .filter(|w| w.route == "update_group" && w.applied)
@@ -841,11 +871,9 @@ async fn roles_admins_joining_one_group_are_added_in_one_request() {
     assert_eq!(together.len(), 1, "{log:?}");
     // The group, then its three new members.
     assert_eq!(together[0].targets.len(), 4, "{log:?}");
-    if !crate::kit::realistic_tenant() {
-        assert_eq!(
-            log.iter().filter(|w| w.route == "add_member").count(),
-            0,
-            "{log:?}"
-        );
-    }
+    assert_eq!(
+        log.iter().filter(|w| w.route == "add_member").count(),
+        0,
+        "{log:?}"
+    );
 }
