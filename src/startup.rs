@@ -214,8 +214,8 @@ impl Application {
 /// for adding one).
 pub fn job_kinds(settings: &Settings) -> Kinds {
     Kinds::builder()
-        .register(policy::PolicyChangedKind)
-        .register(policy::MembersAddedKind)
+        .register(policy::PolicyChangedKind::new())
+        .register(policy::MembersAddedKind::new())
         .register(portal::GrantKind)
         .register(portal::ActivatedKind)
         .register(portal::RemindKind)

@@ -11,7 +11,10 @@
 //! with an older version resolves its ticket once the newer definition holds. Dry runs apply
 //! the definition snapshotted in the plan, as they write no desired state.
 
+use std::marker::PhantomData;
+
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -41,51 +44,68 @@ pub struct PolicyPlan {
     pub sku_plans: Vec<Uuid>,
 }
 
-/// `policy.changed`: a new definition, and optionally the whole membership.
-pub struct PolicyChangedKind;
+/// A policy job: `policy.changed` (a new definition, and optionally the whole membership)
+/// or `policy.members_added` (members added to a stored policy). The two differ in their
+/// payload and planner only: one applier reconciles members to the policy either way.
+pub struct PolicyKind<P>(PhantomData<fn() -> P>);
 
-#[async_trait]
-impl JobKind for PolicyChangedKind {
-    type Payload = PolicyChanged;
-    type Plan = PolicyPlan;
-    type Spec = ();
-    const JOB_TYPE: JobType = JobType::PolicyChanged;
-    const LIST_LEFT_IN_DATABASE: Option<&'static str> = Some("members");
+/// `policy.changed`.
+pub type PolicyChangedKind = PolicyKind<PolicyChanged>;
+/// `policy.members_added`.
+pub type MembersAddedKind = PolicyKind<MembersAdded>;
 
-    async fn plan(
-        &self,
-        ctx: PlanContext<'_, '_>,
-        payload: PolicyChanged,
-    ) -> Result<Plan<PolicyPlan, ()>, EngineError> {
-        plan_changed(ctx, payload).await
-    }
-
-    async fn apply(
-        &self,
-        ctx: &ApplyContext<'_, PolicyPlan>,
-        items: &[WorkItem<()>],
-    ) -> Result<Vec<ItemResult>, EngineError> {
-        apply(ctx, items).await
+impl<P> PolicyKind<P> {
+    pub const fn new() -> Self {
+        Self(PhantomData)
     }
 }
 
-/// `policy.members_added`: members added to a stored policy.
-pub struct MembersAddedKind;
+impl<P> Default for PolicyKind<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a policy job's payload brings to its kind: its job type and its planner.
+#[async_trait]
+pub trait PolicyPayload: DeserializeOwned + Send + Sync + 'static {
+    const JOB_TYPE: JobType;
+
+    async fn plan(self, ctx: PlanContext<'_, '_>) -> Result<Plan<PolicyPlan, ()>, EngineError>;
+}
 
 #[async_trait]
-impl JobKind for MembersAddedKind {
-    type Payload = MembersAdded;
+impl PolicyPayload for PolicyChanged {
+    const JOB_TYPE: JobType = JobType::PolicyChanged;
+
+    async fn plan(self, ctx: PlanContext<'_, '_>) -> Result<Plan<PolicyPlan, ()>, EngineError> {
+        plan_changed(ctx, self).await
+    }
+}
+
+#[async_trait]
+impl PolicyPayload for MembersAdded {
+    const JOB_TYPE: JobType = JobType::PolicyMembersAdded;
+
+    async fn plan(self, ctx: PlanContext<'_, '_>) -> Result<Plan<PolicyPlan, ()>, EngineError> {
+        plan_members_added(ctx, self).await
+    }
+}
+
+#[async_trait]
+impl<P: PolicyPayload> JobKind for PolicyKind<P> {
+    type Payload = P;
     type Plan = PolicyPlan;
     type Spec = ();
-    const JOB_TYPE: JobType = JobType::PolicyMembersAdded;
+    const JOB_TYPE: JobType = P::JOB_TYPE;
     const LIST_LEFT_IN_DATABASE: Option<&'static str> = Some("members");
 
     async fn plan(
         &self,
         ctx: PlanContext<'_, '_>,
-        payload: MembersAdded,
+        payload: P,
     ) -> Result<Plan<PolicyPlan, ()>, EngineError> {
-        plan_members_added(ctx, payload).await
+        payload.plan(ctx).await
     }
 
     async fn apply(
