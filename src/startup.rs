@@ -321,13 +321,8 @@ mod tests {
         let checklist = &readme[readme.find("### Adding a job kind").expect("the checklist")..];
         for place in [
             "src/domain/job.rs",
-            "JobType::as_str",
-            "JobType::ALL",
-            "JobType::INTERNAL",
-            "published_as",
-            "publishes_job_events",
-            "decode_payload",
-            "contract::job_schema",
+            "job_types!",
+            "payload_limits",
             "UPDATE_CONTRACT=1 cargo test --lib contract",
             "contract/asyncapi.yaml",
             "engine::JobKind",

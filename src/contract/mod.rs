@@ -20,15 +20,13 @@
 
 use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, schema_for};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::domain::limits::{
     MAX_DEPTH as DEPTH_LIMIT, MAX_IDENTIFIER_BYTES, MAX_MESSAGE_ID_BYTES, MAX_TEXT_BYTES,
 };
-use crate::domain::{
-    Actor, AdminRoleChange, AdminRoleTarget, JobType, MembersAdded, OdsMappingChanged,
-    PolicyChanged, PortalAccessContacts, PortalAccessGrant, SCHEMA_VERSION, Ticket, UserLeaver,
-};
+use crate::domain::{Actor, JobType, PayloadVisitor, SCHEMA_VERSION, Ticket};
 use crate::domain::{
     EVENT_SCHEMA_VERSION, JobAccepted, JobApprovalRequired, JobCompleted, NotificationEmail,
 };
@@ -255,26 +253,19 @@ pub fn render(schema: &Value) -> String {
     text
 }
 
+/// The schema of a contract job type's message: its envelope around the payload type of
+/// its row in the table of job types (`domain::job`'s `job_types!`).
 fn job_schema(job_type: JobType) -> Value {
-    let schema = match job_type {
-        JobType::PolicyChanged => schema_for!(JobEnvelope<PolicyChanged>),
-        JobType::PolicyMembersAdded => schema_for!(JobEnvelope<MembersAdded>),
-        JobType::AdminRoleAssign | JobType::AdminRoleRemove => {
-            schema_for!(JobEnvelope<AdminRoleTarget>)
+    struct Envelope;
+    impl PayloadVisitor for Envelope {
+        type Output = schemars::Schema;
+        fn visit<P: JsonSchema + for<'de> Deserialize<'de>>(self) -> schemars::Schema {
+            schema_for!(JobEnvelope<P>)
         }
-        JobType::AdminRoleChange => schema_for!(JobEnvelope<AdminRoleChange>),
-        JobType::OdsMappingChanged => schema_for!(JobEnvelope<OdsMappingChanged>),
-        JobType::UserLeaver => schema_for!(JobEnvelope<UserLeaver>),
-        JobType::PortalAccessGrant => schema_for!(JobEnvelope<PortalAccessGrant>),
-        JobType::PortalAccessActivated | JobType::PortalAccessRemind => {
-            schema_for!(JobEnvelope<PortalAccessContacts>)
-        }
-        // Internal (never a message): `JobType::parse` does not name them.
-        JobType::PolicyRevert => schema_for!(JobEnvelope<PolicyChanged>),
-        JobType::DriftSweep | JobType::DriftSweepRoles => {
-            unreachable!("drift sweeps are internal jobs, not job messages")
-        }
-    };
+    }
+    let schema = job_type
+        .with_payload_type(Envelope)
+        .expect("only the contract's job types are messages");
     let mut schema = serde_json::to_value(schema).expect("a schema serializes");
     name_it(
         &mut schema,

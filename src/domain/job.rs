@@ -52,68 +52,117 @@ impl std::fmt::Display for MessageId {
     }
 }
 
-/// The job types of the contract; a job's routing key equals its type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobType {
-    PolicyChanged,
-    PolicyMembersAdded,
-    AdminRoleAssign,
-    AdminRoleRemove,
-    AdminRoleChange,
-    OdsMappingChanged,
-    UserLeaver,
-    PortalAccessGrant,
-    PortalAccessActivated,
-    PortalAccessRemind,
-    /// Internal, not a message type: an operator's revert of a policy job (`jobs revert`),
-    /// stored as `policy.revert` and published as `policy.changed` (its events carry
-    /// `subject.reverts`): the contract's job types stay the only ones in events.
-    PolicyRevert,
-    /// The service's own drift sweep of one policy (`drift.sweep`): stored by the service,
-    /// never accepted from the broker, and not part of the contract's job types.
-    DriftSweep,
-    /// The service's own drift sweep of the admin roles of one ODS code
-    /// (`drift.sweep_roles`); internal as [`Self::DriftSweep`].
-    DriftSweepRoles,
+/// The one table of job types: each row is a job type's variant, its name (a message's
+/// `type` and routing key, and `jobs.job_type`), and, for a type of the contract, its
+/// payload type; for an internal type (one the service stores itself, never accepted from
+/// the broker), the contract type its `job.accepted`/`job.completed` go out as, or `None`
+/// when it publishes none. From it come [`JobType`] with [`JobType::ALL`],
+/// [`JobType::INTERNAL`], [`JobType::as_str`], [`JobType::published_as`] and
+/// [`JobType::publishes_job_events`]; [`JobPayload`] and [`decode_payload`]; and, through
+/// [`JobType::with_payload_type`], the contract's schema of each job message. A new job type is
+/// one row here (and its kind, registered in `startup::job_kinds`: the README's checklist).
+macro_rules! job_types {
+    (
+        contract: { $( $(#[$cdoc:meta])* $c:ident = $cname:literal ($payload:ty), )* }
+        internal: { $( $(#[$idoc:meta])* $i:ident = $iname:literal, events as $events:expr, )* }
+    ) => {
+        /// The job types of the contract; a job's routing key equals its type.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum JobType {
+            $( $(#[$cdoc])* $c, )*
+            $( $(#[$idoc])* $i, )*
+        }
+
+        impl JobType {
+            /// The contract's job types, in the contract's order.
+            pub const ALL: &'static [JobType] = &[ $( Self::$c, )* ];
+
+            /// Job types the service stores itself (not in [`Self::ALL`], the contract's: a
+            /// message of such a type from the broker is an `unknown_type`).
+            pub const INTERNAL: &'static [JobType] = &[ $( Self::$i, )* ];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$c => $cname, )*
+                    $( Self::$i => $iname, )*
+                }
+            }
+
+            /// The contract type a job of this type publishes its job events as, if any.
+            fn publishes_as(self) -> Option<JobType> {
+                match self {
+                    $( Self::$c => Some(self), )*
+                    $( Self::$i => $events, )*
+                }
+            }
+
+            /// Calls `visit` with the payload type of this contract job type (`None` for an
+            /// internal type, which has no message).
+            pub fn with_payload_type<V: PayloadVisitor>(self, visit: V) -> Option<V::Output> {
+                match self {
+                    $( Self::$c => Some(visit.visit::<$payload>()), )*
+                    $( Self::$i => None, )*
+                }
+            }
+        }
+
+        /// The payload of each job type of the contract.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum JobPayload {
+            $( $c($payload), )*
+        }
+
+        fn decode_with<'de, D: serde::Deserializer<'de>>(
+            job_type: JobType,
+            payload: D,
+        ) -> Result<JobPayload, D::Error> {
+            match job_type {
+                $( JobType::$c => Ok(JobPayload::$c(Deserialize::deserialize(payload)?)), )*
+                // Never a message's type (`JobType::parse` does not name them).
+                $( JobType::$i )|* => Err(serde::de::Error::custom(
+                    "internal job types are not message types",
+                )),
+            }
+        }
+    };
+}
+
+/// Something done with a job type's payload type ([`JobType::with_payload_type`]): the
+/// contract's schema of its message, for one.
+pub trait PayloadVisitor {
+    type Output;
+
+    fn visit<P: JsonSchema + for<'de> Deserialize<'de>>(self) -> Self::Output;
+}
+
+job_types! {
+    contract: {
+        PolicyChanged = "policy.changed" (PolicyChanged),
+        PolicyMembersAdded = "policy.members_added" (MembersAdded),
+        AdminRoleAssign = "admin_role.assign" (AdminRoleTarget),
+        AdminRoleRemove = "admin_role.remove" (AdminRoleTarget),
+        AdminRoleChange = "admin_role.change" (AdminRoleChange),
+        OdsMappingChanged = "ods_mapping.changed" (OdsMappingChanged),
+        UserLeaver = "user.leaver" (UserLeaver),
+        PortalAccessGrant = "portal_access.grant" (PortalAccessGrant),
+        PortalAccessActivated = "portal_access.activated" (PortalAccessContacts),
+        PortalAccessRemind = "portal_access.remind" (PortalAccessContacts),
+    }
+    internal: {
+        /// An operator's revert of a policy job (`jobs revert`), stored as `policy.revert`
+        /// and published as `policy.changed` (its events carry `subject.reverts`): the
+        /// contract's job types stay the only ones in events.
+        PolicyRevert = "policy.revert", events as Some(JobType::PolicyChanged),
+        /// The service's own drift sweep of one policy: no ticket waits for it, so no job
+        /// events (it publishes `drift.detected`).
+        DriftSweep = "drift.sweep", events as None,
+        /// The service's own drift sweep of the admin roles of one ODS code; as
+        /// [`Self::DriftSweep`].
+        DriftSweepRoles = "drift.sweep_roles", events as None,
+    }
 }
 
 impl JobType {
-    pub const ALL: &'static [JobType] = &[
-        Self::PolicyChanged,
-        Self::PolicyMembersAdded,
-        Self::AdminRoleAssign,
-        Self::AdminRoleRemove,
-        Self::AdminRoleChange,
-        Self::OdsMappingChanged,
-        Self::UserLeaver,
-        Self::PortalAccessGrant,
-        Self::PortalAccessActivated,
-        Self::PortalAccessRemind,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PolicyChanged => "policy.changed",
-            Self::PolicyMembersAdded => "policy.members_added",
-            Self::AdminRoleAssign => "admin_role.assign",
-            Self::AdminRoleRemove => "admin_role.remove",
-            Self::AdminRoleChange => "admin_role.change",
-            Self::OdsMappingChanged => "ods_mapping.changed",
-            Self::UserLeaver => "user.leaver",
-            Self::PortalAccessGrant => "portal_access.grant",
-            Self::PortalAccessActivated => "portal_access.activated",
-            Self::PortalAccessRemind => "portal_access.remind",
-            Self::PolicyRevert => "policy.revert",
-            Self::DriftSweep => "drift.sweep",
-            Self::DriftSweepRoles => "drift.sweep_roles",
-        }
-    }
-
-    /// Job types the service stores itself (not in [`Self::ALL`], the contract's: a message
-    /// of such a type from the broker is an `unknown_type`).
-    pub const INTERNAL: &'static [JobType] =
-        &[Self::PolicyRevert, Self::DriftSweep, Self::DriftSweepRoles];
-
     /// A job type of the contract (a message's `type`); internal types are not.
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.as_str() == raw)
@@ -124,19 +173,15 @@ impl JobType {
         Self::parse(raw).or_else(|| Self::INTERNAL.iter().copied().find(|t| t.as_str() == raw))
     }
 
-    /// The contract's job type that events about a job of this type carry.
+    /// The contract's job type that events about a job of this type carry (itself for a
+    /// type that publishes no job events).
     pub fn published_as(self) -> Self {
-        match self {
-            Self::PolicyRevert => Self::PolicyChanged,
-            other => other,
-        }
+        self.publishes_as().unwrap_or(self)
     }
 
-    /// Whether jobs of this type publish `job.accepted` and `job.completed`: drift sweeps do
-    /// not (no ticket waits for them; they publish `drift.detected`), a revert does (as
-    /// `policy.changed` with `subject.reverts`).
+    /// Whether jobs of this type publish `job.accepted` and `job.completed`.
     pub fn publishes_job_events(self) -> bool {
-        !matches!(self, Self::DriftSweep | Self::DriftSweepRoles)
+        self.publishes_as().is_some()
     }
 }
 
@@ -286,21 +331,6 @@ impl JobMessage<'_> {
             &mut serde_json::Deserializer::from_str(self.raw_payload.get()),
         )
     }
-}
-
-/// The payload of each job type.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JobPayload {
-    PolicyChanged(PolicyChanged),
-    PolicyMembersAdded(MembersAdded),
-    AdminRoleAssign(AdminRoleTarget),
-    AdminRoleRemove(AdminRoleTarget),
-    AdminRoleChange(AdminRoleChange),
-    OdsMappingChanged(OdsMappingChanged),
-    UserLeaver(UserLeaver),
-    PortalAccessGrant(PortalAccessGrant),
-    PortalAccessActivated(PortalAccessContacts),
-    PortalAccessRemind(PortalAccessContacts),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -867,40 +897,6 @@ fn payload_limits(payload: &JobPayload, limits: &mut FieldLimits) {
 /// by value moves its strings instead of copying them.
 pub fn decode_payload(job_type: JobType, payload: Value) -> Result<JobPayload, serde_json::Error> {
     decode_with(job_type, payload)
-}
-
-fn decode_with<'de, D: serde::Deserializer<'de>>(
-    job_type: JobType,
-    payload: D,
-) -> Result<JobPayload, D::Error> {
-    Ok(match job_type {
-        JobType::PolicyChanged => JobPayload::PolicyChanged(Deserialize::deserialize(payload)?),
-        JobType::PolicyMembersAdded => {
-            JobPayload::PolicyMembersAdded(Deserialize::deserialize(payload)?)
-        }
-        JobType::AdminRoleAssign => JobPayload::AdminRoleAssign(Deserialize::deserialize(payload)?),
-        JobType::AdminRoleRemove => JobPayload::AdminRoleRemove(Deserialize::deserialize(payload)?),
-        JobType::AdminRoleChange => JobPayload::AdminRoleChange(Deserialize::deserialize(payload)?),
-        JobType::OdsMappingChanged => {
-            JobPayload::OdsMappingChanged(Deserialize::deserialize(payload)?)
-        }
-        JobType::UserLeaver => JobPayload::UserLeaver(Deserialize::deserialize(payload)?),
-        JobType::PortalAccessGrant => {
-            JobPayload::PortalAccessGrant(Deserialize::deserialize(payload)?)
-        }
-        JobType::PortalAccessActivated => {
-            JobPayload::PortalAccessActivated(Deserialize::deserialize(payload)?)
-        }
-        JobType::PortalAccessRemind => {
-            JobPayload::PortalAccessRemind(Deserialize::deserialize(payload)?)
-        }
-        // Internal: never a message's type (`JobType::parse` does not name them).
-        JobType::PolicyRevert | JobType::DriftSweep | JobType::DriftSweepRoles => {
-            return Err(serde::de::Error::custom(
-                "internal job types are not message types",
-            ));
-        }
-    })
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub use events::{
 };
 pub use job::{
     Actor, AdminRole, AdminRoleChange, AdminRoleTarget, Contact, ContactKind, JobMessage,
-    JobPayload, JobType, MembersAdded, MessageId, OdsMappingChanged, PolicyChanged,
+    JobPayload, JobType, MembersAdded, MessageId, OdsMappingChanged, PayloadVisitor, PolicyChanged,
     PolicyDefinition, PortalAccessContacts, PortalAccessGrant, Rejection, SCHEMA_VERSION, Ticket,
     UserLeaver, decode_job, decode_payload,
 };
