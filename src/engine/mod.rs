@@ -7,8 +7,8 @@
 //!    written nothing.
 //! 2. **Apply** ([`executor`]). Executors claim chunks with a lease, renew it while working,
 //!    and have the kind bring each item to its desired state and verify it by reading back,
-//!    under the one item retry policy ([`retry`]) and, for kinds that write licences, the one
-//!    per-item state machine ([`reconcile`]). Outcomes are recorded per round, under the
+//!    under the one item retry policy ([`retry`]) and, for kinds that write to the tenant
+//!    (licences, group memberships), the one per-item state machine ([`reconcile`]). Outcomes are recorded per round, under the
 //!    lease. A chunk whose worker died is claimed again once its lease expires, and resumes
 //!    with the items that have no outcome yet; a job ended meanwhile has those items whose
 //!    writes the dead worker may have made read back before it completes.
