@@ -21,7 +21,7 @@ pub use crate::store::work::controls::{
     CANCELLED_BY_OPERATOR, CancelReport, Operator, OperatorAction,
 };
 pub use crate::store::work::revert::{RevertRefused, RevertRequested};
-pub use crate::store::work::views::{ChunkCounts, FailureRow, ItemCounts, JobDetail, JobSummary};
+pub use crate::store::work::views::{ChunkCounts, FailureRow, ItemCounts, JobDetail};
 
 /// Failures `jobs show` lists; the rest are counted.
 pub const FAILURES_SHOWN: i64 = 50;
@@ -47,16 +47,6 @@ impl StateFilter {
             Self::Unfinished => Listed::Unfinished,
         }
     }
-}
-
-/// The most recently received jobs first, at most `limit`.
-pub async fn list(
-    pool: &PgPool,
-    state: Option<StateFilter>,
-    limit: u32,
-) -> Result<Vec<JobSummary>, OpsError> {
-    let which = state.map_or(Listed::All, StateFilter::listed);
-    Ok(views::list(pool, which, limit).await?)
 }
 
 /// One job, by id or `message_id`, with at most [`FAILURES_SHOWN`] failures listed.
@@ -224,43 +214,6 @@ fn progress(done: i64, total: Option<i64>) -> String {
         Some(total) => format!("{done}/{total}"),
         None => "-".into(),
     }
-}
-
-/// `jobs list` as a table.
-pub fn render_list(jobs: &[JobSummary]) -> String {
-    if jobs.is_empty() {
-        return "no jobs\n".into();
-    }
-    let rows: Vec<Vec<String>> = jobs
-        .iter()
-        .map(|j| {
-            let flags: Vec<&str> = [
-                (j.awaiting_approval, "awaiting-approval"),
-                (j.paused, "paused"),
-                (j.expedited, "expedited"),
-                (j.dry_run, "dry-run"),
-            ]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
-            vec![
-                j.id.to_string(),
-                j.job_type.clone().unwrap_or_else(|| "-".into()),
-                j.state.as_str().to_owned(),
-                j.outcome.clone().unwrap_or_else(|| "-".into()),
-                progress(j.done, j.total),
-                j.ticket_reference.clone().unwrap_or_else(|| "-".into()),
-                time(j.received_at),
-                flags.join(","),
-            ]
-        })
-        .collect();
-    table::render(
-        &[
-            "ID", "TYPE", "STATE", "OUTCOME", "PROGRESS", "TICKET", "RECEIVED", "FLAGS",
-        ],
-        &rows,
-    )
 }
 
 /// `jobs show` as text.

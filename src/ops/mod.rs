@@ -23,10 +23,9 @@ pub use jobs::{
     search, watch,
 };
 pub use jobs::{
-    CancelReport, ChunkCounts, ControlReport, FailureRow, ItemCounts, JobDetail, JobSummary,
-    Operator, OperatorAction, RevertRefused, RevertRequested, StateFilter, approve, cancel,
-    expedite, list, pause, render_cancel, render_control, render_detail, render_list,
-    render_revert, resume, revert, show,
+    CancelReport, ChunkCounts, ControlReport, FailureRow, ItemCounts, JobDetail, Operator,
+    OperatorAction, RevertRefused, RevertRequested, StateFilter, approve, cancel, expedite, pause,
+    render_cancel, render_control, render_detail, render_revert, resume, revert, show,
 };
 
 use sqlx::PgPool;

@@ -228,14 +228,13 @@ async fn a_job_awaiting_approval_is_cancelled_and_a_dry_run_never_waits() {
     app.publish_job(&job).await;
     events.next_of("job.approval_required", &message_id).await;
     // `jobs list` flags it.
-    let listed = ops::list(&app.pool, None, 10).await.unwrap();
+    let (listed, more) = ops::search(&app.pool, &Default::default(), 1, 10)
+        .await
+        .unwrap();
     let waiting = listed.iter().find(|j| j.message_id == message_id).unwrap();
     assert!(waiting.awaiting_approval);
-    assert!(
-        ops::render_list(&listed).contains("awaiting-approval"),
-        "{}",
-        ops::render_list(&listed)
-    );
+    let table = ops::render_rows(&listed, more);
+    assert!(table.contains("awaiting-approval"), "{table}");
     // Operator actions that cannot go round the approval say so.
     for report in [
         ops::expedite(&app.pool, &message_id, &OPERATOR)

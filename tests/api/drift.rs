@@ -215,7 +215,7 @@ async fn a_plan_enabled_behind_the_services_back_is_found_and_repaired() {
         ("succeeded", "off_peak", true, false)
     );
     assert_eq!(events_of(&app, &stored[0]).await, vec!["drift.detected"]);
-    let listed = policy_reconciler::ops::list(&app.pool, None, 50)
+    let (listed, _) = policy_reconciler::ops::search(&app.pool, &Default::default(), 1, 50)
         .await
         .unwrap();
     assert!(

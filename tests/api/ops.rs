@@ -60,6 +60,15 @@ async fn completion(events: &mut EventQueue, message_id: &str) -> Value {
     events.next_of("job.completed", message_id).await
 }
 
+/// The first page of `jobs list` (`state`, at most `limit`), as the CLI reads it.
+async fn list(app: &TestApp, state: Option<StateFilter>, limit: u32) -> (Vec<ops::JobRow>, bool) {
+    let filter = ops::JobFilter {
+        state: ops::jobs::listed(state),
+        ..Default::default()
+    };
+    ops::search(&app.pool, &filter, 1, limit).await.unwrap()
+}
+
 #[tokio::test]
 async fn enqueue_from_csv_reconciles_every_listed_member() {
     let mut app = spawn_app().await;
@@ -194,7 +203,7 @@ async fn list_and_show_report_progress_and_failures() {
     let done = completion(&mut events, &enqueued.message_id).await;
     assert_eq!(done["outcome"], "partially_succeeded", "{done}");
 
-    let jobs = ops::list(&app.pool, None, 10).await.unwrap();
+    let (jobs, more) = list(&app, None, 10).await;
     assert_eq!(jobs.len(), 2, "the seed and the enqueued job");
     // Most recent first.
     let job = &jobs[0];
@@ -205,20 +214,14 @@ async fn list_and_show_report_progress_and_failures() {
     assert_eq!((job.done, job.total), (5, Some(5)));
     assert_eq!(job.ticket_reference.as_deref(), Some(TICKET));
     assert!(!job.paused && !job.expedited);
-    assert_eq!(
-        ops::list(&app.pool, Some(StateFilter::Completed), 1)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(list(&app, Some(StateFilter::Completed), 1).await.0.len(), 1);
     assert!(
-        ops::list(&app.pool, Some(StateFilter::Unfinished), 10)
+        list(&app, Some(StateFilter::Unfinished), 10)
             .await
-            .unwrap()
+            .0
             .is_empty()
     );
-    let table = ops::render_list(&jobs);
+    let table = ops::render_rows(&jobs, more);
     assert!(table.contains("5/5") && table.contains(TICKET), "{table}");
 
     // By message_id and by id alike.
@@ -262,7 +265,7 @@ async fn controls_refuse_completed_and_unknown_jobs() {
     let mut app = spawn_app().await;
     let mut events = app.event_queue().await;
     seed_policy(&app, &mut events, "rx1-done").await;
-    let seed = ops::list(&app.pool, None, 1).await.unwrap().remove(0);
+    let seed = list(&app, None, 1).await.0.remove(0);
     assert_eq!(seed.state.as_str(), "completed");
     let id = seed.id.to_string();
     for result in [
@@ -361,9 +364,7 @@ async fn pause_resume_expedite_and_cancel_a_running_job() {
         10
     );
 
-    let unfinished = ops::list(&app.pool, Some(StateFilter::Unfinished), 10)
-        .await
-        .unwrap();
+    let (unfinished, _) = list(&app, Some(StateFilter::Unfinished), 10).await;
     assert_eq!(unfinished.len(), 1);
     assert!(unfinished[0].paused);
 

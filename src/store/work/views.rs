@@ -10,7 +10,7 @@ use super::{ChunkState, JobRef, JobState};
 use crate::domain::{Schedule, Ticket};
 use crate::store::StoreError;
 
-/// Which jobs [`list`] returns.
+/// Which jobs a listing returns (`jobs list` and the console: [`super::browse::JobFilter::state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listed {
     All,
@@ -18,53 +18,6 @@ pub enum Listed {
     In(JobState),
     /// Every state but `completed`.
     Unfinished,
-}
-
-/// One job in a list.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct JobSummary {
-    pub id: Uuid,
-    pub message_id: String,
-    pub job_type: Option<String>,
-    pub state: JobState,
-    pub outcome: Option<String>,
-    /// Items with an outcome.
-    pub done: i64,
-    /// Items planned; `None` before planning (and for rejected jobs).
-    pub total: Option<i64>,
-    pub ticket_reference: Option<String>,
-    pub received_at: DateTime<Utc>,
-    pub paused: bool,
-    pub expedited: bool,
-    pub dry_run: bool,
-    /// Waiting for an operator's approval (guard rails on large changes).
-    pub awaiting_approval: bool,
-}
-
-/// The most recently received jobs first, at most `limit`.
-pub async fn list(pool: &PgPool, which: Listed, limit: u32) -> Result<Vec<JobSummary>, StoreError> {
-    let (state, unfinished_only) = match which {
-        Listed::All => (None, false),
-        Listed::In(state) => (Some(state), false),
-        Listed::Unfinished => (None, true),
-    };
-    Ok(sqlx::query_as(
-        "SELECT j.id, j.message_id, j.job_type, j.state, j.outcome,
-                (SELECT count(*) FROM job_items i
-                 WHERE i.job_id = j.id AND i.outcome IS NOT NULL) AS done,
-                j.total_items AS total, j.ticket->>'reference' AS ticket_reference,
-                j.received_at, j.paused, j.expedited, j.dry_run,
-                j.awaiting_approval IS NOT NULL AND j.state <> 'completed' AS awaiting_approval
-         FROM jobs j
-         WHERE ($1::text IS NULL OR j.state = $1) AND (NOT $2 OR j.state <> 'completed')
-         ORDER BY j.received_at DESC, j.id DESC
-         LIMIT $3",
-    )
-    .bind(state)
-    .bind(unfinished_only)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?)
 }
 
 /// Items of a job by outcome (`pending`: no outcome yet).
