@@ -217,7 +217,22 @@ async fn roles_assign_change_remove_realised_in_groups_with_one_email_per_grant(
     .await;
     let done = events.completion(&again).await;
     assert_eq!(done["outcome"], "succeeded", "{done}");
-    assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
+    if crate::kit::realistic_tenant() {
+        // A read from a replica behind the first change may still show the old Local
+        // membership: its removal is sent again and refused ("not a member"), nothing
+        // applied. The item may then count as changed: a write intent was recorded for it,
+        // and the store counts an item with an intent as changed, as it cannot tell a refused
+        // write from one an earlier claim applied (a known gap, issue 28's notes). What must
+        // hold either way: no write applied (below).
+        assert_eq!(
+            done["counts"]["already_compliant"].as_u64().unwrap()
+                + done["counts"]["changed"].as_u64().unwrap(),
+            1,
+            "{done}"
+        );
+    } else {
+        assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
+    }
     assert_eq!(
         writes_made(&app),
         writes,
