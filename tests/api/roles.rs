@@ -111,6 +111,26 @@ fn writes_made(app: &TestApp) -> u64 {
     }
 }
 
+/// The one item of a job sent again once its change was made is `already_compliant`. Under
+/// the realistic tenant it may count `changed` instead, with no write applied (callers check
+/// that): a read from a replica behind the first job still shows a membership it ended, whose
+/// removal is sent again and refused ("not a member"). The store counts an item with a
+/// recorded write intent as changed, as it cannot tell a refused write from one an earlier
+/// claim applied, and a 5xx then "not a member" on the transport's retry looks the same (a
+/// known gap, issue 28's notes).
+fn assert_sent_again_found_done(done: &Value) {
+    if crate::kit::realistic_tenant() {
+        assert_eq!(
+            done["counts"]["already_compliant"].as_u64().unwrap()
+                + done["counts"]["changed"].as_u64().unwrap(),
+            1,
+            "{done}"
+        );
+    } else {
+        assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
+    }
+}
+
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -217,22 +237,7 @@ async fn roles_assign_change_remove_realised_in_groups_with_one_email_per_grant(
     .await;
     let done = events.completion(&again).await;
     assert_eq!(done["outcome"], "succeeded", "{done}");
-    if crate::kit::realistic_tenant() {
-        // A read from a replica behind the first change may still show the old Local
-        // membership: its removal is sent again and refused ("not a member"), nothing
-        // applied. The item may then count as changed: a write intent was recorded for it,
-        // and the store counts an item with an intent as changed, as it cannot tell a refused
-        // write from one an earlier claim applied (a known gap, issue 28's notes). What must
-        // hold either way: no write applied (below).
-        assert_eq!(
-            done["counts"]["already_compliant"].as_u64().unwrap()
-                + done["counts"]["changed"].as_u64().unwrap(),
-            1,
-            "{done}"
-        );
-    } else {
-        assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
-    }
+    assert_sent_again_found_done(&done);
     assert_eq!(
         writes_made(&app),
         writes,
@@ -506,20 +511,7 @@ async fn roles_a_leaver_is_removed_everywhere_without_email() {
     .await;
     let done = events.completion(&again).await;
     assert_eq!(done["outcome"], "succeeded", "{done}");
-    if crate::kit::realistic_tenant() {
-        // A read from a replica that has not caught up with the first leaver still shows the
-        // memberships: their removal is sent again and changes nothing (no write applied).
-        // Answered "not a member" it is found done; answered 5xx first and "not a member" on
-        // the transport's retry, it cannot be told from a removal this job made.
-        assert_eq!(
-            done["counts"]["already_compliant"].as_u64().unwrap()
-                + done["counts"]["changed"].as_u64().unwrap(),
-            1,
-            "{done}"
-        );
-    } else {
-        assert_eq!(done["counts"]["already_compliant"], 1, "{done}");
-    }
+    assert_sent_again_found_done(&done);
     assert_eq!(writes_made(&app), writes);
 }
 
