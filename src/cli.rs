@@ -23,15 +23,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The commands. `demo`, `tenant-simulator` and `run --with-simulator` need the `simulator`
+/// feature, `dev-certificate` the `dev-certificate` feature (both on by default; a production
+/// build leaves them out).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a worker: consume jobs, reconcile, publish events, until SIGTERM.
-    Run {
-        /// Also serve the built-in tenant simulator in this process, at
-        /// `simulator.listen_address`, and point the tenant client at it (demos, local runs).
-        #[arg(long)]
-        with_simulator: bool,
-    },
+    Run(RunArgs),
+    #[cfg(feature = "simulator")]
     /// The main job end to end on this machine: a simulated tenant with USERS users, a worker,
     /// a `policy.changed` published as the portal would, its `job.completed`; then exit.
     Demo {
@@ -48,6 +47,7 @@ pub enum Command {
     /// Load and validate the configuration and print it, secrets redacted, with the tenant
     /// credential in use (never key material).
     CheckConfig,
+    #[cfg(feature = "dev-certificate")]
     /// Write a self-signed certificate and its RSA private key (`NAME.crt`, `NAME.key`) for the
     /// certificate credential, for development and the simulator; prints their paths and the
     /// certificate's `x5t#S256`, never the key.
@@ -65,6 +65,7 @@ pub enum Command {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    #[cfg(feature = "simulator")]
     /// Serve the Graph-compatible tenant simulator until SIGTERM.
     TenantSimulator {
         /// `host:port` to listen on (default: `simulator.listen_address`).
@@ -117,6 +118,16 @@ pub enum DriftCommand {
         #[arg(long, value_parser = ["repair", "report"])]
         mode: Option<String>,
     },
+}
+
+/// `run`'s flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Also serve the built-in tenant simulator in this process, at
+    /// `simulator.listen_address`, and point the tenant client at it (demos, local runs).
+    #[cfg(feature = "simulator")]
+    #[arg(long)]
+    pub with_simulator: bool,
 }
 
 #[derive(Debug, Args)]
@@ -281,7 +292,9 @@ pub fn contract(schema: Option<&str>) -> Result<String, crate::contract::Unknown
 
 impl Cli {
     pub fn sources(&self) -> crate::configuration::ConfigSources {
+        #[allow(unused_mut)] // nothing to push without the simulator
         let mut overrides = Vec::new();
+        #[cfg(feature = "simulator")]
         if let Command::TenantSimulator {
             profile: Some(profile),
             ..
@@ -289,6 +302,7 @@ impl Cli {
         {
             overrides.push(("simulator.profile".to_owned(), profile.clone()));
         }
+        #[cfg(feature = "simulator")]
         if let Command::Demo { profile, .. } = &self.command {
             overrides.push(("simulator.profile".to_owned(), profile.clone()));
         }

@@ -21,7 +21,7 @@
 //! | [`engine`] | one pipeline for every job kind: planner, executor (leased chunks), monitor, the one item retry policy, and the typed kinds (a file per kind) registered in [`startup`] |
 //! | [`broker`] | RabbitMQ: topology, supervised connection, ingest, outbox relay |
 //! | [`tenant`] | the `Tenant` trait and its Microsoft Graph client (transport, `$batch`, calls) |
-//! | [`simulator`] | a Graph-compatible tenant simulator (tests, demos, benchmarks) |
+//! | [`simulator`] | the Graph-compatible tenant simulator, a crate of its own (`lib/graph-simulator`) re-exported with the `simulator` feature (tests, demos, benchmarks) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`console`] | the operator console: JSON API (`/api/v1`) and pages (`/console`), with its authentication |
 //! | [`ops`] | operator commands: enqueue from a CSV export, list and show jobs, pause, resume, expedite, cancel |
@@ -45,7 +45,10 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod ops;
-pub mod simulator;
+/// The built-in tenant simulator (its own crate, [`graph_simulator`]), with the `simulator`
+/// feature.
+#[cfg(feature = "simulator")]
+pub use graph_simulator as simulator;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use clap::Parser;
 use policy_reconciler::cli::{Cli, Command, DriftCommand, JobsCommand};
 use policy_reconciler::configuration::{DriftMode, Settings};
 use policy_reconciler::startup::{Application, shutdown_signal};
-use policy_reconciler::{ops, simulator, store, telemetry};
+use policy_reconciler::{ops, store, telemetry};
 
 /// Runs the command; a failure is printed once, as one line of causes (no backtrace, even
 /// with `RUST_BACKTRACE` set: these are operator mistakes and outages, not bugs), and the
@@ -53,6 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print(&policy_reconciler::cli::contract(schema.as_deref())?);
         return Ok(());
     }
+    #[cfg(feature = "dev-certificate")]
     if let Command::DevCertificate {
         out_dir,
         name,
@@ -77,6 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settings.tenant.credential_summary()
             );
         }
+        #[cfg(feature = "simulator")]
         Command::Demo { users, .. } => {
             // `--profile` reached the settings as a configuration override (`Cli::sources`).
             telemetry::init_tracing(&settings.log);
@@ -90,23 +92,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store::migrate(&pool).await.context("applying migrations")?;
             tracing::info!("migrations applied");
         }
-        Command::Run { with_simulator } => {
+        Command::Run(run) => {
             telemetry::init_tracing(&settings.log);
-            let mut settings = settings;
-            let _simulator = if with_simulator {
-                let handle = simulator::spawn(settings.simulator.clone())
-                    .await
-                    .context("starting the built-in tenant simulator")?;
-                settings.tenant.graph_base_url = handle.base_url();
-                settings.tenant.login_base_url = handle.base_url();
-                tracing::info!(url = %handle.base_url(), "built-in tenant simulator serving");
-                Some(handle)
-            } else {
-                None
-            };
+            #[cfg(feature = "simulator")]
+            let (settings, _simulator) = with_simulator(settings, run.with_simulator).await?;
+            #[cfg(not(feature = "simulator"))]
+            let policy_reconciler::cli::RunArgs {} = run;
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await;
         }
+        #[cfg(feature = "simulator")]
         Command::TenantSimulator { listen, .. } => {
             // `--profile` reached the settings as a configuration override (`Cli::sources`).
             telemetry::init_tracing(&settings.log);
@@ -114,7 +109,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&address)
                 .await
                 .with_context(|| format!("listening on {address}"))?;
-            simulator::serve(listener, settings.simulator, shutdown_signal()).await?;
+            policy_reconciler::simulator::serve(listener, settings.simulator, shutdown_signal())
+                .await?;
         }
         Command::Enqueue(args) => {
             let enqueued = ops::enqueue_from_csv(&settings, &args.request()).await?;
@@ -209,9 +205,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(&text);
         }
         // Done above, before the configuration was loaded.
-        Command::Permissions | Command::DevCertificate { .. } | Command::Contract { .. } => {}
+        Command::Permissions | Command::Contract { .. } => {}
+        #[cfg(feature = "dev-certificate")]
+        Command::DevCertificate { .. } => {}
     }
     Ok(())
+}
+
+/// `run --with-simulator`: the built-in tenant simulator served in this process, and the
+/// tenant client pointed at it.
+#[cfg(feature = "simulator")]
+async fn with_simulator(
+    mut settings: Settings,
+    wanted: bool,
+) -> anyhow::Result<(
+    Settings,
+    Option<policy_reconciler::simulator::SimulatorHandle>,
+)> {
+    if !wanted {
+        return Ok((settings, None));
+    }
+    let handle = policy_reconciler::simulator::spawn(settings.simulator.clone())
+        .await
+        .context("starting the built-in tenant simulator")?;
+    settings.tenant.graph_base_url = handle.base_url();
+    settings.tenant.login_base_url = handle.base_url();
+    tracing::info!(url = %handle.base_url(), "built-in tenant simulator serving");
+    Ok((settings, Some(handle)))
 }
 
 /// Write to standard output; a closed pipe (`| head`) is not an error worth a panic.

@@ -12,8 +12,9 @@
 //! never shows them.
 //!
 //! This module holds the settings of every part (one file per `[section]`), and depends on no
-//! other part of the crate: parts use their settings from here (`tenant` and `simulator`
-//! re-export theirs), so every arrow points into `configuration`, none out of it.
+//! other part of the crate: parts use their settings from here (`tenant` re-exports its own), so
+//! every arrow points into `configuration`, none out of it. The one exception is `[simulator]`,
+//! whose settings the simulator crate defines (it is a crate of its own, below this one).
 
 mod approval;
 mod broker;
@@ -25,6 +26,7 @@ mod licensing;
 mod parse;
 mod roles;
 mod schedule;
+#[cfg(feature = "simulator")]
 mod simulator;
 mod tenant;
 
@@ -44,6 +46,7 @@ pub use engine::{EngineSettings, RevertSettings};
 pub use licensing::{LicensingSettings, PlanDependency};
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
 pub use schedule::{OffPeakWindow, ScheduleSettings, TimeOfDay};
+#[cfg(feature = "simulator")]
 pub use simulator::{
     FEDERATED_AUDIENCE, FederatedIssuer, SimulatorBehaviour, SimulatorProfile, SimulatorSettings,
 };
@@ -66,7 +69,14 @@ pub struct Settings {
     pub schedule: ScheduleSettings,
     pub roles: RoleSettings,
     pub tenant: TenantSettings,
+    /// The built-in tenant simulator's settings (the `simulator` feature).
+    #[cfg(feature = "simulator")]
     pub simulator: SimulatorSettings,
+    /// A build without the simulator reads `[simulator]` (it is in `config/default.toml`) and
+    /// ignores it, so one configuration file serves both builds.
+    #[cfg(not(feature = "simulator"))]
+    #[serde(default, rename = "simulator")]
+    pub _simulator: serde::de::IgnoredAny,
 }
 
 /// Process-wide behaviour of a worker.

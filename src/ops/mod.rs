@@ -10,8 +10,10 @@
 //! * [`enqueue`] publishes `policy.members_added` or `policy.changed` with publisher confirms.
 //! * [`jobs`] lists and shows jobs and applies the operator controls.
 
+#[cfg(feature = "dev-certificate")]
 pub mod certificate;
 pub mod csv;
+#[cfg(feature = "simulator")]
 pub mod demo;
 pub mod enqueue;
 pub mod jobs;

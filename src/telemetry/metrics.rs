@@ -148,43 +148,6 @@ pub const TENANT_STATUS_CLASSES: &[&str] = &["2xx", "4xx", "429", "5xx", "networ
 /// Values of the `reason` label of [`TENANT_RETRIES_TOTAL`].
 pub const TENANT_RETRY_REASONS: &[&str] = &["throttled", "transient", "unauthorized"];
 
-// ---- simulator ----
-//
-// Detailed counters are at the simulator's `/_sim/stats`; these are for dashboards of a
-// `--simulator` run.
-
-/// Counter: Graph calls the simulator answered, by `route` ([`SIMULATOR_ROUTES`]) and `status`
-/// ([`TENANT_STATUS_CLASSES`], `network` meaning a dropped connection).
-pub const SIMULATOR_REQUESTS_TOTAL: &str = "reconciler_simulator_requests_total";
-/// Counter: writes the simulator applied.
-pub const SIMULATOR_WRITES_APPLIED_TOTAL: &str = "reconciler_simulator_writes_applied_total";
-
-/// Values of the `route` label of [`SIMULATOR_REQUESTS_TOTAL`].
-pub const SIMULATOR_ROUTES: &[&str] = &[
-    "token",
-    "subscribed_skus",
-    "get_user",
-    "assign_license",
-    "create_user",
-    "create_group",
-    "list_groups",
-    "list_members",
-    "member_of",
-    "add_member",
-    "remove_member",
-    "batch",
-    "list_users",
-    "update_user",
-    "get_group",
-    "update_group",
-    "upsert_group",
-    "count_members",
-    "method_not_allowed",
-    "openid_configuration",
-    "jwks",
-    "invalid",
-];
-
 /// The status-class label value of an HTTP status (0 = no response).
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -348,13 +311,5 @@ fn describe() {
     describe_gauge!(
         TENANT_WRITE_RATE_FACTOR,
         "Share of the configured write rate in force (adaptive)."
-    );
-    describe_counter!(
-        SIMULATOR_REQUESTS_TOTAL,
-        "Graph calls the simulator answered."
-    );
-    describe_counter!(
-        SIMULATOR_WRITES_APPLIED_TOTAL,
-        "Writes the simulator applied."
     );
 }

@@ -51,11 +51,6 @@ const LABEL_SETS: &[(&str, &str, &str)] = &[
         "TENANT_OPERATIONS",
     ),
     (
-        "reconciler_simulator_requests_total",
-        "route",
-        "SIMULATOR_ROUTES",
-    ),
-    (
         "reconciler_chunks_held_total",
         "reason",
         "ACCESS_LOSS_REASONS",
@@ -64,11 +59,6 @@ const LABEL_SETS: &[(&str, &str, &str)] = &[
         "reconciler_tenant_access_lost",
         "reason",
         "ACCESS_LOSS_REASONS",
-    ),
-    (
-        "reconciler_simulator_requests_total",
-        "status",
-        "TENANT_STATUS_CLASSES",
     ),
 ];
 

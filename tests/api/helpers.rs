@@ -196,7 +196,7 @@ impl TestApp {
     /// Start a worker as a separate `policy-reconciler run` process with this app's settings
     /// (plus `extra` variables); it is stopped with SIGTERM when the app is dropped.
     pub fn start_worker_process(&mut self, extra: &[(&str, &str)]) {
-        let mut command = worker::command(&self.env);
+        let mut command = worker::command(env!("CARGO_BIN_EXE_policy-reconciler"), &self.env);
         command
             .env("RECONCILER__HTTP__LISTEN_ADDRESS", "127.0.0.1:0")
             .env(

@@ -1,7 +1,7 @@
 //! The one integration-test binary. Worker tests talk to the real PostgreSQL and RabbitMQ, each
 //! in its own database and with its own queue names; tenant and simulator tests run the
 //! simulator in-process on port 0. What they share with the benchmark is in the test kit
-//! (`tests/kit`); `helpers` holds the API tests' own harness on top of it.
+//! (`lib/test-kit`, here `kit`); `helpers` holds the API tests' own harness on top of it.
 mod approval;
 mod console;
 mod console_browser;
@@ -15,11 +15,6 @@ mod helpers;
 mod identity;
 mod ingest;
 mod interrupt;
-// Shared with the benchmark (`tests/bench`), which uses other parts of it: what one of the two
-// targets leaves unused is not dead.
-#[allow(dead_code)]
-#[path = "../kit/mod.rs"]
-mod kit;
 mod licensing;
 mod ops;
 mod outbox;
@@ -36,3 +31,6 @@ mod simulator_realism;
 mod simulator_surface;
 mod tenant;
 mod throttle;
+
+/// The test kit shared with the benchmark, as `crate::kit`.
+use test_kit as kit;

@@ -209,7 +209,7 @@ async fn recoveries_are_counted_and_a_worker_stops_cleanly_while_the_broker_is_d
     };
     let env: HashMap<String, String> = test_env(&id, &options);
     let settings = crate::kit::env::settings(&env);
-    let mut child = worker::command(&env)
+    let mut child = worker::command(env!("CARGO_BIN_EXE_policy-reconciler"), &env)
         .env("RECONCILER__LOG__FORMAT", "json")
         .env("RUST_BACKTRACE", "1")
         .env_remove("RUST_LOG")

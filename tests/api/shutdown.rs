@@ -16,12 +16,15 @@ async fn run_stops_cleanly_with_exit_code_0_on_sigterm() {
         ..AppOptions::default()
     };
     let settings = test_settings(&id, &options);
-    let mut child = worker::command(&test_env(&id, &options))
-        .env("RECONCILER__LOG__FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
+    let mut child = worker::command(
+        env!("CARGO_BIN_EXE_policy-reconciler"),
+        &test_env(&id, &options),
+    )
+    .env("RECONCILER__LOG__FORMAT", "json")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("the binary starts");
 
     worker::wait_ready(&format!("127.0.0.1:{port}")).await;
 

@@ -6,7 +6,7 @@
 //! names of its own, runs the scenarios, prints one markdown table and writes the same figures
 //! as JSON (`bench-results/reconcile.json` by default). Everything it creates is removed.
 //! Its database, queue names, simulator, worker process and event queue come from the test kit
-//! it shares with `tests/api` (`tests/kit`).
+//! it shares with `tests/api` (`lib/test-kit`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -29,11 +29,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection as _, Executor, PgConnection};
 use uuid::Uuid;
 
-// Shared with the API tests (`tests/api`), which use other parts of it: what one of the two
-// targets leaves unused is not dead.
-#[allow(dead_code)]
-#[path = "../kit/mod.rs"]
-mod kit;
+use test_kit as kit;
 
 use kit::broker::{self, EventQueue};
 use kit::simulator::SimThread;
@@ -215,7 +211,7 @@ impl Bench {
     /// A worker process with `extra` settings, ready, and its port; the caller ends it.
     async fn spawn_worker(&self, extra: &[(&str, String)]) -> (Child, u16) {
         let port = worker::free_port();
-        let mut command = worker::command(&self.env);
+        let mut command = worker::command(env!("CARGO_BIN_EXE_policy-reconciler"), &self.env);
         command
             .env(
                 "RECONCILER__HTTP__LISTEN_ADDRESS",

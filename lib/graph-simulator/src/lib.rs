@@ -64,7 +64,7 @@
 //!
 //! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).
 pub mod catalogue;
-mod events;
+pub mod events;
 pub mod identity;
 pub mod replica;
 mod routes;

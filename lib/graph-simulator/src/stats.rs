@@ -3,9 +3,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::WriteApplied;
+use super::events;
 use super::throttle::Priority;
-use crate::telemetry::emit;
 
 /// Entries kept in the recent-writes log.
 pub const WRITE_LOG_CAPACITY: usize = 10_000;
@@ -155,7 +154,7 @@ impl Stats {
     pub fn write_finished(&mut self, mut entry: WriteLogEntry) {
         if entry.applied {
             self.writes_applied += 1;
-            emit(WriteApplied);
+            events::write_applied();
             bump(&mut self.applied_per_second, entry.unix_ms / 1000);
             if entry.status == 429 {
                 self.throttled_writes_applied += 1;

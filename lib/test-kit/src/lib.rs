@@ -15,8 +15,8 @@
 //! - clean-up: [`remove_run`] (or [`cleanup`], from a `Drop`) deletes the run's queues and
 //!   exchanges ([`broker::remove_topology`]) and drops its database ([`database::drop_database`]).
 //!
-//! Both targets include it with `#[path = "../kit/mod.rs"] mod kit;` (no crate of its own), so
-//! what only one of them uses is dead code in the other: the inclusions allow `dead_code`.
+//! It is a crate of its own (`lib/test-kit`), a dev-dependency of the service; the targets name
+//! it `kit` (`use test_kit as kit;`).
 
 pub mod broker;
 pub mod contract;
@@ -38,6 +38,12 @@ use uuid::Uuid;
 /// tests of policies, roles and portal access a second time so.
 pub fn realistic_tenant() -> bool {
     std::env::var("RECONCILER_TEST_TENANT").is_ok_and(|v| v == "realistic")
+}
+
+/// The service package's folder (the workspace root): where `config/` and `migrations/` are,
+/// and where a worker process runs from.
+pub fn service_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 pub fn run_id() -> String {

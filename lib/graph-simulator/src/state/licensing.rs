@@ -22,7 +22,7 @@ use super::{Directory, GraphError, Sku, User};
 pub const INHERITED_REMOVAL_MESSAGE: &str = "User license is inherited from a group membership and it cannot be removed directly from the user.";
 
 /// The licensing rules that change what the simulator did before they existed; each is a
-/// [`crate::simulator::SimulatorBehaviour`] knob, on in the `realistic` profile.
+/// [`crate::SimulatorBehaviour`] knob, on in the `realistic` profile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rules {
     /// Refuse an assignment whose disabled plans break a service-plan dependency
@@ -35,7 +35,7 @@ pub struct Rules {
 
 /// A licence a user inherits from a group.
 #[derive(Debug, Clone, PartialEq)]
-pub(in crate::simulator) struct Inherited {
+pub(crate) struct Inherited {
     /// The group that holds it (`assignedByGroup`).
     pub group: Uuid,
     /// The SKU.

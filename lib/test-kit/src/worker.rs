@@ -70,13 +70,15 @@ impl WorkerThread {
     }
 }
 
-/// `policy-reconciler run` with the variables `env`, from the crate's folder (where the
+/// `policy-reconciler run` with the variables `env`, from the service's folder (where the
 /// configuration files are); the caller adds its own variables and output, then spawns it.
-pub fn command(env: &Env) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_policy-reconciler"));
+/// `binary` is the calling target's `env!("CARGO_BIN_EXE_policy-reconciler")`: Cargo tells the
+/// binary's path to the package's own tests and benchmarks, not to a crate they use.
+pub fn command(binary: &str, env: &Env) -> Command {
+    let mut command = Command::new(binary);
     command
         .arg("run")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(super::service_dir())
         .envs(env);
     command
 }

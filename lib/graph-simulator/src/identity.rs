@@ -28,8 +28,14 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::settings::FederatedIssuer;
-use crate::tenant::auth::{JWT_BEARER_ASSERTION_TYPE, certificate_der, thumbprint_s256};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::settings::FederatedIssuer;
+
+/// The `client_assertion_type` of a JWT client assertion (RFC 7523 section 2.2).
+pub const JWT_BEARER_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Clock skew tolerated on `nbf` and `exp` (Entra ID allows a few minutes; five assumed).
 pub const CLOCK_SKEW_SECONDS: i64 = 300;
@@ -138,10 +144,19 @@ impl Audience {
     }
 }
 
-/// The public key of an RS256 certificate (PEM), and its `x5t#S256`.
+/// The public key of an RS256 certificate (PEM), and its `x5t#S256`: base64url without padding
+/// of the SHA-256 of the certificate's DER (RFC 7515 section 4.1.8).
+///
+/// Written here rather than shared with the service's client (`tenant::auth`): the simulator
+/// stands for Entra ID, and one helper on both sides would agree with itself even where wrong.
 fn certificate_key(pem: &[u8]) -> Result<(String, DecodingKey), String> {
-    let der = certificate_der(pem)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem)
+        .map_err(|e| format!("not a PEM certificate ({e})"))?;
+    if block.label != "CERTIFICATE" {
+        return Err(format!("a PEM {} block, not a CERTIFICATE", block.label));
+    }
+    let cert = block
+        .parse_x509()
         .map_err(|e| format!("not an X.509 certificate ({e})"))?;
     let spki = cert.public_key();
     let key = match spki.parsed() {
@@ -151,7 +166,9 @@ fn certificate_key(pem: &[u8]) -> Result<(String, DecodingKey), String> {
         }
         _ => return Err("the certificate's key is not RSA".to_owned()),
     };
-    Ok((thumbprint_s256(&der), key))
+    let thumbprint =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(&block.contents));
+    Ok((thumbprint, key))
 }
 
 fn read_certificate(path: &Path) -> std::io::Result<(String, DecodingKey)> {
