@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::super::catalogue::PLAN_DEPENDENCIES;
-use super::{Directory, GraphError, Sku, User};
+use super::*;
 
 /// Graph's answer to removing, with `assignLicense`, a licence the user holds only through a
 /// group (400; the message Graph and `Set-MgUserLicense` report, tenant.md "Licensing
@@ -416,5 +416,166 @@ impl Directory {
                   "prepaidUnits": sku.prepaid_units_json(), "consumedUnits": sku.consumed,
                   "servicePlans": sku.plans.iter().filter_map(|p| sku.plan_name(p.0)).collect::<Vec<_>>()}),
         )
+    }
+}
+
+/// A validated `assignLicense` body.
+#[derive(Debug, Clone)]
+pub struct AssignLicense {
+    /// (skuId, disabledPlans).
+    pub add: Vec<(Uuid, Vec<Uuid>)>,
+    /// SKUs to remove.
+    pub remove: Vec<Uuid>,
+}
+
+impl AssignLicense {
+    /// Parses Graph's body `{"addLicenses":[{"skuId","disabledPlans"}],"removeLicenses":[…]}`.
+    pub fn parse(body: &Value) -> Result<Self, GraphError> {
+        let bad = |m: &str| GraphError::new(400, "BadRequest", m.to_owned());
+        let obj = body
+            .as_object()
+            .ok_or_else(|| bad("Empty Payload. JSON content expected."))?;
+        let uuid_of = |v: &Value| -> Result<Uuid, GraphError> {
+            v.as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or_else(|| bad("Invalid GUID in request."))
+        };
+        let adds = obj
+            .get("addLicenses")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("The parameter 'addLicenses' is missing or not an array."))?;
+        let removes = obj
+            .get("removeLicenses")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("The parameter 'removeLicenses' is missing or not an array."))?;
+        let mut add = Vec::new();
+        for a in adds {
+            let sku = uuid_of(a.get("skuId").unwrap_or(&Value::Null))?;
+            let disabled = match a.get("disabledPlans") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(list)) => list.iter().map(uuid_of).collect::<Result<_, _>>()?,
+                Some(_) => return Err(bad("disabledPlans must be an array.")),
+            };
+            add.push((sku, disabled));
+        }
+        let remove = removes.iter().map(uuid_of).collect::<Result<_, _>>()?;
+        Ok(Self { add, remove })
+    }
+}
+
+impl Directory {
+    /// `POST /users/{id or upn}/assignLicense`: validates everything first, then applies atomically.
+    ///
+    /// Licences inherited from groups ([`licensing`]) take part: a SKU held through a group
+    /// takes no second seat, conflicts with it are refused, and removing it directly is refused
+    /// with Graph's message ([`INHERITED_REMOVAL_MESSAGE`]); a direct assignment beside it is
+    /// allowed.
+    pub fn assign_license(&mut self, key: &str, req: &AssignLicense) -> Result<Value, GraphError> {
+        let id = self
+            .resolve_user(key)
+            .ok_or_else(|| GraphError::not_found(key))?;
+        let user = &self.users[&id];
+        for (sku_id, disabled) in &req.add {
+            let Some(&i) = self.sku_index.get(sku_id) else {
+                return Err(GraphError::bad_request(format!(
+                    "License {sku_id} does not correspond to a valid company License."
+                )));
+            };
+            let sku = &self.skus[i];
+            if let Some(bad) = disabled.iter().find(|p| !sku.plan_ids.contains(p)) {
+                return Err(GraphError::bad_request(format!(
+                    "Invalid disabled plan id {bad}: the service plan is not part of the license {sku_id}."
+                )));
+            }
+            if req.remove.contains(sku_id) {
+                return Err(GraphError::bad_request(format!(
+                    "License {sku_id} cannot be both added and removed."
+                )));
+            }
+            self.check_dependencies(sku, disabled, "user")?;
+        }
+        for sku_id in &req.remove {
+            if !user.licences.iter().any(|(s, _)| s == sku_id) {
+                if user.inherits(*sku_id) {
+                    return Err(GraphError::bad_request(INHERITED_REMOVAL_MESSAGE));
+                }
+                return Err(GraphError::bad_request(format!(
+                    "User does not have a corresponding license {sku_id}."
+                )));
+            }
+        }
+        if !req.add.is_empty() && user.usage_location.as_deref().is_none_or(str::is_empty) {
+            return Err(GraphError::bad_request(USAGE_LOCATION_MESSAGE));
+        }
+        let held_before = user.held();
+        // The licences the user would hold directly afterwards.
+        let mut after: Vec<(Uuid, Vec<Uuid>)> = user
+            .licences
+            .iter()
+            .filter(|(s, _)| !req.remove.contains(s))
+            .cloned()
+            .collect();
+        for (sku_id, disabled) in &req.add {
+            let mut disabled = disabled.clone();
+            disabled.sort();
+            disabled.dedup();
+            match after.iter_mut().find(|(s, _)| s == sku_id) {
+                Some(existing) => existing.1 = disabled,
+                None => after.push((*sku_id, disabled)),
+            }
+        }
+        // Every SKU held afterwards: direct ones and those inherited without error.
+        let mut held_after: Vec<Uuid> = after.iter().map(|(s, _)| *s).collect();
+        for sku in user
+            .inherited
+            .iter()
+            .filter(|i| i.error.is_none())
+            .map(|i| i.sku)
+        {
+            if !held_after.contains(&sku) {
+                held_after.push(sku);
+            }
+        }
+        for (i, a) in held_after.iter().enumerate() {
+            let sa = &self.skus[self.sku_index[a]];
+            for b in &held_after[i + 1..] {
+                let sb = &self.skus[self.sku_index[b]];
+                if sa.exclusive_group.is_some() && sa.exclusive_group == sb.exclusive_group {
+                    return Err(self.conflict_error(sa, sb));
+                }
+            }
+        }
+        let newly_added: Vec<Uuid> = held_after
+            .iter()
+            .copied()
+            .filter(|s| !held_before.contains(s))
+            .collect();
+        for sku_id in &newly_added {
+            let sku = &self.skus[self.sku_index[sku_id]];
+            if sku.consumed >= sku.assignable() {
+                return Err(GraphError::bad_request(format!(
+                    "Subscription {} ({}) does not have any available licenses.",
+                    sku.part_number, sku.id
+                )));
+            }
+        }
+        // Validated: apply.
+        for sku_id in &newly_added {
+            let i = self.sku_index[sku_id];
+            self.skus[i].consumed += 1;
+        }
+        for sku_id in held_before.iter().filter(|s| !held_after.contains(s)) {
+            let i = self.sku_index[sku_id];
+            self.skus[i].consumed = self.skus[i].consumed.saturating_sub(1);
+        }
+        let lag = write_lag();
+        let user = self.users.get_mut(&id).expect("resolved above");
+        if let Some((now, lag)) = lag {
+            self.replication
+                .user_written(id, Some(user.clone()), now, lag);
+        }
+        user.licences = after;
+        // Graph answers with the user's default properties (not its licences): clients must read.
+        select(user.json(), None, Some(USER_DEFAULT_PROPERTIES), "user")
     }
 }
