@@ -44,8 +44,9 @@ pub enum Command {
     },
     /// Create the database if allowed and apply the embedded migrations, then exit.
     Migrate,
-    /// Load and validate the configuration and print it, secrets redacted, with the tenant
-    /// credential in use (never key material).
+    /// Load and validate the configuration and print it as TOML in the form of
+    /// config/default.toml (secrets as "(set)"), with the keys set above config/default.toml
+    /// and the layer that set each, and the tenant credential in use (never key material).
     CheckConfig,
     #[cfg(feature = "dev-certificate")]
     /// Write a self-signed certificate and its RSA private key (`NAME.crt`, `NAME.key`) for the

@@ -67,16 +67,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print(&ops::certificate::render(&written));
         return Ok(());
     }
-    let settings = Settings::load(&cli.sources()).context("loading configuration")?;
+    let sources = cli.sources();
+    let settings = Settings::load(&sources).context("loading configuration")?;
     match cli.command {
         Command::CheckConfig => {
-            use std::io::Write;
-            // A closed pipe (`| head`) is not an error worth a panic.
-            let _ = writeln!(
-                std::io::stdout().lock(),
-                "{}\n{settings:#?}",
-                settings.tenant.credential_summary()
-            );
+            let origins = sources
+                .origins()
+                .context("reading the configuration's layers")?;
+            print(&settings.render_effective(&origins)?);
         }
         #[cfg(feature = "simulator")]
         Command::Demo { users, .. } => {

@@ -4,17 +4,18 @@ use std::num::{NonZeroU16, NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 use super::parse::at_least_one;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
     pub host: String,
     pub port: u16,
     pub username: String,
+    #[serde(serialize_with = "super::parse::redacted")]
     pub password: SecretString,
     /// Virtual host, unescaped (`/` is the default vhost).
     pub vhost: String,
@@ -38,7 +39,7 @@ pub struct BrokerSettings {
 }
 
 /// Exchange and queue names (the defaults are the contract's).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     pub jobs_exchange: String,

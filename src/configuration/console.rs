@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
 /// What a user of the console may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsoleRole {
     /// Reads every page and the API; no operator action.
@@ -28,14 +28,15 @@ impl ConsoleRole {
 }
 
 /// A bearer token from the configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleToken {
     pub role: ConsoleRole,
+    #[serde(serialize_with = "super::parse::redacted")]
     pub token: SecretString,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleSettings {
     /// Serve `/console` and `/api/v1` on the worker's HTTP endpoint.

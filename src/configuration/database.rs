@@ -4,19 +4,20 @@ use std::num::NonZeroU64;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 
 use super::ConfigError;
 use super::parse::at_least_one;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub host: String,
     pub port: u16,
     pub username: String,
     /// Empty for trust or peer authentication.
+    #[serde(serialize_with = "super::parse::redacted")]
     pub password: SecretString,
     pub database_name: String,
     /// Pool size per replica. Each in-flight message and each claimed chunk holds one briefly.

@@ -3,13 +3,13 @@
 use std::num::NonZeroU64;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 use super::parse::at_least_one;
 
 /// What a sweep does with what it finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftMode {
     /// Bring drifted users back to their policy (a normal apply: write, read back).
@@ -27,7 +27,7 @@ impl DriftMode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriftSettings {
     /// Sweep on a schedule (a sweep can always be stored by hand: `policy-reconciler drift

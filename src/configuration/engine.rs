@@ -3,12 +3,12 @@
 use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 use super::parse::at_least_one;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSettings {
     /// Items (users) per chunk: the unit a worker claims, and whose outcomes commit together.
@@ -67,7 +67,7 @@ pub struct EngineSettings {
 
 /// `[engine.revert]`: `jobs revert` restores what a job's items were before its writes, as
 /// long as their before-images are kept.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevertSettings {
     /// Before-images older than this many days are deleted (by every replica's monitor); a

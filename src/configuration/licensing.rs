@@ -3,12 +3,12 @@
 use std::num::NonZeroU64;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::parse::at_least_one;
 
 /// Licensing rules the planner checks and the catalogue watcher's pace.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LicensingSettings {
     /// How often every replica re-reads the SKU catalogue (`GET /subscribedSkus`): seat
@@ -24,7 +24,7 @@ pub struct LicensingSettings {
 }
 
 /// One row of the dependency table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanDependency {
     /// The dependent plan (`servicePlanName`), e.g. `SHAREPOINTWAC`.

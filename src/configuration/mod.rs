@@ -21,6 +21,7 @@ mod broker;
 mod console;
 mod database;
 mod drift;
+mod effective;
 mod engine;
 mod licensing;
 mod parse;
@@ -35,13 +36,14 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use approval::ApprovalSettings;
 pub use broker::{BrokerSettings, Topology};
 pub use console::{ConsoleRole, ConsoleSettings, ConsoleToken};
 pub use database::DatabaseSettings;
 pub use drift::{DriftMode, DriftSettings};
+pub use effective::Origin;
 pub use engine::{EngineSettings, RevertSettings};
 pub use licensing::{LicensingSettings, PlanDependency};
 pub use roles::{ODS_CODE_PLACEHOLDER, RoleSettings};
@@ -55,7 +57,7 @@ pub use tenant::{Credential, TenantSettings};
 use parse::{at_least_one, socket_address};
 
 /// The whole configuration of a worker process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub worker: WorkerSettings,
@@ -75,12 +77,12 @@ pub struct Settings {
     /// A build without the simulator reads `[simulator]` (it is in `config/default.toml`) and
     /// ignores it, so one configuration file serves both builds.
     #[cfg(not(feature = "simulator"))]
-    #[serde(default, rename = "simulator")]
+    #[serde(default, rename = "simulator", skip_serializing)]
     pub _simulator: serde::de::IgnoredAny,
 }
 
 /// Process-wide behaviour of a worker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     /// Name of this replica in logs and broker connection names; empty means the host name.
@@ -92,7 +94,7 @@ pub struct WorkerSettings {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// A `tracing` filter directive such as `info` or `policy_reconciler=debug,info`;
@@ -103,7 +105,7 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Json,
@@ -112,7 +114,7 @@ pub enum LogFormat {
 }
 
 /// The operational HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     /// `host:port` (an IP address); port 0 picks a free port (tests).
@@ -121,7 +123,7 @@ pub struct HttpSettings {
 }
 
 /// The relay that publishes stored events.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxSettings {
     /// Upper bound on the delay between an event's commit and its publication when no
@@ -164,6 +166,9 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("invalid configuration: `{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
+    /// The settings could not be written as TOML (`check-config`): a bug, not a bad value.
+    #[error("cannot show the configuration as TOML: {0}")]
+    Show(String),
 }
 
 impl ConfigError {
@@ -190,6 +195,29 @@ pub struct ConfigSources {
 }
 
 impl ConfigSources {
+    /// Every layer, later ones winning: `default.toml`, `local.toml`, the `--config` file, the
+    /// `RECONCILER__…` variables of `environment`, the command line's keys.
+    fn build(&self, environment: config::Environment) -> Result<config::Config, ConfigError> {
+        let dir = self.dir();
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(true))
+            .add_source(config::File::from(dir.join("local.toml")).required(false));
+        if let Some(file) = &self.file {
+            builder = builder.add_source(config::File::from(file.as_path()).required(true));
+        }
+        builder = builder.add_source(
+            environment
+                .prefix("RECONCILER")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in &self.overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        Ok(builder.build()?)
+    }
+
     fn dir(&self) -> PathBuf {
         if let Some(dir) = &self.dir {
             return dir.clone();
@@ -213,24 +241,7 @@ impl Settings {
         sources: &ConfigSources,
         environment: config::Environment,
     ) -> Result<Self, ConfigError> {
-        let dir = sources.dir();
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from(dir.join("default.toml")).required(true))
-            .add_source(config::File::from(dir.join("local.toml")).required(false));
-        if let Some(file) = &sources.file {
-            builder = builder.add_source(config::File::from(file.as_path()).required(true));
-        }
-        builder = builder.add_source(
-            environment
-                .prefix("RECONCILER")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        for (key, value) in &sources.overrides {
-            builder = builder.set_override(key.as_str(), value.as_str())?;
-        }
-        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = sources.build(environment)?.try_deserialize()?;
         // The workload identity webhook's variables (only with `tenant.credential = "federated"`).
         settings
             .tenant

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serializer};
 
 /// A count or duration that must be at least 1, as any `NonZero…` type.
 pub(crate) fn at_least_one<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -23,4 +24,14 @@ pub(crate) fn socket_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAd
     let text = String::deserialize(d)?;
     text.parse()
         .map_err(|_| D::Error::custom(format!("is not host:port ({text:?})")))
+}
+
+/// A secret as `check-config` shows it: `"(set)"`, or `""` when empty (as `config/default.toml`
+/// leaves it), never its value.
+pub(crate) fn redacted<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        "(set)"
+    })
 }

@@ -1,6 +1,6 @@
 //! `[roles]`: how Phone System admin roles are realised in the tenant.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
@@ -8,7 +8,7 @@ use super::ConfigError;
 pub const ODS_CODE_PLACEHOLDER: &str = "{ods_code}";
 
 /// Security group display names, one group per role and organisation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSettings {
     /// Group of the Phone System Primary admins of an organisation, e.g.

@@ -8,15 +8,15 @@ use std::str::FromStr;
 use chrono::Weekday;
 use chrono_tz::Tz;
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSettings {
     /// Jobs with more items than this run in off-peak windows; the rest start at once.
     pub large_job_threshold: u64,
     /// IANA time zone of the windows.
-    #[serde(deserialize_with = "time_zone")]
+    #[serde(deserialize_with = "time_zone", serialize_with = "time_zone_name")]
     pub time_zone: Tz,
     /// Weekly windows in local time.
     pub off_peak_windows: Vec<OffPeakWindow>,
@@ -27,8 +27,8 @@ pub struct ScheduleSettings {
 ///
 /// Written as `{ days = ["mon", …], start = "HH:MM", end = "HH:MM" }`; at least one day, and
 /// no window starts at `24:00`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "WindowText")]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "WindowText", into = "WindowText")]
 pub struct OffPeakWindow {
     days: Vec<Weekday>,
     start: TimeOfDay,
@@ -89,8 +89,8 @@ impl OffPeakWindow {
     }
 }
 
-/// A window as written in the settings.
-#[derive(Deserialize)]
+/// A window as written in the settings (and shown by `check-config`).
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct WindowText {
     days: Vec<String>,
@@ -116,6 +116,32 @@ impl TryFrom<WindowText> for OffPeakWindow {
         }
         Ok(Self { days, start, end })
     }
+}
+
+impl From<OffPeakWindow> for WindowText {
+    fn from(w: OffPeakWindow) -> Self {
+        Self {
+            // `Mon` → `mon`, as written.
+            days: w
+                .days
+                .iter()
+                .map(|d| d.to_string().to_lowercase())
+                .collect(),
+            start: w.start.to_string(),
+            end: w.end.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for TimeOfDay {
+    /// `HH:MM`, as written (`24:00` for the end of the day).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}:{:02}", self.0 / 60, self.0 % 60)
+    }
+}
+
+fn time_zone_name<S: serde::Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(tz.name())
 }
 
 fn time_zone<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {

@@ -3,7 +3,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::parse::at_least_one;
 
@@ -11,7 +11,7 @@ use super::parse::at_least_one;
 ///
 /// Missing keys take the defaults of [`TenantSettings::default`], which match `config/default.toml`
 /// and point at a local simulator.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSettings {
     /// Base URL of Graph, without `/v1.0` (`https://graph.microsoft.com` for real Graph).
@@ -25,6 +25,7 @@ pub struct TenantSettings {
     /// How the application proves its identity to the token endpoint (see [`Credential`]).
     pub credential: Credential,
     /// Client secret (`credential = "secret"`); redacted in `Debug`.
+    #[serde(serialize_with = "super::parse::redacted")]
     pub client_secret: SecretString,
     /// PEM file of the application's certificate (`credential = "certificate"`); its SHA-256
     /// thumbprint goes in every client assertion's `x5t#S256` header.
@@ -118,7 +119,7 @@ impl Default for TenantSettings {
 
 /// How the application authenticates to Entra ID (`tenant.credential`): all three use the
 /// OAuth 2.0 client credentials grant, and differ in what proves the application's identity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Credential {
     /// `client_secret`: for development and the simulator only.

@@ -627,7 +627,7 @@ fn check_config_names_the_credential_without_its_key_material() {
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.starts_with("tenant credential: certificate"),
+        stdout.starts_with("# tenant credential: certificate"),
         "{stdout}"
     );
     assert!(
@@ -654,7 +654,10 @@ fn check_config_names_the_credential_without_its_key_material() {
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let first = stdout.lines().next().unwrap();
-    assert!(first.starts_with("tenant credential: federated"), "{first}");
+    assert!(
+        first.starts_with("# tenant credential: federated"),
+        "{first}"
+    );
     assert!(
         first.contains("11111111-2222-3333-4444-555555555555"),
         "{first}"

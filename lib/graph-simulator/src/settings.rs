@@ -9,9 +9,9 @@
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A set of figures for every [`SimulatorBehaviour`] field that the configuration does not set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +359,44 @@ impl<'de> Deserialize<'de> for SimulatorSettings {
             profile,
             behaviour,
         })
+    }
+}
+
+impl Serialize for SimulatorSettings {
+    /// As the configuration file writes the section: the settings' own keys, then every
+    /// behaviour key; the client secret as `"(set)"` (or `""`), never its value.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            listen_address: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            public_base_url: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            seed_file: Option<&'a PathBuf>,
+            client_id: &'a str,
+            client_secret: &'static str,
+            client_certificate_paths: &'a [PathBuf],
+            federated_issuers: &'a [FederatedIssuer],
+            profile: SimulatorProfile,
+            #[serde(flatten)]
+            behaviour: &'a SimulatorBehaviour,
+        }
+        Shown {
+            listen_address: &self.listen_address,
+            public_base_url: self.public_base_url.as_deref(),
+            seed_file: self.seed_file.as_ref(),
+            client_id: &self.client_id,
+            client_secret: if self.client_secret.expose_secret().is_empty() {
+                ""
+            } else {
+                "(set)"
+            },
+            client_certificate_paths: &self.client_certificate_paths,
+            federated_issuers: &self.federated_issuers,
+            profile: self.profile,
+            behaviour: &self.behaviour,
+        }
+        .serialize(s)
     }
 }
 
