@@ -34,7 +34,7 @@
 //! build on them; the `engine` on the store and the tenant; `broker` and `http` on the store
 //! (and the engine's wake-ups); `ops` and `startup` on everything. Each part declares its own
 //! internal events (`*/events.rs`); nothing points back up. Adding a job kind is a checklist in
-//! the README ("Adding a job kind").
+//! docs/development.md ("Adding a job kind").
 
 pub mod broker;
 pub mod cli;

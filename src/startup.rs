@@ -210,8 +210,8 @@ impl Application {
     }
 }
 
-/// Every job kind this release plans and applies: one line each (see the README's checklist
-/// for adding one).
+/// Every job kind this release plans and applies: one line each (see the checklist for adding
+/// one in docs/development.md).
 pub fn job_kinds(settings: &Settings) -> Kinds {
     Kinds::builder()
         .register(policy::PolicyChangedKind::new())
@@ -285,11 +285,11 @@ mod tests {
     use crate::configuration::ConfigSources;
     use crate::domain::JobType;
 
-    /// The README's checklist for adding a job kind, as far as the code can tell it: every
-    /// job type, the contract's and the service's own, has exactly one kind registered in
-    /// [`job_kinds`]; an internal type that publishes job events publishes them as a contract
-    /// type; and the checklist names every place a new type touches. (`contract::tests` check
-    /// each contract type's schema file, AsyncAPI message and example.)
+    /// The checklist for adding a job kind (docs/development.md), as far as the code can tell
+    /// it: every job type, the contract's and the service's own, has exactly one kind
+    /// registered in [`job_kinds`]; an internal type that publishes job events publishes them as
+    /// a contract type; and the checklist names every place a new type touches.
+    /// (`contract::tests` check each contract type's schema file, AsyncAPI message and example.)
     #[test]
     fn every_job_type_has_a_registered_kind_and_the_checklist_names_every_step() {
         let environment = config::Environment::default().source(Some(Default::default()));
@@ -316,9 +316,12 @@ mod tests {
                 t.published_as()
             );
         }
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        let checklist = &readme[readme.find("### Adding a job kind").expect("the checklist")..];
+        let development =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/development.md"))
+                .unwrap();
+        let checklist = &development[development
+            .find("## Adding a job kind")
+            .expect("the checklist in docs/development.md")..];
         for place in [
             "src/domain/job.rs",
             "job_types!",

@@ -505,7 +505,7 @@ fn refused(job: &JobMessage<'_>, error: &StoreError) -> Rejection {
     Rejection {
         code: FailureCode::InvalidMessage,
         detail: format!(
-            "the database cannot store this message's values ({error}); see the README's \
+            "the database cannot store this message's values ({error}); see docs/architecture.md's \
              limits on stored values"
         ),
         message_id: Some(job.message_id.clone()),

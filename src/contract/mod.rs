@@ -13,10 +13,11 @@
 //! Job schemas state what ingest refuses ([`crate::domain::limits`]) so that a body the
 //! schema accepts is never dead-lettered and one it refuses always is. Three of ingest's rules
 //! have no JSON Schema keyword; they are written as annotations that standard tools ignore and
-//! the project's tests enforce (`tests/kit/contract.rs`): [`MAX_UTF8_BYTES`] (a length limit is
-//! in bytes of UTF-8, `maxLength` counts characters), [`INTEGER_LITERAL`] (`8.0` is an integer
-//! to JSON Schema, not to ingest) and [`MAX_DEPTH`]. What no schema can state (lone UTF-16
-//! surrogates, duplicate keys, a number's text) is listed in the README.
+//! the project's tests enforce (`lib/test-kit/src/contract.rs`): [`MAX_UTF8_BYTES`] (a length
+//! limit is in bytes of UTF-8, `maxLength` counts characters), [`INTEGER_LITERAL`] (`8.0` is an
+//! integer to JSON Schema, not to ingest) and [`MAX_DEPTH`]. What no schema can state (lone
+//! UTF-16 surrogates, duplicate keys, a number's text) is listed in docs/architecture.md ("The
+//! contract as files").
 
 use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, schema_for};

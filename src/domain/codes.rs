@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 /// A stable snake_case word saying why an item or a message failed. Adding a variant is a
-/// contract change: document it in the README's failure-code table.
+/// contract change: document it in the failure-code table of docs/architecture.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureCode {
@@ -69,11 +69,11 @@ pub enum FailureCode {
     NotInvited,
     /// Portal access: a reminder for a contact that has already activated.
     AlreadyActivated,
-    /// Contract 1.1, guard rails on large changes: a job waiting for approval longer than the
-    /// configured time (not produced by this release yet).
+    /// Contract 1.1, guard rails on large changes: a job waiting for approval longer than
+    /// `engine.approval.wait_seconds` ends rejected with it.
     AwaitingApprovalExpired,
     /// Contract 1.1: the service lost its access to the tenant; only in the detail of a held
-    /// job, never an item's final code (not produced by this release yet).
+    /// job (its chunks wait until access is back), never an item's final code.
     TenantAccessLost,
 }
 

@@ -13,7 +13,8 @@
 //! when the item is applied (level-triggered), not when the revert was asked for.
 //!
 //! The stored desired state (policies, memberships) is not changed: the revert undoes a
-//! job's effect in the tenant, and the portal owns the definitions (see the README).
+//! job's effect in the tenant, and the portal owns the definitions (see docs/architecture.md,
+//! "Revert").
 
 use std::collections::{HashMap, HashSet};
 

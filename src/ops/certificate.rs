@@ -1,7 +1,8 @@
 //! `policy-reconciler dev-certificate`: a self-signed certificate and its RSA key for the
 //! certificate credential, for development and the simulator (`tenant.client_certificate_path`,
 //! `tenant.client_key_path`, `simulator.client_certificate_paths`). Production certificates
-//! come from the organisation's PKI or Key Vault; the equivalent openssl line is in the README.
+//! come from the organisation's PKI or Key Vault; the equivalent openssl line is in
+//! docs/configuration.md ("Identity and permissions").
 use std::path::{Path, PathBuf};
 
 use chrono::{Datelike, Utc};

@@ -3,8 +3,8 @@
 //! search a ticket, open the job, watch its progress reach 100 %, filter failures by code,
 //! export them as CSV, pause and resume with a reason and see the actions recorded; a reader
 //! sees no action buttons and is refused on POST. Saves the job page's screenshot under the
-//! target directory, and with `UPDATE_SCREENSHOT=1` to `docs/console-job.png` (the README shows
-//! it; a plain test run leaves the checkout as it found it).
+//! target directory, and with `UPDATE_SCREENSHOT=1` to `docs/console-job.png` (docs/operations.md
+//! shows it; a plain test run leaves the checkout as it found it).
 //!
 //! The test installs chromium and chromium-driver with apt-get when they are missing (as
 //! `deploy/local/services.sh` does); it skips, saying why, only when they are missing and
@@ -403,7 +403,7 @@ async fn an_operator_follows_and_controls_a_job_in_a_real_browser() {
     assert!(browser.text("#progress-text").await.contains("100 %"));
     assert_eq!(browser.text("#job-outcome").await, "partially_succeeded");
 
-    // The screenshot of the job page, for the README.
+    // The screenshot of the job page, for docs/operations.md.
     browser
         .goto(&format!("{base}/console/jobs/{message_id}"))
         .await;

@@ -3,10 +3,12 @@
 //! simulator in-process on port 0. What they share with the benchmark is in the test kit
 //! (`lib/test-kit`, here `kit`); `helpers` holds the API tests' own harness on top of it.
 mod approval;
+mod check_config;
 mod console;
 mod console_browser;
 mod contract;
 mod deploy;
+mod docs;
 mod drift;
 mod ending;
 mod fair_share;
