@@ -5,7 +5,7 @@
 //! queue's changeable settings (delivery limit, dead-letter exchange and strategy, overflow) are
 //! therefore set only when the queue is created. When the queue already exists with other
 //! settings, the worker does not wedge: it says precisely what differs and what to do
-//! ([`QueueSettingsDiffer`]), and keeps serving with the queue's own settings.
+//! (`QueueSettingsDiffer`), and keeps serving with the queue's own settings.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};

@@ -1,14 +1,14 @@
 //! The message contract as code (`messages.md`, version 1.1, "Machine-readable contract").
 //!
 //! A JSON Schema (draft 2020-12) for every job message and every event, derived with schemars
-//! from the types that ingest decodes ([`crate::domain::job`]) and that the engine publishes
-//! ([`crate::domain::events`]), and the AsyncAPI 3.0 document `contract/asyncapi.yaml` that
+//! from the types that ingest decodes (`crate::domain::job`) and that the engine publishes
+//! (`crate::domain::events`), and the AsyncAPI 3.0 document `contract/asyncapi.yaml` that
 //! names them. The schema files under `contract/schemas/` are what these functions derive: a
 //! test fails when they differ (`UPDATE_CONTRACT=1 cargo test --lib contract` rewrites them).
 //!
 //! `drift.detected` (contract 1.1), which the service does not publish yet, has no Rust type:
 //! its schema is written by hand and checked against the contract's example in the tests. Once
-//! the event has a type, it moves from [`HAND_WRITTEN`] to [`derived_event_schema`].
+//! the event has a type, it moves from `HAND_WRITTEN` to `derived_event_schema`.
 //!
 //! Job schemas state what ingest refuses ([`crate::domain::limits`]) so that a body the
 //! schema accepts is never dead-lettered and one it refuses always is. Three of ingest's rules

@@ -14,7 +14,7 @@
 //! Its applier reads each member and compares the direct assignment with the policy's
 //! (the same rule as the policy applier's). A member that differs is read again once
 //! replication has had time (`engine.verify_within_ms` after the first sighting, the chunk
-//! handed back meanwhile: [`Sighting`]): a replica behind a recent write answers with an older
+//! handed back meanwhile: `Sighting`): a replica behind a recent write answers with an older
 //! state, which is neither drift nor what to report. A member that still differs is drift: its
 //! item records what that read found and what was expected. In `repair` mode the drifted
 //! members are then handed to the policy applier (write, read back, verify), their findings

@@ -112,7 +112,7 @@ const TRUSTED_FOR: Duration = Duration::from_millis(500);
 
 /// The gate of one tenant call (see [`ChunkWrites::gate`]). Its first batch records the
 /// intent of every write of the call in one statement; later batches are admitted on that
-/// answer for [`TRUSTED_FOR`] while the chunk's token stands, then asked again.
+/// answer for `TRUSTED_FOR` while the chunk's token stands, then asked again.
 pub struct ItemGate<'a> {
     writes: &'a ChunkWrites,
     seqs: Vec<i32>,

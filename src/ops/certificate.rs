@@ -40,7 +40,7 @@ pub fn generate(common_name: &str, days: u32) -> anyhow::Result<DevCertificate> 
     })
 }
 
-/// Where [`write`] put the pair.
+/// Where [`write()`] put the pair.
 pub struct Written {
     pub certificate: PathBuf,
     pub key: PathBuf,

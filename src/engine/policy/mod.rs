@@ -39,7 +39,7 @@ pub struct PolicyPlan {
     pub stale: bool,
     /// The service plans of the policy's licence as the planner saw them: an applier whose
     /// cached catalogue lacks one (a plan the vendor added since) reads it afresh
-    /// ([`licensing::fresh_catalogue`]).
+    /// (`licensing::fresh_catalogue`).
     #[serde(default)]
     pub sku_plans: Vec<Uuid>,
 }

@@ -26,7 +26,7 @@
 //! reconciles those of the Phone System groups with the desired state read *at apply time*,
 //! under an advisory lock per user (so two jobs about one user never interleave their writes,
 //! and the last job planned decides): for an assign, a change or a mapping change, the groups
-//! of the organisations involved; for a removal or a leaver ([`ItemSpec::sweep`]), every
+//! of the organisations involved; for a removal or a leaver (`ItemSpec::sweep`), every
 //! Phone System group the tenant shows, whatever is stored. Memberships to end are removed
 //! first and the removal is verified by reading the memberships back; only then are missing
 //! memberships added and verified. An `admin_role.change` therefore removes the old role,
