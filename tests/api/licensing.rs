@@ -195,19 +195,27 @@ async fn graphs_conflict_wording_is_reported_as_mutually_exclusive_licence() {
     .await;
     let mut events = app.event_queue().await;
     let mut seen = Vec::new();
-    // The user holds Office 365 E1 (no policy of this service assigns it): E3 conflicts.
+    // The user holds Office 365 E1 (no policy of this service assigns it), SharePoint Online
+    // (Plan 1) on: E3 with SharePoint Online (Plan 2) on conflicts, the pair Microsoft documents
+    // (azure-docs `licensing-groups-resolve-problems.md`, "Conflicting service plans"; the
+    // Exchange pair no longer conflicts, entra-docs' version of that page).
     app.sim.seed(
         json!({ "users": [{ "userPrincipalName": "e1.holder@nhs.net",
         "usageLocation": "GB",
         "assignedLicenses": [{ "skuId": sku_ids::STANDARDPACK }] }] }),
     );
     let members = vec!["e1.holder@nhs.net".to_owned()];
-    let job = publish(&app, changed(policy("conflict", 1, e3_toggles()), &members)).await;
+    let toggles = json!({ "EXCHANGE_S_ENTERPRISE": true, "TEAMS1": true,
+                          "SHAREPOINTENTERPRISE": true });
+    let job = publish(&app, changed(policy("conflict", 1, toggles), &members)).await;
     let done = completion(&mut events, &job, &mut seen).await;
     assert_eq!(done["outcome"], "failed", "{done}");
     assert_eq!(done["failures"][0]["code"], "mutually_exclusive_licence");
     let detail = done["failures"][0]["detail"].as_str().unwrap();
-    assert!(detail.contains("Conflicting Service Plans: "), "{detail}");
+    assert!(
+        detail.contains("Conflicting Service Plans: SHAREPOINTSTANDARD, SHAREPOINTENTERPRISE"),
+        "{detail}"
+    );
     assert_eq!(
         app.sim.licences("e1.holder@nhs.net"),
         vec![(sku_ids::STANDARDPACK, vec![])]

@@ -1,8 +1,11 @@
 //! The simulator's seed format and its built-in SKU catalogue.
 //!
 //! The seed file uses Graph's own field names (`skuId`, `skuPartNumber`, `servicePlans`, …) plus one
-//! simulator-only field, `mutuallyExclusiveGroup`: SKUs sharing a group cannot be held together (as
-//! Office 365 E1/E3/E5 cannot, because their Exchange plans conflict).
+//! simulator-only field, `mutuallyExclusiveGroup`: SKUs sharing a group cannot be held together
+//! (a seed's own rule). Whatever the catalogue, two licences also conflict when they enable the
+//! two service plans of a documented conflicting pair ([`CONFLICTING_PLANS`]); the built-in
+//! catalogue declares no exclusive group, so its only conflict is that one (Office 365 E1 with
+//! E3 or E5; E3 and E5 can be held together).
 use serde::Deserialize;
 use uuid::{Uuid, uuid};
 
@@ -33,7 +36,8 @@ pub struct SeedSku {
     pub prepaid_units: PrepaidUnits,
     /// The SKU's service plans.
     pub service_plans: Vec<SeedPlan>,
-    /// SKUs with the same group are mutually exclusive (simulator-only field).
+    /// SKUs with the same group are mutually exclusive (simulator-only field; the documented
+    /// plan conflicts, [`CONFLICTING_PLANS`], apply besides).
     #[serde(default)]
     pub mutually_exclusive_group: Option<String>,
     /// Graph's `capabilityStatus`: `Enabled` (the default), `Warning`, `Suspended` or
@@ -232,15 +236,33 @@ pub const PLAN_DEPENDENCIES: &[(&str, &[&str])] = &[(
     &["SHAREPOINTENTERPRISE", "SHAREPOINTSTANDARD"],
 )];
 
-/// The built-in catalogue: Office 365 E1, E3 and E5 (mutually exclusive) and Phone System.
+/// Pairs of service plans that one user cannot hold together, each enabled in a different
+/// licence: Entra ID refuses the second licence ("Conflicting Service Plans: X, Y"; with
+/// group-based licensing the member's `MutuallyExclusiveViolation`). A licence that holds one of
+/// them disabled does not conflict ("To solve this conflict, you need to disable two of the
+/// plans").
+///
+/// The one pair is the one Microsoft documents. MicrosoftDocs/azure-docs
+/// `articles/active-directory/enterprise-users/licensing-groups-resolve-problems.md`,
+/// "Conflicting service plans", names for Office 365 E1 beside E3: "SharePoint Online (Plan 2)
+/// conflicts with SharePoint Online (Plan 1). Exchange Online (Plan 2) conflicts with Exchange
+/// Online (Plan 1)." Its successor, MicrosoftDocs/entra-docs
+/// `docs/identity/users/licensing-groups-resolve-problems.md`, withdraws the Exchange pair:
+/// "Previously, Exchange Online Plan1 and Plan2 were unique and couldn't be duplicated. Now, both
+/// service plans have been updated to allow duplication." No document makes E3 and E5 (the same
+/// SharePoint and Exchange plans) conflict.
+pub const CONFLICTING_PLANS: &[(&str, &str)] = &[("SHAREPOINTSTANDARD", "SHAREPOINTENTERPRISE")];
+
+/// The built-in catalogue: Office 365 E1, E3 and E5 and Phone System. No exclusive group: E1
+/// conflicts with E3 and E5 through their SharePoint plans ([`CONFLICTING_PLANS`]) while both are
+/// enabled; E3 and E5 can be held together.
 pub fn default_catalogue() -> Vec<SeedSku> {
-    const SUITE: Option<&str> = Some("office365_suite");
     vec![
         sku(
             sku_ids::STANDARDPACK,
             "STANDARDPACK",
             10_000,
-            SUITE,
+            None,
             &[
                 EXCHANGE_S_STANDARD,
                 TEAMS1,
@@ -256,7 +278,7 @@ pub fn default_catalogue() -> Vec<SeedSku> {
             sku_ids::ENTERPRISEPACK,
             "ENTERPRISEPACK",
             10_000,
-            SUITE,
+            None,
             &[
                 EXCHANGE_S_ENTERPRISE,
                 TEAMS1,
@@ -273,7 +295,7 @@ pub fn default_catalogue() -> Vec<SeedSku> {
             sku_ids::ENTERPRISEPREMIUM,
             "ENTERPRISEPREMIUM",
             1_000,
-            SUITE,
+            None,
             &[
                 EXCHANGE_S_ENTERPRISE,
                 TEAMS1,

@@ -9,12 +9,16 @@
 //! | call | what it does (stats kind) |
 //! |---|---|
 //! | `GET /v1.0/users?$filter=…&$select&$top&$count` | users by `userPrincipalName eq`, `mail eq`, `proxyAddresses/any(p:p eq 'smtp:…')`, `otherMails/any(…)`, with `and`/`or`, from indexes, with or without `ConsistencyLevel: eventual`; `@odata.count` only with that header; other filters 400 `Request_UnsupportedQuery` (`list_users`) |
-//! | `POST /v1.0/users` | refuses UPNs outside Entra ID's rules and usage locations that are not two letters; `mail` becomes the primary proxy address |
-//! | `PATCH /v1.0/users/{id or upn}` | `usageLocation`; 204 (`update_user`) |
+//! | `GET /v1.0/subscribedSkus` | the catalogue, with `@odata.context` `…/$metadata#subscribedSkus` (`subscribed_skus`) |
+//! | `POST /v1.0/users` | refuses UPNs outside Entra ID's rules and usage locations that are not ISO 3166-1 alpha-2 codes ISO assigns (`ZZ`, `AA`, `GBR` refused: 400 `Request_BadRequest`); `mail` becomes the primary proxy address |
+//! | `PATCH /v1.0/users/{id or upn}` | `usageLocation` (the same codes); 204 (`update_user`) |
+//! | `POST /v1.0/users/{id or upn}/assignLicense` | both `addLicenses` and `removeLicenses` required (`[]` for none); one missing: 400 `Request_BadRequest` "One or more parameters of the operation 'assignLicense' are missing from the request payload. The missing parameters are: removeLicenses." (`assign_license`) |
+//! | `GET /v1.0/groups?$filter=…` | `displayName eq '…'` or `startswith(displayName,'…')`, without regard to case, quotes doubled; with `@odata.context` `…/$metadata#groups`; other filters 400 (`list_groups`) |
+//! | `GET /v1.0/groups/{id}/members/microsoft.graph.user` | the OData cast: the members that are users (all of them in the simulator), paged as `members`, `@odata.context` `…/$metadata#users` (`list_members`) |
 //! | `GET /v1.0/groups/{id}`, `GET /v1.0/groups(uniqueName='…')` | a group, `$select` (`get_group`) |
 //! | `PATCH /v1.0/groups/{id}` | properties and `members@odata.bind` (at most 20, all or none); 204 (`update_group`) |
 //! | `PATCH /v1.0/groups(uniqueName='…')` | with `Prefer: create-if-missing` creates (201) or updates (204); without it, a missing group is 404 (`upsert_group`) |
-//! | `GET /v1.0/groups/{id}/members/$count` | `text/plain` count, needs `ConsistencyLevel: eventual` (`count_members`) |
+//! | `GET /v1.0/groups/{id}/members/$count`, `…/members/microsoft.graph.user/$count` | `text/plain` count, needs `ConsistencyLevel: eventual` (`count_members`) |
 //! | `POST /v1.0/$batch` | ids case-insensitive and unique; `dependsOn` runs dependencies first, and a request whose dependency failed answers 424 |
 //! | any known path, wrong method | 405 `Request_BadRequest` (`method_not_allowed`) |
 //! | `GET /{tenant}/v2.0/.well-known/openid-configuration`, `GET /{tenant}/discovery/v2.0/keys` | the token service's discovery document (pointing at the simulator) and its (empty) key set |
@@ -59,7 +63,10 @@
 //! `DependencyViolation`); removing an inherited licence directly answers 400 "User license is
 //! inherited from a group membership and it cannot be removed directly from the user."; a
 //! direct assignment beside an inherited one is allowed (one seat, effective plans the union);
-//! a `Suspended` or `LockedOut` SKU has no assignable seats. Knobs `plan_dependencies` and
+//! a `Suspended` or `LockedOut` SKU has no assignable seats. Two licences conflict when each
+//! enables one plan of a documented conflicting pair (SharePoint Online Plan 1 and Plan 2,
+//! [`catalogue::CONFLICTING_PLANS`]: Office 365 E1 with E3 or E5; E3 with E5 does not conflict)
+//! or share a seed's `mutuallyExclusiveGroup`. Knobs `plan_dependencies` and
 //! `graph_conflict_wording` switch the dependency refusals and Graph's conflict wording.
 //!
 //! Run it with [`serve`] (the CLI) or [`spawn`] (tests, `--simulator` mode).

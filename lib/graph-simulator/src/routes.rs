@@ -378,7 +378,8 @@ enum Route {
     CreateUser,
     CreateGroup,
     ListGroups,
-    ListMembers(String),
+    /// `GET /groups/{id}/members`, and with the OData cast `/microsoft.graph.user` (true).
+    ListMembers(String, bool),
     /// `GET /users/{id}/memberOf`, and with the OData cast `/microsoft.graph.group` (true).
     MemberOf(String, bool),
     AddMember(String),
@@ -394,7 +395,8 @@ enum Route {
     UpdateGroup(String),
     /// `PATCH /groups(uniqueName='…')`.
     UpsertGroup(String),
-    /// `GET /groups/{id}/members/$count`.
+    /// `GET /groups/{id}/members/$count`, and `/members/microsoft.graph.user/$count` (every
+    /// member is a user in the simulator).
     CountMembers(String),
     /// A known path with a method it does not take.
     MethodNotAllowed,
@@ -444,7 +446,17 @@ impl Route {
             (Method::POST, ["users", u, "assignLicense"]) => Self::AssignLicense((*u).to_owned()),
             (Method::POST, ["groups"]) => Self::CreateGroup,
             (Method::GET, ["groups"]) => Self::ListGroups,
-            (Method::GET, ["groups", g, "members"]) => Self::ListMembers((*g).to_owned()),
+            (Method::GET, ["groups", g, "members"]) => Self::ListMembers((*g).to_owned(), false),
+            // The OData cast to users (microsoft-graph-docs-contrib
+            // `api-reference/v1.0/api/group-list-members.md`, "OData cast is also enabled, for
+            // example, you can cast to get just the group members that are users"; example 3 for
+            // its `$count`).
+            (Method::GET, ["groups", g, "members", "microsoft.graph.user"]) => {
+                Self::ListMembers((*g).to_owned(), true)
+            }
+            (Method::GET, ["groups", g, "members", "microsoft.graph.user", "$count"]) => {
+                Self::CountMembers((*g).to_owned())
+            }
             (Method::POST, ["groups", g, "members", "$ref"]) => Self::AddMember((*g).to_owned()),
             (Method::DELETE, ["groups", g, "members", u, "$ref"]) => {
                 Self::RemoveMember((*g).to_owned(), (*u).to_owned())
@@ -478,7 +490,7 @@ impl Route {
             Self::CreateUser => "create_user",
             Self::CreateGroup => "create_group",
             Self::ListGroups => "list_groups",
-            Self::ListMembers(_) => "list_members",
+            Self::ListMembers(..) => "list_members",
             Self::MemberOf(..) => "member_of",
             Self::AddMember(_) => "add_member",
             Self::RemoveMember(..) => "remove_member",
@@ -512,7 +524,7 @@ impl Route {
         match self {
             Self::Skus
             | Self::ListGroups
-            | Self::ListMembers(_)
+            | Self::ListMembers(..)
             | Self::MemberOf(..)
             | Self::ListUsers => LIST_COST_UNITS,
             _ if self.is_write() => WRITE_COST_UNITS,

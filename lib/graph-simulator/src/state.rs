@@ -4,7 +4,7 @@
 //! Graph-shaped JSON value or a [`GraphError`]. No operation scans all users.
 //!
 //! Eventual consistency ([`super::replica`]) lives in the lookup and mutation primitives: reads
-//! go through [`Directory::visible_user`], [`Directory::visible_group`] and the membership
+//! go through `Directory::visible_user`, `Directory::visible_group` and the membership
 //! iterators, which in a lagging view show the version from before the writes not yet
 //! replicated; `insert_user`, `insert_group`, `assign_license`, `set_usage_location` and the
 //! membership changes (`insert_member`, `remove_member`) record those writes when a Graph call
@@ -177,8 +177,9 @@ pub struct Directory {
     /// Lower-cased UPN -> id: UPN lookups are case-insensitive in Graph.
     upn_index: HashMap<String, Uuid>,
     groups: HashMap<Uuid, Group>,
-    /// Lower-cased displayName -> ids (display names are not unique in Graph).
-    group_names: HashMap<String, Vec<Uuid>>,
+    /// Lower-cased displayName -> ids (display names are not unique in Graph); ordered, so that
+    /// `startswith(displayName,'…')` is a range of keys.
+    group_names: BTreeMap<String, Vec<Uuid>>,
     /// User id -> the groups they are a direct member of, ordered so that `memberOf` pages
     /// like `members` (a range after the skip token), without scanning every group.
     member_of: HashMap<Uuid, BTreeSet<Uuid>>,

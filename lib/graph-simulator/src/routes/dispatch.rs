@@ -206,7 +206,15 @@ impl Shared {
         let null = Value::Null;
         let body = body.unwrap_or(&null);
         let result = match route {
-            Route::Skus => Ok((200, Some(self.directory.read().subscribed_skus()))),
+            // Graph's collection answers carry their `@odata.context`, as the example response of
+            // microsoft-graph-docs-contrib `api-reference/v1.0/api/subscribedsku-list.md` does
+            // ("https://graph.microsoft.com/v1.0/$metadata#subscribedSkus"); the simulator's base
+            // URL stands for Graph's, as in every other collection it serves.
+            Route::Skus => {
+                let mut skus = self.directory.read().subscribed_skus();
+                skus["@odata.context"] = json!(format!("{base}/v1.0/$metadata#subscribedSkus"));
+                Ok((200, Some(skus)))
+            }
             Route::GetUser(u) => self
                 .directory
                 .read()
@@ -225,12 +233,19 @@ impl Shared {
                 .write()
                 .create_group(body)
                 .map(|v| (201, Some(v))),
+            // "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#groups"
+            // (microsoft-graph-docs-contrib `api-reference/v1.0/api/group-list.md`, examples).
             Route::ListGroups => self
                 .directory
                 .read()
                 .find_groups(query_param(&q, "$filter"))
+                .map(|mut v| {
+                    v["@odata.context"] = json!(format!("{base}/v1.0/$metadata#groups"));
+                    (200, Some(v))
+                }),
+            Route::ListMembers(g, cast) => self
+                .list_members(g, *cast, &q, base)
                 .map(|v| (200, Some(v))),
-            Route::ListMembers(g) => self.list_members(g, &q, base).map(|v| (200, Some(v))),
             Route::MemberOf(u, cast) => self.member_of(u, *cast, &q, base).map(|v| (200, Some(v))),
             Route::AddMember(g) => self
                 .directory
@@ -281,9 +296,19 @@ impl Shared {
         }
     }
 
+    /// `GET /groups/{id}/members[/microsoft.graph.user]`: a page of the group's direct members
+    /// (`$select`, `$top` from 1 to 999, otherwise `members_page_size`, an absolute
+    /// `@odata.nextLink` with a `$skiptoken`). With the OData cast (`cast`) only the members
+    /// that are users, in a collection of users (`$metadata#users`, no `@odata.type` on each;
+    /// microsoft-graph-docs-contrib `api-reference/v1.0/api/group-list-members.md`, example 4):
+    /// every member the simulator holds is a user, so the pages are the same. The cast works
+    /// without `ConsistencyLevel: eventual`: only an OData cast on a *transitive* members list
+    /// needs advanced query parameters (`concepts/aad-advanced-queries.md`, "Query scenarios that
+    /// require advanced query capabilities"), as the simulator's `memberOf/microsoft.graph.group`.
     pub(super) fn list_members(
         &self,
         group: &str,
+        cast: bool,
         q: &[(String, String)],
         base: &str,
     ) -> Result<Value, GraphError> {
@@ -293,14 +318,19 @@ impl Shared {
         let (page, next) = self
             .directory
             .read()
-            .members_page(group, selection, after, page_size)?;
+            .members_page(group, selection, !cast, after, page_size)?;
+        let (context, path) = if cast {
+            ("$metadata#users", "members/microsoft.graph.user")
+        } else {
+            ("$metadata#directoryObjects", "members")
+        };
         let mut out = json!({
-            "@odata.context": format!("{base}/v1.0/$metadata#directoryObjects"),
+            "@odata.context": format!("{base}/v1.0/{context}"),
             "value": page,
         });
         if let Some(next) = next {
             out["@odata.nextLink"] = json!(next_link(
-                format!("{base}/v1.0/groups/{group}/members"),
+                format!("{base}/v1.0/groups/{group}/{path}"),
                 q,
                 page_size,
                 next
@@ -568,4 +598,115 @@ pub(super) fn next_link(
     }
     link.push_str(&format!("$skiptoken={next}"));
     link
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulator state (no server) with three users in one group; the group's id.
+    fn shared_with_group() -> (Shared, Uuid) {
+        let shared = Shared::from_settings(&crate::SimulatorSettings::for_tests()).unwrap();
+        let group = Uuid::new_v4();
+        let seed: crate::Seed = serde_json::from_value(json!({
+            "users": [{"userPrincipalName": "a@x.org"}, {"userPrincipalName": "b@x.org"},
+                      {"userPrincipalName": "c@x.org"}],
+            "groups": [{"id": group, "displayName": "Readers",
+                        "members": ["a@x.org", "b@x.org", "c@x.org"]}],
+        }))
+        .unwrap();
+        shared.seed(&seed).unwrap();
+        (shared, group)
+    }
+
+    fn get(shared: &Shared, url: &str) -> SimResponse {
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let route = Route::parse(&Method::GET, path);
+        shared.execute(&route, Some(query), None, "http://sim", Hints::default())
+    }
+
+    /// microsoft-graph-docs-contrib `api-reference/v1.0/api/subscribedsku-list.md`: the
+    /// collection carries `@odata.context` `…/$metadata#subscribedSkus`; groups `…#groups`.
+    #[test]
+    fn subscribed_skus_and_groups_carry_their_odata_context() {
+        let (shared, _) = shared_with_group();
+        let r = get(&shared, "/subscribedSkus");
+        assert_eq!(r.status, 200);
+        let body = r.body.unwrap();
+        assert_eq!(
+            body["@odata.context"],
+            "http://sim/v1.0/$metadata#subscribedSkus"
+        );
+        assert!(!body["value"].as_array().unwrap().is_empty());
+        let r = get(&shared, "/groups?$filter=startswith(displayName,'read')");
+        assert_eq!(r.status, 200);
+        let body = r.body.unwrap();
+        assert_eq!(body["@odata.context"], "http://sim/v1.0/$metadata#groups");
+        assert_eq!(body["value"][0]["displayName"], "Readers");
+    }
+
+    /// `GET /groups/{id}/members/microsoft.graph.user` (group-list-members.md, OData cast):
+    /// the members that are users, paged like `members`, in a collection of users.
+    #[test]
+    fn members_cast_to_users_are_served_and_paged() {
+        let (shared, group) = shared_with_group();
+        assert!(matches!(
+            Route::parse(&Method::GET, &format!("/groups/{group}/members/microsoft.graph.user")),
+            Route::ListMembers(g, true) if g == group.to_string()
+        ));
+        assert!(matches!(
+            Route::parse(
+                &Method::GET,
+                &format!("/groups/{group}/members/microsoft.graph.user/$count")
+            ),
+            Route::CountMembers(_)
+        ));
+        let first = get(
+            &shared,
+            &format!(
+                "/groups/{group}/members/microsoft.graph.user?$select=id,userPrincipalName&$top=2"
+            ),
+        );
+        assert_eq!(first.status, 200, "{:?}", first.error);
+        let first = first.body.unwrap();
+        assert_eq!(first["@odata.context"], "http://sim/v1.0/$metadata#users");
+        let page = first["value"].as_array().unwrap();
+        assert_eq!(page.len(), 2);
+        assert!(page.iter().all(|u| u.get("@odata.type").is_none()));
+        let next = first["@odata.nextLink"].as_str().unwrap();
+        let prefix =
+            format!("http://sim/v1.0/groups/{group}/members/microsoft.graph.user?$select=");
+        assert!(next.starts_with(&prefix), "{next}");
+        let second = get(&shared, next.strip_prefix("http://sim/v1.0").unwrap());
+        let second = second.body.unwrap();
+        assert_eq!(second["value"].as_array().unwrap().len(), 1);
+        assert!(second.get("@odata.nextLink").is_none());
+        let mut upns: Vec<&str> = page
+            .iter()
+            .chain(second["value"].as_array().unwrap())
+            .map(|u| u["userPrincipalName"].as_str().unwrap())
+            .collect();
+        upns.sort();
+        assert_eq!(upns, ["a@x.org", "b@x.org", "c@x.org"]);
+        // Without the cast, the same members as directory objects, each with its type.
+        let all = get(&shared, &format!("/groups/{group}/members?$top=5"));
+        let all = all.body.unwrap();
+        assert_eq!(
+            all["@odata.context"],
+            "http://sim/v1.0/$metadata#directoryObjects"
+        );
+        assert!(
+            all["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|u| u["@odata.type"] == "#microsoft.graph.user")
+        );
+        // An unknown group is 404, as for `members`.
+        let missing = get(
+            &shared,
+            &format!("/groups/{}/members/microsoft.graph.user", Uuid::new_v4()),
+        );
+        assert_eq!(missing.status, 404);
+    }
 }

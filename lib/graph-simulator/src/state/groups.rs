@@ -54,7 +54,28 @@ pub(super) fn parse_display_name_filter(filter: &str) -> Option<String> {
     }
     let rest = rest.trim_start();
     let rest = rest.strip_prefix("eq")?.trim();
-    let inner = rest.strip_prefix('\'')?.strip_suffix('\'')?;
+    odata_string(rest)
+}
+
+/// Parses `startswith(displayName,'O''B')` (any case of `startsWith` and `displayName`, spaces
+/// around the arguments) into the prefix `O'B`.
+pub(super) fn parse_display_name_prefix_filter(filter: &str) -> Option<String> {
+    let rest = filter.trim();
+    let (function, rest) = rest.split_at_checked("startswith".len())?;
+    if !function.eq_ignore_ascii_case("startswith") {
+        return None;
+    }
+    let args = rest.trim_start().strip_prefix('(')?.strip_suffix(')')?;
+    let (prop, value) = args.split_once(',')?;
+    if !prop.trim().eq_ignore_ascii_case("displayName") {
+        return None;
+    }
+    odata_string(value.trim())
+}
+
+/// An OData string literal, `'…'` with every single quote inside doubled, unquoted.
+fn odata_string(literal: &str) -> Option<String> {
+    let inner = literal.strip_prefix('\'')?.strip_suffix('\'')?;
     // Any single quote left must be doubled.
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars().peekable();
@@ -110,7 +131,12 @@ impl Directory {
         Ok(json)
     }
 
-    /// `GET /groups?$filter=displayName eq '…'` (the only filter supported).
+    /// `GET /groups?$filter=displayName eq '…'` or `$filter=startswith(displayName,'…')`, both
+    /// compared without regard to case: the group resource's displayName "Supports `$filter`
+    /// (`eq`, `ne`, `NOT`, `ge`, `le`, `in`, `startsWith`, and `eq` on `null` values)", `eq` and
+    /// `startsWith` without advanced query parameters (microsoft-graph-docs-contrib
+    /// `api-reference/v1.0/resources/group.md`, `includes/filter-directory-objects.md`). Other
+    /// filters are refused.
     pub fn find_groups(&self, filter: Option<&str>) -> Result<Value, GraphError> {
         let Some(filter) = filter else {
             let all: Vec<Value> = self
@@ -121,6 +147,18 @@ impl Directory {
                 .collect();
             return Ok(json!({ "value": all }));
         };
+        if let Some(prefix) = parse_display_name_prefix_filter(filter) {
+            let prefix = prefix.to_lowercase();
+            let value: Vec<Value> = self
+                .group_names
+                .range(prefix.clone()..)
+                .take_while(|(name, _)| name.starts_with(&prefix))
+                .flat_map(|(_, ids)| ids)
+                .filter_map(|id| self.visible_group(id))
+                .map(Group::json)
+                .collect();
+            return Ok(json!({ "value": value }));
+        }
         let name = parse_display_name_filter(filter).ok_or_else(|| {
             GraphError::new(
                 400,
@@ -148,11 +186,15 @@ impl Directory {
             .ok_or_else(|| GraphError::not_found(key))
     }
 
-    /// One page of `GET /groups/{id}/members`; returns the page and the skip token of the next one.
+    /// One page of `GET /groups/{id}/members[/microsoft.graph.user]`, each member a user
+    /// annotated with its `@odata.type` when `annotate` (a `directoryObject` collection; not
+    /// with the OData cast, whose collection is of users); returns the page and the skip token
+    /// of the next one.
     pub fn members_page(
         &self,
         group: &str,
         selection: Option<&str>,
+        annotate: bool,
         after: Option<Uuid>,
         page_size: usize,
     ) -> Result<(Vec<Value>, Option<Uuid>), GraphError> {
@@ -172,7 +214,7 @@ impl Directory {
                 Some(USER_DEFAULT_PROPERTIES),
                 "user",
             )?;
-            if let Value::Object(m) = &mut v {
+            if let (true, Value::Object(m)) = (annotate, &mut v) {
                 m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
             }
             page.push(v);

@@ -13,7 +13,7 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::super::catalogue::PLAN_DEPENDENCIES;
+use super::super::catalogue::{CONFLICTING_PLANS, PLAN_DEPENDENCIES};
 use super::*;
 
 /// Graph's answer to removing, with `assignLicense`, a licence the user holds only through a
@@ -75,6 +75,47 @@ impl Sku {
     fn plan_named(&self, name: &str) -> Option<Uuid> {
         self.plans.iter().find(|p| p.1 == name).map(|p| p.0)
     }
+
+    /// Whether the SKU has the plan `name` and `disabled` leaves it enabled.
+    fn enables(&self, name: &str, disabled: &[Uuid]) -> bool {
+        self.plan_named(name)
+            .is_some_and(|id| !disabled.contains(&id))
+    }
+}
+
+/// The plans a SKU's assignments disable together: a plan is disabled only when every
+/// assignment of the SKU disables it (the effective plans are the union of what each enables).
+fn effective_disabled<'a>(mut sources: impl Iterator<Item = &'a Vec<Uuid>>) -> Vec<Uuid> {
+    let mut disabled: Vec<Uuid> = sources.next().cloned().unwrap_or_default();
+    for other in sources {
+        disabled.retain(|p| other.contains(p));
+    }
+    disabled
+}
+
+/// Why two different SKUs, held with these disabled plans, cannot be held together: the names
+/// of the two plans to report. Either a seed's exclusive group (simulator-only; the first plan of
+/// each is named) or a documented pair of conflicting plans ([`CONFLICTING_PLANS`]), each enabled
+/// in one of them.
+fn conflict(
+    a: &Sku,
+    a_disabled: &[Uuid],
+    b: &Sku,
+    b_disabled: &[Uuid],
+) -> Option<(String, String)> {
+    if a.id == b.id {
+        return None;
+    }
+    if a.exclusive_group.is_some() && a.exclusive_group == b.exclusive_group {
+        let first = |s: &Sku| s.plans.first().map(|p| p.1.clone()).unwrap_or_default();
+        return Some((first(a), first(b)));
+    }
+    CONFLICTING_PLANS.iter().find_map(|&(x, y)| {
+        [(x, y), (y, x)]
+            .into_iter()
+            .find(|(p, q)| a.enables(p, a_disabled) && b.enables(q, b_disabled))
+            .map(|(p, q)| (p.to_owned(), q.to_owned()))
+    })
 }
 
 impl User {
@@ -103,7 +144,7 @@ impl User {
         self.held()
             .into_iter()
             .map(|sku| {
-                let mut sources = self
+                let sources = self
                     .licences
                     .iter()
                     .filter(|(s, _)| *s == sku)
@@ -114,11 +155,7 @@ impl User {
                             .filter(|i| i.sku == sku && i.error.is_none())
                             .map(|i| &i.disabled),
                     );
-                let mut disabled: Vec<Uuid> = sources.next().cloned().unwrap_or_default();
-                for other in sources {
-                    disabled.retain(|p| other.contains(p));
-                }
-                json!({"disabledPlans": disabled, "skuId": sku})
+                json!({"disabledPlans": effective_disabled(sources), "skuId": sku})
             })
             .collect()
     }
@@ -176,7 +213,8 @@ impl Directory {
         Ok(())
     }
 
-    /// The refusal of two SKUs whose plans conflict, naming a conflicting plan of each.
+    /// The refusal of two SKUs whose plans conflict, naming the conflicting plans (see
+    /// `conflict`).
     ///
     /// Graph's wording ends "Conflicting Service Plans: X, Y"; the part before it is not
     /// published (entra-docs `licensing-groups-resolve-problems.md`, "Conflicting service
@@ -184,21 +222,16 @@ impl Directory {
     /// issue 96390, is "This set of licenses includes two or more service plans which cannot
     /// be assigned at the same time", followed by the plans), so the simulator uses that
     /// sentence before the list. With the rule off, the simulator's older wording.
-    pub(super) fn conflict_error(&self, a: &Sku, b: &Sku) -> GraphError {
-        let first = |s: &Sku| s.plans.first().map(|p| p.1.clone()).unwrap_or_default();
+    pub(super) fn conflict_error(&self, (a, b): (String, String)) -> GraphError {
         if self.rules.graph_conflict_wording {
             GraphError::bad_request(format!(
                 "Unable to update license for this user. This set of licenses includes two or \
                  more service plans which cannot be assigned at the same time. Conflicting \
-                 Service Plans: {}, {}",
-                first(a),
-                first(b)
+                 Service Plans: {a}, {b}"
             ))
         } else {
             GraphError::bad_request(format!(
-                "License assignment failed because service plans {} and {} are mutually exclusive.",
-                first(a),
-                first(b)
+                "License assignment failed because service plans {a} and {b} are mutually exclusive."
             ))
         }
     }
@@ -212,6 +245,9 @@ impl Directory {
         };
         let before = user.held();
         let mut held: Vec<Uuid> = user.licences.iter().map(|(s, _)| *s).collect();
+        // Every assignment the user holds so far (direct, then inherited without error), for
+        // the plans each SKU enables.
+        let mut accepted: Vec<(Uuid, Vec<Uuid>)> = user.licences.clone();
         let groups: Vec<Uuid> = self
             .member_of
             .get(&uid)
@@ -227,15 +263,15 @@ impl Directory {
                     continue;
                 };
                 let sku = &self.skus[i];
-                let exclusive = |other: &Uuid| {
-                    other != sku_id
-                        && self.sku_index.get(other).is_some_and(|&j| {
-                            let o = &self.skus[j];
-                            sku.exclusive_group.is_some()
-                                && o.exclusive_group == sku.exclusive_group
-                        })
+                let conflicting = |other: &Uuid| {
+                    self.sku_index.get(other).is_some_and(|&j| {
+                        let held_disabled = effective_disabled(
+                            accepted.iter().filter(|(s, _)| s == other).map(|(_, d)| d),
+                        );
+                        conflict(sku, disabled, &self.skus[j], &held_disabled).is_some()
+                    })
                 };
-                let error = if held.iter().any(exclusive) {
+                let error = if held.iter().any(conflicting) {
                     Some("MutuallyExclusiveViolation")
                 } else if self.check_dependencies(sku, disabled, "group").is_err() {
                     Some("DependencyViolation")
@@ -247,8 +283,11 @@ impl Directory {
                 } else {
                     None
                 };
-                if error.is_none() && !held.contains(sku_id) {
-                    held.push(*sku_id);
+                if error.is_none() {
+                    if !held.contains(sku_id) {
+                        held.push(*sku_id);
+                    }
+                    accepted.push((*sku_id, disabled.clone()));
                 }
                 inherited.push(Inherited {
                     group: gid,
@@ -430,11 +469,31 @@ pub struct AssignLicense {
 
 impl AssignLicense {
     /// Parses Graph's body `{"addLicenses":[{"skuId","disabledPlans"}],"removeLicenses":[…]}`.
+    ///
+    /// Both parameters are required, `[]` when there is nothing to add or remove
+    /// (microsoft-graph-docs-contrib `api-reference/v1.0/api/user-assignlicense.md`, "Request
+    /// body": removeLicenses "Required. Can be an empty collection."). A body without one answers
+    /// as Graph does, 400 `Request_BadRequest` "One or more parameters of the operation
+    /// 'assignLicense' are missing from the request payload. The missing parameters are:
+    /// addLicenses." (the docs give no wording; this is Graph's answer recorded in
+    /// microsoftgraph/msgraph-sdk-powershell issues 3231 and 3361, and seen by the Python SDK
+    /// for `removeLicenses`). Both missing: both named, comma-separated.
     pub fn parse(body: &Value) -> Result<Self, GraphError> {
         let bad = |m: &str| GraphError::new(400, "BadRequest", m.to_owned());
         let obj = body
             .as_object()
             .ok_or_else(|| bad("Empty Payload. JSON content expected."))?;
+        let missing: Vec<&str> = ["addLicenses", "removeLicenses"]
+            .into_iter()
+            .filter(|k| !obj.contains_key(*k))
+            .collect();
+        if !missing.is_empty() {
+            return Err(GraphError::bad_request(format!(
+                "One or more parameters of the operation 'assignLicense' are missing from the \
+                 request payload. The missing parameters are: {}.",
+                missing.join(", ")
+            )));
+        }
         let uuid_of = |v: &Value| -> Result<Uuid, GraphError> {
             v.as_str()
                 .and_then(|s| Uuid::parse_str(s).ok())
@@ -443,11 +502,11 @@ impl AssignLicense {
         let adds = obj
             .get("addLicenses")
             .and_then(Value::as_array)
-            .ok_or_else(|| bad("The parameter 'addLicenses' is missing or not an array."))?;
+            .ok_or_else(|| bad("The parameter 'addLicenses' is not an array."))?;
         let removes = obj
             .get("removeLicenses")
             .and_then(Value::as_array)
-            .ok_or_else(|| bad("The parameter 'removeLicenses' is missing or not an array."))?;
+            .ok_or_else(|| bad("The parameter 'removeLicenses' is not an array."))?;
         let mut add = Vec::new();
         for a in adds {
             let sku = uuid_of(a.get("skuId").unwrap_or(&Value::Null))?;
@@ -466,7 +525,7 @@ impl AssignLicense {
 impl Directory {
     /// `POST /users/{id or upn}/assignLicense`: validates everything first, then applies atomically.
     ///
-    /// Licences inherited from groups ([`licensing`]) take part: a SKU held through a group
+    /// Licences inherited from groups (this module) take part: a SKU held through a group
     /// takes no second seat, conflicts with it are refused, and removing it directly is refused
     /// with Graph's message ([`INHERITED_REMOVAL_MESSAGE`]); a direct assignment beside it is
     /// allowed.
@@ -536,12 +595,27 @@ impl Directory {
                 held_after.push(sku);
             }
         }
-        for (i, a) in held_after.iter().enumerate() {
-            let sa = &self.skus[self.sku_index[a]];
-            for b in &held_after[i + 1..] {
-                let sb = &self.skus[self.sku_index[b]];
-                if sa.exclusive_group.is_some() && sa.exclusive_group == sb.exclusive_group {
-                    return Err(self.conflict_error(sa, sb));
+        // Each SKU held afterwards with the plans its assignments disable together.
+        let effective: Vec<(&Sku, Vec<Uuid>)> = held_after
+            .iter()
+            .map(|sku| {
+                let sources = after
+                    .iter()
+                    .filter(|(s, _)| s == sku)
+                    .map(|(_, d)| d)
+                    .chain(
+                        user.inherited
+                            .iter()
+                            .filter(|i| i.sku == *sku && i.error.is_none())
+                            .map(|i| &i.disabled),
+                    );
+                (&self.skus[self.sku_index[sku]], effective_disabled(sources))
+            })
+            .collect();
+        for (i, (sa, da)) in effective.iter().enumerate() {
+            for (sb, db) in &effective[i + 1..] {
+                if let Some(plans) = conflict(sa, da, sb, db) {
+                    return Err(self.conflict_error(plans));
                 }
             }
         }

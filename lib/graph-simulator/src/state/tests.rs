@@ -46,7 +46,7 @@ fn e3() -> AssignLicense {
 
 fn member_ids(d: &Directory, group: Uuid) -> Vec<Uuid> {
     let (page, _) = d
-        .members_page(&group.to_string(), Some("id"), None, 100)
+        .members_page(&group.to_string(), Some("id"), true, None, 100)
         .unwrap();
     page.iter()
         .map(|v| serde_json::from_value(v["id"].clone()).unwrap())
@@ -245,7 +245,7 @@ fn lagging_replicas_show_memberships_from_before_their_changes() {
     let mut after = None;
     loop {
         let (page, next) = d
-            .members_page(&group.to_string(), Some("id"), after, 1)
+            .members_page(&group.to_string(), Some("id"), true, after, 1)
             .unwrap();
         seen.extend(
             page.iter()
@@ -633,4 +633,253 @@ fn user_filters_and_usage_location_patches_go_through_the_replica_view() {
         .update_user("new@example.org", &json!({"usageLocation": "GB"}))
         .unwrap_err();
     assert_eq!((e.status, e.code), (404, "Request_ResourceNotFound"));
+}
+
+/// A `usageLocation` is an ISO 3166-1 alpha-2 code that ISO assigns (tenant.md, "usageLocation
+/// is an ISO 3166 two-letter code. The simulator refuses others as Graph does"; user.md): the
+/// user-assigned codes and the reserved ones are refused like a three-letter code.
+#[test]
+fn usage_locations_are_assigned_iso_3166_codes() {
+    use super::users::ISO_3166_ALPHA2;
+    assert_eq!(ISO_3166_ALPHA2.len(), 249);
+    assert!(ISO_3166_ALPHA2.windows(2).all(|w| w[0] < w[1]), "sorted");
+    for ok in ["GB", "gb", "US", "JP", "FR", "AX", "ZW"] {
+        assert_eq!(
+            validate_usage_location(&json!(ok)),
+            Ok(Some(ok.to_ascii_uppercase())),
+            "{ok}"
+        );
+    }
+    for bad in [
+        "ZZ", "zz", "AA", "QM", "QZ", "XA", "XZ", "UK", "EU", "AN", "GBR", "G",
+    ] {
+        let e = validate_usage_location(&json!(bad)).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "Request_BadRequest"), "{bad}");
+        assert_eq!(
+            e.message,
+            "Invalid value specified for property 'usageLocation' of resource 'User'."
+        );
+    }
+    let (mut d, user, _) = directory();
+    let e = d
+        .create_user(
+            &json!({"userPrincipalName": "zz@example.org", "displayName": "Z",
+            "mailNickname": "zz", "accountEnabled": true, "usageLocation": "ZZ",
+            "passwordProfile": {"password": "x"}}),
+        )
+        .unwrap_err();
+    assert_eq!(e.status, 400);
+    assert!(d.resolve_user("zz@example.org").is_none());
+    let e = d
+        .update_user(&user.to_string(), &json!({"usageLocation": "ZZ"}))
+        .unwrap_err();
+    assert_eq!(e.status, 400);
+    assert_eq!(
+        d.user_json(&user.to_string()).unwrap()["usageLocation"],
+        "GB"
+    );
+}
+
+/// `assignLicense` needs both parameters; Graph names the missing ones (user-assignlicense.md:
+/// removeLicenses "Required. Can be an empty collection.").
+#[test]
+fn assign_license_names_missing_parameters_as_graph_does() {
+    let message = |missing: &str| {
+        format!(
+            "One or more parameters of the operation 'assignLicense' are missing from the \
+             request payload. The missing parameters are: {missing}."
+        )
+    };
+    let sku = sku_ids::ENTERPRISEPACK;
+    for (body, missing) in [
+        (json!({"addLicenses": [{"skuId": sku}]}), "removeLicenses"),
+        (json!({"removeLicenses": [sku]}), "addLicenses"),
+        (json!({}), "addLicenses, removeLicenses"),
+    ] {
+        let e = AssignLicense::parse(&body).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "Request_BadRequest"), "{body}");
+        assert_eq!(e.message, message(missing));
+    }
+    let ok = AssignLicense::parse(&json!({"addLicenses": [{"skuId": sku}], "removeLicenses": []}))
+        .unwrap();
+    assert_eq!((ok.add.len(), ok.remove.len()), (1, 0));
+    let ok = AssignLicense::parse(&json!({"addLicenses": [], "removeLicenses": [sku]})).unwrap();
+    assert_eq!((ok.add.len(), ok.remove), (0, vec![sku]));
+}
+
+/// `startswith(displayName,'…')` on groups, as the group resource documents it for
+/// displayName, beside `displayName eq`: case-insensitive, quotes doubled.
+#[test]
+fn groups_are_found_by_display_name_prefix() {
+    let (mut d, _, _) = directory();
+    for name in [
+        "Ops team",
+        "ops-2",
+        "Opal",
+        "O'Brien team",
+        "Other",
+        "Dev ops",
+    ] {
+        d.create_group(&json!({"displayName": name, "mailNickname": "g",
+            "mailEnabled": false, "securityEnabled": true}))
+            .unwrap();
+    }
+    let names = |filter: &str| {
+        let mut v: Vec<String> = d.find_groups(Some(filter)).unwrap()["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["displayName"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names("startswith(displayName,'ops')"),
+        ["Ops team", "ops-2"]
+    );
+    assert_eq!(
+        names("startsWith(displayName, 'OP')"),
+        ["Opal", "Ops team", "ops-2"]
+    );
+    assert_eq!(names("startswith(displayName,'O''B')"), ["O'Brien team"]);
+    assert_eq!(
+        names("startswith(displayName,'nothing')"),
+        Vec::<String>::new()
+    );
+    assert_eq!(names("displayName eq 'opal'"), ["Opal"]);
+    for bad in [
+        "startswith(displayName,'O'B')",
+        "startswith(mail,'o')",
+        "endswith(displayName,'team')",
+        "startswith(displayName,ops)",
+    ] {
+        let e = d.find_groups(Some(bad)).unwrap_err();
+        assert_eq!(e.status, 400, "{bad}");
+    }
+    assert_eq!(
+        super::groups::parse_display_name_prefix_filter(" StartsWith ( displayName , 'a''b' ) ")
+            .as_deref(),
+        Some("a'b")
+    );
+}
+
+/// The id of the service plan `name` of the SKU `part` in the directory's catalogue.
+fn plan_id(d: &Directory, part: &str, name: &str) -> Uuid {
+    let skus = d.subscribed_skus();
+    let sku = skus["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["skuPartNumber"] == part)
+        .unwrap();
+    let plan = sku["servicePlans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["servicePlanName"] == name)
+        .unwrap();
+    serde_json::from_value(plan["servicePlanId"].clone()).unwrap()
+}
+
+fn add(sku: Uuid, disabled: Vec<Uuid>) -> AssignLicense {
+    AssignLicense {
+        add: vec![(sku, disabled)],
+        remove: Vec::new(),
+    }
+}
+
+/// The documented conflict: SharePoint Online (Plan 1) of Office 365 E1 with SharePoint Online
+/// (Plan 2) of E3 or E5, each enabled (azure-docs/entra-docs
+/// `licensing-groups-resolve-problems.md`, "Conflicting service plans"); Exchange Online Plan 1
+/// and Plan 2 "allow duplication" now, and E3 with E5 is no conflict.
+#[test]
+fn licences_conflict_only_on_the_documented_sharepoint_plans() {
+    let (mut d, user, _) = directory();
+    d.rules.graph_conflict_wording = true;
+    let u = user.to_string();
+    d.assign_license(&u, &add(sku_ids::STANDARDPACK, Vec::new()))
+        .unwrap();
+    for sku in [sku_ids::ENTERPRISEPACK, sku_ids::ENTERPRISEPREMIUM] {
+        let e = d.assign_license(&u, &add(sku, Vec::new())).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message
+                .ends_with("Conflicting Service Plans: SHAREPOINTSTANDARD, SHAREPOINTENTERPRISE"),
+            "{}",
+            e.message
+        );
+    }
+    assert_eq!(licences(&d, user), Ok(1));
+    // With SharePoint Online (Plan 2) disabled in E3 there is nothing to conflict; the
+    // Exchange plans no longer conflict.
+    let sp2 = plan_id(&d, "ENTERPRISEPACK", "SHAREPOINTENTERPRISE");
+    let wac = plan_id(&d, "ENTERPRISEPACK", "SHAREPOINTWAC");
+    d.assign_license(&u, &add(sku_ids::ENTERPRISEPACK, vec![sp2, wac]))
+        .unwrap();
+    assert_eq!(licences(&d, user), Ok(2));
+    // Enabling it again while E1 holds Plan 1 is refused.
+    assert!(
+        d.assign_license(&u, &add(sku_ids::ENTERPRISEPACK, Vec::new()))
+            .is_err()
+    );
+    // E3 and E5 together: no conflict (a swap from E1 in one call).
+    let swap = AssignLicense {
+        add: vec![
+            (sku_ids::ENTERPRISEPACK, Vec::new()),
+            (sku_ids::ENTERPRISEPREMIUM, Vec::new()),
+        ],
+        remove: vec![sku_ids::STANDARDPACK],
+    };
+    d.assign_license(&u, &swap).unwrap();
+    assert_eq!(licences(&d, user), Ok(2));
+    // Without Graph's wording, the simulator's older sentence names the same plans.
+    d.rules.graph_conflict_wording = false;
+    let e = d
+        .assign_license(&u, &add(sku_ids::STANDARDPACK, Vec::new()))
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("SHAREPOINTENTERPRISE and SHAREPOINTSTANDARD"),
+        "{}",
+        e.message
+    );
+}
+
+/// Group-based licensing records the same conflict as `MutuallyExclusiveViolation`, and only
+/// it: E5 from a group beside a direct E3 is active.
+#[test]
+fn inherited_licences_conflict_on_the_documented_plans_only() {
+    let (mut d, user, _) = directory();
+    let u = user.to_string();
+    d.assign_license(&u, &add(sku_ids::ENTERPRISEPACK, Vec::new()))
+        .unwrap();
+    d.create_licensed_group(
+        "E5",
+        vec![(sku_ids::ENTERPRISEPREMIUM, Vec::new())],
+        std::slice::from_ref(&u),
+    )
+    .unwrap();
+    d.create_licensed_group(
+        "E1",
+        vec![(sku_ids::STANDARDPACK, Vec::new())],
+        std::slice::from_ref(&u),
+    )
+    .unwrap();
+    let states = d.user_json(&u).unwrap()["licenseAssignmentStates"].clone();
+    let error_of = |sku: Uuid| {
+        states
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["skuId"] == sku.to_string() && !s["assignedByGroup"].is_null())
+            .map(|s| s["error"].clone())
+            .unwrap()
+    };
+    assert_eq!(error_of(sku_ids::ENTERPRISEPREMIUM), "None");
+    assert_eq!(
+        error_of(sku_ids::STANDARDPACK),
+        "MutuallyExclusiveViolation"
+    );
+    assert_eq!(licences(&d, user), Ok(2));
 }

@@ -33,13 +33,46 @@ pub fn validate_upn(upn: &str) -> Result<(), GraphError> {
     Ok(())
 }
 
-/// Checks a `usageLocation`: "A two-letter country code (ISO standard 3166)" (microsoft-graph-docs-contrib
-/// `api-reference/v1.0/resources/user.md`). `null` clears it. The simulator checks the form (two
-/// ASCII letters), not the list of assigned codes; it stores the code in upper case.
+/// The 249 codes ISO 3166-1 assigns (alpha-2), sorted: the countries and territories a
+/// `usageLocation` can name. Left out are the codes ISO 3166-1 leaves to users and never assigns
+/// to a country (`AA`, `QM`–`QZ`, `XA`–`XZ`, `ZZ`), the exceptionally and transitionally
+/// reserved ones (`UK`, `EU`, `AN`, …) and unassigned pairs. Checked against the tz database's
+/// `iso3166.tab` and Debian's iso-codes `iso_3166-1.json`.
+pub const ISO_3166_ALPHA2: [&str; 249] = [
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
+    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
+    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
+    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
+    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
+    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
+    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
+    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
+    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
+    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
+    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
+    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
+    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
+    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
+    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
+];
+
+/// Checks a `usageLocation`: "A two-letter country code (ISO standard 3166)"
+/// (microsoft-graph-docs-contrib `api-reference/v1.0/resources/user.md`, usageLocation), and the
+/// tenant contract: "`usageLocation` is an ISO 3166 two-letter code. The simulator refuses others
+/// as Graph does." A code counts only when ISO 3166-1 assigns it (`ISO_3166_ALPHA2`): two
+/// letters that name no country (`ZZ`, `AA`, `UK`) are refused like `GBR`, with the same 400
+/// (the docs give no wording for the refusal). `null` clears it; the code is stored in upper
+/// case.
 pub fn validate_usage_location(value: &Value) -> Result<Option<String>, GraphError> {
     match value {
         Value::Null => Ok(None),
-        Value::String(s) if s.len() == 2 && s.chars().all(|c| c.is_ascii_alphabetic()) => {
+        Value::String(s)
+            if s.len() == 2
+                && ISO_3166_ALPHA2
+                    .binary_search(&s.to_ascii_uppercase().as_str())
+                    .is_ok() =>
+        {
             Ok(Some(s.to_ascii_uppercase()))
         }
         _ => Err(GraphError::new(
