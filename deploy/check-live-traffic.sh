@@ -6,8 +6,9 @@
 #
 # The worker runs against the local PostgreSQL and RabbitMQ (database and queue names of its
 # own) and the built-in simulator, which answers 5 % of calls with a server error and allows
-# fewer writes than the worker's budget, so that 5xx answers, 429s and the adaptive write rate
-# appear. It is given a 502-member policy (one user without a usage location, one unknown), an
+# 5 writes a second against the worker's budget of 60, so that 5xx answers, 429s and the
+# adaptive write rate appear (at 40 a second the worker, whose writes the policy's reads and
+# read-backs pace, never met a 429). It is given a 502-member policy (one user without a usage location, one unknown), an
 # invalid job, a members_added for a policy that never arrives, and a body that is not JSON
 # (a dead letter). Needs the prometheus package (deploy/check-live.sh says so if missing).
 set -euo pipefail
@@ -60,7 +61,7 @@ export RECONCILER__BROKER__TOPOLOGY__EVENTS_EXCHANGE="$id.events"
 export RECONCILER__SIMULATOR__LISTEN_ADDRESS="127.0.0.1:$port_sim"
 export RECONCILER__SIMULATOR__SEED_FILE="$work/seed.json"
 export RECONCILER__SIMULATOR__FAULT_RATE=0.05
-export RECONCILER__SIMULATOR__WRITES_PER_WINDOW=40
+export RECONCILER__SIMULATOR__WRITES_PER_WINDOW=5
 export RECONCILER__SIMULATOR__WRITE_WINDOW_SECONDS=1
 export RECONCILER__TENANT__WRITES_PER_SECOND=60
 export RECONCILER__ENGINE__UNKNOWN_POLICY_WAIT_SECONDS=1
