@@ -129,13 +129,21 @@ trait Behaviour {
 }
 
 impl Behaviour for SimThread {
-    /// Every scenario starts from the kind tenant (`profile = "default"`) unless its patch names
-    /// a profile: what an earlier scenario set (the realistic one's faults) does not leak into
-    /// the next.
-    fn behave(&self, mut patch: Value) {
-        if let Some(patch) = patch.as_object_mut() {
-            patch.entry("profile").or_insert_with(|| json!("default"));
-        }
+    /// Every scenario starts from the bench's own tenant ([`SimulatorSettings::for_tests`]:
+    /// no throttling beyond what the scenario sets) plus its patch, unless the patch names a
+    /// profile (which starts from that profile's figures): what an earlier scenario set (the
+    /// realistic one's faults) does not leak into the next.
+    fn behave(&self, patch: Value) {
+        let patch = match patch.as_object() {
+            Some(keys) if !keys.contains_key("profile") => {
+                let mut base = serde_json::to_value(SimulatorSettings::for_tests().behaviour)
+                    .expect("the behaviour serialises");
+                let fields = base.as_object_mut().expect("an object");
+                fields.extend(keys.clone());
+                base
+            }
+            _ => patch,
+        };
         self.state.set_behaviour(&patch).expect("valid behaviour");
         self.state.reset_stats();
     }
