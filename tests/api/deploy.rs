@@ -72,11 +72,11 @@ const OTHER_LABELS: &[&str] = &[
 const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
 
 /// What the metrics module declares.
-struct Declared {
+pub(crate) struct Declared {
     /// Values of `pub const X: &str = "reconciler_…"`.
-    names: BTreeSet<String>,
+    pub(crate) names: BTreeSet<String>,
     /// The names described with `describe_histogram!`.
-    histograms: BTreeSet<String>,
+    pub(crate) histograms: BTreeSet<String>,
     /// Values of `pub const X: &[&str] = &[…]`, by const name.
     sets: BTreeMap<String, BTreeSet<String>>,
 }
@@ -98,7 +98,7 @@ fn literals(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn declared(source: &str) -> Declared {
+pub(crate) fn declared(source: &str) -> Declared {
     let mut consts = BTreeMap::new();
     let mut names = BTreeSet::new();
     let mut sets = BTreeMap::new();

@@ -239,8 +239,8 @@ fn mentions(text: &str, phrase: &str) -> bool {
 
 // ---- what the code declares ----
 
-/// The metric names: the `const X: &str = "reconciler_…"` of `src/telemetry/metrics.rs` and of
-/// the simulator crate (`lib/graph-simulator/src`), read as text as `deploy::` reads them.
+/// The metric names: the `pub const X: &str = "reconciler_…"` of `src/telemetry/metrics.rs` and
+/// of the simulator crate's `events.rs` (its one metric), read as `deploy::` reads them.
 struct Metrics {
     names: BTreeSet<String>,
     /// The names described with `describe_histogram!`: their series add `_bucket`, `_sum`
@@ -250,50 +250,14 @@ struct Metrics {
 
 impl Metrics {
     fn declared() -> Self {
-        let mut sources = vec![root().join("src/telemetry/metrics.rs")];
-        files_under(
-            &root().join("lib/graph-simulator/src"),
-            "rs",
-            true,
-            &mut sources,
-        );
-        let mut names = BTreeSet::new();
-        let mut histograms = BTreeSet::new();
-        for source in &sources {
-            let text = read(source);
-            let mut consts = BTreeMap::new();
-            for chunk in text.split("const ").skip(1) {
-                let Some((ident, rest)) = chunk.split_once(':') else {
-                    continue;
-                };
-                let Some((ty, rest)) = rest.split_once('=') else {
-                    continue;
-                };
-                let Some((value, _)) = rest.split_once(';') else {
-                    continue;
-                };
-                let (ident, ty) = (ident.trim(), ty.trim());
-                let Some(value) = value
-                    .trim()
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                else {
-                    continue;
-                };
-                let constant = ident
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-                if ty == "&str" && constant && value.starts_with("reconciler_") {
-                    consts.insert(ident.to_owned(), value.to_owned());
-                    names.insert(value.to_owned());
-                }
-            }
-            for chunk in text.split("describe_histogram!(").skip(1) {
-                let ident = chunk.split(',').next().unwrap_or_default().trim();
-                if let Some(name) = consts.get(ident) {
-                    histograms.insert(name.clone());
-                }
-            }
+        let (mut names, mut histograms) = (BTreeSet::new(), BTreeSet::new());
+        for source in [
+            "src/telemetry/metrics.rs",
+            "lib/graph-simulator/src/events.rs",
+        ] {
+            let declared = crate::deploy::declared(&read(&root().join(source)));
+            names.extend(declared.names);
+            histograms.extend(declared.histograms);
         }
         Self { names, histograms }
     }
