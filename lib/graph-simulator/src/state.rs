@@ -199,6 +199,25 @@ pub struct Directory {
     pub(crate) rules: licensing::Rules,
 }
 
+/// One page of a directory-object collection, as Graph pages them ("Paging Microsoft Graph
+/// data", `paging.md`): at most `page_size` (at least 1) of `entries` (id first, in skip-token
+/// order) as `json` renders them, and the skip token of the next page (the page's last id) when
+/// more follow. Members, `memberOf` and users are paged by it.
+fn page_of<T>(
+    mut entries: impl Iterator<Item = (Uuid, T)>,
+    page_size: usize,
+    mut json: impl FnMut(T) -> Result<Value, GraphError>,
+) -> Result<(Vec<Value>, Option<Uuid>), GraphError> {
+    let mut page = Vec::new();
+    let mut last = None;
+    for (id, entry) in entries.by_ref().take(page_size.max(1)) {
+        page.push(json(entry)?);
+        last = Some(id);
+    }
+    let more = entries.next().is_some();
+    Ok((page, if more { last } else { None }))
+}
+
 const USER_DEFAULT_PROPERTIES: &[&str] = &[
     "businessPhones",
     "displayName",

@@ -312,31 +312,17 @@ impl Shared {
         q: &[(String, String)],
         base: &str,
     ) -> Result<Value, GraphError> {
-        let selection = query_param(q, "$select");
-        let page_size = page_size(q, self.behaviour.read().members_page_size)?;
-        let after = skip_token(q)?;
-        let (page, next) = self
-            .directory
-            .read()
-            .members_page(group, selection, !cast, after, page_size)?;
+        let p = self.paging(q)?;
+        let page =
+            self.directory
+                .read()
+                .members_page(group, p.selection, !cast, p.after, p.size)?;
         let (context, path) = if cast {
             ("$metadata#users", "members/microsoft.graph.user")
         } else {
             ("$metadata#directoryObjects", "members")
         };
-        let mut out = json!({
-            "@odata.context": format!("{base}/v1.0/{context}"),
-            "value": page,
-        });
-        if let Some(next) = next {
-            out["@odata.nextLink"] = json!(next_link(
-                format!("{base}/v1.0/groups/{group}/{path}"),
-                q,
-                page_size,
-                next
-            ));
-        }
-        Ok(out)
+        Ok(p.answer(base, context, &format!("groups/{group}/{path}"), q, page))
     }
 
     /// `GET /users/{id}/memberOf[/microsoft.graph.group]`, paged like `list_members` (`$top`
@@ -350,36 +336,27 @@ impl Shared {
         q: &[(String, String)],
         base: &str,
     ) -> Result<Value, GraphError> {
-        let selection = query_param(q, "$select");
-        let page_size = page_size(q, self.behaviour.read().members_page_size)?;
-        let after = skip_token(q)?;
-        let (page, next) = self
-            .directory
-            .read()
-            .member_of_page(user, selection, !cast, after, page_size)?;
-        let context = if cast {
-            "$metadata#groups"
+        let p = self.paging(q)?;
+        let page =
+            self.directory
+                .read()
+                .member_of_page(user, p.selection, !cast, p.after, p.size)?;
+        let (context, path) = if cast {
+            ("$metadata#groups", "memberOf/microsoft.graph.group")
         } else {
-            "$metadata#directoryObjects"
+            ("$metadata#directoryObjects", "memberOf")
         };
-        let mut out = json!({
-            "@odata.context": format!("{base}/v1.0/{context}"),
-            "value": page,
-        });
-        if let Some(next) = next {
-            let path = if cast {
-                "memberOf/microsoft.graph.group"
-            } else {
-                "memberOf"
-            };
-            out["@odata.nextLink"] = json!(next_link(
-                format!("{base}/v1.0/users/{}/{path}", pct_encode(user)),
-                q,
-                page_size,
-                next
-            ));
-        }
-        Ok(out)
+        let path = format!("users/{}/{path}", pct_encode(user));
+        Ok(p.answer(base, context, &path, q, page))
+    }
+
+    /// The paging parameters of a directory-object collection request.
+    fn paging<'q>(&self, q: &'q [(String, String)]) -> Result<Paging<'q>, GraphError> {
+        Ok(Paging {
+            selection: query_param(q, "$select"),
+            size: page_size(q, self.behaviour.read().members_page_size)?,
+            after: skip_token(q)?,
+        })
     }
 
     /// Checks the bearer token of a Graph request.
@@ -431,10 +408,12 @@ impl Shared {
         base: &str,
         hints: Hints,
     ) -> Result<Value, GraphError> {
-        let selection = query_param(q, "$select");
         let filter = query_param(q, "$filter");
-        let page_size = page_size(q, self.behaviour.read().members_page_size)?;
-        let after = skip_token(q)?;
+        let Paging {
+            selection,
+            size: page_size,
+            after,
+        } = self.paging(q)?;
         let page = self
             .directory
             .read()
@@ -582,6 +561,37 @@ pub(super) async fn graph(
 }
 
 /// The absolute `@odata.nextLink` of a paged collection at `url`: the request's `$select`, its
+/// The paging of a directory-object collection request: its `$select`, its page size (`$top`
+/// from 1 to 999, otherwise `members_page_size`) and the `$skiptoken` to start after.
+struct Paging<'q> {
+    selection: Option<&'q str>,
+    size: usize,
+    after: Option<Uuid>,
+}
+
+impl Paging<'_> {
+    /// A page as Graph answers it: `@odata.context` (`{base}/v1.0/{context}`), the page, and
+    /// when more follow an absolute `@odata.nextLink` to `{base}/v1.0/{path}` ([`next_link`]).
+    fn answer(
+        &self,
+        base: &str,
+        context: &str,
+        path: &str,
+        q: &[(String, String)],
+        (page, next): (Vec<Value>, Option<Uuid>),
+    ) -> Value {
+        let mut out = json!({
+            "@odata.context": format!("{base}/v1.0/{context}"),
+            "value": page,
+        });
+        if let Some(next) = next {
+            out["@odata.nextLink"] =
+                json!(next_link(format!("{base}/v1.0/{path}"), q, self.size, next));
+        }
+        out
+    }
+}
+
 /// `$top` (when it gave one) and the `$skiptoken` of the next page.
 pub(super) fn next_link(
     url: String,

@@ -199,15 +199,13 @@ impl Directory {
         page_size: usize,
     ) -> Result<(Vec<Value>, Option<Uuid>), GraphError> {
         let group = self.group(group)?;
-        let mut ids = membership_ids(
+        let ids = membership_ids(
             Some(&group.members),
             self.replication.members.get(&group.id),
             after,
         )
         .filter_map(|id| self.visible_user(&id).map(|u| (id, u)));
-        let mut page = Vec::new();
-        let mut last = None;
-        for (id, user) in ids.by_ref().take(page_size.max(1)) {
+        page_of(ids, page_size, |user| {
             let mut v = select(
                 user.json(),
                 selection,
@@ -217,11 +215,8 @@ impl Directory {
             if let (true, Value::Object(m)) = (annotate, &mut v) {
                 m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
             }
-            page.push(v);
-            last = Some(id);
-        }
-        let more = ids.next().is_some();
-        Ok((page, if more { last } else { None }))
+            Ok(v)
+        })
     }
 
     /// `POST /groups/{id}/members/$ref`.
@@ -330,24 +325,19 @@ impl Directory {
         let uid = self
             .resolve_user(user)
             .ok_or_else(|| GraphError::not_found(user))?;
-        let mut ids = membership_ids(
+        let ids = membership_ids(
             self.member_of.get(&uid),
             self.replication.member_of.get(&uid),
             after,
         )
         .filter_map(|id| self.visible_group(&id).map(|g| (id, g)));
-        let mut page = Vec::new();
-        let mut last = None;
-        for (id, group) in ids.by_ref().take(page_size.max(1)) {
+        page_of(ids, page_size, |group| {
             let mut v = select(group.json(), selection, None, "group")?;
             if let (true, Value::Object(m)) = (annotate, &mut v) {
                 m.insert("@odata.type".into(), json!("#microsoft.graph.group"));
             }
-            page.push(v);
-            last = Some(id);
-        }
-        let more = ids.next().is_some();
-        Ok((page, if more { last } else { None }))
+            Ok(v)
+        })
     }
     pub(super) fn check_unique_name_free(&self, name: &str) -> Result<(), GraphError> {
         if self.unique_names.contains_key(&name.to_lowercase()) {

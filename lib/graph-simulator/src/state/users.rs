@@ -321,13 +321,10 @@ impl Directory {
                 self.visible_user_count(),
             ),
         };
-        let more = ids.len() > page_size.max(1);
-        let page: Vec<Uuid> = ids.into_iter().take(page_size.max(1)).collect();
-        Ok(UsersPage {
-            value: page.iter().map(render).collect::<Result<_, _>>()?,
-            next: if more { page.last().copied() } else { None },
-            count,
-        })
+        let (value, next) = page_of(ids.into_iter().map(|id| (id, id)), page_size, |id| {
+            render(&id)
+        })?;
+        Ok(UsersPage { value, next, count })
     }
 
     /// `PATCH /users/{id or upn}`: the simulator updates `usageLocation` (validated as an ISO 3166
