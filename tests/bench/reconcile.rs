@@ -339,12 +339,11 @@ impl Bench {
         &mut self,
         policy: &str,
         version: i64,
-        toggles: Value,
         members: &[String],
     ) -> (Duration, Value) {
         let started = Instant::now();
         let published_at = chrono::Utc::now();
-        let payload = policy_payload(policy, version, toggles, members);
+        let payload = policy_payload(policy, version, members);
         let message_id = self.publish("policy.changed", payload).await;
         loop {
             let event = self
@@ -434,10 +433,11 @@ impl Bench {
     }
 }
 
-/// A `policy.changed` of `policy` (ENTERPRISEPACK with `toggles`) listing `members`.
-fn policy_payload(policy: &str, version: i64, toggles: Value, members: &[String]) -> Value {
+/// A `policy.changed` of `policy` (ENTERPRISEPACK with Teams on: every scenario's policy)
+/// listing `members`.
+fn policy_payload(policy: &str, version: i64, members: &[String]) -> Value {
     json!({ "policy": { "id": policy, "name": policy, "ods_code": "RX1", "version": version,
-                        "licence": "ENTERPRISEPACK", "toggles": toggles },
+                        "licence": "ENTERPRISEPACK", "toggles": { "TEAMS1": true } },
             "members": members, "total_members": members.len() })
 }
 
@@ -463,12 +463,9 @@ async fn chaos(bench: &mut Bench, users: usize, latency_ms: u64) -> Vec<Figure> 
         bench.spawn_worker(&extra).await.0,
         bench.spawn_worker(&extra).await.0,
     ];
-    let toggles = json!({ "TEAMS1": true });
     let members = bench.sim.seed_users("calm", users);
     bench.sim.state.reset_stats();
-    let (calm, _) = bench
-        .run_policy("bench-calm", 1, toggles.clone(), &members)
-        .await;
+    let (calm, _) = bench.run_policy("bench-calm", 1, &members).await;
     let calm_writes = bench.sim.state.stats().writes_applied as f64 / users as f64;
     eprintln!(
         "chaos: undisturbed {:.1} s, {calm_writes:.2} writes per member",
@@ -479,10 +476,7 @@ async fn chaos(bench: &mut Bench, users: usize, latency_ms: u64) -> Vec<Figure> 
     bench.sim.state.reset_stats();
     let started = Instant::now();
     let message_id = bench
-        .publish(
-            "policy.changed",
-            policy_payload("bench-chaos", 1, toggles, &members),
-        )
+        .publish("policy.changed", policy_payload("bench-chaos", 1, &members))
         .await;
     let every = calm / (CHAOS_KILLS as u32 + 1);
     let mut kills = 0;
@@ -1066,12 +1060,11 @@ async fn console_pages(bench: &mut Bench, items: usize) -> Vec<Figure> {
     figures
 }
 
-// Repeated, worker and direct loop alternating, each round on users of its own: on a
-// shared 2-core machine one run can be 30 % off the next, so the figures are medians of
-// the rounds' own ratios.
+/// The overhead scenario (and the re-run, when `rerun`): repeated, worker and direct loop
+/// alternating, each round on users of its own: on a shared 2-core machine one run can be 30 %
+/// off the next, so the figures are medians of the rounds' own ratios.
 async fn overhead(bench: &mut Bench, args: &Args, rerun: bool) -> Vec<Figure> {
     let mut figures = Vec::new();
-    let e3 = json!({ "TEAMS1": true });
     bench.sim.unlimited();
     bench.start_worker(&[]).await;
     let (mut worker_rates, mut direct_rates, mut ratios) = (vec![], vec![], vec![]);
@@ -1081,7 +1074,7 @@ async fn overhead(bench: &mut Bench, args: &Args, rerun: bool) -> Vec<Figure> {
         let members = bench.sim.seed_users(&format!("ovh{round}-"), args.users);
         let policy = format!("bench-overhead-{round}");
         let cpu = Cpu::now(bench.worker_pid());
-        let (elapsed, done) = bench.run_policy(&policy, 1, e3.clone(), &members).await;
+        let (elapsed, done) = bench.run_policy(&policy, 1, &members).await;
         assert_eq!(done["counts"]["changed"], args.users as u64);
         let worker_cpu = Cpu::now(bench.worker_pid()).since(cpu);
         let direct_members = bench.sim.seed_users(&format!("dir{round}-"), args.users);
@@ -1108,7 +1101,7 @@ async fn overhead(bench: &mut Bench, args: &Args, rerun: bool) -> Vec<Figure> {
         if rerun {
             bench.sim.state.reset_stats();
             let cpu = Cpu::now(bench.worker_pid());
-            let (again, done) = bench.run_policy(&policy, 1, e3.clone(), &members).await;
+            let (again, done) = bench.run_policy(&policy, 1, &members).await;
             assert_eq!(done["counts"]["already_compliant"], args.users as u64);
             eprintln!(
                 "  {}",
@@ -1167,18 +1160,16 @@ async fn overhead(bench: &mut Bench, args: &Args, rerun: bool) -> Vec<Figure> {
     figures
 }
 
+/// The write budget against a tenant limited to `--budget-rate` writes a second.
 async fn budget(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     let mut figures = Vec::new();
-    let e3 = json!({ "TEAMS1": true });
     bench.sim.behave(
         json!({ "latency_ms": args.latency_ms, "writes_per_window": args.budget_rate,
                              "write_window_seconds": 1, "resource_units_per_window": 0 }),
     );
     bench.start_budgeted_worker(args.budget_rate).await;
     let members = bench.sim.seed_users("bud", args.users);
-    let (elapsed, _) = bench
-        .run_policy("bench-budget", 1, e3.clone(), &members)
-        .await;
+    let (elapsed, _) = bench.run_policy("bench-budget", 1, &members).await;
     let stats = bench.sim.state.stats();
     let achieved = stats.writes_applied as f64 / elapsed.as_secs_f64();
     let requests: u64 = stats.requests.values().flat_map(|m| m.values()).sum();
@@ -1205,12 +1196,11 @@ async fn budget(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     figures
 }
 
-// The budget scenario's limit, in a tenant as it really is: the simulator's `realistic`
-// profile (replication lag of up to 3 s and now and then 15 s, half the reads from a
-// lagging replica, writes applied then answered 5xx or dropped, 5xx not applied, latency).
+/// The budget scenario's limit, in a tenant as it really is: the simulator's `realistic`
+/// profile (replication lag of up to 3 s and now and then 15 s, half the reads from a
+/// lagging replica, writes applied then answered 5xx or dropped, 5xx not applied, latency).
 async fn realistic(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     let mut figures = Vec::new();
-    let e3 = json!({ "TEAMS1": true });
     bench.sim.behave(
         json!({ "profile": "realistic", "writes_per_window": args.budget_rate,
                              "write_window_seconds": 1, "resource_units_per_window": 0,
@@ -1218,9 +1208,7 @@ async fn realistic(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     );
     bench.start_budgeted_worker(args.budget_rate).await;
     let members = bench.sim.seed_users("real", args.realistic_users);
-    let (elapsed, done) = bench
-        .run_policy("bench-realistic", 1, e3.clone(), &members)
-        .await;
+    let (elapsed, done) = bench.run_policy("bench-realistic", 1, &members).await;
     assert_eq!(done["outcome"], "succeeded", "{done}");
     let changed = done["counts"]["changed"].as_u64().unwrap_or(0).max(1) as f64;
     let stats = bench.sim.state.stats();
@@ -1309,17 +1297,15 @@ async fn realistic(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     figures
 }
 
+/// The resolver's sequential script against the worker, on the same users and latency.
 async fn manual(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     let mut figures = Vec::new();
-    let e3 = json!({ "TEAMS1": true });
     bench.sim.behave(json!({ "latency_ms": args.latency_ms, "writes_per_window": 0, "resource_units_per_window": 0 }));
     bench.start_worker(&[]).await;
     let script_members = bench.sim.seed_users("man", args.manual_users);
     let script = manual_script(&bench.sim, &script_members).await;
     let members = bench.sim.seed_users("wrk", args.manual_users);
-    let (worker, _) = bench
-        .run_policy("bench-manual", 1, e3.clone(), &members)
-        .await;
+    let (worker, _) = bench.run_policy("bench-manual", 1, &members).await;
     let ratio = script.as_secs_f64() / worker.as_secs_f64();
     figures.push(figure(
         "manual",
@@ -1342,16 +1328,16 @@ async fn manual(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     figures
 }
 
+/// The worker's peak memory for a job of `--users` and of `--memory-users` members.
 async fn memory(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     let mut figures = Vec::new();
-    let e3 = json!({ "TEAMS1": true });
     bench.sim.unlimited();
     let mut peaks = Vec::new();
     for (label, n) in [("small", args.users), ("large", args.memory_users)] {
         bench.start_worker(&[]).await;
         let members = bench.sim.seed_users(&format!("mem{label}"), n);
         bench
-            .run_policy(&format!("bench-memory-{label}"), 1, e3.clone(), &members)
+            .run_policy(&format!("bench-memory-{label}"), 1, &members)
             .await;
         peaks.push(bench.worker_peak_rss_mib());
     }
@@ -1377,6 +1363,7 @@ async fn memory(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     figures
 }
 
+/// Small jobs stored and acknowledged by a starting worker, against a bare consumer.
 async fn ingest(bench: &mut Bench, args: &Args) -> Vec<Figure> {
     let mut figures = Vec::new();
     bench.stop_worker();
